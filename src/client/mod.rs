@@ -1,0 +1,1299 @@
+//! WHIP/WHEP client on str0m over real UDP, for integration tests and examples.
+//!
+//! Each [`Peer`] owns one UDP socket and one std thread that runs the str0m
+//! loop (frame mode, full ICE). The async API talks to that thread through a
+//! command channel; a one-byte datagram the socket sends to itself wakes the
+//! loop, so commands never wait for a socket read timeout.
+
+pub mod http;
+pub mod media;
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+use tokio::sync::{mpsc, watch};
+
+/// Received frames kept for [`Peer::next_frame`]; newer frames are dropped
+/// (and counted) when a test does not read them.
+pub const FRAME_QUEUE: usize = 8192;
+/// Longest the IO loop sleeps in a socket read; commands wake it earlier.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+/// Receive buffer; larger than any WebRTC datagram.
+const RECV_BUF: usize = 4096;
+
+/// Video codec a peer offers; exactly one per peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VideoCodec {
+    H264,
+    Vp8,
+    Vp9,
+    Av1,
+}
+
+impl VideoCodec {
+    /// The str0m codec this maps to.
+    pub fn codec(self) -> Codec {
+        match self {
+            VideoCodec::H264 => Codec::H264,
+            VideoCodec::Vp8 => Codec::Vp8,
+            VideoCodec::Vp9 => Codec::Vp9,
+            VideoCodec::Av1 => Codec::Av1,
+        }
+    }
+
+    /// Parse a command-line name (`h264`, `vp8`, `vp9`, `av1`, any case).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "h264" | "avc" => Some(VideoCodec::H264),
+            "vp8" => Some(VideoCodec::Vp8),
+            "vp9" => Some(VideoCodec::Vp9),
+            "av1" => Some(VideoCodec::Av1),
+            _ => None,
+        }
+    }
+}
+
+/// What a peer offers and how it reaches the endpoint.
+#[derive(Clone, Debug)]
+pub struct PeerOptions {
+    /// Video m-line with exactly this codec, or no video.
+    pub video: Option<VideoCodec>,
+    /// Opus audio m-line.
+    pub audio: bool,
+    /// Local address for the UDP socket and the host candidate. If unspecified
+    /// (`0.0.0.0`/`::`), the address routing to the endpoint host is used,
+    /// because a host candidate cannot be a wildcard.
+    pub bind_ip: IpAddr,
+    /// Sent as `Authorization: Bearer <token>` on POST and DELETE.
+    pub bearer: Option<String>,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        PeerOptions {
+            video: Some(VideoCodec::H264),
+            audio: true,
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            bearer: None,
+        }
+    }
+}
+
+/// One depacketized frame from the remote side.
+#[derive(Clone, Debug)]
+pub struct ReceivedFrame {
+    pub kind: MediaKind,
+    pub codec: Codec,
+    pub mid: Mid,
+    pub data: Vec<u8>,
+    /// RTP timestamp in the codec clock (90 kHz video, 48 kHz Opus).
+    pub rtp_time: u32,
+    /// False if packets were lost since the previous frame of this stream.
+    pub contiguous: bool,
+    /// str0m's codec-level keyframe flag.
+    pub keyframe: bool,
+    /// When the IO loop got the frame from str0m.
+    pub at: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Non-success status where one was required.
+    #[error("HTTP status {status}: {body}")]
+    Http { status: u16, body: String },
+    #[error("SDP: {0}")]
+    Sdp(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("WebRTC: {0}")]
+    Rtc(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// Malformed URL, method or header given by the caller.
+    #[error("invalid request: {0}")]
+    Url(String),
+    /// Connection-level HTTP failure (refused, reset, malformed response).
+    #[error("HTTP transport: {0}")]
+    Transport(String),
+    /// A 201 that breaks the WHIP/WHEP contract (e.g. no `Location`).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// `send_frame` before ICE+DTLS completed (str0m would drop the frame).
+    #[error("not connected")]
+    NotConnected,
+    /// The IO loop has ended (stopped, closed by remote, or failed).
+    #[error("peer closed: {0}")]
+    Closed(String),
+}
+
+impl From<RtcError> for ClientError {
+    fn from(e: RtcError) -> Self {
+        ClientError::Rtc(e.to_string())
+    }
+}
+
+/// Connection state as seen by the IO loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// ICE/DTLS not finished yet.
+    Connecting,
+    /// `Event::Connected` seen and ICE not disconnected since.
+    Connected,
+    /// ICE reported disconnected (e.g. consent lost); may recover.
+    Disconnected,
+    /// The loop has ended; the reason says why.
+    Closed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Publish,
+    Play,
+}
+
+enum Command {
+    Write {
+        kind: MediaKind,
+        rtp_time: u32,
+        data: Vec<u8>,
+    },
+    RequestKeyframe(KeyframeRequestKind),
+    Stop {
+        graceful: bool,
+    },
+}
+
+/// Counters and state shared between the IO loop and the handle.
+struct Shared {
+    connected: AtomicBool,
+    keyframe_requests: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+    frames_dropped: AtomicU64,
+    write_errors: AtomicU64,
+    state: watch::Sender<LinkState>,
+}
+
+impl Shared {
+    fn set_state(&self, s: LinkState) {
+        self.connected
+            .store(s == LinkState::Connected, Ordering::SeqCst);
+        self.state.send_replace(s);
+    }
+}
+
+/// Traffic counters of a peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    /// Frames discarded because the [`FRAME_QUEUE`] was full.
+    pub frames_dropped: u64,
+    /// `Writer::write` failures in the IO loop (e.g. no negotiated payload type).
+    pub write_errors: u64,
+    pub keyframe_requests: u64,
+}
+
+/// A WHIP publisher or WHEP viewer session.
+pub struct Peer {
+    role: Role,
+    location: String,
+    etag: Option<String>,
+    answer_sdp: String,
+    posted_at: Instant,
+    bearer: Option<String>,
+    local_addr: SocketAddr,
+    has_video: bool,
+    has_audio: bool,
+    commands: std_mpsc::Sender<Command>,
+    waker: UdpSocket,
+    frames: mpsc::Receiver<ReceivedFrame>,
+    shared: Arc<Shared>,
+    state: watch::Receiver<LinkState>,
+    thread: Option<JoinHandle<()>>,
+    stopped: bool,
+}
+
+impl Peer {
+    /// POST a sendonly offer (video then audio per `opts`) to a WHIP endpoint,
+    /// apply the 201 answer and start media IO.
+    pub async fn publish(endpoint_url: &str, opts: PeerOptions) -> Result<Peer, ClientError> {
+        Peer::start(Role::Publish, endpoint_url, opts).await
+    }
+
+    /// POST a recvonly offer to a WHEP endpoint.
+    pub async fn play(endpoint_url: &str, opts: PeerOptions) -> Result<Peer, ClientError> {
+        Peer::start(Role::Play, endpoint_url, opts).await
+    }
+
+    async fn start(role: Role, endpoint_url: &str, opts: PeerOptions) -> Result<Peer, ClientError> {
+        if opts.video.is_none() && !opts.audio {
+            return Err(ClientError::Rtc(
+                "options request neither video nor audio".into(),
+            ));
+        }
+        let bind_ip = if opts.bind_ip.is_unspecified() {
+            route_ip(endpoint_url, opts.bind_ip)?
+        } else {
+            opts.bind_ip
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
+        let local_addr = socket.local_addr()?;
+
+        let (mut rtc, offer) = build_offer(role, &opts, local_addr)?;
+
+        let mut headers = vec![("content-type", "application/sdp".to_string())];
+        if let Some(token) = &opts.bearer {
+            headers.push(("authorization", format!("Bearer {token}")));
+        }
+        let header_refs: Vec<(&str, &str)> =
+            headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let resp =
+            http::request("POST", endpoint_url, &header_refs, offer.sdp.into_bytes()).await?;
+        let posted_at = Instant::now();
+        if resp.status != 201 {
+            return Err(ClientError::Http {
+                status: resp.status,
+                body: resp.text(),
+            });
+        }
+        let location = resp
+            .header("location")
+            .ok_or_else(|| ClientError::Protocol("201 without Location header".into()))?;
+        let location = http::resolve_url(endpoint_url, location)?;
+        let etag = resp.header("etag").map(str::to_string);
+        let answer_sdp = String::from_utf8(resp.body)
+            .map_err(|_| ClientError::Sdp("answer is not UTF-8".into()))?;
+        let answer =
+            SdpAnswer::from_sdp_string(&answer_sdp).map_err(|e| ClientError::Sdp(e.to_string()))?;
+        rtc.sdp_api().accept_answer(offer.pending, answer)?;
+
+        // The loop drains poll_output first, which completes this mutation.
+        let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
+        let shared = Arc::new(Shared {
+            connected: AtomicBool::new(false),
+            keyframe_requests: AtomicU64::new(0),
+            frames_received: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            state: state_tx,
+        });
+        let (cmd_tx, cmd_rx) = std_mpsc::channel();
+        let (frame_tx, frame_rx) = mpsc::channel(FRAME_QUEUE);
+        let waker = socket.try_clone()?;
+        let io = IoLoop {
+            rtc,
+            socket,
+            local_addr,
+            commands: cmd_rx,
+            frames: frame_tx,
+            shared: shared.clone(),
+            mids: offer.mids,
+            pts: [None, None],
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("peer-{}", local_addr.port()))
+            .spawn(move || io.run())?;
+
+        Ok(Peer {
+            role,
+            location,
+            etag,
+            answer_sdp,
+            posted_at,
+            bearer: opts.bearer,
+            local_addr,
+            has_video: opts.video.is_some(),
+            has_audio: opts.audio,
+            commands: cmd_tx,
+            waker,
+            frames: frame_rx,
+            shared,
+            state: state_rx,
+            thread: Some(thread),
+            stopped: false,
+        })
+    }
+
+    /// Absolute session URL (a relative `Location` resolved against the endpoint).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    pub fn answer_sdp(&self) -> &str {
+        &self.answer_sdp
+    }
+
+    /// When the 201 response arrived.
+    pub fn posted_at(&self) -> Instant {
+        self.posted_at
+    }
+
+    /// Local UDP address (also the only ICE host candidate).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Current link state.
+    pub fn state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+
+    /// Wait until ICE and DTLS are up (`Event::Connected`).
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), ClientError> {
+        let reached = self
+            .wait_state(timeout, |s| {
+                matches!(s, LinkState::Connected | LinkState::Closed(_))
+            })
+            .await
+            .ok_or(ClientError::Timeout("ICE/DTLS connection"))?;
+        match reached {
+            LinkState::Closed(reason) => Err(ClientError::Closed(reason)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Wait until the link leaves `Connected` (ICE disconnect or close), e.g.
+    /// after the gateway ends the session.
+    pub async fn wait_disconnected(&self, timeout: Duration) -> Result<LinkState, ClientError> {
+        self.wait_state(timeout, |s| {
+            matches!(s, LinkState::Disconnected | LinkState::Closed(_))
+        })
+        .await
+        .ok_or(ClientError::Timeout("disconnect"))
+    }
+
+    /// First state matching `pred`, or `None` on timeout.
+    async fn wait_state(
+        &self,
+        timeout: Duration,
+        pred: impl FnMut(&LinkState) -> bool,
+    ) -> Option<LinkState> {
+        let mut rx = self.state.clone();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(pred)).await;
+        match reached {
+            Err(_) => None,
+            Ok(Ok(state)) => Some(state.clone()),
+            // The sender lives in `Shared`, which this handle keeps alive.
+            Ok(Err(_)) => Some(LinkState::Closed("IO loop gone".into())),
+        }
+    }
+
+    /// Publisher: queue one encoded frame; str0m packetizes it.
+    ///
+    /// `rtp_time` is the RTP timestamp as sent (90 kHz video, 48 kHz Opus).
+    /// Fails with [`ClientError::NotConnected`] before `Event::Connected`,
+    /// because str0m silently drops earlier writes. The write itself happens
+    /// on the IO thread; its failures are counted in [`PeerStats::write_errors`].
+    pub fn send_frame(
+        &self,
+        kind: MediaKind,
+        rtp_time: u32,
+        data: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        if self.role != Role::Publish {
+            return Err(ClientError::Rtc(
+                "a WHEP viewer has no sending track".into(),
+            ));
+        }
+        let has_track = match kind {
+            MediaKind::Video => self.has_video,
+            MediaKind::Audio => self.has_audio,
+        };
+        if !has_track {
+            return Err(ClientError::Rtc(format!("no {kind:?} track negotiated")));
+        }
+        self.ensure_running()?;
+        if !self.is_connected() {
+            return Err(ClientError::NotConnected);
+        }
+        self.command(Command::Write {
+            kind,
+            rtp_time,
+            data,
+        })
+    }
+
+    /// Viewer: ask the sender for a keyframe (RTCP PLI) on the video track.
+    pub fn request_keyframe(&self) -> Result<(), ClientError> {
+        self.request_keyframe_kind(KeyframeRequestKind::Pli)
+    }
+
+    /// Viewer: ask for a keyframe with PLI or FIR.
+    pub fn request_keyframe_kind(&self, kind: KeyframeRequestKind) -> Result<(), ClientError> {
+        if self.role != Role::Play || !self.has_video {
+            return Err(ClientError::Rtc(
+                "keyframe requests need a receiving video track".into(),
+            ));
+        }
+        self.ensure_running()?;
+        if !self.is_connected() {
+            return Err(ClientError::NotConnected);
+        }
+        self.command(Command::RequestKeyframe(kind))
+    }
+
+    /// Viewer: next depacketized frame, or `None` on timeout or after the loop ended
+    /// and the queue is empty.
+    pub async fn next_frame(&mut self, timeout: Duration) -> Option<ReceivedFrame> {
+        tokio::time::timeout(timeout, self.frames.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Frames already queued, without waiting.
+    pub fn try_next_frame(&mut self) -> Option<ReceivedFrame> {
+        self.frames.try_recv().ok()
+    }
+
+    /// Publisher: keyframe requests (PLI/FIR) received from the gateway.
+    pub fn keyframe_requests(&self) -> u64 {
+        self.shared.keyframe_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+
+    pub fn stats(&self) -> PeerStats {
+        let s = &self.shared;
+        PeerStats {
+            frames_received: s.frames_received.load(Ordering::SeqCst),
+            bytes_received: s.bytes_received.load(Ordering::SeqCst),
+            frames_dropped: s.frames_dropped.load(Ordering::SeqCst),
+            write_errors: s.write_errors.load(Ordering::SeqCst),
+            keyframe_requests: s.keyframe_requests.load(Ordering::SeqCst),
+        }
+    }
+
+    /// DELETE the session URL and return the HTTP status (any status, no
+    /// error for 4xx/5xx). Then closes the WebRTC session gracefully (RTCP BYE,
+    /// DTLS close_notify), after the DELETE so the gateway sees the DELETE first.
+    pub async fn delete(mut self) -> Result<u16, ClientError> {
+        let auth = self.bearer.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        let result = http::request("DELETE", &self.location, &headers, Vec::new()).await;
+        self.stop(true);
+        result.map(|r| r.status)
+    }
+
+    /// End the session with DTLS close_notify / RTCP BYE but no DELETE.
+    pub fn close(mut self) {
+        self.stop(true);
+        self.join();
+    }
+
+    /// Stop the IO loop abruptly: no DELETE, no BYE, no close_notify (a
+    /// crashed client). Returns once the loop has stopped sending.
+    pub fn kill(mut self) {
+        self.stop(false);
+        self.join();
+    }
+
+    fn stop(&mut self, graceful: bool) {
+        if !self.stopped {
+            self.stopped = true;
+            // Ignored if the loop has already ended.
+            let _ = self.command(Command::Stop { graceful });
+        }
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            // A panic was already reported as LinkState::Closed.
+            let _ = t.join();
+        }
+    }
+
+    fn ensure_running(&self) -> Result<(), ClientError> {
+        match &*self.state.borrow() {
+            LinkState::Closed(reason) => Err(ClientError::Closed(reason.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    fn command(&self, cmd: Command) -> Result<(), ClientError> {
+        self.commands
+            .send(cmd)
+            .map_err(|_| ClientError::Closed("IO loop gone".into()))?;
+        // Wake the loop out of its socket read; loss only delays the command.
+        let _ = self.waker.send_to(&[0], self.local_addr);
+        Ok(())
+    }
+}
+
+impl Drop for Peer {
+    /// Dropping without `delete` behaves like `kill`, minus waiting for the thread.
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("role", &self.role)
+            .field("location", &self.location)
+            .field("local_addr", &self.local_addr)
+            .field("state", &*self.state.borrow())
+            .finish()
+    }
+}
+
+/// Mids in the order [video, audio].
+type Mids = [Option<Mid>; 2];
+
+struct Offer {
+    sdp: String,
+    pending: SdpPendingOffer,
+    mids: Mids,
+}
+
+/// Create the `Rtc` with its single host candidate, and its offer.
+fn build_offer(
+    role: Role,
+    opts: &PeerOptions,
+    local_addr: SocketAddr,
+) -> Result<(Rtc, Offer), ClientError> {
+    let mut cfg = Rtc::builder()
+        .set_ice_lite(false)
+        .set_stats_interval(None)
+        .clear_codecs();
+    cfg = match opts.video {
+        Some(VideoCodec::H264) => cfg.enable_h264(true),
+        Some(VideoCodec::Vp8) => cfg.enable_vp8(true),
+        Some(VideoCodec::Vp9) => cfg.enable_vp9(true),
+        Some(VideoCodec::Av1) => cfg.enable_av1(true),
+        None => cfg,
+    };
+    if opts.audio {
+        cfg = cfg.enable_opus(true, false);
+    }
+    let mut rtc = cfg.build(Instant::now());
+    let candidate =
+        Candidate::host(local_addr, "udp").map_err(|e| ClientError::Rtc(e.to_string()))?;
+    rtc.add_local_candidate(candidate);
+
+    let dir = match role {
+        Role::Publish => Direction::SendOnly,
+        Role::Play => Direction::RecvOnly,
+    };
+    let stream_id = format!("wishcast-{:016x}", rand::random::<u64>());
+    let mut api = rtc.sdp_api();
+    let video = opts
+        .video
+        .map(|_| api.add_media(MediaKind::Video, dir, Some(stream_id.clone()), None, None));
+    let audio = opts
+        .audio
+        .then(|| api.add_media(MediaKind::Audio, dir, Some(stream_id.clone()), None, None));
+    let (offer, pending) = api
+        .apply()
+        .ok_or_else(|| ClientError::Sdp("no offer produced".into()))?;
+    let offer = Offer {
+        sdp: offer.to_sdp_string(),
+        pending,
+        mids: [video, audio],
+    };
+    Ok((rtc, offer))
+}
+
+/// Local address the OS would use to reach the endpoint host.
+fn route_ip(endpoint_url: &str, unspecified: IpAddr) -> Result<IpAddr, ClientError> {
+    let (host, port) = http::host_port(endpoint_url)?;
+    let probe = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
+    probe.connect((host.as_str(), port))?;
+    Ok(probe.local_addr()?.ip())
+}
+
+struct IoLoop {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    commands: std_mpsc::Receiver<Command>,
+    frames: mpsc::Sender<ReceivedFrame>,
+    shared: Arc<Shared>,
+    mids: Mids,
+    /// Negotiated payload type per [video, audio], resolved on first write.
+    pts: [Option<(Pt, str0m::media::Frequency)>; 2],
+}
+
+enum Flow {
+    Continue,
+    Exit(String),
+}
+
+impl IoLoop {
+    fn run(mut self) {
+        let shared = self.shared.clone();
+        let reason = match catch_unwind(AssertUnwindSafe(|| self.run_inner())) {
+            Ok(reason) => reason,
+            Err(_) => "IO loop panicked".to_string(),
+        };
+        tracing::debug!(%reason, "peer IO loop ended");
+        shared.set_state(LinkState::Closed(reason));
+    }
+
+    fn run_inner(&mut self) -> String {
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let deadline = match self.drain() {
+                Ok(t) => t,
+                Err(reason) => return reason,
+            };
+            if !self.rtc.is_alive() {
+                return "session closed".into();
+            }
+
+            match self.commands.try_recv() {
+                Ok(cmd) => {
+                    if let Flow::Exit(reason) = self.handle_command(cmd) {
+                        return reason;
+                    }
+                    continue;
+                }
+                Err(std_mpsc::TryRecvError::Empty) => {}
+                Err(std_mpsc::TryRecvError::Disconnected) => return "handle dropped".into(),
+            }
+
+            let now = Instant::now();
+            if deadline <= now {
+                if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                    return format!("str0m: {e}");
+                }
+                continue;
+            }
+            let wait = (deadline - now).min(MAX_WAIT);
+            if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
+                return format!("socket: {e}");
+            }
+            let input_result = match self.socket.recv_from(&mut buf) {
+                Ok((_, source)) if source == self.local_addr => continue, // wake-up
+                Ok((n, source)) => {
+                    match Receive::new(Protocol::Udp, source, self.local_addr, &buf[..n]) {
+                        Ok(recv) => self.rtc.handle_input(Input::Receive(Instant::now(), recv)),
+                        Err(_) => continue, // not STUN/DTLS/RTP: ignore
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    self.rtc.handle_input(Input::Timeout(Instant::now()))
+                }
+                Err(e) => {
+                    // ICMP errors surface here on some platforms; keep going.
+                    tracing::debug!("peer socket error: {e}");
+                    continue;
+                }
+            };
+            if let Err(e) = input_result {
+                return format!("str0m: {e}");
+            }
+        }
+    }
+
+    /// Poll until `Output::Timeout`, sending datagrams and handling events.
+    fn drain(&mut self) -> Result<Instant, String> {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return Ok(t),
+                Ok(Output::Transmit(t)) => {
+                    if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
+                        tracing::debug!("peer send to {}: {e}", t.destination);
+                    }
+                }
+                Ok(Output::Event(e)) => self.handle_event(e),
+                Err(e) => return Err(format!("str0m: {e}")),
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => self.shared.set_state(LinkState::Connected),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.shared.set_state(LinkState::Disconnected)
+            }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => {
+                // Recovery after a disconnect does not repeat Event::Connected.
+                let was_down = *self.shared.state.borrow() == LinkState::Disconnected;
+                if was_down && self.rtc.is_connected() {
+                    self.shared.set_state(LinkState::Connected);
+                }
+            }
+            Event::Closed => {
+                self.shared.connected.store(false, Ordering::SeqCst);
+            }
+            Event::KeyframeRequest(_) => {
+                self.shared.keyframe_requests.fetch_add(1, Ordering::SeqCst);
+            }
+            Event::MediaData(d) => {
+                let codec = d.params.spec().codec;
+                let frame = ReceivedFrame {
+                    kind: if codec.is_audio() {
+                        MediaKind::Audio
+                    } else {
+                        MediaKind::Video
+                    },
+                    codec,
+                    mid: d.mid,
+                    rtp_time: d.time.numer() as u32,
+                    contiguous: d.contiguous,
+                    keyframe: d.is_keyframe(),
+                    data: d.data.to_vec(),
+                    at: Instant::now(),
+                };
+                self.shared.frames_received.fetch_add(1, Ordering::SeqCst);
+                self.shared
+                    .bytes_received
+                    .fetch_add(frame.data.len() as u64, Ordering::SeqCst);
+                if self.frames.try_send(frame).is_err() {
+                    self.shared.frames_dropped.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Write {
+                kind,
+                rtp_time,
+                data,
+            } => {
+                if let Err(e) = self.write(kind, rtp_time, data) {
+                    tracing::warn!("peer write {kind:?}: {e}");
+                    self.shared.write_errors.fetch_add(1, Ordering::SeqCst);
+                }
+                Flow::Continue
+            }
+            Command::RequestKeyframe(kind) => {
+                let res = self.mids[0]
+                    .and_then(|mid| self.rtc.writer(mid))
+                    .map(|mut w| w.request_keyframe(None, kind));
+                match res {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => tracing::warn!("peer keyframe request: {e}"),
+                    None => tracing::warn!("peer keyframe request: no video writer"),
+                }
+                Flow::Continue
+            }
+            Command::Stop { graceful: false } => Flow::Exit("stopped".into()),
+            Command::Stop { graceful: true } => {
+                self.close_gracefully();
+                Flow::Exit("closed".into())
+            }
+        }
+    }
+
+    fn write(&mut self, kind: MediaKind, rtp_time: u32, data: Vec<u8>) -> Result<(), String> {
+        let slot = match kind {
+            MediaKind::Video => 0,
+            MediaKind::Audio => 1,
+        };
+        let mid = self.mids[slot].ok_or("no such track")?;
+        if !self.rtc.is_connected() {
+            return Err("not connected".into());
+        }
+        let (pt, clock) = match self.pts[slot] {
+            Some(v) => v,
+            None => {
+                let writer = self.rtc.writer(mid).ok_or("no writer")?;
+                // The answer may list several profiles; the first negotiated one is used.
+                let params = writer
+                    .payload_params()
+                    .next()
+                    .ok_or("no negotiated payload type")?;
+                let v = (params.pt(), params.spec().clock_rate);
+                self.pts[slot] = Some(v);
+                v
+            }
+        };
+        let writer = self.rtc.writer(mid).ok_or("no writer")?;
+        writer
+            .write(
+                pt,
+                Instant::now(),
+                MediaTime::new(u64::from(rtp_time), clock),
+                data,
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    /// RTCP BYE + DTLS close_notify, drained onto the socket.
+    fn close_gracefully(&mut self) {
+        if self.rtc.close().is_err() {
+            return;
+        }
+        for _ in 0..10 {
+            if self.drain().is_err() || !self.rtc.is_alive() {
+                return;
+            }
+            if self
+                .rtc
+                .handle_input(Input::Timeout(Instant::now()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Peer-to-peer tests against a minimal in-process WHIP/WHEP answerer:
+    //! one str0m `Rtc` per session (ICE-lite, frame mode) relaying publisher
+    //! frames to every viewer, behind a tiny blocking HTTP server.
+
+    use super::media::{frame_index, opus_frame, video_frame};
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Mutex;
+    use str0m::format::PayloadParams;
+
+    const SECRET: &str = "s3cret";
+
+    enum ToServer {
+        Media {
+            params: PayloadParams,
+            time: MediaTime,
+            network_time: Instant,
+            data: Arc<[u8]>,
+        },
+        Keyframe(KeyframeRequestKind),
+        Stop,
+    }
+
+    #[derive(Default)]
+    struct Hub {
+        publisher: Option<std_mpsc::Sender<ToServer>>,
+        viewers: Vec<std_mpsc::Sender<ToServer>>,
+        sessions: HashMap<u64, std_mpsc::Sender<ToServer>>,
+        next_id: u64,
+    }
+
+    /// Start the answerer; returns its base URL.
+    fn start_gateway() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let hub = Arc::new(Mutex::new(Hub::default()));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let hub = hub.clone();
+                std::thread::spawn(move || serve(stream, hub));
+            }
+        });
+        base
+    }
+
+    fn serve(mut stream: TcpStream, hub: Arc<Mutex<Hub>>) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+
+        let (status, extra, body) = route(&method, &path, &headers, body, &hub);
+        let mut resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in extra {
+            resp.push_str(&format!("{k}: {v}\r\n"));
+        }
+        resp.push_str("\r\n");
+        stream.write_all(resp.as_bytes()).unwrap();
+        stream.write_all(&body).unwrap();
+    }
+
+    type Reply = (u16, Vec<(&'static str, String)>, Vec<u8>);
+
+    fn route(
+        method: &str,
+        path: &str,
+        headers: &HashMap<String, String>,
+        body: Vec<u8>,
+        hub: &Arc<Mutex<Hub>>,
+    ) -> Reply {
+        let not_found = (404, vec![], b"no such resource".to_vec());
+        if method == "DELETE" {
+            let id = path
+                .strip_prefix("/session/")
+                .and_then(|s| s.parse::<u64>().ok());
+            let tx = id.and_then(|id| hub.lock().unwrap().sessions.remove(&id));
+            return match tx {
+                Some(tx) => {
+                    let _ = tx.send(ToServer::Stop);
+                    (200, vec![], vec![])
+                }
+                None => not_found,
+            };
+        }
+        let (publisher, relative) = match path {
+            "/whip/demo" | "/whip/secure" | "/whip/blackhole" => (true, false),
+            "/whep/demo" => (false, true),
+            _ => return not_found,
+        };
+        if path == "/whip/secure"
+            && headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {SECRET}"))
+        {
+            return (401, vec![], b"bad token".to_vec());
+        }
+        let offer =
+            str0m::change::SdpOffer::from_sdp_string(&String::from_utf8(body).unwrap()).unwrap();
+        let mut rtc = Rtc::builder().set_ice_lite(true).build(Instant::now());
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rtc.add_local_candidate(Candidate::host(socket.local_addr().unwrap(), "udp").unwrap());
+        let answer = rtc.sdp_api().accept_offer(offer).unwrap().to_sdp_string();
+
+        let (tx, rx) = std_mpsc::channel();
+        let id = {
+            let mut h = hub.lock().unwrap();
+            h.next_id += 1;
+            let id = h.next_id;
+            h.sessions.insert(id, tx.clone());
+            if path == "/whip/blackhole" {
+                // Answer, but never run ICE: the client can never connect.
+                std::thread::spawn(move || {
+                    let _keep = (rtc, socket, rx);
+                    std::thread::sleep(Duration::from_secs(5));
+                });
+            } else {
+                if publisher {
+                    h.publisher = Some(tx);
+                } else {
+                    h.viewers.push(tx);
+                }
+                let hub = hub.clone();
+                std::thread::spawn(move || server_peer(rtc, socket, rx, hub, publisher));
+            }
+            id
+        };
+        let location = if relative {
+            format!("../session/{id}")
+        } else {
+            format!("/session/{id}")
+        };
+        (
+            201,
+            vec![
+                ("content-type", "application/sdp".to_string()),
+                ("location", location),
+                ("etag", format!("\"tag-{id}\"")),
+            ],
+            answer.into_bytes(),
+        )
+    }
+
+    fn server_peer(
+        mut rtc: Rtc,
+        socket: UdpSocket,
+        inbox: std_mpsc::Receiver<ToServer>,
+        hub: Arc<Mutex<Hub>>,
+        publisher: bool,
+    ) {
+        let local = socket.local_addr().unwrap();
+        let mut buf = vec![0u8; RECV_BUF];
+        let mut mids: Vec<(MediaKind, Mid)> = Vec::new();
+        loop {
+            let deadline = loop {
+                match rtc.poll_output().unwrap() {
+                    Output::Timeout(t) => break t,
+                    Output::Transmit(t) => {
+                        let _ = socket.send_to(&t.contents, t.destination);
+                    }
+                    Output::Event(Event::MediaAdded(m)) => mids.push((m.kind, m.mid)),
+                    Output::Event(Event::MediaData(d)) if publisher => {
+                        for v in &hub.lock().unwrap().viewers {
+                            let _ = v.send(ToServer::Media {
+                                params: d.params,
+                                time: d.time,
+                                network_time: d.network_time,
+                                data: d.data.clone(),
+                            });
+                        }
+                    }
+                    Output::Event(Event::KeyframeRequest(r)) if !publisher => {
+                        if let Some(p) = &hub.lock().unwrap().publisher {
+                            let _ = p.send(ToServer::Keyframe(r.kind));
+                        }
+                    }
+                    Output::Event(_) => {}
+                }
+            };
+            if !rtc.is_alive() {
+                return;
+            }
+            let mid_of = |kind| mids.iter().find(|(k, _)| *k == kind).map(|(_, m)| *m);
+            match inbox.try_recv() {
+                Ok(ToServer::Stop) | Err(std_mpsc::TryRecvError::Disconnected) => return,
+                Ok(ToServer::Media {
+                    params,
+                    time,
+                    network_time,
+                    data,
+                }) => {
+                    let kind = if params.spec().codec.is_audio() {
+                        MediaKind::Audio
+                    } else {
+                        MediaKind::Video
+                    };
+                    if let Some(w) = mid_of(kind).and_then(|m| rtc.writer(m)) {
+                        if let Some(pt) = w.match_params(params) {
+                            w.write(pt, network_time, time, data).unwrap();
+                        }
+                    }
+                    continue;
+                }
+                Ok(ToServer::Keyframe(kind)) => {
+                    if let Some(mut w) = mid_of(MediaKind::Video).and_then(|m| rtc.writer(m)) {
+                        let _ = w.request_keyframe(None, kind);
+                    }
+                    continue;
+                }
+                Err(std_mpsc::TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            let wait = deadline
+                .saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), Duration::from_millis(5));
+            socket.set_read_timeout(Some(wait)).unwrap();
+            let input = match socket.recv_from(&mut buf) {
+                Ok((n, source)) => match Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                    Ok(r) => Input::Receive(Instant::now(), r),
+                    Err(_) => continue,
+                },
+                Err(_) => Input::Timeout(Instant::now()),
+            };
+            rtc.handle_input(input).unwrap();
+        }
+    }
+
+    const CONNECT: Duration = Duration::from_secs(5);
+
+    /// Publish `frames` video frames at ~100 fps (plus two Opus frames each)
+    /// and check the viewer gets them back byte-identical with their RTP times.
+    async fn roundtrip(codec: VideoCodec, audio: bool) {
+        let base = start_gateway();
+        let opts = PeerOptions {
+            video: Some(codec),
+            audio,
+            ..PeerOptions::default()
+        };
+        let publisher = Peer::publish(&format!("{base}/whip/demo"), opts.clone())
+            .await
+            .unwrap();
+        let mut viewer = Peer::play(&format!("{base}/whep/demo"), opts)
+            .await
+            .unwrap();
+        assert!(publisher
+            .location()
+            .starts_with(&format!("{base}/session/")));
+        assert!(viewer.location().starts_with(&format!("{base}/session/")));
+        assert!(publisher.etag().unwrap().starts_with("\"tag-"));
+        assert!(publisher.answer_sdp().starts_with("v=0"));
+        publisher.wait_connected(CONNECT).await.unwrap();
+        viewer.wait_connected(CONNECT).await.unwrap();
+        assert!(publisher.is_connected() && viewer.is_connected());
+
+        let frames = 60u64;
+        for i in 0..frames {
+            let key = i % 20 == 0;
+            let data = video_frame(codec, i, key, 4000);
+            publisher
+                .send_frame(MediaKind::Video, (i * 3000) as u32, data)
+                .unwrap();
+            if audio {
+                for j in [2 * i, 2 * i + 1] {
+                    publisher
+                        .send_frame(MediaKind::Audio, (j * 960) as u32, opus_frame(j))
+                        .unwrap();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let (mut video, mut audio_frames) = (Vec::new(), Vec::new());
+        while let Some(f) = viewer.next_frame(Duration::from_millis(700)).await {
+            let index = frame_index(f.codec, &f.data).expect("generated frame");
+            match f.kind {
+                MediaKind::Video => {
+                    assert_eq!(f.codec, codec.codec());
+                    assert_eq!(f.data, video_frame(codec, index, index % 20 == 0, 4000));
+                    assert_eq!(f.rtp_time, (index * 3000) as u32);
+                    video.push(index);
+                }
+                MediaKind::Audio => {
+                    assert_eq!(f.codec, Codec::Opus);
+                    assert_eq!(f.data, opus_frame(index));
+                    assert_eq!(f.rtp_time, (index * 960) as u32);
+                    audio_frames.push(index);
+                }
+            }
+            if video.last() == Some(&(frames - 1))
+                && (!audio || audio_frames.last() == Some(&(2 * frames - 1)))
+            {
+                break;
+            }
+        }
+        // The relay may miss the first frames while it learns the viewer's mids.
+        assert!(video.len() >= 40, "video frames {video:?}");
+        assert!(video.windows(2).all(|w| w[0] < w[1]), "order {video:?}");
+        assert_eq!(video.last(), Some(&(frames - 1)));
+        if audio {
+            assert!(audio_frames.len() >= 80, "audio frames {audio_frames:?}");
+        }
+        let stats = viewer.stats();
+        assert_eq!(stats.frames_dropped, 0);
+        assert!(stats.bytes_received >= 40 * 4000);
+        assert_eq!(publisher.stats().write_errors, 0);
+
+        // Viewer PLI travels through the relay to the publisher.
+        let before = publisher.keyframe_requests();
+        viewer.request_keyframe().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while publisher.keyframe_requests() == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            publisher.keyframe_requests() > before,
+            "no keyframe request arrived"
+        );
+
+        assert_eq!(viewer.delete().await.unwrap(), 200);
+        assert_eq!(publisher.delete().await.unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn roundtrip_h264_opus() {
+        roundtrip(VideoCodec::H264, true).await;
+    }
+
+    #[tokio::test]
+    async fn roundtrip_vp8() {
+        roundtrip(VideoCodec::Vp8, false).await;
+    }
+
+    #[tokio::test]
+    async fn roundtrip_vp9() {
+        roundtrip(VideoCodec::Vp9, false).await;
+    }
+
+    #[tokio::test]
+    async fn roundtrip_av1() {
+        roundtrip(VideoCodec::Av1, false).await;
+    }
+
+    #[tokio::test]
+    async fn http_errors_and_bearer() {
+        let base = start_gateway();
+        match Peer::publish(&format!("{base}/whip/nope"), PeerOptions::default()).await {
+            Err(ClientError::Http { status: 404, body }) => assert_eq!(body, "no such resource"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let url = format!("{base}/whip/secure");
+        match Peer::publish(&url, PeerOptions::default()).await {
+            Err(ClientError::Http { status: 401, .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        let opts = PeerOptions {
+            bearer: Some(SECRET.into()),
+            audio: false,
+            ..PeerOptions::default()
+        };
+        let p = Peer::publish(&url, opts).await.unwrap();
+        p.wait_connected(CONNECT).await.unwrap();
+        let err = p
+            .send_frame(MediaKind::Audio, 0, opus_frame(0))
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Rtc(_)), "{err:?}");
+        let location = p.location().to_string();
+        assert_eq!(p.delete().await.unwrap(), 200);
+        let again = http::request("DELETE", &location, &[], Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(again.status, 404);
+        assert_eq!(again.text(), "no such resource");
+    }
+
+    #[tokio::test]
+    async fn unreachable_answer_never_connects() {
+        let base = start_gateway();
+        let p = Peer::publish(&format!("{base}/whip/blackhole"), PeerOptions::default())
+            .await
+            .unwrap();
+        let err = p
+            .send_frame(MediaKind::Video, 0, media::h264_frame(0, true, 100))
+            .unwrap_err();
+        assert!(matches!(err, ClientError::NotConnected), "{err:?}");
+        let err = p
+            .wait_connected(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
+        assert_eq!(p.state(), LinkState::Connecting);
+        let started = Instant::now();
+        p.kill();
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_transport_error() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/whip/x");
+        let err = Peer::publish(&url, PeerOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
+        let err = http::request("GET", "https://127.0.0.1/", &[], Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Url(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,235 @@
+//! Gateway configuration: every option has an embedded default, so the binary runs with no file.
+//!
+//! `config/wishcast.example.toml` lists every option with its default and what it is for.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration. `Config::default()` is what `wishcast` runs with when given no file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub limits: LimitsConfig,
+    pub timeouts: TimeoutsConfig,
+    /// STUN/TURN servers announced to clients as `Link: <uri>; rel="ice-server"` (RFC 9725 §4.6).
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP signalling listener (WHIP, WHEP, session resources).
+    pub listen: SocketAddr,
+    /// Largest accepted request body (SDP offers, sdpfrags), in bytes; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Seconds advised in `Retry-After` on 409 (WHEP before a publisher) and 503 (limits).
+    pub retry_after_secs: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080),
+            max_body_bytes: 64 * 1024,
+            retry_after_secs: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// IP the shards' UDP sockets bind to.
+    pub bind_ip: IpAddr,
+    /// First UDP port; shard `k` binds `udp_base_port + k`. 0 picks free ports (tests).
+    pub udp_base_port: u16,
+    /// Data-plane shards (threads, one UDP socket each). 0 means one per available core.
+    pub shards: usize,
+    /// Addresses announced as host candidates instead of the interface addresses: the public
+    /// IPs of a 1:1 NAT or a Docker host. The candidate must equal where packets arrive.
+    pub public_ips: Vec<IpAddr>,
+    /// Announce loopback addresses too when binding a wildcard address (local testing).
+    pub include_loopback: bool,
+    /// ICE-lite instead of full ICE. RFC 9725 §4.4.5 allows it only when every client can reach
+    /// the announced address directly.
+    pub ice_lite: bool,
+    /// Serve a joining viewer the packets since the last keyframe, so its first frame does not
+    /// wait for the encoder's next keyframe.
+    pub gop_cache: bool,
+    /// Upper bound of packets kept per stream for the GOP cache; a longer GOP is not cached.
+    pub gop_cache_max_packets: usize,
+    /// Packets kept per viewer track to answer NACKs with retransmissions.
+    pub resend_buffer_packets: usize,
+    /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
+    pub keyframe_request_interval_ms: u64,
+    /// Queue of media packets between shards; a full queue drops packets (and counts them)
+    /// rather than blocking the sending shard.
+    pub shard_queue_packets: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            udp_base_port: 8189,
+            shards: 0,
+            public_ips: Vec::new(),
+            include_loopback: true,
+            ice_lite: false,
+            gop_cache: true,
+            gop_cache_max_packets: 4096,
+            resend_buffer_packets: 1024,
+            keyframe_request_interval_ms: 500,
+            shard_queue_packets: 8192,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sessions (publishers + viewers) the gateway serves at once; more get 503 + Retry-After.
+    pub max_sessions: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_sessions: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// A session that has not completed ICE + DTLS this long after its 201 is removed.
+    pub connect_secs: f64,
+    /// A session from whose peer nothing (media, RTCP, STUN) arrived this long is removed:
+    /// consent freshness, RFC 7675 (30 s there).
+    pub consent_secs: f64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect_secs: 20.0,
+            consent_secs: 30.0,
+        }
+    }
+}
+
+impl TimeoutsConfig {
+    pub fn connect(&self) -> Duration {
+        Duration::from_secs_f64(self.connect_secs.max(0.1))
+    }
+    pub fn consent(&self) -> Duration {
+        Duration::from_secs_f64(self.consent_secs.max(0.1))
+    }
+}
+
+/// One STUN or TURN server for the `Link` header.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    /// `stun:host:port`, `turn:host:port?transport=udp`, `turns:…` (RFC 7064 / 7065).
+    pub url: String,
+    pub username: Option<String>,
+    pub credential: Option<String>,
+}
+
+/// A configuration file that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.media.shards > 64 {
+            return bad("media.shards: at most 64");
+        }
+        if self.media.gop_cache_max_packets == 0 {
+            return bad("media.gop_cache_max_packets: must be at least 1");
+        }
+        if self.media.shard_queue_packets == 0 {
+            return bad("media.shard_queue_packets: must be at least 1");
+        }
+        if self.http.max_body_bytes < 1024 {
+            return bad("http.max_body_bytes: must be at least 1024");
+        }
+        for s in &self.ice_servers {
+            let scheme = s.url.split(':').next().unwrap_or("");
+            if !matches!(scheme, "stun" | "stuns" | "turn" | "turns") {
+                return Err(ConfigError::Invalid(format!(
+                    "ice_servers.url: {:?} is not a stun:, stuns:, turn: or turns: URI",
+                    s.url
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Shard count with 0 resolved to the number of cores.
+    pub fn shard_count(&self) -> usize {
+        if self.media.shards > 0 {
+            return self.media.shards;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::from_toml_str("").expect("defaults");
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.media.udp_base_port, 8189);
+        assert!(!c.media.ice_lite);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml_str("[media]\nshardz = 2\n").expect_err("unknown key");
+        assert!(e.to_string().contains("shardz"), "{e}");
+    }
+
+    #[test]
+    fn bad_ice_server_scheme_is_rejected() {
+        let e = Config::from_toml_str("[[ice_servers]]\nurl = \"http://x\"\n").expect_err("bad");
+        assert!(e.to_string().contains("ice_servers.url"), "{e}");
+    }
+}

@@ -1,0 +1,375 @@
+//! Fan-out of one publisher's RTP packets to many viewers, without re-packetizing.
+//!
+//! - [`MediaPacket`]: one received RTP packet with what the viewers need to rewrite it; its payload
+//!   is an `Arc<[u8]>` shared by every viewer on a shard.
+//! - [`StreamCache`]: per stream and shard, the packets since the last keyframe (the GOP cache) so a
+//!   joining viewer starts on a decodable frame at once.
+//! - [`TrackRewriter`]: per viewer and track, the sequence-number and timestamp rebasing that keeps
+//!   a viewer's stream continuous across publisher changes and starts below the first SRTP
+//!   rollover (a new receiver assumes ROC 0).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::format::{Codec, PayloadParams};
+
+use crate::hub::SessionId;
+use crate::sdp::Kind;
+
+/// One RTP packet from a publisher, as the fan-out sees it.
+#[derive(Clone, Debug)]
+pub struct MediaPacket {
+    /// The publishing session: a change means a new publisher (rebase, wait for a keyframe).
+    pub publisher: SessionId,
+    pub kind: Kind,
+    /// The publisher's payload parameters for this packet's PT; viewers map them by codec.
+    pub params: PayloadParams,
+    /// Extended (64-bit) sequence number from the publisher's leg.
+    pub seq: u64,
+    pub time: u32,
+    pub marker: bool,
+    /// This packet carries (part of) a keyframe.
+    pub keyframe: bool,
+    pub payload: Arc<[u8]>,
+    /// When the gateway received it, used as the RTP wallclock for sender reports.
+    pub received: Instant,
+}
+
+impl MediaPacket {
+    /// A copy whose payload is a fresh allocation, for handing to another shard: sharing one
+    /// `Arc` across cores would bounce its reference count between their caches per viewer.
+    pub fn for_other_shard(&self) -> MediaPacket {
+        MediaPacket {
+            payload: Arc::from(&self.payload[..]),
+            ..self.clone()
+        }
+    }
+}
+
+/// Whether an RTP payload of `codec` carries a keyframe (or its start), by codec rules:
+/// H264 IDR, VP8 key frame tag, VP9 non-inter-predicted picture, AV1 new coded video sequence.
+pub fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    use str0m::format::{
+        detect_av1_keyframe, detect_h264_keyframe, detect_vp8_keyframe, detect_vp9_keyframe,
+    };
+    match codec {
+        Codec::H264 => detect_h264_keyframe(payload),
+        Codec::Vp8 => detect_vp8_keyframe(payload),
+        Codec::Vp9 => detect_vp9_keyframe(payload),
+        Codec::Av1 => detect_av1_keyframe(payload),
+        _ => false,
+    }
+}
+
+/// What pushing a packet into a [`StreamCache`] means for waiting viewers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// An ordinary packet: forward it to viewers already playing.
+    Packet,
+    /// The first keyframe packet of a frame: viewers waiting for a keyframe start with the cached
+    /// packets of this frame (`StreamCache::frame`), which include this one.
+    KeyframeStart,
+}
+
+/// The packets of one stream since its last keyframe, kept by every shard that has viewers of it
+/// (and by the publisher's shard, which hands it to shards that subscribe later).
+#[derive(Debug)]
+pub struct StreamCache {
+    packets: Vec<Arc<MediaPacket>>,
+    /// Index in `packets` where the current video frame starts.
+    frame_start: usize,
+    frame_time: Option<u32>,
+    /// `packets` begins with a keyframe and holds everything since.
+    has_keyframe: bool,
+    /// The keyframe of the current frame was already seen (several packets may carry it).
+    frame_is_key: bool,
+    /// Keep whole GOPs (the GOP cache) or only the current frame.
+    keep_gop: bool,
+    max_packets: usize,
+    pub publisher: Option<SessionId>,
+}
+
+impl StreamCache {
+    pub fn new(keep_gop: bool, max_packets: usize) -> StreamCache {
+        StreamCache {
+            packets: Vec::new(),
+            frame_start: 0,
+            frame_time: None,
+            has_keyframe: false,
+            frame_is_key: false,
+            keep_gop,
+            max_packets,
+            publisher: None,
+        }
+    }
+
+    /// Forgets everything: the publisher left, the next one starts from its own keyframe.
+    pub fn reset(&mut self) {
+        self.packets.clear();
+        self.frame_start = 0;
+        self.frame_time = None;
+        self.has_keyframe = false;
+        self.frame_is_key = false;
+        self.publisher = None;
+    }
+
+    pub fn push(&mut self, pkt: Arc<MediaPacket>) -> Pushed {
+        if self.publisher != Some(pkt.publisher) {
+            self.reset();
+            self.publisher = Some(pkt.publisher);
+        }
+        if pkt.kind == Kind::Video && self.frame_time != Some(pkt.time) {
+            self.frame_time = Some(pkt.time);
+            self.frame_is_key = false;
+            if !self.keep_gop || !self.has_keyframe {
+                // Nothing before this frame can start a viewer: drop it.
+                self.packets.clear();
+            }
+            self.frame_start = self.packets.len();
+        }
+        if self.packets.len() >= self.max_packets {
+            // A GOP longer than the cache: stop caching until the next keyframe.
+            self.packets.clear();
+            self.frame_start = 0;
+            self.has_keyframe = false;
+        }
+        let starts_keyframe = pkt.kind == Kind::Video && pkt.keyframe && !self.frame_is_key;
+        self.packets.push(pkt);
+        if starts_keyframe {
+            self.frame_is_key = true;
+            self.packets.drain(..self.frame_start);
+            self.frame_start = 0;
+            self.has_keyframe = true;
+            return Pushed::KeyframeStart;
+        }
+        Pushed::Packet
+    }
+
+    /// The cached packets from the last keyframe on, if the cache holds one (the GOP a new viewer
+    /// starts with).
+    pub fn gop(&self) -> Option<&[Arc<MediaPacket>]> {
+        (self.has_keyframe && self.keep_gop).then_some(&self.packets[..])
+    }
+
+    /// The packets of the current frame (after [`Pushed::KeyframeStart`]: the keyframe so far).
+    pub fn frame(&self) -> &[Arc<MediaPacket>] {
+        &self.packets[self.frame_start..]
+    }
+
+    /// Everything cached, for handing to a shard that subscribes.
+    pub fn all(&self) -> &[Arc<MediaPacket>] {
+        &self.packets
+    }
+}
+
+/// Per viewer and track: rewrites sequence numbers and timestamps into the viewer's own
+/// continuous space, and holds video back until a keyframe.
+#[derive(Debug)]
+pub struct TrackRewriter {
+    pub kind: Kind,
+    /// Video that has not yet had a keyframe since the viewer joined or the publisher changed.
+    pub waiting_keyframe: bool,
+    epoch: Option<SessionId>,
+    /// First input sequence number of this epoch; older packets belong to a cut-off past.
+    epoch_first_seq: u64,
+    seq_offset: i64,
+    ts_offset: u32,
+    last_out_seq: u64,
+    last_out_ts: u32,
+    last_out_at: Option<Instant>,
+    clock_rate: u32,
+    /// The next packet starts the track even without a keyframe flag: it is the first packet of
+    /// a keyframe's frame (an H264 SPS/PPS packet precedes the IDR with the same timestamp).
+    start_next: bool,
+    /// Last (input params, output PT) mapping: the codec does not change per packet.
+    pt_cache: Option<(PayloadParams, str0m::media::Pt)>,
+}
+
+impl TrackRewriter {
+    pub fn new(kind: Kind) -> TrackRewriter {
+        TrackRewriter {
+            kind,
+            waiting_keyframe: kind == Kind::Video,
+            epoch: None,
+            epoch_first_seq: 0,
+            seq_offset: 0,
+            ts_offset: 0,
+            last_out_seq: 0,
+            last_out_ts: 0,
+            last_out_at: None,
+            clock_rate: 90_000,
+            start_next: false,
+            pt_cache: None,
+        }
+    }
+
+    /// Whether any packet of the current publisher was written (audio starts at once).
+    pub fn started(&self) -> bool {
+        self.epoch.is_some()
+    }
+
+    /// Starts the track with the next packet: the caller replays a keyframe's frame from its start.
+    pub fn start_with_next(&mut self) {
+        self.start_next = true;
+    }
+
+    /// The publisher is gone: the next packets come from a new one.
+    pub fn publisher_left(&mut self) {
+        self.epoch = None;
+        self.waiting_keyframe = self.kind == Kind::Video;
+    }
+
+    /// Output (extended sequence number, RTP timestamp) for `pkt`, or `None` to drop it.
+    pub fn rewrite(&mut self, pkt: &MediaPacket, now: Instant) -> Option<(u64, u32)> {
+        if self.epoch != Some(pkt.publisher) {
+            if self.kind == Kind::Video && !pkt.keyframe && !self.start_next {
+                self.waiting_keyframe = true;
+                return None;
+            }
+            self.clock_rate = pkt.params.spec().clock_rate.get();
+            let (base_seq, base_ts) = match self.last_out_at {
+                // First publisher this viewer sees: random start below 2^15, so the SRTP
+                // rollover counter the viewer assumes (0) stays right for a long time.
+                None => (rand::random::<u16>() as u64 & 0x7fff | 1, rand::random::<u32>()),
+                // A new publisher after another: continue where the last one stopped, with the
+                // timestamp advanced by the wall time that passed.
+                Some(at) => {
+                    let gap = now.saturating_duration_since(at).as_secs_f64();
+                    let ticks = (gap * self.clock_rate as f64) as u32;
+                    (
+                        self.last_out_seq + 1,
+                        self.last_out_ts.wrapping_add(ticks.max(1)),
+                    )
+                }
+            };
+            self.epoch = Some(pkt.publisher);
+            self.epoch_first_seq = pkt.seq;
+            self.seq_offset = base_seq as i64 - pkt.seq as i64;
+            self.ts_offset = base_ts.wrapping_sub(pkt.time);
+            self.pt_cache = None;
+        }
+        if self.waiting_keyframe {
+            if !pkt.keyframe && !self.start_next {
+                return None;
+            }
+            self.waiting_keyframe = false;
+        }
+        self.start_next = false;
+        if pkt.seq < self.epoch_first_seq {
+            return None;
+        }
+        let seq = (pkt.seq as i64 + self.seq_offset) as u64;
+        let ts = pkt.time.wrapping_add(self.ts_offset);
+        if seq > self.last_out_seq || self.last_out_at.is_none() {
+            self.last_out_seq = seq;
+            self.last_out_ts = ts;
+        }
+        self.last_out_at = Some(now);
+        Some((seq, ts))
+    }
+
+    /// The viewer's PT for the publisher's payload parameters, matched by codec and format.
+    pub fn map_pt(
+        &mut self,
+        params: &PayloadParams,
+        find: impl FnOnce(&PayloadParams) -> Option<str0m::media::Pt>,
+    ) -> Option<str0m::media::Pt> {
+        if let Some((p, pt)) = &self.pt_cache {
+            if p == params {
+                return Some(*pt);
+            }
+        }
+        let pt = find(params)?;
+        self.pt_cache = Some((*params, pt));
+        Some(pt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::format::CodecConfig;
+
+    fn params(kind: Kind) -> PayloadParams {
+        let mut c = CodecConfig::new_with_defaults();
+        let codec = if kind == Kind::Video { Codec::Vp8 } else { Codec::Opus };
+        c.retain_for_test(codec)
+    }
+
+    trait Pick {
+        fn retain_for_test(&mut self, codec: Codec) -> PayloadParams;
+    }
+    impl Pick for CodecConfig {
+        fn retain_for_test(&mut self, codec: Codec) -> PayloadParams {
+            *self.find(|p| p.spec().codec == codec).expect("codec in defaults")
+        }
+    }
+
+    fn pkt(publisher: u128, kind: Kind, seq: u64, time: u32, keyframe: bool) -> Arc<MediaPacket> {
+        Arc::new(MediaPacket {
+            publisher: SessionId(publisher),
+            kind,
+            params: params(kind),
+            seq,
+            time,
+            marker: false,
+            keyframe,
+            payload: Arc::from(&[seq as u8][..]),
+            received: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn gop_cache_starts_at_the_frame_of_the_last_keyframe() {
+        let mut c = StreamCache::new(true, 100);
+        assert_eq!(c.push(pkt(1, Kind::Video, 1, 100, false)), Pushed::Packet);
+        assert!(c.gop().is_none());
+        // SPS in its own packet, then the IDR, same timestamp: the frame starts at the SPS.
+        assert_eq!(c.push(pkt(1, Kind::Video, 2, 200, false)), Pushed::Packet);
+        assert_eq!(c.push(pkt(1, Kind::Audio, 50, 9, false)), Pushed::Packet);
+        assert_eq!(c.push(pkt(1, Kind::Video, 3, 200, true)), Pushed::KeyframeStart);
+        assert_eq!(c.push(pkt(1, Kind::Video, 4, 200, true)), Pushed::Packet);
+        assert_eq!(c.push(pkt(1, Kind::Video, 5, 300, false)), Pushed::Packet);
+        let seqs: Vec<u64> = c.gop().expect("gop").iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, vec![2, 50, 3, 4, 5]);
+        // A new publisher empties the cache.
+        c.push(pkt(2, Kind::Video, 9, 1, false));
+        assert!(c.gop().is_none());
+    }
+
+    #[test]
+    fn without_gop_cache_only_the_current_frame_is_kept() {
+        let mut c = StreamCache::new(false, 100);
+        c.push(pkt(1, Kind::Video, 1, 100, true));
+        c.push(pkt(1, Kind::Video, 2, 200, false));
+        assert!(c.gop().is_none());
+        assert_eq!(c.all().len(), 1);
+    }
+
+    #[test]
+    fn rewriter_waits_for_keyframe_and_rebases_across_publishers() {
+        let now = Instant::now();
+        let mut r = TrackRewriter::new(Kind::Video);
+        assert_eq!(r.rewrite(&pkt(1, Kind::Video, 1000, 5, false), now), None);
+        let (s1, t1) = r.rewrite(&pkt(1, Kind::Video, 1001, 5, true), now).expect("key");
+        assert!(s1 < 1 << 15, "starts below the first rollover: {s1}");
+        let (s2, t2) = r.rewrite(&pkt(1, Kind::Video, 1003, 3005, false), now).expect("next");
+        assert_eq!(s2, s1 + 2, "gaps are kept so NACKs line up");
+        assert_eq!(t2.wrapping_sub(t1), 3000);
+        // A new publisher with unrelated numbers continues the viewer's sequence.
+        r.publisher_left();
+        assert_eq!(r.rewrite(&pkt(2, Kind::Video, 7, 77, false), now), None);
+        let later = now + std::time::Duration::from_millis(100);
+        let (s3, t3) = r.rewrite(&pkt(2, Kind::Video, 8, 77, true), later).expect("key");
+        assert_eq!(s3, s2 + 1);
+        assert_eq!(t3.wrapping_sub(t2), 9000, "100 ms at 90 kHz");
+        // Older than the epoch's first packet: dropped.
+        assert_eq!(r.rewrite(&pkt(2, Kind::Video, 6, 70, false), later), None);
+    }
+
+    #[test]
+    fn audio_starts_without_keyframe() {
+        let mut r = TrackRewriter::new(Kind::Audio);
+        assert!(r.rewrite(&pkt(1, Kind::Audio, 10, 0, false), Instant::now()).is_some());
+    }
+}

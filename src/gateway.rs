@@ -1,0 +1,202 @@
+//! Starting and stopping a gateway: binds the shards' UDP sockets and the HTTP listener, spawns
+//! one thread per shard and serves signalling on the caller's tokio runtime.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::hub::Hub;
+use crate::shard::engine::Engine;
+use crate::shard::io::{self, ShardLink};
+use crate::shard::Command;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    BindUdp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    BindHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start shard thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running gateway. Dropping it without [`Gateway::shutdown`] leaves its threads running until
+/// the process ends.
+pub struct Gateway {
+    http_addr: SocketAddr,
+    media_addrs: Vec<SocketAddr>,
+    hub: Arc<Hub>,
+    shards: Arc<Vec<ShardLink>>,
+    threads: Vec<JoinHandle<()>>,
+    stop_http: watch::Sender<bool>,
+    http_task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds everything and starts serving. Must be called inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let n = config.shard_count();
+        let hub = Arc::new(Hub::new(n));
+
+        let mut sockets = Vec::with_capacity(n);
+        for k in 0..n {
+            let port = match config.media.udp_base_port {
+                0 => 0,
+                base => base.saturating_add(k as u16),
+            };
+            let addr = SocketAddr::new(config.media.bind_ip, port);
+            let socket = io::bind(addr).map_err(|source| StartError::BindUdp { addr, source })?;
+            let local = socket
+                .local_addr()
+                .map_err(|source| StartError::BindUdp { addr, source })?;
+            sockets.push((socket, local.port()));
+        }
+        let ips = candidate_ips(&config);
+        let (links, chans): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| io::channels(config.media.shard_queue_packets))
+            .unzip();
+        let links = Arc::new(links);
+        let mut threads = Vec::with_capacity(n);
+        let mut media_addrs = Vec::new();
+        for (k, ((socket, port), chans)) in sockets.into_iter().zip(chans).enumerate() {
+            let candidates: Vec<SocketAddr> =
+                ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+            media_addrs.extend(candidates.iter().copied());
+            let engine = Engine::new(k, config.clone(), hub.clone(), candidates, Instant::now());
+            let peers = links.as_ref().clone();
+            let t = std::thread::Builder::new()
+                .name(format!("wishcast-shard-{k}"))
+                .spawn(move || io::run(engine, socket, chans, peers))
+                .map_err(StartError::Thread)?;
+            threads.push(t);
+        }
+
+        let listen = config.http.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartError::BindHttp {
+                addr: listen,
+                source,
+            })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::BindHttp {
+                addr: listen,
+                source,
+            })?;
+        let app = router(AppState {
+            config: config.clone(),
+            hub: hub.clone(),
+            shards: links.clone(),
+        });
+        let (stop_http, mut stopped) = watch::channel(false);
+        let http_task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        info!(%http_addr, shards = n, media = ?media_addrs, "wishcast started");
+        Ok(Gateway {
+            http_addr,
+            media_addrs,
+            hub,
+            shards: links,
+            threads,
+            stop_http,
+            http_task,
+        })
+    }
+
+    /// Where signalling is served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Every announced media address (host candidates of all shards).
+    pub fn media_addrs(&self) -> &[SocketAddr] {
+        &self.media_addrs
+    }
+
+    /// Sessions registered, publishers and viewers.
+    pub fn session_count(&self) -> usize {
+        self.hub.session_count()
+    }
+
+    /// Stops accepting requests, ends every session and joins the shard threads.
+    pub async fn shutdown(self) {
+        let _ = self.stop_http.send(true);
+        let _ = self.http_task.await;
+        for link in self.shards.iter() {
+            let _ = link.commands.send(Command::Shutdown);
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// The IPs to announce as host candidates: configured public IPs, else the bound IP, else every
+/// interface address of the bound family (loopback last, and only if configured).
+fn candidate_ips(config: &Config) -> Vec<IpAddr> {
+    if !config.media.public_ips.is_empty() {
+        return config.media.public_ips.clone();
+    }
+    let bind = config.media.bind_ip;
+    if !bind.is_unspecified() {
+        return vec![bind];
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut loopback: Vec<IpAddr> = Vec::new();
+    if let Ok(ifaces) = if_addrs::get_if_addrs() {
+        for iface in ifaces {
+            let ip = iface.ip();
+            if ip.is_ipv4() != bind.is_ipv4() {
+                continue;
+            }
+            if let IpAddr::V6(v6) = ip {
+                // Link-local needs a scope id a candidate cannot carry.
+                if (v6.segments()[0] & 0xffc0) == 0xfe80 {
+                    continue;
+                }
+            }
+            if ip.is_loopback() {
+                loopback.push(ip);
+            } else {
+                ips.push(ip);
+            }
+        }
+    }
+    if config.media.include_loopback || ips.is_empty() {
+        ips.extend(loopback);
+    }
+    if ips.is_empty() {
+        ips.push(if bind.is_ipv4() {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        });
+    }
+    ips.dedup();
+    ips
+}

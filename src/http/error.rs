@@ -1,0 +1,122 @@
+//! The one place errors become HTTP: status, headers and an RFC 9457 problem+json body that says
+//! what to fix.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::sdp::OfferError;
+use crate::shard::SessionError;
+
+/// Everything a signalling request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Content-Type must be {expected}")]
+    UnsupportedMediaType { expected: &'static str },
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the request body could not be read: {0}")]
+    Body(String),
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    #[error("stream {0:?} already has a live publisher")]
+    PublisherExists(String),
+    #[error("stream {0:?} has no publisher yet; retry later")]
+    NoPublisher(String, u32),
+    #[error("the gateway is at its session limit; retry later")]
+    Full(u32),
+    #[error("invalid stream name {0:?}: use 1-128 letters, digits, '-', '_' or '.'")]
+    BadStreamName(String),
+    #[error("no such session")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        use SessionError as S;
+        match self {
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Body(_) | ApiError::BadStreamName(_) => StatusCode::BAD_REQUEST,
+            ApiError::PublisherExists(_) | ApiError::NoPublisher(..) => StatusCode::CONFLICT,
+            ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Session(s) => match s {
+                S::Offer(OfferError::Malformed(_)) => StatusCode::BAD_REQUEST,
+                S::Offer(_) | S::Negotiation(_) | S::RestartFailed(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                S::NotFound => StatusCode::NOT_FOUND,
+                S::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+                S::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+                S::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            },
+        }
+    }
+
+    /// A stable identifier of the problem, as the `type` URI's last segment.
+    fn slug(&self) -> &'static str {
+        use SessionError as S;
+        match self {
+            ApiError::UnsupportedMediaType { .. } => "unsupported-media-type",
+            ApiError::TooLarge { .. } => "body-too-large",
+            ApiError::Body(_) => "unreadable-body",
+            ApiError::BadStreamName(_) => "bad-stream-name",
+            ApiError::PublisherExists(_) => "publisher-exists",
+            ApiError::NoPublisher(..) => "no-publisher",
+            ApiError::Full(_) => "session-limit",
+            ApiError::NotFound | ApiError::Session(S::NotFound) => "no-such-session",
+            ApiError::MethodNotAllowed => "method-not-allowed",
+            ApiError::Session(S::Offer(OfferError::Malformed(_))) => "malformed-sdp",
+            ApiError::Session(S::Offer(_)) | ApiError::Session(S::Negotiation(_)) => {
+                "unsupported-offer"
+            }
+            ApiError::Session(S::RestartFailed(_)) => "ice-restart-failed",
+            ApiError::Session(S::PreconditionRequired) => "if-match-required",
+            ApiError::Session(S::PreconditionFailed) => "etag-mismatch",
+            ApiError::Session(S::Unavailable) => "shard-unavailable",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let kind = format!("https://wishcast.dev/problems/{}", self.slug());
+        let body = Problem {
+            kind: &kind,
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut res = (status, json).into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match &self {
+            ApiError::NoPublisher(_, secs) | ApiError::Full(secs) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ApiError::UnsupportedMediaType { expected } => {
+                h.insert("accept-post", HeaderValue::from_static(expected));
+            }
+            _ => {}
+        }
+        res
+    }
+}

@@ -1,0 +1,412 @@
+//! Signalling over HTTP: WHIP (RFC 9725) and WHEP endpoints and their session resources.
+//!
+//! Handlers parse and check the request, register the session in the [`Hub`], hand the offer to
+//! the chosen shard and await its answer. No media passes here.
+
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, on, MethodFilter};
+use axum::Router;
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::hub::{ClaimError, Hub, SessionId};
+use crate::sdp::{Fragment, Kind, Offer, OfferError, Role};
+use crate::shard::io::ShardLink;
+use crate::shard::{Command, CreateSession, Patched, SessionError};
+use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub shards: Arc<Vec<ShardLink>>,
+}
+
+/// How long a handler waits for a shard before answering 503.
+const SHARD_REPLY: Duration = Duration::from_secs(10);
+
+const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+pub fn router(state: AppState) -> Router {
+    let endpoint_methods = MethodFilter::GET
+        .or(MethodFilter::HEAD)
+        .or(MethodFilter::POST)
+        .or(MethodFilter::OPTIONS);
+    let session_methods = MethodFilter::GET
+        .or(MethodFilter::HEAD)
+        .or(MethodFilter::PATCH)
+        .or(MethodFilter::DELETE)
+        .or(MethodFilter::OPTIONS);
+    Router::new()
+        .route("/whip/{stream}", on(endpoint_methods, whip_endpoint))
+        .route("/whep/{stream}", on(endpoint_methods, whep_endpoint))
+        .route("/whip/{stream}/{id}", on(session_methods, whip_session))
+        .route("/whep/{stream}/{id}", on(session_methods, whep_session))
+        .route("/whip/{stream}", any(method_not_allowed))
+        .route("/whep/{stream}", any(method_not_allowed))
+        .route("/whip/{stream}/{id}", any(method_not_allowed))
+        .route("/whep/{stream}/{id}", any(method_not_allowed))
+        .layer(middleware::from_fn(cors))
+        .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// CORS for browser players and publishers on other origins: every response may be read, and
+/// the headers WHIP/WHEP clients need are exposed.
+async fn cors(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, ETag, Link, Accept-Post, Retry-After, Content-Type"),
+    );
+    res
+}
+
+fn options_response(endpoint: bool) -> Response {
+    let allow = if endpoint {
+        "GET, HEAD, POST, OPTIONS"
+    } else {
+        "GET, HEAD, PATCH, DELETE, OPTIONS"
+    };
+    let mut res = StatusCode::OK.into_response();
+    let h = res.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static(allow));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(allow),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    if endpoint {
+        h.insert("accept-post", HeaderValue::from_static(SDP));
+    } else {
+        h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    }
+    res
+}
+
+async fn whip_endpoint(
+    State(app): State<AppState>,
+    Path(stream): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    endpoint(app, Role::Publish, stream, method, headers, body).await
+}
+
+async fn whep_endpoint(
+    State(app): State<AppState>,
+    Path(stream): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    endpoint(app, Role::Play, stream, method, headers, body).await
+}
+
+async fn whip_session(
+    State(app): State<AppState>,
+    Path((stream, id)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    session(app, Role::Publish, stream, id, method, headers, body).await
+}
+
+async fn whep_session(
+    State(app): State<AppState>,
+    Path((stream, id)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    session(app, Role::Play, stream, id, method, headers, body).await
+}
+
+fn check_stream_name(stream: &str) -> Result<(), ApiError> {
+    let ok = !stream.is_empty()
+        && stream.len() <= 128
+        && stream
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadStreamName(stream.to_string()))
+    }
+}
+
+async fn endpoint(
+    app: AppState,
+    role: Role,
+    stream: String,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_stream_name(&stream)?;
+    match method {
+        Method::OPTIONS => return Ok(options_response(true)),
+        // WHEP: HEAD says "this is a WHEP endpoint" (editor's copy §4.2).
+        Method::HEAD if role == Role::Play => {
+            return Ok(([(header::CONTENT_TYPE, SDP)], ()).into_response())
+        }
+        // RFC 9725 §4.1: the resources have no representation: 2xx, no content.
+        Method::GET | Method::HEAD => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Method::POST => {}
+        _ => return Err(ApiError::MethodNotAllowed),
+    }
+    check_content_type(&headers, SDP)?;
+    let body = read_body(body, &headers, app.config.http.max_body_bytes).await?;
+    let offer_sdp = String::from_utf8(body)
+        .map_err(|_| SessionError::Offer(OfferError::Malformed("not UTF-8".into())))?;
+    let offer = Offer::parse(&offer_sdp).map_err(SessionError::Offer)?;
+    offer.check(role).map_err(SessionError::Offer)?;
+
+    let id = SessionId::random();
+    let retry = app.config.http.retry_after_secs;
+    let (shard, publisher) = app
+        .hub
+        .register(
+            id,
+            &stream,
+            role,
+            app.config.limits.max_sessions,
+            (Vec::new(), Vec::new()),
+        )
+        .map_err(|e| match e {
+            ClaimError::PublisherExists => ApiError::PublisherExists(stream.clone()),
+            ClaimError::NoPublisher => ApiError::NoPublisher(stream.clone(), retry),
+            ClaimError::Full => ApiError::Full(retry),
+        })?;
+    if role == Role::Play {
+        if let Some(p) = &publisher {
+            if let Err(e) = check_viewer_codecs(&offer, &p.video_codecs, &p.audio_codecs) {
+                app.hub.unregister(id);
+                return Err(SessionError::Offer(e).into());
+            }
+        }
+    }
+    let stream_key = app
+        .hub
+        .session(id)
+        .map(|s| s.stream)
+        .unwrap_or_else(|| Arc::from(stream.as_str()));
+    let (tx, rx) = oneshot::channel();
+    let cmd = Command::Create(Box::new(CreateSession {
+        id,
+        stream: stream_key,
+        role,
+        offer_sdp,
+        reply: tx,
+    }));
+    let created = match ask(&app, shard, cmd, rx).await {
+        Ok(c) => c,
+        Err(e) => {
+            app.hub.unregister(id);
+            return Err(e.into());
+        }
+    };
+    if role == Role::Publish {
+        if let Ok(answer) = Offer::parse(&created.answer) {
+            let supported = |k: Kind| -> Vec<String> {
+                answer
+                    .codecs(k)
+                    .filter(|c| *c != "RTX")
+                    .map(str::to_string)
+                    .collect()
+            };
+            app.hub
+                .set_publisher_codecs(&stream, id, supported(Kind::Video), supported(Kind::Audio));
+        }
+    }
+    let prefix = if role == Role::Publish { "whip" } else { "whep" };
+    let location = format!("/{prefix}/{stream}/{id}");
+    let mut res = (StatusCode::CREATED, created.answer).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&created.etag) {
+        h.insert(header::ETAG, v);
+    }
+    for link in ice_server_links(&app.config) {
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            h.append(header::LINK, v);
+        }
+    }
+    Ok(res)
+}
+
+/// A viewer must be able to decode what the live publisher sends.
+fn check_viewer_codecs(offer: &Offer, video: &[String], audio: &[String]) -> Result<(), OfferError> {
+    for (kind, sent) in [(Kind::Video, video), (Kind::Audio, audio)] {
+        if sent.is_empty() || !offer.has(kind) {
+            continue;
+        }
+        if !offer.codecs(kind).any(|c| sent.iter().any(|s| s == c)) {
+            return Err(OfferError::NoCommonCodec {
+                kind,
+                supported: sent.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `Link: <uri>; rel="ice-server"` values (RFC 9725 §4.6).
+fn ice_server_links(config: &Config) -> Vec<String> {
+    config
+        .ice_servers
+        .iter()
+        .map(|s| {
+            let mut link = format!("<{}>; rel=\"ice-server\"", s.url);
+            if let Some(u) = &s.username {
+                link.push_str(&format!("; username=\"{}\"", u.replace('"', "")));
+            }
+            if let Some(c) = &s.credential {
+                link.push_str(&format!(
+                    "; credential=\"{}\"; credential-type=\"password\"",
+                    c.replace('"', "")
+                ));
+            }
+            link
+        })
+        .collect()
+}
+
+async fn session(
+    app: AppState,
+    role: Role,
+    stream: String,
+    id: String,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id: SessionId = id.parse().map_err(|_| ApiError::NotFound)?;
+    let entry = app.hub.session(id).ok_or(ApiError::NotFound)?;
+    if entry.role != role || *entry.stream != *stream {
+        return Err(ApiError::NotFound);
+    }
+    match method {
+        Method::OPTIONS => Ok(options_response(false)),
+        Method::GET | Method::HEAD => Ok(StatusCode::NO_CONTENT.into_response()),
+        Method::DELETE => {
+            let (tx, rx) = oneshot::channel();
+            ask(&app, entry.shard, Command::Delete { id, reply: tx }, rx).await?;
+            Ok(StatusCode::OK.into_response())
+        }
+        Method::PATCH => {
+            check_content_type(&headers, SDPFRAG)?;
+            let body = read_body(body, &headers, app.config.http.max_body_bytes).await?;
+            let text = String::from_utf8(body)
+                .map_err(|_| SessionError::Offer(OfferError::Malformed("not UTF-8".into())))?;
+            let fragment = Fragment::parse(&text).map_err(SessionError::Offer)?;
+            let if_match = headers
+                .get(header::IF_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let (tx, rx) = oneshot::channel();
+            let cmd = Command::Patch {
+                id,
+                fragment,
+                if_match,
+                reply: tx,
+            };
+            match ask(&app, entry.shard, cmd, rx).await? {
+                Patched::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
+                Patched::Restarted { fragment, etag } => {
+                    let mut res = (StatusCode::OK, fragment).into_response();
+                    let h = res.headers_mut();
+                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
+                    if let Ok(v) = HeaderValue::from_str(&etag) {
+                        h.insert(header::ETAG, v);
+                    }
+                    Ok(res)
+                }
+            }
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Sends a command to a shard and waits for its reply.
+async fn ask<T>(
+    app: &AppState,
+    shard: usize,
+    cmd: Command,
+    rx: oneshot::Receiver<Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    let link = app.shards.get(shard).ok_or(SessionError::Unavailable)?;
+    link.commands
+        .send(cmd)
+        .map_err(|_| SessionError::Unavailable)?;
+    match tokio::time::timeout(SHARD_REPLY, rx).await {
+        Ok(Ok(r)) => r,
+        _ => Err(SessionError::Unavailable),
+    }
+}
+
+fn check_content_type(headers: &HeaderMap, expected: &'static str) -> Result<(), ApiError> {
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if essence.as_deref() == Some(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType { expected })
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b.to_vec()),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::TooLarge { limit })
+            } else {
+                Err(ApiError::Body(e.to_string()))
+            }
+        }
+    }
+}

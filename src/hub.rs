@@ -1,0 +1,278 @@
+//! The directory shared by the control plane and the shards: which streams have a publisher and on
+//! which shard, which shards have viewers of each stream, and where each session lives.
+//!
+//! It changes only when sessions come and go, never per packet: a publisher's shard keeps its own
+//! copy of the subscriber set and is told about changes by message.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::sdp::Role;
+
+/// A session's public id: 128 random bits, shown as 32 hex digits in the resource URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u128);
+
+impl SessionId {
+    pub fn random() -> SessionId {
+        SessionId(rand::random())
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s.len() != 32 {
+            return Err(());
+        }
+        u128::from_str_radix(s, 16).map(SessionId).map_err(|_| ())
+    }
+}
+
+/// Where a session lives, for routing PATCH/DELETE to its shard.
+#[derive(Clone, Debug)]
+pub struct SessionEntry {
+    pub shard: usize,
+    pub stream: Arc<str>,
+    pub role: Role,
+}
+
+/// The publisher of a stream.
+#[derive(Clone, Debug)]
+pub struct PublisherEntry {
+    pub session: SessionId,
+    pub shard: usize,
+    /// Codec names (upper-case SDP names) the publisher sends, known after its offer.
+    pub video_codecs: Vec<String>,
+    pub audio_codecs: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct StreamEntry {
+    pub publisher: Option<PublisherEntry>,
+    /// Bit k set: shard k has viewers of this stream and wants its packets.
+    pub viewer_shards: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct HubState {
+    pub streams: HashMap<Arc<str>, StreamEntry>,
+    pub sessions: HashMap<SessionId, SessionEntry>,
+    /// Sessions per shard, for choosing where a new one goes.
+    pub per_shard: Vec<usize>,
+}
+
+/// Why a session cannot be registered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClaimError {
+    PublisherExists,
+    NoPublisher,
+    Full,
+}
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    state: Mutex<HubState>,
+}
+
+impl Hub {
+    pub fn new(shards: usize) -> Hub {
+        Hub {
+            state: Mutex::new(HubState {
+                per_shard: vec![0; shards],
+                ..HubState::default()
+            }),
+        }
+    }
+
+    /// Locks the directory. A poisoned lock is taken anyway: every update keeps it consistent.
+    pub fn lock(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    pub fn session(&self, id: SessionId) -> Option<SessionEntry> {
+        self.lock().sessions.get(&id).cloned()
+    }
+
+    /// Registers a new session on the least-loaded shard, claiming the publisher slot for WHIP.
+    /// For WHEP, `require_publisher` refuses streams that have none (409 at the HTTP layer).
+    pub fn register(
+        &self,
+        id: SessionId,
+        stream: &str,
+        role: Role,
+        max_sessions: usize,
+        publisher_codecs: (Vec<String>, Vec<String>),
+    ) -> Result<(usize, Option<PublisherEntry>), ClaimError> {
+        let mut st = self.lock();
+        if st.sessions.len() >= max_sessions {
+            return Err(ClaimError::Full);
+        }
+        let shard = st
+            .per_shard
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| **n)
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let key: Arc<str> = match st.streams.get_key_value(stream) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(stream),
+        };
+        let entry = st.streams.entry(key.clone()).or_default();
+        let publisher = match role {
+            Role::Publish => {
+                if entry.publisher.is_some() {
+                    return Err(ClaimError::PublisherExists);
+                }
+                let p = PublisherEntry {
+                    session: id,
+                    shard,
+                    video_codecs: publisher_codecs.0,
+                    audio_codecs: publisher_codecs.1,
+                };
+                entry.publisher = Some(p.clone());
+                Some(p)
+            }
+            Role::Play => {
+                let Some(p) = entry.publisher.clone() else {
+                    if entry.viewer_shards == 0 {
+                        st.streams.remove(stream);
+                    }
+                    return Err(ClaimError::NoPublisher);
+                };
+                Some(p)
+            }
+        };
+        st.sessions.insert(
+            id,
+            SessionEntry {
+                shard,
+                stream: key,
+                role,
+            },
+        );
+        st.per_shard[shard] += 1;
+        Ok((shard, publisher))
+    }
+
+    /// Forgets a session; for a publisher also frees the stream's publisher slot.
+    /// Returns the shards with viewers of the stream when a publisher left, so they can be told.
+    pub fn unregister(&self, id: SessionId) -> Option<u64> {
+        let mut st = self.lock();
+        let entry = st.sessions.remove(&id)?;
+        if let Some(n) = st.per_shard.get_mut(entry.shard) {
+            *n = n.saturating_sub(1);
+        }
+        let mut notify = None;
+        if let Some(s) = st.streams.get_mut(&entry.stream) {
+            if entry.role == Role::Publish
+                && s.publisher.as_ref().map(|p| p.session) == Some(id)
+            {
+                s.publisher = None;
+                notify = Some(s.viewer_shards);
+            }
+            if s.publisher.is_none() && s.viewer_shards == 0 {
+                st.streams.remove(&entry.stream);
+            }
+        }
+        notify
+    }
+
+    /// Marks shard `shard` as wanting (or no longer wanting) the packets of `stream`; returns the
+    /// publisher's shard so the caller can tell it.
+    pub fn set_viewer_shard(&self, stream: &Arc<str>, shard: usize, wants: bool) -> Option<usize> {
+        let mut st = self.lock();
+        let entry = st.streams.entry(stream.clone()).or_default();
+        if wants {
+            entry.viewer_shards |= 1 << shard;
+        } else {
+            entry.viewer_shards &= !(1 << shard);
+        }
+        let publisher = entry.publisher.as_ref().map(|p| p.shard);
+        if entry.publisher.is_none() && entry.viewer_shards == 0 {
+            st.streams.remove(stream);
+        }
+        publisher
+    }
+
+    /// Records the codecs a publisher negotiated, so viewers that cannot decode them get 422.
+    pub fn set_publisher_codecs(&self, stream: &str, id: SessionId, video: Vec<String>, audio: Vec<String>) {
+        let mut st = self.lock();
+        if let Some(p) = st.streams.get_mut(stream).and_then(|s| s.publisher.as_mut()) {
+            if p.session == id {
+                p.video_codecs = video;
+                p.audio_codecs = audio;
+            }
+        }
+    }
+
+    /// Shards with viewers of `stream`, read by a publisher's shard when the publisher starts.
+    pub fn viewer_shards(&self, stream: &str) -> u64 {
+        self.lock()
+            .streams
+            .get(stream)
+            .map(|s| s.viewer_shards)
+            .unwrap_or(0)
+    }
+
+    pub fn publisher_shard(&self, stream: &str) -> Option<usize> {
+        self.lock()
+            .streams
+            .get(stream)
+            .and_then(|s| s.publisher.as_ref().map(|p| p.shard))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_id_round_trips_as_hex() {
+        let id = SessionId::random();
+        assert_eq!(id.to_string().parse::<SessionId>(), Ok(id));
+        assert!("xyz".parse::<SessionId>().is_err());
+    }
+
+    #[test]
+    fn one_publisher_per_stream_and_viewers_need_one() {
+        let hub = Hub::new(2);
+        let none = (Vec::new(), Vec::new());
+        assert_eq!(
+            hub.register(SessionId(1), "s", Role::Play, 10, none.clone()).err(),
+            Some(ClaimError::NoPublisher)
+        );
+        let (shard, _) = hub
+            .register(SessionId(2), "s", Role::Publish, 10, none.clone())
+            .expect("publisher");
+        assert_eq!(
+            hub.register(SessionId(3), "s", Role::Publish, 10, none.clone()).err(),
+            Some(ClaimError::PublisherExists)
+        );
+        let (vshard, p) = hub
+            .register(SessionId(4), "s", Role::Play, 10, none.clone())
+            .expect("viewer");
+        assert_ne!(shard, vshard, "least-loaded shard is chosen");
+        assert_eq!(p.map(|p| p.session), Some(SessionId(2)));
+        assert_eq!(hub.set_viewer_shard(&Arc::from("s"), vshard, true), Some(shard));
+        assert_eq!(hub.unregister(SessionId(2)), Some(1 << vshard));
+        assert_eq!(hub.publisher_shard("s"), None);
+        assert_eq!(
+            hub.register(SessionId(5), "x", Role::Publish, 1, none).err(),
+            Some(ClaimError::Full)
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! The `wishcast` binary: reads an optional config file, starts the gateway, stops on ctrl-c or
+//! SIGTERM.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use wishcast::{Config, Gateway};
+
+/// WebRTC broadcast gateway: publish with WHIP, watch with WHEP.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file; without it the embedded defaults are used.
+    #[arg(long, short)]
+    config: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(path) => match Config::from_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("wishcast: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let gateway = match Gateway::start(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("wishcast: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let http = gateway.http_addr();
+    println!("wishcast: WHIP  http://{http}/whip/{{stream}}");
+    println!("wishcast: WHEP  http://{http}/whep/{{stream}}");
+    println!("wishcast: media {:?}", gateway.media_addrs());
+    wait_for_signal().await;
+    gateway.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,997 @@
+//! The sans-IO shard: every session of one shard, driven by datagrams, commands, messages from
+//! other shards and time. No sockets, no threads, no clock: callers pass `now` and collect
+//! [`Transmit`]s and [`PeerMsg`]s from [`Engine::outbox`].
+//!
+//! A publisher's packet goes: datagram → its `Rtc` → `Event::RtpPacket` → [`MediaPacket`] → the
+//! shard's [`StreamCache`] and local viewers, and one copy per other shard with viewers.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tracing::{debug, info, warn};
+
+use super::{Command, CreateSession, Created, Patched, PeerMsg, SessionError, Transmit};
+use crate::config::Config;
+use crate::fanout::{is_keyframe, MediaPacket, Pushed, StreamCache, TrackRewriter};
+use crate::hub::{Hub, SessionId};
+use crate::sdp::{restart_offer, Fragment, Kind, Offer, OfferError, Role};
+use crate::stun;
+
+/// How often sessions are checked for connect and consent timeouts and held keyframe requests.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+
+/// Counters of what a shard dropped or did, for tests and (later) metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub datagrams_in: u64,
+    pub datagrams_unknown_source: u64,
+    pub datagrams_invalid: u64,
+    pub packets_forwarded: u64,
+    pub packets_no_codec: u64,
+    pub keyframe_requests_sent: u64,
+    pub gop_cache_hits: u64,
+    pub sessions_expired: u64,
+}
+
+/// What the IO layer takes out after each call.
+#[derive(Default)]
+pub struct Outbox {
+    pub transmits: Vec<Transmit>,
+    pub messages: Vec<(usize, PeerMsg)>,
+}
+
+struct Session {
+    id: SessionId,
+    stream: Arc<str>,
+    role: Role,
+    rtc: Rtc,
+    offer_sdp: String,
+    etag: String,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    created: Instant,
+    last_rx: Instant,
+    connected: bool,
+    next_timeout: Option<Instant>,
+    /// Publisher: what each incoming SSRC is.
+    ssrcs: Vec<(Ssrc, Mid, Kind)>,
+    mids: Vec<(Mid, Kind)>,
+    /// Viewer: rewriters per track (by mid).
+    tracks: Vec<(Mid, TrackRewriter)>,
+    joined: bool,
+    /// Publisher: when the last PLI went out, and whether one is held back.
+    last_pli: Option<Instant>,
+    pli_pending: bool,
+}
+
+/// A stream as one shard sees it.
+struct LocalStream {
+    cache: StreamCache,
+    viewers: Vec<SessionId>,
+    /// On the publisher's shard: other shards that want the packets (bit per shard).
+    subscribers: u64,
+    /// This shard told the hub it wants the packets.
+    subscribed: bool,
+}
+
+pub struct Engine {
+    index: usize,
+    config: Arc<Config>,
+    hub: Arc<Hub>,
+    /// Announced host candidates (what clients send to), all on this shard's port.
+    candidates: Vec<SocketAddr>,
+    dtls_cert: Option<str0m::config::DtlsCert>,
+    sessions: HashMap<SessionId, Session>,
+    by_addr: HashMap<SocketAddr, SessionId>,
+    by_ufrag: HashMap<String, SessionId>,
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    streams: HashMap<Arc<str>, LocalStream>,
+    next_housekeeping: Instant,
+    pub counters: Counters,
+    pub outbox: Outbox,
+    events: Vec<Event>,
+}
+
+impl Engine {
+    pub fn new(
+        index: usize,
+        config: Arc<Config>,
+        hub: Arc<Hub>,
+        candidates: Vec<SocketAddr>,
+        now: Instant,
+    ) -> Engine {
+        let dtls_cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .map(str0m::config::DtlsCert::from);
+        Engine {
+            index,
+            config,
+            hub,
+            candidates,
+            dtls_cert,
+            sessions: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            timers: BinaryHeap::new(),
+            streams: HashMap::new(),
+            next_housekeeping: now + HOUSEKEEPING,
+            counters: Counters::default(),
+            outbox: Outbox::default(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The earliest time [`Engine::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Instant {
+        let next = self.timers.peek().map(|Reverse((t, _))| *t);
+        match next {
+            Some(t) if t < self.next_housekeeping => t,
+            _ => self.next_housekeeping,
+        }
+    }
+
+    // ---- commands from the control plane ----------------------------------------------------
+
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Create(c) => {
+                let CreateSession {
+                    id,
+                    stream,
+                    role,
+                    offer_sdp,
+                    reply,
+                } = *c;
+                let result = self.create(now, id, stream, role, offer_sdp);
+                if let Err(e) = &result {
+                    debug!(session = %id, error = %e, "session not created");
+                    self.hub.unregister(id);
+                }
+                let _ = reply.send(result);
+            }
+            Command::Delete { id, reply } => {
+                let r = if self.sessions.contains_key(&id) {
+                    self.remove(now, id, "deleted");
+                    Ok(())
+                } else {
+                    Err(SessionError::NotFound)
+                };
+                let _ = reply.send(r);
+            }
+            Command::Patch {
+                id,
+                fragment,
+                if_match,
+                reply,
+            } => {
+                let r = self.patch(now, id, fragment, if_match);
+                let _ = reply.send(r);
+            }
+            Command::Shutdown => {
+                let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+                for id in ids {
+                    self.remove(now, id, "shutdown");
+                }
+            }
+        }
+    }
+
+    fn rtc_config(&self) -> RtcConfig {
+        let mut cfg = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_ice_lite(self.config.media.ice_lite)
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_vp8(true)
+            .enable_vp9(true)
+            .enable_av1(true)
+            .enable_opus(true, false)
+            .set_stats_interval(None);
+        if let Some(cert) = &self.dtls_cert {
+            cfg = cfg.set_dtls_cert(cert.clone());
+        }
+        cfg
+    }
+
+    fn create(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        stream: Arc<str>,
+        role: Role,
+        offer_sdp: String,
+    ) -> Result<Created, SessionError> {
+        let shape = Offer::parse(&offer_sdp)?;
+        let offer = SdpOffer::from_sdp_string(&offer_sdp)
+            .map_err(|e| OfferError::Malformed(e.to_string()))?;
+        let mut rtc = self.rtc_config().build(now);
+        for addr in &self.candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, error = %e, "cannot announce host candidate"),
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SessionError::Negotiation(e.to_string()))?;
+        let answer_sdp = answer.to_sdp_string();
+        check_answer(&shape, &answer_sdp)?;
+        let mids: Vec<(Mid, Kind)> = shape
+            .sections
+            .iter()
+            .filter(|s| !s.port_zero)
+            .filter_map(|s| Some((Mid::from(s.mid.as_deref()?), s.kind?)))
+            .collect();
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let tracks = match role {
+            Role::Publish => Vec::new(),
+            Role::Play => mids
+                .iter()
+                .map(|(mid, kind)| (*mid, TrackRewriter::new(*kind)))
+                .collect(),
+        };
+        let session = Session {
+            id,
+            stream: stream.clone(),
+            role,
+            rtc,
+            offer_sdp,
+            etag: new_etag(),
+            ufrag: ufrag.clone(),
+            addrs: Vec::new(),
+            created: now,
+            last_rx: now,
+            connected: false,
+            next_timeout: None,
+            ssrcs: Vec::new(),
+            mids,
+            tracks,
+            joined: false,
+            last_pli: None,
+            pli_pending: false,
+        };
+        let etag = session.etag.clone();
+        self.by_ufrag.insert(ufrag, id);
+        self.sessions.insert(id, session);
+        if role == Role::Publish {
+            // The publisher's shard starts with the shards that already have viewers waiting.
+            let viewers = self.hub.viewer_shards(&stream) & !(1 << self.index);
+            let local = self.local_stream(&stream);
+            local.subscribers = viewers;
+        }
+        self.drive(now, id);
+        info!(session = %id, %stream, ?role, shard = self.index, "session created");
+        Ok(Created {
+            answer: answer_sdp,
+            etag,
+        })
+    }
+
+    fn local_stream(&mut self, stream: &Arc<str>) -> &mut LocalStream {
+        let (keep, max) = (
+            self.config.media.gop_cache,
+            self.config.media.gop_cache_max_packets,
+        );
+        self.streams
+            .entry(stream.clone())
+            .or_insert_with(|| LocalStream {
+                cache: StreamCache::new(keep, max),
+                viewers: Vec::new(),
+                subscribers: 0,
+                subscribed: false,
+            })
+    }
+
+    fn patch(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        fragment: Fragment,
+        if_match: Option<String>,
+    ) -> Result<Patched, SessionError> {
+        let session = self.sessions.get_mut(&id).ok_or(SessionError::NotFound)?;
+        let Some(tag) = if_match else {
+            return Err(SessionError::PreconditionRequired);
+        };
+        let restart = fragment.ufrag.is_some();
+        let tag = tag.trim();
+        let matches = tag == "*" || tag.split(',').any(|t| t.trim() == session.etag);
+        if !matches {
+            return Err(SessionError::PreconditionFailed);
+        }
+        if !restart {
+            for line in &fragment.candidates {
+                // mDNS and unparseable candidates are dropped silently (RFC 9725 §4.3.2).
+                if line.contains(".local ") {
+                    continue;
+                }
+                match Candidate::from_sdp_string(line) {
+                    Ok(c) => {
+                        if let Some(s) = self.sessions.get_mut(&id) {
+                            s.rtc.add_remote_candidate(c);
+                        }
+                        self.drive(now, id);
+                    }
+                    Err(e) => debug!(session = %id, error = %e, "ignored trickled candidate"),
+                }
+            }
+            return Ok(Patched::Trickled);
+        }
+        let offer_sdp = restart_offer(&session.offer_sdp, &fragment);
+        let offer = SdpOffer::from_sdp_string(&offer_sdp)
+            .map_err(|e| SessionError::RestartFailed(e.to_string()))?;
+        let answer = session
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SessionError::RestartFailed(e.to_string()));
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.drive(now, id);
+                return Err(e);
+            }
+        };
+        let creds = session.rtc.direct_api().local_ice_credentials();
+        let old = std::mem::replace(&mut session.ufrag, creds.ufrag.clone());
+        self.by_ufrag.remove(&old);
+        self.by_ufrag.insert(creds.ufrag.clone(), id);
+        session.offer_sdp = offer_sdp;
+        session.etag = new_etag();
+        let etag = session.etag.clone();
+        let fragment = answer_fragment(&answer, &creds, self.config.media.ice_lite);
+        self.drive(now, id);
+        info!(session = %id, "ICE restarted");
+        Ok(Patched::Restarted { fragment, etag })
+    }
+
+    // ---- datagrams ------------------------------------------------------------------------------
+
+    /// One datagram from `source`, received on the shard's socket with destination IP `dst_ip`
+    /// (when the socket reports it).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        dst_ip: Option<IpAddr>,
+        data: &[u8],
+    ) {
+        self.counters.datagrams_in += 1;
+        let destination = self.destination(dst_ip);
+        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, data) else {
+            self.counters.datagrams_invalid += 1;
+            return;
+        };
+        let input = Input::Receive(now, receive);
+        let (id, learned) = match self.by_addr.get(&source) {
+            Some(id) => (*id, false),
+            None => {
+                let id = stun::local_ufrag(data).and_then(|u| self.by_ufrag.get(u)).copied();
+                match id {
+                    Some(id) => (id, true),
+                    None => {
+                        self.counters.datagrams_unknown_source += 1;
+                        return;
+                    }
+                }
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            self.by_addr.remove(&source);
+            self.counters.datagrams_unknown_source += 1;
+            return;
+        };
+        if learned {
+            // Only a request that passes the session's ICE credentials teaches an address.
+            if !session.rtc.accepts(&input) {
+                self.counters.datagrams_unknown_source += 1;
+                return;
+            }
+            session.addrs.push(source);
+            self.by_addr.insert(source, id);
+        }
+        session.last_rx = now;
+        if let Err(e) = session.rtc.handle_input(input) {
+            debug!(session = %id, error = %e, "datagram rejected");
+            self.counters.datagrams_invalid += 1;
+        }
+        self.drive(now, id);
+    }
+
+    /// The announced candidate a datagram was sent to: str0m only accepts STUN addressed to one
+    /// of its host candidates, so behind NAT the public address stands in for the local one.
+    fn destination(&self, dst_ip: Option<IpAddr>) -> SocketAddr {
+        let first = self.candidates[0];
+        match dst_ip {
+            Some(ip) => self
+                .candidates
+                .iter()
+                .find(|c| c.ip() == ip)
+                .copied()
+                .unwrap_or(first),
+            None => first,
+        }
+    }
+
+    // ---- time -----------------------------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((t, id))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if session.next_timeout != Some(t) {
+                continue; // superseded by a later timeout
+            }
+            session.next_timeout = None;
+            if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
+                debug!(session = %id, error = %e, "timeout handling failed");
+            }
+            self.drive(now, id);
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.housekeeping(now);
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let connect = self.config.timeouts.connect();
+        let consent = self.config.timeouts.consent();
+        let mut expired = Vec::new();
+        let mut plis = Vec::new();
+        for s in self.sessions.values() {
+            let reason = if !s.rtc.is_alive() {
+                Some("closed")
+            } else if !s.connected && now.saturating_duration_since(s.created) > connect {
+                Some("connect timeout")
+            } else if now.saturating_duration_since(s.last_rx) > consent {
+                Some("consent expired")
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                expired.push((s.id, r));
+            } else if s.pli_pending {
+                plis.push(s.id);
+            }
+        }
+        for (id, reason) in expired {
+            self.counters.sessions_expired += 1;
+            self.remove(now, id, reason);
+        }
+        for id in plis {
+            self.request_keyframe(now, id);
+        }
+    }
+
+    // ---- messages from other shards ---------------------------------------------------------
+
+    pub fn handle_message(&mut self, now: Instant, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Media { stream, pkt } => {
+                if self.streams.contains_key(&stream) {
+                    self.deliver(now, &stream, Arc::new(pkt));
+                }
+            }
+            PeerMsg::Subscribe { stream, shard } => {
+                let local = self.local_stream(&stream);
+                if local.subscribers & (1 << shard) != 0 {
+                    return;
+                }
+                local.subscribers |= 1 << shard;
+                let cached: Vec<MediaPacket> = local
+                    .cache
+                    .all()
+                    .iter()
+                    .map(|p| p.for_other_shard())
+                    .collect();
+                for pkt in cached {
+                    self.outbox.messages.push((
+                        shard,
+                        PeerMsg::Media {
+                            stream: stream.clone(),
+                            pkt,
+                        },
+                    ));
+                }
+            }
+            PeerMsg::Unsubscribe { stream, shard } => {
+                if let Some(local) = self.streams.get_mut(&stream) {
+                    local.subscribers &= !(1 << shard);
+                }
+                self.drop_stream_if_unused(&stream);
+            }
+            PeerMsg::KeyframeRequest { stream } => {
+                if let Some(id) = self.local_publisher(&stream) {
+                    self.request_keyframe(now, id);
+                }
+            }
+            PeerMsg::PublisherLeft { stream, publisher } => {
+                self.publisher_left(&stream, publisher);
+            }
+        }
+    }
+
+    fn local_publisher(&self, stream: &str) -> Option<SessionId> {
+        self.sessions
+            .values()
+            .find(|s| s.role == Role::Publish && &*s.stream == stream)
+            .map(|s| s.id)
+    }
+
+    fn publisher_left(&mut self, stream: &Arc<str>, publisher: SessionId) {
+        let Some(local) = self.streams.get_mut(stream) else {
+            return;
+        };
+        if local.cache.publisher.is_some() && local.cache.publisher != Some(publisher) {
+            return; // a newer publisher already sends
+        }
+        local.cache.reset();
+        let viewers = local.viewers.clone();
+        for v in viewers {
+            if let Some(s) = self.sessions.get_mut(&v) {
+                for (_, t) in &mut s.tracks {
+                    t.publisher_left();
+                }
+            }
+        }
+    }
+
+    // ---- the session's outputs ------------------------------------------------------------------
+
+    /// Drains `id`'s outputs until its next timeout (str0m's rule after every mutation), then acts
+    /// on its events.
+    fn drive(&mut self, now: Instant, id: SessionId) {
+        let mut events = std::mem::take(&mut self.events);
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        loop {
+            match session.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    if session.next_timeout != Some(t) {
+                        session.next_timeout = Some(t);
+                        self.timers.push(Reverse((t, id)));
+                    }
+                    break;
+                }
+                Ok(Output::Transmit(t)) => self.outbox.transmits.push(Transmit {
+                    source: t.source,
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }),
+                Ok(Output::Event(e)) => events.push(e),
+                Err(e) => {
+                    warn!(session = %id, error = %e, "session failed");
+                    session.rtc.disconnect();
+                    break;
+                }
+            }
+        }
+        for e in events.drain(..) {
+            self.on_event(now, id, e);
+        }
+        self.events = events;
+    }
+
+    fn on_event(&mut self, now: Instant, id: SessionId, event: Event) {
+        match event {
+            Event::Connected => self.on_connected(now, id),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                debug!(session = %id, "ICE disconnected; consent decides removal");
+            }
+            Event::RtpPacket(rtp) => self.on_rtp(now, id, rtp),
+            Event::KeyframeRequest(_) => {
+                let Some(stream) = self.sessions.get(&id).map(|s| s.stream.clone()) else {
+                    return;
+                };
+                self.ask_keyframe(now, &stream);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connected(&mut self, now: Instant, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.connected = true;
+        let stream = session.stream.clone();
+        info!(session = %id, %stream, "connected");
+        match session.role {
+            // Encoders often lose their first keyframe to the handshake: ask at once.
+            Role::Publish => self.request_keyframe(now, id),
+            Role::Play => self.join(now, id, &stream),
+        }
+    }
+
+    /// A connected viewer starts receiving: from the GOP cache if it has a keyframe, else from the
+    /// next keyframe (which it asks the publisher for).
+    fn join(&mut self, now: Instant, id: SessionId, stream: &Arc<str>) {
+        let index = self.index;
+        let resend = self.config.media.resend_buffer_packets;
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.joined = true;
+            let mids: Vec<Mid> = session.tracks.iter().map(|(m, _)| *m).collect();
+            for mid in mids {
+                if let Some(tx) = session.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                    tx.set_rtx_cache(resend, Duration::from_secs(3), None);
+                }
+            }
+        }
+        let local = self.local_stream(stream);
+        local.viewers.push(id);
+        let need_subscribe = !local.subscribed;
+        local.subscribed = true;
+        let gop: Option<Vec<Arc<MediaPacket>>> = local.cache.gop().map(|g| g.to_vec());
+        if need_subscribe {
+            if let Some(p) = self.hub.set_viewer_shard(stream, index, true) {
+                if p != index {
+                    self.outbox.messages.push((
+                        p,
+                        PeerMsg::Subscribe {
+                            stream: stream.clone(),
+                            shard: index,
+                        },
+                    ));
+                }
+            }
+        }
+        match gop {
+            Some(packets) => {
+                self.counters.gop_cache_hits += 1;
+                self.start_track_with_next(id, Kind::Video);
+                for pkt in &packets {
+                    self.write_to_viewer(now, id, pkt);
+                }
+            }
+            None => self.ask_keyframe(now, stream),
+        }
+    }
+
+    /// Routes a keyframe request to the stream's publisher, wherever it is.
+    fn ask_keyframe(&mut self, now: Instant, stream: &Arc<str>) {
+        if let Some(id) = self.local_publisher(stream) {
+            self.request_keyframe(now, id);
+        } else if let Some(p) = self.hub.publisher_shard(stream) {
+            if p != self.index {
+                self.outbox.messages.push((
+                    p,
+                    PeerMsg::KeyframeRequest {
+                        stream: stream.clone(),
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Sends a PLI to publisher `id`, at most one per configured interval; a request inside the
+    /// interval is held and sent when it ends.
+    fn request_keyframe(&mut self, now: Instant, id: SessionId) {
+        let interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if let Some(last) = s.last_pli {
+            if now.saturating_duration_since(last) < interval {
+                s.pli_pending = true;
+                return;
+            }
+        }
+        let Some(mid) = s.mids.iter().find(|(_, k)| *k == Kind::Video).map(|(m, _)| *m) else {
+            s.pli_pending = false;
+            return;
+        };
+        let mut api = s.rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+            // No video has arrived yet: try again on the next housekeeping round.
+            s.pli_pending = s.connected;
+            return;
+        };
+        rx.request_keyframe(KeyframeRequestKind::Pli);
+        s.last_pli = Some(now);
+        s.pli_pending = false;
+        self.counters.keyframe_requests_sent += 1;
+        self.drive(now, id);
+    }
+
+    fn on_rtp(&mut self, now: Instant, id: SessionId, rtp: str0m::rtp::RtpPacket) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.role != Role::Publish {
+            return;
+        }
+        let ssrc = rtp.header.ssrc;
+        let kind = match s.ssrcs.iter().find(|(x, _, _)| *x == ssrc) {
+            Some((_, _, k)) => *k,
+            None => {
+                let Some(mid) = s.rtc.direct_api().stream_rx(&ssrc).map(|rx| rx.mid()) else {
+                    return;
+                };
+                let Some(kind) = s.mids.iter().find(|(m, _)| *m == mid).map(|(_, k)| *k) else {
+                    return;
+                };
+                s.ssrcs.push((ssrc, mid, kind));
+                kind
+            }
+        };
+        let pt = rtp.header.payload_type;
+        let Some(params) = s.rtc.codec_config().find(|p| p.pt() == pt).copied() else {
+            self.counters.packets_no_codec += 1;
+            return;
+        };
+        let keyframe = kind == Kind::Video && is_keyframe(params.spec().codec, &rtp.payload);
+        let pkt = MediaPacket {
+            publisher: id,
+            kind,
+            params,
+            seq: *rtp.seq_no,
+            time: rtp.header.timestamp,
+            marker: rtp.header.marker,
+            keyframe,
+            payload: rtp.payload,
+            received: now,
+        };
+        let stream = s.stream.clone();
+        let subscribers = self.streams.get(&stream).map(|l| l.subscribers).unwrap_or(0);
+        for shard in (0..64).filter(|k| subscribers & (1 << k) != 0) {
+            self.outbox.messages.push((
+                shard,
+                PeerMsg::Media {
+                    stream: stream.clone(),
+                    pkt: pkt.for_other_shard(),
+                },
+            ));
+        }
+        self.deliver(now, &stream, Arc::new(pkt));
+    }
+
+    /// A packet of `stream` reaches this shard: cache it and write it to the local viewers.
+    fn deliver(&mut self, now: Instant, stream: &Arc<str>, pkt: Arc<MediaPacket>) {
+        let Some(local) = self.streams.get_mut(stream) else {
+            return;
+        };
+        let pushed = local.cache.push(pkt.clone());
+        let viewers = std::mem::take(&mut local.viewers);
+        let frame: Vec<Arc<MediaPacket>> = if pushed == Pushed::KeyframeStart {
+            local.cache.frame().to_vec()
+        } else {
+            Vec::new()
+        };
+        for &v in &viewers {
+            let waiting = self
+                .sessions
+                .get(&v)
+                .and_then(|s| s.tracks.iter().find(|(_, t)| t.kind == pkt.kind))
+                .map(|(_, t)| t.waiting_keyframe)
+                .unwrap_or(false);
+            if waiting && pushed == Pushed::KeyframeStart {
+                // Start on the whole keyframe, including its packets before this one (SPS/PPS).
+                self.start_track_with_next(v, Kind::Video);
+                for p in frame.iter().filter(|p| p.kind == Kind::Video) {
+                    self.write_to_viewer(now, v, p);
+                }
+            } else {
+                self.write_to_viewer(now, v, &pkt);
+            }
+        }
+        if let Some(local) = self.streams.get_mut(stream) {
+            local.viewers = viewers;
+        }
+    }
+
+    fn start_track_with_next(&mut self, id: SessionId, kind: Kind) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if let Some((_, t)) = s.tracks.iter_mut().find(|(_, t)| t.kind == kind) {
+                t.start_with_next();
+            }
+        }
+    }
+
+    fn write_to_viewer(&mut self, now: Instant, id: SessionId, pkt: &MediaPacket) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Session { rtc, tracks, .. } = s;
+        let Some((mid, track)) = tracks.iter_mut().find(|(_, t)| t.kind == pkt.kind) else {
+            return;
+        };
+        let mid = *mid;
+        let pt = track.map_pt(&pkt.params, |params| {
+            let remote = rtc.media(mid)?.remote_pts().to_vec();
+            rtc.codec_config()
+                .params()
+                .iter()
+                .filter(|p| remote.contains(&p.pt()))
+                .filter(|p| p.spec().codec == params.spec().codec)
+                .max_by_key(|p| fmtp_score(p, params))
+                .map(|p| p.pt())
+        });
+        let Some(pt) = pt else {
+            self.counters.packets_no_codec += 1;
+            return;
+        };
+        let Some((seq, time)) = track.rewrite(pkt, now) else {
+            return;
+        };
+        let mut api = rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        tx.write_rtp(
+            RtpWrite::new(pt, seq.into(), time, pkt.received, pkt.payload.clone())
+                .marker(pkt.marker)
+                .nackable(true),
+        );
+        self.counters.packets_forwarded += 1;
+        self.drive(now, id);
+    }
+
+    // ---- removal ----------------------------------------------------------------------------------
+
+    fn remove(&mut self, now: Instant, id: SessionId, reason: &str) {
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
+        info!(session = %id, stream = %session.stream, reason, "session removed");
+        // Dropping the Rtc stops consent answers: RFC 7675 §5.2 immediate revocation.
+        session.rtc.disconnect();
+        for a in &session.addrs {
+            self.by_addr.remove(a);
+        }
+        self.by_ufrag.remove(&session.ufrag);
+        let left = self.hub.unregister(id);
+        let stream = session.stream.clone();
+        match session.role {
+            Role::Publish => {
+                let mut shards = left.unwrap_or(0) | (1 << self.index);
+                if let Some(local) = self.streams.get_mut(&stream) {
+                    local.subscribers = 0;
+                }
+                while shards != 0 {
+                    let k = shards.trailing_zeros() as usize;
+                    shards &= shards - 1;
+                    if k == self.index {
+                        self.publisher_left(&stream, id);
+                    } else {
+                        self.outbox.messages.push((
+                            k,
+                            PeerMsg::PublisherLeft {
+                                stream: stream.clone(),
+                                publisher: id,
+                            },
+                        ));
+                    }
+                }
+            }
+            Role::Play => {
+                let index = self.index;
+                if let Some(local) = self.streams.get_mut(&stream) {
+                    local.viewers.retain(|v| *v != id);
+                    if local.viewers.is_empty() && local.subscribed {
+                        local.subscribed = false;
+                        if let Some(p) = self.hub.set_viewer_shard(&stream, index, false) {
+                            if p != index {
+                                self.outbox.messages.push((
+                                    p,
+                                    PeerMsg::Unsubscribe {
+                                        stream: stream.clone(),
+                                        shard: index,
+                                    },
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.drop_stream_if_unused(&stream);
+        let _ = now;
+    }
+
+    fn drop_stream_if_unused(&mut self, stream: &Arc<str>) {
+        let has_publisher = self.local_publisher(stream).is_some();
+        if let Some(local) = self.streams.get(stream) {
+            if local.viewers.is_empty() && !has_publisher && local.subscribers == 0 {
+                self.streams.remove(stream);
+            }
+        }
+    }
+}
+
+/// How well the viewer's payload parameters fit the publisher's: same H264 profile and
+/// packetization mode first.
+fn fmtp_score(ours: &str0m::format::PayloadParams, theirs: &str0m::format::PayloadParams) -> u32 {
+    let (a, b) = (ours.spec().format, theirs.spec().format);
+    let mut score = 0;
+    if a.packetization_mode == b.packetization_mode {
+        score += 2;
+    }
+    if a.profile_level_id.map(|p| p >> 8) == b.profile_level_id.map(|p| p >> 8) {
+        score += 1;
+    }
+    if a.profile_id == b.profile_id {
+        score += 1;
+    }
+    score
+}
+
+/// A strong entity-tag for an ICE session (RFC 9110 §8.8.3).
+fn new_etag() -> String {
+    format!("\"{:016x}\"", rand::random::<u64>())
+}
+
+/// RFC 9725 §4.4.3: no partially successful answers. str0m rejects an m-line it cannot serve
+/// with port 0; the whole offer is refused instead.
+fn check_answer(offer: &Offer, answer_sdp: &str) -> Result<(), SessionError> {
+    let answer = Offer::parse(answer_sdp)?;
+    for (o, a) in offer.sections.iter().zip(answer.sections.iter()) {
+        if o.kind.is_some() && !o.port_zero && a.port_zero {
+            let kind = o.kind.map(|k| k.to_string()).unwrap_or_default();
+            return Err(SessionError::Negotiation(format!(
+                "no codec of the {kind} track can be forwarded"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The gateway's side of an ICE restart as an sdpfrag (RFC 8840): its new credentials and its
+/// candidates, with the same ice-options and ice-lite as the answer (RFC 9725 §4.3.3).
+fn answer_fragment(answer: &SdpAnswer, creds: &str0m::IceCreds, lite: bool) -> String {
+    let sdp = answer.to_sdp_string();
+    let mut out = String::new();
+    if sdp.lines().any(|l| l.trim_end() == "a=ice-options:trickle") {
+        out.push_str("a=ice-options:trickle\r\n");
+    }
+    if lite {
+        out.push_str("a=ice-lite\r\n");
+    }
+    out.push_str(&format!("a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", creds.ufrag, creds.pass));
+    let mut in_first = false;
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with("m=") {
+            if in_first {
+                break;
+            }
+            in_first = true;
+            out.push_str(line);
+            out.push_str("\r\n");
+        } else if in_first && (line.starts_with("a=mid:") || line.starts_with("a=candidate:")) {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("a=end-of-candidates\r\n");
+    out
+}
+
+#[allow(dead_code)]
+fn _kind_of(k: MediaKind) -> Kind {
+    match k {
+        MediaKind::Audio => Kind::Audio,
+        MediaKind::Video => Kind::Video,
+    }
+}

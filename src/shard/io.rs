@@ -1,0 +1,229 @@
+//! The thread that owns one shard's UDP socket and drives its [`Engine`].
+//!
+//! A current-thread tokio runtime waits on three things at once: the socket, the control and media
+//! channels, and the engine's next timeout. Each wake-up drains everything ready, then sends all
+//! transmits, so a burst of packets costs one pass.
+
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, error, warn};
+
+use super::engine::Engine;
+use super::{Command, PeerMsg};
+
+/// Datagrams read per receive call (recvmmsg where available).
+const BATCH: usize = 32;
+const BUF: usize = 2048;
+
+/// How to reach a shard from outside its thread.
+#[derive(Clone)]
+pub struct ShardLink {
+    pub commands: mpsc::UnboundedSender<Command>,
+    /// Media and other shard-to-shard messages; bounded so a stalled shard sheds load instead
+    /// of growing without limit.
+    pub messages: mpsc::Sender<PeerMsg>,
+}
+
+pub struct ShardChannels {
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub messages: mpsc::Receiver<PeerMsg>,
+}
+
+pub fn channels(queue: usize) -> (ShardLink, ShardChannels) {
+    let (ctx, crx) = mpsc::unbounded_channel();
+    let (mtx, mrx) = mpsc::channel(queue);
+    (
+        ShardLink {
+            commands: ctx,
+            messages: mtx,
+        },
+        ShardChannels {
+            commands: crx,
+            messages: mrx,
+        },
+    )
+}
+
+/// Runs the shard until it gets [`Command::Shutdown`] or every sender is gone.
+pub fn run(
+    mut engine: Engine,
+    socket: std::net::UdpSocket,
+    mut chans: ShardChannels,
+    peers: Vec<ShardLink>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "shard runtime failed to start");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        if let Err(e) = socket.set_nonblocking(true) {
+            error!(error = %e, "shard socket");
+            return;
+        }
+        let socket = match UdpSocket::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "shard socket");
+                return;
+            }
+        };
+        let state = match UdpSocketState::new(UdpSockRef::from(&socket)) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "shard socket state");
+                return;
+            }
+        };
+        let mut bufs = vec![[0u8; BUF]; BATCH];
+        let mut metas = vec![RecvMeta::default(); BATCH];
+        let mut dropped_messages: u64 = 0;
+        loop {
+            flush(&mut engine, &socket, &state, &peers, &mut dropped_messages).await;
+            let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
+            tokio::select! {
+                biased;
+                cmd = chans.commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    let stop = matches!(cmd, Command::Shutdown);
+                    engine.handle_command(Instant::now(), cmd);
+                    if stop {
+                        flush(&mut engine, &socket, &state, &peers, &mut dropped_messages).await;
+                        break;
+                    }
+                }
+                ready = socket.readable() => {
+                    if ready.is_err() {
+                        continue;
+                    }
+                    receive(&mut engine, &socket, &state, &mut bufs, &mut metas);
+                }
+                msg = chans.messages.recv() => {
+                    let Some(msg) = msg else { break };
+                    let now = Instant::now();
+                    engine.handle_message(now, msg);
+                    // Take what else is queued in the same pass.
+                    for _ in 0..256 {
+                        match chans.messages.try_recv() {
+                            Ok(m) => engine.handle_message(now, m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    engine.handle_timeout(Instant::now());
+                }
+            }
+        }
+        debug!("shard stopped");
+    });
+}
+
+fn receive(
+    engine: &mut Engine,
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    bufs: &mut [[u8; BUF]],
+    metas: &mut [RecvMeta],
+) {
+    loop {
+        let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let got = socket.try_io(Interest::READABLE, || {
+            state.recv(UdpSockRef::from(socket), &mut slices, metas)
+        });
+        let n = match got {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                // ICMP errors from gone peers surface here; they concern one peer only.
+                debug!(error = %e, "receive error");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (meta, buf) in metas.iter().zip(slices.iter()).take(n) {
+            let data = &buf[..meta.len];
+            let stride = meta.stride.max(1);
+            for chunk in data.chunks(stride) {
+                engine.handle_datagram(now, meta.addr, meta.dst_ip, chunk);
+            }
+        }
+    }
+}
+
+async fn flush(
+    engine: &mut Engine,
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    peers: &[ShardLink],
+    dropped: &mut u64,
+) {
+    for (shard, msg) in engine.outbox.messages.drain(..) {
+        let Some(peer) = peers.get(shard) else {
+            continue;
+        };
+        if peer.messages.try_send(msg).is_err() {
+            *dropped += 1;
+            if dropped.is_power_of_two() {
+                warn!(shard, dropped = *dropped, "shard queue full: media dropped");
+            }
+        }
+    }
+    let transmits = std::mem::take(&mut engine.outbox.transmits);
+    for t in &transmits {
+        let tx = quinn_udp::Transmit {
+            destination: t.destination,
+            ecn: None,
+            contents: &t.contents,
+            segment_size: None,
+            src_ip: None,
+        };
+        send_one(socket, state, &tx).await;
+    }
+    let mut transmits = transmits;
+    transmits.clear();
+    engine.outbox.transmits = transmits;
+}
+
+async fn send_one(socket: &UdpSocket, state: &UdpSocketState, tx: &quinn_udp::Transmit<'_>) {
+    for _ in 0..3 {
+        match socket.try_io(Interest::WRITABLE, || {
+            state.try_send(UdpSockRef::from(socket), tx)
+        }) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, to = %tx.destination, "send failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Binds a shard's socket.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    std::net::UdpSocket::bind(addr)
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Engine>();
+    let _ = Arc::new(());
+}

@@ -1,0 +1,113 @@
+//! Shared pieces of the integration tests: a gateway on loopback with short timeouts, and a
+//! publisher that sends generated frames at a steady rate.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use str0m::media::MediaKind;
+use wishcast::client::{media, Peer, PeerOptions, VideoCodec};
+use wishcast::{Config, Gateway};
+
+/// Frames per second of the generated video; a keyframe every `GOP` frames.
+pub const FPS: u64 = 30;
+pub const GOP: u64 = 30;
+pub const VIDEO_BYTES: usize = 3000;
+
+pub fn test_config(shards: usize) -> Config {
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().expect("addr");
+    c.media.bind_ip = "127.0.0.1".parse().expect("ip");
+    c.media.udp_base_port = 0;
+    c.media.shards = shards;
+    c.timeouts.consent_secs = 3.0;
+    c.timeouts.connect_secs = 5.0;
+    c
+}
+
+pub async fn start(config: Config) -> Gateway {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    Gateway::start(config).await.expect("gateway starts")
+}
+
+pub fn whip(gw: &Gateway, stream: &str) -> String {
+    format!("http://{}/whip/{stream}", gw.http_addr())
+}
+
+pub fn whep(gw: &Gateway, stream: &str) -> String {
+    format!("http://{}/whep/{stream}", gw.http_addr())
+}
+
+pub fn opts(video: Option<VideoCodec>, audio: bool) -> PeerOptions {
+    PeerOptions {
+        video,
+        audio,
+        ..PeerOptions::default()
+    }
+}
+
+/// The video frame with index `i` as the test publisher generates it.
+pub fn expected_video(codec: VideoCodec, i: u64) -> Vec<u8> {
+    media::video_frame(codec, i, i % GOP == 0, VIDEO_BYTES)
+}
+
+/// A running generated stream: video frame `i` at `i / FPS` seconds, Opus every 20 ms.
+pub struct Feed {
+    stop: Arc<AtomicBool>,
+    pub sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Peer>,
+}
+
+impl Feed {
+    /// Publishes `codec` (+ Opus) to `url` and feeds it until stopped; starts at frame `first`.
+    pub async fn start(url: &str, codec: Option<VideoCodec>, audio: bool, first: u64) -> Feed {
+        let publisher = Peer::publish(url, opts(codec, audio))
+            .await
+            .expect("publish accepted");
+        publisher
+            .wait_connected(Duration::from_secs(10))
+            .await
+            .expect("publisher connects");
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), sent.clone());
+        let task = tokio::spawn(async move {
+            let mut video = tokio::time::interval(Duration::from_millis(1000 / FPS));
+            let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+            let mut i = first;
+            let mut a = first;
+            while !s.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = video.tick() => {
+                        if let Some(c) = codec {
+                            let frame = expected_video(c, i);
+                            let t = (i * 90_000 / FPS) as u32;
+                            let _ = publisher.send_frame(MediaKind::Video, t, frame);
+                            n.store(i, Ordering::SeqCst);
+                        }
+                        i += 1;
+                    }
+                    _ = audio_tick.tick(), if audio => {
+                        let _ = publisher.send_frame(MediaKind::Audio, (a * 960) as u32, media::opus_frame(a));
+                        a += 1;
+                    }
+                }
+            }
+            publisher
+        });
+        Feed { stop, sent, task }
+    }
+
+    /// Stops sending and returns the publisher (still connected).
+    pub async fn stop(self) -> Peer {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("feed task")
+    }
+}

@@ -1,0 +1,82 @@
+//! End to end over real UDP on loopback with real ICE, DTLS and SRTP: a str0m publisher sends
+//! generated frames through the gateway to str0m viewers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use str0m::media::MediaKind;
+use wishcast::client::{media, Peer, VideoCodec};
+
+/// Every viewer receives the same frames as sent, byte for byte, in order, audio too.
+async fn fan_out_intact(codec: VideoCodec) {
+    let gw = start(test_config(2)).await;
+    let feed = Feed::start(&whip(&gw, "s"), Some(codec), true, 0).await;
+    let mut viewers = Vec::new();
+    for _ in 0..20 {
+        let v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
+            .await
+            .expect("play accepted");
+        viewers.push(v);
+    }
+    for v in &viewers {
+        v.wait_connected(Duration::from_secs(10))
+            .await
+            .expect("viewer connects");
+    }
+    let wanted_video = 45; // 1.5 s: crosses a keyframe
+    let wanted_audio = 40;
+    let receivers = viewers.into_iter().map(|mut v| {
+        tokio::spawn(async move {
+            let mut video: Vec<u64> = Vec::new();
+            let mut audio: Vec<u64> = Vec::new();
+            while video.len() < wanted_video || audio.len() < wanted_audio {
+                let f = v
+                    .next_frame(Duration::from_secs(5))
+                    .await
+                    .expect("frames keep coming");
+                match f.kind {
+                    MediaKind::Video => {
+                        let i = media::frame_index(f.codec, &f.data).expect("frame index");
+                        assert_eq!(f.data, expected_video(codec, i), "video frame {i} intact");
+                        if video.is_empty() {
+                            assert!(media::is_keyframe(f.codec, &f.data), "first frame is a keyframe");
+                        }
+                        video.push(i);
+                    }
+                    MediaKind::Audio => {
+                        let i = media::frame_index(f.codec, &f.data).expect("opus index");
+                        assert_eq!(f.data, media::opus_frame(i), "opus frame {i} intact");
+                        audio.push(i);
+                    }
+                }
+            }
+            for w in video.windows(2) {
+                assert_eq!(w[1], w[0] + 1, "video in order without gaps: {video:?}");
+            }
+            for w in audio.windows(2) {
+                assert_eq!(w[1], w[0] + 1, "audio in order without gaps");
+            }
+            v
+        })
+    });
+    let mut done = Vec::new();
+    for r in receivers {
+        done.push(r.await.expect("viewer checks pass"));
+    }
+    assert_eq!(gw.session_count(), 21);
+    drop(done);
+    feed.stop().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_and_opus_reach_20_viewers_on_2_shards_intact() {
+    fan_out_intact(VideoCodec::H264).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_and_opus_reach_20_viewers_on_2_shards_intact() {
+    fan_out_intact(VideoCodec::Vp8).await;
+}
