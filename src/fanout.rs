@@ -230,7 +230,10 @@ impl TrackRewriter {
             let (base_seq, base_ts) = match self.last_out_at {
                 // First publisher this viewer sees: random start below 2^15, so the SRTP
                 // rollover counter the viewer assumes (0) stays right for a long time.
-                None => (rand::random::<u16>() as u64 & 0x7fff | 1, rand::random::<u32>()),
+                None => (
+                    rand::random::<u16>() as u64 & 0x7fff | 1,
+                    rand::random::<u32>(),
+                ),
                 // A new publisher after another: continue where the last one stopped, with the
                 // timestamp advanced by the wall time that passed.
                 Some(at) => {
@@ -292,7 +295,11 @@ mod tests {
 
     fn params(kind: Kind) -> PayloadParams {
         let mut c = CodecConfig::new_with_defaults();
-        let codec = if kind == Kind::Video { Codec::Vp8 } else { Codec::Opus };
+        let codec = if kind == Kind::Video {
+            Codec::Vp8
+        } else {
+            Codec::Opus
+        };
         c.retain_for_test(codec)
     }
 
@@ -301,7 +308,9 @@ mod tests {
     }
     impl Pick for CodecConfig {
         fn retain_for_test(&mut self, codec: Codec) -> PayloadParams {
-            *self.find(|p| p.spec().codec == codec).expect("codec in defaults")
+            *self
+                .find(|p| p.spec().codec == codec)
+                .expect("codec in defaults")
         }
     }
 
@@ -327,7 +336,10 @@ mod tests {
         // SPS in its own packet, then the IDR, same timestamp: the frame starts at the SPS.
         assert_eq!(c.push(pkt(1, Kind::Video, 2, 200, false)), Pushed::Packet);
         assert_eq!(c.push(pkt(1, Kind::Audio, 50, 9, false)), Pushed::Packet);
-        assert_eq!(c.push(pkt(1, Kind::Video, 3, 200, true)), Pushed::KeyframeStart);
+        assert_eq!(
+            c.push(pkt(1, Kind::Video, 3, 200, true)),
+            Pushed::KeyframeStart
+        );
         assert_eq!(c.push(pkt(1, Kind::Video, 4, 200, true)), Pushed::Packet);
         assert_eq!(c.push(pkt(1, Kind::Video, 5, 300, false)), Pushed::Packet);
         let seqs: Vec<u64> = c.gop().expect("gop").iter().map(|p| p.seq).collect();
@@ -351,16 +363,22 @@ mod tests {
         let now = Instant::now();
         let mut r = TrackRewriter::new(Kind::Video);
         assert_eq!(r.rewrite(&pkt(1, Kind::Video, 1000, 5, false), now), None);
-        let (s1, t1) = r.rewrite(&pkt(1, Kind::Video, 1001, 5, true), now).expect("key");
+        let (s1, t1) = r
+            .rewrite(&pkt(1, Kind::Video, 1001, 5, true), now)
+            .expect("key");
         assert!(s1 < 1 << 15, "starts below the first rollover: {s1}");
-        let (s2, t2) = r.rewrite(&pkt(1, Kind::Video, 1003, 3005, false), now).expect("next");
+        let (s2, t2) = r
+            .rewrite(&pkt(1, Kind::Video, 1003, 3005, false), now)
+            .expect("next");
         assert_eq!(s2, s1 + 2, "gaps are kept so NACKs line up");
         assert_eq!(t2.wrapping_sub(t1), 3000);
         // A new publisher with unrelated numbers continues the viewer's sequence.
         r.publisher_left();
         assert_eq!(r.rewrite(&pkt(2, Kind::Video, 7, 77, false), now), None);
         let later = now + std::time::Duration::from_millis(100);
-        let (s3, t3) = r.rewrite(&pkt(2, Kind::Video, 8, 77, true), later).expect("key");
+        let (s3, t3) = r
+            .rewrite(&pkt(2, Kind::Video, 8, 77, true), later)
+            .expect("key");
         assert_eq!(s3, s2 + 1);
         assert_eq!(t3.wrapping_sub(t2), 9000, "100 ms at 90 kHz");
         // Older than the epoch's first packet: dropped.
@@ -370,6 +388,8 @@ mod tests {
     #[test]
     fn audio_starts_without_keyframe() {
         let mut r = TrackRewriter::new(Kind::Audio);
-        assert!(r.rewrite(&pkt(1, Kind::Audio, 10, 0, false), Instant::now()).is_some());
+        assert!(r
+            .rewrite(&pkt(1, Kind::Audio, 10, 0, false), Instant::now())
+            .is_some());
     }
 }

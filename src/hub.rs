@@ -178,9 +178,7 @@ impl Hub {
         }
         let mut notify = None;
         if let Some(s) = st.streams.get_mut(&entry.stream) {
-            if entry.role == Role::Publish
-                && s.publisher.as_ref().map(|p| p.session) == Some(id)
-            {
+            if entry.role == Role::Publish && s.publisher.as_ref().map(|p| p.session) == Some(id) {
                 s.publisher = None;
                 notify = Some(s.viewer_shards);
             }
@@ -209,9 +207,19 @@ impl Hub {
     }
 
     /// Records the codecs a publisher negotiated, so viewers that cannot decode them get 422.
-    pub fn set_publisher_codecs(&self, stream: &str, id: SessionId, video: Vec<String>, audio: Vec<String>) {
+    pub fn set_publisher_codecs(
+        &self,
+        stream: &str,
+        id: SessionId,
+        video: Vec<String>,
+        audio: Vec<String>,
+    ) {
         let mut st = self.lock();
-        if let Some(p) = st.streams.get_mut(stream).and_then(|s| s.publisher.as_mut()) {
+        if let Some(p) = st
+            .streams
+            .get_mut(stream)
+            .and_then(|s| s.publisher.as_mut())
+        {
             if p.session == id {
                 p.video_codecs = video;
                 p.audio_codecs = audio;
@@ -252,14 +260,16 @@ mod tests {
         let hub = Hub::new(2);
         let none = (Vec::new(), Vec::new());
         assert_eq!(
-            hub.register(SessionId(1), "s", Role::Play, 10, none.clone()).err(),
+            hub.register(SessionId(1), "s", Role::Play, 10, none.clone())
+                .err(),
             Some(ClaimError::NoPublisher)
         );
         let (shard, _) = hub
             .register(SessionId(2), "s", Role::Publish, 10, none.clone())
             .expect("publisher");
         assert_eq!(
-            hub.register(SessionId(3), "s", Role::Publish, 10, none.clone()).err(),
+            hub.register(SessionId(3), "s", Role::Publish, 10, none.clone())
+                .err(),
             Some(ClaimError::PublisherExists)
         );
         let (vshard, p) = hub
@@ -267,11 +277,15 @@ mod tests {
             .expect("viewer");
         assert_ne!(shard, vshard, "least-loaded shard is chosen");
         assert_eq!(p.map(|p| p.session), Some(SessionId(2)));
-        assert_eq!(hub.set_viewer_shard(&Arc::from("s"), vshard, true), Some(shard));
+        assert_eq!(
+            hub.set_viewer_shard(&Arc::from("s"), vshard, true),
+            Some(shard)
+        );
         assert_eq!(hub.unregister(SessionId(2)), Some(1 << vshard));
         assert_eq!(hub.publisher_shard("s"), None);
         assert_eq!(
-            hub.register(SessionId(5), "x", Role::Publish, 1, none).err(),
+            hub.register(SessionId(5), "x", Role::Publish, 1, none)
+                .err(),
             Some(ClaimError::Full)
         );
     }

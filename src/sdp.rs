@@ -68,7 +68,9 @@ pub enum OfferError {
     Malformed(String),
     #[error("the offer has no audio or video m-section")]
     NoMedia,
-    #[error("the offer has more than one {0} track; WHIP/WHEP carry one audio and one video track")]
+    #[error(
+        "the offer has more than one {0} track; WHIP/WHEP carry one audio and one video track"
+    )]
     TooManyTracks(Kind),
     #[error("the offer has an m-section of type {0:?}, which this gateway does not carry")]
     UnsupportedSection(String),
@@ -110,7 +112,9 @@ impl Offer {
                 continue;
             }
             let Some((key, value)) = line.split_once('=') else {
-                return Err(OfferError::Malformed(format!("line {line:?} is not <type>=<value>")));
+                return Err(OfferError::Malformed(format!(
+                    "line {line:?} is not <type>=<value>"
+                )));
             };
             match key {
                 "v" => saw_version = true,
@@ -282,10 +286,14 @@ impl Fragment {
                 continue;
             }
             let Some((key, value)) = line.split_once('=') else {
-                return Err(OfferError::Malformed(format!("line {line:?} is not <type>=<value>")));
+                return Err(OfferError::Malformed(format!(
+                    "line {line:?} is not <type>=<value>"
+                )));
             };
             if key.len() != 1 {
-                return Err(OfferError::Malformed(format!("line {line:?} is not <type>=<value>")));
+                return Err(OfferError::Malformed(format!(
+                    "line {line:?} is not <type>=<value>"
+                )));
             }
             if key != "a" {
                 continue;
@@ -379,10 +387,17 @@ mod tests {
 
     #[test]
     fn two_video_tracks_are_refused() {
-        let two = OFFER.replace("m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=video 9 UDP/TLS/RTP/SAVPF 96")
+        let two = OFFER
+            .replace(
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+                "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            )
             .replace("opus/48000/2", "VP8/90000");
         let o = Offer::parse(&two).expect("parse");
-        assert_eq!(o.check(Role::Publish), Err(OfferError::TooManyTracks(Kind::Video)));
+        assert_eq!(
+            o.check(Role::Publish),
+            Err(OfferError::TooManyTracks(Kind::Video))
+        );
     }
 
     #[test]
@@ -390,7 +405,10 @@ mod tests {
         let h265 = OFFER.replace("VP8/90000", "H265/90000");
         assert!(matches!(
             Offer::parse(&h265).expect("parse").check(Role::Publish),
-            Err(OfferError::NoCommonCodec { kind: Kind::Video, .. })
+            Err(OfferError::NoCommonCodec {
+                kind: Kind::Video,
+                ..
+            })
         ));
         let passive = OFFER.replace("a=setup:actpass", "a=setup:passive");
         assert_eq!(
@@ -401,7 +419,10 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed() {
-        assert!(matches!(Offer::parse("hello world"), Err(OfferError::Malformed(_))));
+        assert!(matches!(
+            Offer::parse("hello world"),
+            Err(OfferError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -1279,6 +1279,12 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
+    #[test]
+    fn peer_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Peer>();
+    }
+
     #[tokio::test]
     async fn refused_connection_is_transport_error() {
         let port = TcpListener::bind("127.0.0.1:0")

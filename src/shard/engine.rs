@@ -110,8 +110,7 @@ impl Engine {
     ) -> Engine {
         let dtls_cert = str0m::crypto::from_feature_flags()
             .dtls_provider
-            .generate_certificate()
-            .map(str0m::config::DtlsCert::from);
+            .generate_certificate();
         Engine {
             index,
             config,
@@ -382,7 +381,9 @@ impl Engine {
         let (id, learned) = match self.by_addr.get(&source) {
             Some(id) => (*id, false),
             None => {
-                let id = stun::local_ufrag(data).and_then(|u| self.by_ufrag.get(u)).copied();
+                let id = stun::local_ufrag(data)
+                    .and_then(|u| self.by_ufrag.get(u))
+                    .copied();
                 match id {
                     Some(id) => (id, true),
                     None => {
@@ -699,7 +700,12 @@ impl Engine {
                 return;
             }
         }
-        let Some(mid) = s.mids.iter().find(|(_, k)| *k == Kind::Video).map(|(m, _)| *m) else {
+        let Some(mid) = s
+            .mids
+            .iter()
+            .find(|(_, k)| *k == Kind::Video)
+            .map(|(m, _)| *m)
+        else {
             s.pli_pending = false;
             return;
         };
@@ -755,7 +761,11 @@ impl Engine {
             received: now,
         };
         let stream = s.stream.clone();
-        let subscribers = self.streams.get(&stream).map(|l| l.subscribers).unwrap_or(0);
+        let subscribers = self
+            .streams
+            .get(&stream)
+            .map(|l| l.subscribers)
+            .unwrap_or(0);
         for shard in (0..64).filter(|k| subscribers & (1 << k) != 0) {
             self.outbox.messages.push((
                 shard,
@@ -969,7 +979,10 @@ fn answer_fragment(answer: &SdpAnswer, creds: &str0m::IceCreds, lite: bool) -> S
     if lite {
         out.push_str("a=ice-lite\r\n");
     }
-    out.push_str(&format!("a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", creds.ufrag, creds.pass));
+    out.push_str(&format!(
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        creds.ufrag, creds.pass
+    ));
     let mut in_first = false;
     for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
         if line.starts_with("m=") {

@@ -78,10 +78,7 @@ pub enum Command {
 #[derive(Debug)]
 pub enum PeerMsg {
     /// A publisher's packet for the viewers on the receiving shard.
-    Media {
-        stream: Arc<str>,
-        pkt: MediaPacket,
-    },
+    Media { stream: Arc<str>, pkt: MediaPacket },
     /// Shard `shard` has viewers of `stream` now: send it the GOP cache, then every packet.
     Subscribe { stream: Arc<str>, shard: usize },
     /// Shard `shard` has no viewers of `stream` left.

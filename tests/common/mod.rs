@@ -29,8 +29,7 @@ pub fn test_config(shards: usize) -> Config {
 pub async fn start(config: Config) -> Gateway {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();
@@ -53,9 +52,9 @@ pub fn opts(video: Option<VideoCodec>, audio: bool) -> PeerOptions {
     }
 }
 
-/// The video frame with index `i` as the test publisher generates it.
-pub fn expected_video(codec: VideoCodec, i: u64) -> Vec<u8> {
-    media::video_frame(codec, i, i % GOP == 0, VIDEO_BYTES)
+/// The video frame with index `i` as the test publisher generates it (`key`: as a keyframe).
+pub fn expected_video(codec: VideoCodec, i: u64, key: bool) -> Vec<u8> {
+    media::video_frame(codec, i, key, VIDEO_BYTES)
 }
 
 /// A running generated stream: video frame `i` at `i / FPS` seconds, Opus every 20 ms.
@@ -67,7 +66,20 @@ pub struct Feed {
 
 impl Feed {
     /// Publishes `codec` (+ Opus) to `url` and feeds it until stopped; starts at frame `first`.
+    /// Keyframes come every `GOP` frames, like an encoder with a fixed keyframe interval.
     pub async fn start(url: &str, codec: Option<VideoCodec>, audio: bool, first: u64) -> Feed {
+        Feed::start_with(url, codec, audio, first, false).await
+    }
+
+    /// As [`Feed::start`]; with `honor_pli` a keyframe request makes the next frame a keyframe,
+    /// as browsers' encoders do.
+    pub async fn start_with(
+        url: &str,
+        codec: Option<VideoCodec>,
+        audio: bool,
+        first: u64,
+        honor_pli: bool,
+    ) -> Feed {
         let publisher = Peer::publish(url, opts(codec, audio))
             .await
             .expect("publish accepted");
@@ -83,11 +95,15 @@ impl Feed {
             let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
             let mut i = first;
             let mut a = first;
+            let mut requests = publisher.keyframe_requests();
             while !s.load(Ordering::SeqCst) {
                 tokio::select! {
                     _ = video.tick() => {
                         if let Some(c) = codec {
-                            let frame = expected_video(c, i);
+                            let asked = publisher.keyframe_requests();
+                            let key = (i - first) % GOP == 0 || (honor_pli && asked > requests);
+                            requests = asked;
+                            let frame = expected_video(c, i, key);
                             let t = (i * 90_000 / FPS) as u32;
                             let _ = publisher.send_frame(MediaKind::Video, t, frame);
                             n.store(i, Ordering::SeqCst);

@@ -1,0 +1,235 @@
+//! Sessions over time: joining mid-stream, publishers leaving and coming back, consent expiry,
+//! keyframe requests. Real UDP on loopback, real ICE/DTLS/SRTP, real HTTP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use wishcast::client::{media, Peer, ReceivedFrame, VideoCodec};
+
+const H264: Option<VideoCodec> = Some(VideoCodec::H264);
+
+/// The next video frame, checked byte for byte against what the publisher generated.
+async fn next_video(v: &mut Peer) -> (u64, bool, ReceivedFrame) {
+    loop {
+        let f = v
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("a frame within 5 s");
+        if f.kind != str0m::media::MediaKind::Video {
+            continue;
+        }
+        let i = media::frame_index(f.codec, &f.data).expect("frame index");
+        let key = media::is_keyframe(f.codec, &f.data);
+        assert_eq!(
+            f.data,
+            expected_video(VideoCodec::H264, i, key),
+            "frame {i} intact"
+        );
+        return (i, key, f);
+    }
+}
+
+async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Joins `joins` viewers one after another at staggered points of the GOP and returns, for
+/// each, the time from its 201 to its first frame and whether that frame was older than the
+/// live one at join time (served from the cache).
+async fn time_to_first_frame(
+    gop_cache: bool,
+    honor_pli: bool,
+    joins: u64,
+) -> Vec<(Duration, bool)> {
+    let mut config = test_config(2);
+    config.media.gop_cache = gop_cache;
+    let gw = start(config).await;
+    let feed = Feed::start_with(&whip(&gw, "ttff"), H264, true, 0, honor_pli).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut out = Vec::new();
+    for j in 0..joins {
+        // Spread the joins over the GOP: 1000/joins ms apart plus a prime offset.
+        tokio::time::sleep(Duration::from_millis(1000 / joins + 37 * j % 200)).await;
+        let live = feed.sent.load(std::sync::atomic::Ordering::SeqCst);
+        let mut v = Peer::play(&whep(&gw, "ttff"), opts(H264, true))
+            .await
+            .expect("play");
+        let (i, key, f) = next_video(&mut v).await;
+        assert!(
+            key,
+            "the first frame a viewer gets is a keyframe (got frame {i})"
+        );
+        out.push((f.at.saturating_duration_since(v.posted_at()), i <= live));
+        v.delete().await.expect("delete");
+    }
+    feed.stop().await;
+    gw.shutdown().await;
+    out
+}
+
+fn report(label: &str, t: &[(Duration, bool)]) {
+    let mut ms: Vec<f64> = t.iter().map(|(d, _)| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let median = ms[ms.len() / 2];
+    let max = ms[ms.len() - 1];
+    let cached = t.iter().filter(|(_, c)| *c).count();
+    println!(
+        "time to first frame, {label}: median {median:.0} ms, max {max:.0} ms, \
+         {cached}/{} served from cache (GOP {GOP} frames at {FPS} fps)",
+        t.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_mid_stream_starts_on_a_cached_keyframe() {
+    let t = time_to_first_frame(true, false, 8).await;
+    report("GOP cache on, fixed-GOP encoder", &t);
+    assert!(
+        t.iter().all(|(_, cached)| *cached),
+        "with the GOP cache every join starts on the cached keyframe, not a later one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_gop_cache_a_join_waits_for_the_next_keyframe() {
+    let t = time_to_first_frame(false, false, 8).await;
+    report("GOP cache off, fixed-GOP encoder", &t);
+    assert!(
+        t.iter().all(|(_, cached)| !*cached),
+        "without the cache the first frame is a new keyframe"
+    );
+    let t = time_to_first_frame(false, true, 8).await;
+    report("GOP cache off, encoder honouring PLI", &t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_leaves_and_returns_and_viewers_keep_their_sessions() {
+    let gw = start(test_config(2)).await;
+    let feed = Feed::start(&whip(&gw, "back"), H264, true, 0).await;
+    let mut viewers = Vec::new();
+    for _ in 0..4 {
+        viewers.push(
+            Peer::play(&whep(&gw, "back"), opts(H264, true))
+                .await
+                .expect("play"),
+        );
+    }
+    for v in &mut viewers {
+        let (_, key, _) = next_video(v).await;
+        assert!(key);
+    }
+    let status = feed.stop().await.delete().await.expect("delete publisher");
+    assert_eq!(status, 200);
+    wait_until("publisher removed", Duration::from_secs(5), || {
+        gw.session_count() == 4
+    })
+    .await;
+    for v in &viewers {
+        assert!(
+            v.is_connected(),
+            "viewers stay connected without a publisher"
+        );
+    }
+    // Drain what was in flight from the first publisher.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for v in &mut viewers {
+        while v.try_next_frame().is_some() {}
+    }
+    // A new publisher with unrelated sequence numbers and timestamps, frames from 10 000 on.
+    let feed = Feed::start(&whip(&gw, "back"), H264, true, 10_000).await;
+    for v in &mut viewers {
+        let (i, key, _) = next_video(v).await;
+        assert!(i >= 10_000, "frames of the new publisher (got {i})");
+        assert!(key, "the new publisher's media starts on a keyframe");
+        let (j, _, _) = next_video(v).await;
+        assert_eq!(j, i + 1, "and continues in order");
+    }
+    assert_eq!(gw.session_count(), 5);
+    feed.stop().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_publisher_is_removed_at_consent_expiry_and_can_be_replaced() {
+    let gw = start(test_config(2)).await;
+    let feed = Feed::start(&whip(&gw, "gone"), H264, true, 0).await;
+    let mut viewer = Peer::play(&whep(&gw, "gone"), opts(H264, true))
+        .await
+        .expect("play");
+    next_video(&mut viewer).await;
+    feed.stop().await.kill();
+    // Until consent expires the stream still has its publisher.
+    match Peer::publish(&whip(&gw, "gone"), opts(H264, true)).await {
+        Err(wishcast::client::ClientError::Http { status, .. }) => assert_eq!(status, 409),
+        other => panic!("a second publisher before consent expiry gets 409: {other:?}"),
+    }
+    wait_until(
+        "publisher expired (consent 3 s)",
+        Duration::from_secs(10),
+        || gw.session_count() == 1,
+    )
+    .await;
+    while viewer.try_next_frame().is_some() {}
+    let feed = Feed::start(&whip(&gw, "gone"), H264, true, 5_000).await;
+    let (i, key, _) = next_video(&mut viewer).await;
+    assert!(
+        i >= 5_000 && key,
+        "the viewer plays the replacement from a keyframe: {i} {key}"
+    );
+    feed.stop().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_viewer_is_removed_at_consent_expiry() {
+    let gw = start(test_config(2)).await;
+    let feed = Feed::start(&whip(&gw, "v"), H264, true, 0).await;
+    let mut viewer = Peer::play(&whep(&gw, "v"), opts(H264, true))
+        .await
+        .expect("play");
+    next_video(&mut viewer).await;
+    assert_eq!(gw.session_count(), 2);
+    viewer.kill();
+    wait_until("viewer expired", Duration::from_secs(10), || {
+        gw.session_count() == 1
+    })
+    .await;
+    feed.stop().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_keyframe_requests_reach_the_publisher_coalesced() {
+    let gw = start(test_config(2)).await;
+    let feed = Feed::start(&whip(&gw, "pli"), H264, true, 0).await;
+    let mut viewers = Vec::new();
+    for _ in 0..4 {
+        let mut v = Peer::play(&whep(&gw, "pli"), opts(H264, true))
+            .await
+            .expect("play");
+        next_video(&mut v).await;
+        viewers.push(v);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let publisher = feed.stop().await;
+    let before = publisher.keyframe_requests();
+    for _ in 0..5 {
+        for v in &viewers {
+            v.request_keyframe().expect("PLI");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got = publisher.keyframe_requests() - before;
+    assert!(
+        (1..=2).contains(&got),
+        "20 viewer PLIs within 100 ms reach the publisher as 1 or 2 (one per 500 ms): {got}"
+    );
+    gw.shutdown().await;
+}
