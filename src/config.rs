@@ -5,10 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration. `Config::default()` is what `wishcast` runs with when given no file.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
@@ -19,7 +19,7 @@ pub struct Config {
     pub ice_servers: Vec<IceServer>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of the HTTP signalling listener (WHIP, WHEP, session resources).
@@ -40,7 +40,7 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
     /// IP the shards' UDP sockets bind to.
@@ -89,7 +89,7 @@ impl Default for MediaConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Sessions (publishers + viewers) the gateway serves at once; more get 503 + Retry-After.
@@ -104,7 +104,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimeoutsConfig {
     /// A session that has not completed ICE + DTLS this long after its 201 is removed.
@@ -133,7 +133,7 @@ impl TimeoutsConfig {
 }
 
 /// One STUN or TURN server for the `Link` header.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IceServer {
     /// `stun:host:port`, `turn:host:port?transport=udp`, `turns:…` (RFC 7064 / 7065).
@@ -219,6 +219,33 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(c.media.udp_base_port, 8189);
         assert!(!c.media.ice_lite);
+    }
+
+    /// The annotated example lists every option with its default: it parses to `default()`.
+    #[test]
+    fn example_file_is_the_defaults() {
+        let text = include_str!("../config/wishcast.example.toml");
+        let c = Config::from_toml_str(text).expect("example parses");
+        assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+        // ...and names every key the configuration has.
+        let listed: toml::Table = toml::from_str(text).expect("toml");
+        let all: toml::Table =
+            toml::from_str(&toml::to_string(&Config::default()).expect("serialize")).expect("toml");
+        for (section, keys) in &all {
+            let Some(keys) = keys.as_table() else {
+                continue;
+            };
+            for key in keys.keys() {
+                let found = listed
+                    .get(section)
+                    .and_then(|s| s.as_table())
+                    .is_some_and(|s| s.contains_key(key));
+                assert!(
+                    found,
+                    "config/wishcast.example.toml lacks [{section}] {key}"
+                );
+            }
+        }
     }
 
     #[test]

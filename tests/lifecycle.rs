@@ -233,3 +233,31 @@ async fn viewer_keyframe_requests_reach_the_publisher_coalesced() {
     );
     gw.shutdown().await;
 }
+
+/// RFC 9725 §4.3.3: after an ICE restart both sides run on the new credentials; media keeps
+/// flowing and consent keeps being refreshed past the consent timeout (3 s in tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restart_keeps_media_and_consent_alive() {
+    let gw = start(test_config(2)).await;
+    let feed = Feed::start(&whip(&gw, "ice"), H264, true, 0).await;
+    let mut viewer = Peer::play(&whep(&gw, "ice"), opts(H264, true))
+        .await
+        .expect("play");
+    next_video(&mut viewer).await;
+    let first_etag = viewer.etag().map(str::to_string);
+    viewer.restart_ice().await.expect("ICE restart accepted");
+    assert_ne!(
+        viewer.etag().map(str::to_string),
+        first_etag,
+        "new ETag after restart"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    while viewer.try_next_frame().is_some() {}
+    let (a, _, _) = next_video(&mut viewer).await;
+    let (b, _, _) = next_video(&mut viewer).await;
+    assert_eq!(b, a + 1, "media continues after the restart");
+    assert!(viewer.is_connected());
+    assert_eq!(gw.session_count(), 2, "consent held on the new credentials");
+    feed.stop().await;
+    gw.shutdown().await;
+}

@@ -24,6 +24,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use tokio::sync::{mpsc, watch};
 
+use crate::sdp::{restart_offer, Fragment};
+
 /// Received frames kept for [`Peer::next_frame`]; newer frames are dropped
 /// (and counted) when a test does not read them.
 pub const FRAME_QUEUE: usize = 8192;
@@ -169,6 +171,13 @@ enum Command {
         data: Vec<u8>,
     },
     RequestKeyframe(KeyframeRequestKind),
+    /// Start an ICE restart: reply with the new local fragment (credentials and candidates).
+    RestartIce(tokio::sync::oneshot::Sender<Result<Fragment, ClientError>>),
+    /// Finish it with the remote's new fragment.
+    RestartIceAnswer {
+        fragment: Fragment,
+        reply: tokio::sync::oneshot::Sender<Result<(), ClientError>>,
+    },
     Stop {
         graceful: bool,
     },
@@ -302,6 +311,8 @@ impl Peer {
             shared: shared.clone(),
             mids: offer.mids,
             pts: [None, None],
+            answer_sdp: answer_sdp.clone(),
+            restart: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("peer-{}", local_addr.port()))
@@ -497,6 +508,47 @@ impl Peer {
         result.map(|r| r.status)
     }
 
+    /// ICE restart over WHIP/WHEP (RFC 9725 §4.3.3): new local credentials PATCHed with
+    /// `If-Match: "*"`; the 200's fragment becomes the remote side and its ETag the session's.
+    pub async fn restart_ice(&mut self) -> Result<(), ClientError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.command(Command::RestartIce(tx))?;
+        let local = rx
+            .await
+            .map_err(|_| ClientError::Closed("IO loop ended".into()))??;
+        let mut body = String::new();
+        if let (Some(u), Some(p)) = (&local.ufrag, &local.pwd) {
+            body.push_str(&format!("a=ice-ufrag:{u}\r\na=ice-pwd:{p}\r\n"));
+        }
+        for c in &local.candidates {
+            body.push_str(&format!("a={c}\r\n"));
+        }
+        let auth = self.bearer.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![
+            ("content-type", "application/trickle-ice-sdpfrag"),
+            ("if-match", "*"),
+        ];
+        if let Some(a) = auth.as_deref() {
+            headers.push(("authorization", a));
+        }
+        let resp = http::request("PATCH", &self.location, &headers, body.into_bytes()).await?;
+        if resp.status != 200 {
+            return Err(ClientError::Http {
+                status: resp.status,
+                body: resp.text(),
+            });
+        }
+        self.etag = resp.header("etag").map(str::to_string);
+        let remote = Fragment::parse(&resp.text()).map_err(|e| ClientError::Sdp(e.to_string()))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.command(Command::RestartIceAnswer {
+            fragment: remote,
+            reply: tx,
+        })?;
+        rx.await
+            .map_err(|_| ClientError::Closed("IO loop ended".into()))?
+    }
+
     /// End the session with DTLS close_notify / RTCP BYE but no DELETE.
     pub fn close(mut self) {
         self.stop(true);
@@ -635,6 +687,10 @@ struct IoLoop {
     mids: Mids,
     /// Negotiated payload type per [video, audio], resolved on first write.
     pts: [Option<(Pt, str0m::media::Frequency)>; 2],
+    /// The answer the session runs on, for rewriting into a restart answer.
+    answer_sdp: String,
+    /// The local side of an ICE restart in progress.
+    restart: Option<SdpPendingOffer>,
 }
 
 enum Flow {
@@ -798,12 +854,57 @@ impl IoLoop {
                 }
                 Flow::Continue
             }
+            Command::RestartIce(reply) => {
+                let _ = reply.send(self.begin_restart());
+                Flow::Continue
+            }
+            Command::RestartIceAnswer { fragment, reply } => {
+                let _ = reply.send(self.finish_restart(&fragment));
+                Flow::Continue
+            }
             Command::Stop { graceful: false } => Flow::Exit("stopped".into()),
             Command::Stop { graceful: true } => {
                 self.close_gracefully();
                 Flow::Exit("closed".into())
             }
         }
+    }
+
+    /// New local ICE credentials (str0m's restart), as the fragment to PATCH.
+    fn begin_restart(&mut self) -> Result<Fragment, ClientError> {
+        let mut api = self.rtc.sdp_api();
+        let creds = api.ice_restart(true);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| ClientError::Sdp("ICE restart produced no offer".into()))?;
+        self.restart = Some(pending);
+        let candidates = offer
+            .to_sdp_string()
+            .lines()
+            .filter_map(|l| l.trim_end().strip_prefix("a="))
+            .filter(|l| l.starts_with("candidate:"))
+            .map(str::to_string)
+            .collect();
+        Ok(Fragment {
+            ufrag: Some(creds.ufrag),
+            pwd: Some(creds.pass),
+            candidates,
+            end_of_candidates: true,
+        })
+    }
+
+    /// Applies the remote's restart fragment as the answer to the pending restart offer.
+    fn finish_restart(&mut self, fragment: &Fragment) -> Result<(), ClientError> {
+        let pending = self
+            .restart
+            .take()
+            .ok_or_else(|| ClientError::Protocol("no ICE restart in progress".into()))?;
+        let sdp = restart_offer(&self.answer_sdp, fragment);
+        let answer =
+            SdpAnswer::from_sdp_string(&sdp).map_err(|e| ClientError::Sdp(e.to_string()))?;
+        self.rtc.sdp_api().accept_answer(pending, answer)?;
+        self.answer_sdp = sdp;
+        Ok(())
     }
 
     fn write(&mut self, kind: MediaKind, rtp_time: u32, data: Vec<u8>) -> Result<(), String> {
