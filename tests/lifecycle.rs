@@ -219,17 +219,21 @@ async fn viewer_keyframe_requests_reach_the_publisher_coalesced() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let publisher = feed.stop().await;
     let before = publisher.keyframe_requests();
+    let t0 = Instant::now();
     for _ in 0..5 {
         for v in &viewers {
             v.request_keyframe().expect("PLI");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let burst = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let got = publisher.keyframe_requests() - before;
+    // One at once, then at most one per 500 ms interval the burst spans, plus the held one.
+    let allowed = 2 + burst.as_millis() as u64 / 500;
     assert!(
-        (1..=2).contains(&got),
-        "20 viewer PLIs within 100 ms reach the publisher as 1 or 2 (one per 500 ms): {got}"
+        (1..=allowed).contains(&got),
+        "20 viewer PLIs in {burst:?} reach the publisher as 1..={allowed}: {got}"
     );
     gw.shutdown().await;
 }
