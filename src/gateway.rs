@@ -12,7 +12,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::hub::Hub;
-use crate::shard::engine::Engine;
+use crate::shard::engine::{Engine, SharedCounters};
 use crate::shard::io::{self, ShardLink};
 use crate::shard::Command;
 
@@ -41,6 +41,7 @@ pub struct Gateway {
     hub: Arc<Hub>,
     shards: Arc<Vec<ShardLink>>,
     threads: Vec<JoinHandle<()>>,
+    counters: Vec<Arc<SharedCounters>>,
     stop_http: watch::Sender<bool>,
     http_task: tokio::task::JoinHandle<()>,
 }
@@ -72,15 +73,19 @@ impl Gateway {
         let links = Arc::new(links);
         let mut threads = Vec::with_capacity(n);
         let mut media_addrs = Vec::new();
+        let counters: Vec<Arc<SharedCounters>> = (0..n)
+            .map(|_| Arc::new(SharedCounters::default()))
+            .collect();
         for (k, ((socket, port), chans)) in sockets.into_iter().zip(chans).enumerate() {
             let candidates: Vec<SocketAddr> =
                 ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
             media_addrs.extend(candidates.iter().copied());
             let engine = Engine::new(k, config.clone(), hub.clone(), candidates, Instant::now());
             let peers = links.as_ref().clone();
+            let shared = counters[k].clone();
             let t = std::thread::Builder::new()
                 .name(format!("wishcast-shard-{k}"))
-                .spawn(move || io::run(engine, socket, chans, peers))
+                .spawn(move || io::run(engine, socket, chans, peers, shared))
                 .map_err(StartError::Thread)?;
             threads.push(t);
         }
@@ -119,6 +124,7 @@ impl Gateway {
             hub,
             shards: links,
             threads,
+            counters,
             stop_http,
             http_task,
         })
@@ -139,6 +145,22 @@ impl Gateway {
         self.hub.session_count()
     }
 
+    /// Counters summed over all shards.
+    pub fn stats(&self) -> Stats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = Stats::default();
+        for c in &self.counters {
+            s.datagrams_in += c.datagrams_in.load(Relaxed);
+            s.datagrams_dropped += c.datagrams_dropped.load(Relaxed);
+            s.packets_forwarded += c.packets_forwarded.load(Relaxed);
+            s.packets_no_codec += c.packets_no_codec.load(Relaxed);
+            s.keyframe_requests_sent += c.keyframe_requests_sent.load(Relaxed);
+            s.gop_cache_hits += c.gop_cache_hits.load(Relaxed);
+            s.sessions_expired += c.sessions_expired.load(Relaxed);
+        }
+        s
+    }
+
     /// Stops accepting requests, ends every session and joins the shard threads.
     pub async fn shutdown(self) {
         let _ = self.stop_http.send(true);
@@ -154,6 +176,21 @@ impl Gateway {
         })
         .await;
     }
+}
+
+/// What the data plane did, summed over shards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub datagrams_in: u64,
+    /// Datagrams from unknown sources or that no session could parse.
+    pub datagrams_dropped: u64,
+    /// RTP packets written to viewers.
+    pub packets_forwarded: u64,
+    /// Packets a viewer could not take for want of the publisher's codec.
+    pub packets_no_codec: u64,
+    pub keyframe_requests_sent: u64,
+    pub gop_cache_hits: u64,
+    pub sessions_expired: u64,
 }
 
 /// The IPs to announce as host candidates: configured public IPs, else the bound IP, else every

@@ -36,4 +36,4 @@ pub mod shard;
 pub mod stun;
 
 pub use config::Config;
-pub use gateway::{Gateway, StartError};
+pub use gateway::{Gateway, StartError, Stats};

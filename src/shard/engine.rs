@@ -41,6 +41,34 @@ pub struct Counters {
     pub sessions_expired: u64,
 }
 
+/// A shard's counters as other threads read them; the shard thread stores its [`Counters`]
+/// here after each pass, so the hot path only increments plain integers.
+#[derive(Debug, Default)]
+pub struct SharedCounters {
+    pub datagrams_in: std::sync::atomic::AtomicU64,
+    pub datagrams_dropped: std::sync::atomic::AtomicU64,
+    pub packets_forwarded: std::sync::atomic::AtomicU64,
+    pub packets_no_codec: std::sync::atomic::AtomicU64,
+    pub keyframe_requests_sent: std::sync::atomic::AtomicU64,
+    pub gop_cache_hits: std::sync::atomic::AtomicU64,
+    pub sessions_expired: std::sync::atomic::AtomicU64,
+}
+
+impl SharedCounters {
+    pub fn publish(&self, c: &Counters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.datagrams_in.store(c.datagrams_in, Relaxed);
+        self.datagrams_dropped
+            .store(c.datagrams_unknown_source + c.datagrams_invalid, Relaxed);
+        self.packets_forwarded.store(c.packets_forwarded, Relaxed);
+        self.packets_no_codec.store(c.packets_no_codec, Relaxed);
+        self.keyframe_requests_sent
+            .store(c.keyframe_requests_sent, Relaxed);
+        self.gop_cache_hits.store(c.gop_cache_hits, Relaxed);
+        self.sessions_expired.store(c.sessions_expired, Relaxed);
+    }
+}
+
 /// What the IO layer takes out after each call.
 #[derive(Default)]
 pub struct Outbox {
@@ -80,6 +108,8 @@ struct LocalStream {
     subscribers: u64,
     /// This shard told the hub it wants the packets.
     subscribed: bool,
+    /// The stream's publisher, when it is on this shard.
+    publisher: Option<SessionId>,
 }
 
 pub struct Engine {
@@ -273,6 +303,7 @@ impl Engine {
             let viewers = self.hub.viewer_shards(&stream) & !(1 << self.index);
             let local = self.local_stream(&stream);
             local.subscribers = viewers;
+            local.publisher = Some(id);
         }
         self.drive(now, id);
         info!(session = %id, %stream, ?role, shard = self.index, "session created");
@@ -294,6 +325,7 @@ impl Engine {
                 viewers: Vec::new(),
                 subscribers: 0,
                 subscribed: false,
+                publisher: None,
             })
     }
 
@@ -408,9 +440,17 @@ impl Engine {
             self.by_addr.insert(source, id);
         }
         session.last_rx = now;
-        if let Err(e) = session.rtc.handle_input(input) {
-            debug!(session = %id, error = %e, "datagram rejected");
-            self.counters.datagrams_invalid += 1;
+        match isolate(|| session.rtc.handle_input(input)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                debug!(session = %id, error = %e, "datagram rejected");
+                self.counters.datagrams_invalid += 1;
+            }
+            None => {
+                self.counters.datagrams_invalid += 1;
+                self.remove(now, id, "panic in WebRTC stack");
+                return;
+            }
         }
         self.drive(now, id);
     }
@@ -445,8 +485,13 @@ impl Engine {
                 continue; // superseded by a later timeout
             }
             session.next_timeout = None;
-            if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
-                debug!(session = %id, error = %e, "timeout handling failed");
+            match isolate(|| session.rtc.handle_input(Input::Timeout(now))) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => debug!(session = %id, error = %e, "timeout handling failed"),
+                None => {
+                    self.remove(now, id, "panic in WebRTC stack");
+                    continue;
+                }
             }
             self.drive(now, id);
         }
@@ -535,10 +580,7 @@ impl Engine {
     }
 
     fn local_publisher(&self, stream: &str) -> Option<SessionId> {
-        self.sessions
-            .values()
-            .find(|s| s.role == Role::Publish && &*s.stream == stream)
-            .map(|s| s.id)
+        self.streams.get(stream).and_then(|l| l.publisher)
     }
 
     fn publisher_left(&mut self, stream: &Arc<str>, publisher: SessionId) {
@@ -569,7 +611,13 @@ impl Engine {
             return;
         };
         loop {
-            match session.rtc.poll_output() {
+            let Some(output) = isolate(|| session.rtc.poll_output()) else {
+                // The Rtc is in an unknown state: drop the session, nobody else's.
+                self.events = events;
+                self.remove(now, id, "panic in WebRTC stack");
+                return;
+            };
+            match output {
                 Ok(Output::Timeout(t)) => {
                     if session.next_timeout != Some(t) {
                         session.next_timeout = Some(t);
@@ -850,11 +898,13 @@ impl Engine {
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return;
         };
-        tx.write_rtp(
-            RtpWrite::new(pt, seq.into(), time, pkt.received, pkt.payload.clone())
-                .marker(pkt.marker)
-                .nackable(true),
-        );
+        let write = RtpWrite::new(pt, seq.into(), time, pkt.received, pkt.payload.clone())
+            .marker(pkt.marker)
+            .nackable(true);
+        if isolate(|| tx.write_rtp(write)).is_none() {
+            self.remove(now, id, "panic in WebRTC stack");
+            return;
+        }
         self.counters.packets_forwarded += 1;
         self.drive(now, id);
     }
@@ -879,6 +929,7 @@ impl Engine {
                 let mut shards = left.unwrap_or(0) | (1 << self.index);
                 if let Some(local) = self.streams.get_mut(&stream) {
                     local.subscribers = 0;
+                    local.publisher = None;
                 }
                 while shards != 0 {
                     let k = shards.trailing_zeros() as usize;
@@ -929,6 +980,12 @@ impl Engine {
             }
         }
     }
+}
+
+/// Runs one str0m call so that a panic in it costs only its session: the caller removes the
+/// session when this returns `None`. `Rtc` keeps no state shared with other sessions.
+fn isolate<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
 }
 
 /// How well the viewer's payload parameters fit the publisher's: same H264 profile and

@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use super::engine::Engine;
+use super::engine::{Engine, SharedCounters};
 use super::{Command, PeerMsg};
 
 /// Datagrams read per receive call (recvmmsg where available).
@@ -57,6 +57,7 @@ pub fn run(
     socket: std::net::UdpSocket,
     mut chans: ShardChannels,
     peers: Vec<ShardLink>,
+    counters: Arc<SharedCounters>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -92,6 +93,7 @@ pub fn run(
         let mut dropped_messages: u64 = 0;
         loop {
             flush(&mut engine, &socket, &state, &peers, &mut dropped_messages).await;
+            counters.publish(&engine.counters);
             let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
             tokio::select! {
                 biased;
@@ -219,11 +221,4 @@ async fn send_one(socket: &UdpSocket, state: &UdpSocketState, tx: &quinn_udp::Tr
 /// Binds a shard's socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     std::net::UdpSocket::bind(addr)
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<Engine>();
-    let _ = Arc::new(());
 }
