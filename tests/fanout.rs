@@ -10,11 +10,11 @@ use str0m::media::MediaKind;
 use wishcast::client::{media, Peer, VideoCodec};
 
 /// Every viewer receives the same frames as sent, byte for byte, in order, audio too.
-async fn fan_out_intact(codec: VideoCodec) {
+async fn fan_out_intact(codec: VideoCodec, viewer_count: usize) {
     let gw = start(test_config(2)).await;
     let feed = Feed::start(&whip(&gw, "s"), Some(codec), true, 0).await;
     let mut viewers = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..viewer_count {
         let v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
             .await
             .expect("play accepted");
@@ -73,7 +73,7 @@ async fn fan_out_intact(codec: VideoCodec) {
     for r in receivers {
         done.push(r.await.expect("viewer checks pass"));
     }
-    assert_eq!(gw.session_count(), 21);
+    assert_eq!(gw.session_count(), viewer_count + 1);
     drop(done);
     feed.stop().await;
     gw.shutdown().await;
@@ -81,10 +81,20 @@ async fn fan_out_intact(codec: VideoCodec) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_and_opus_reach_20_viewers_on_2_shards_intact() {
-    fan_out_intact(VideoCodec::H264).await;
+    fan_out_intact(VideoCodec::H264, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vp8_and_opus_reach_20_viewers_on_2_shards_intact() {
-    fan_out_intact(VideoCodec::Vp8).await;
+    fan_out_intact(VideoCodec::Vp8, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp9_and_opus_pass_through_intact() {
+    fan_out_intact(VideoCodec::Vp9, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn av1_and_opus_pass_through_intact() {
+    fan_out_intact(VideoCodec::Av1, 4).await;
 }
