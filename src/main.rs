@@ -39,8 +39,12 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let http = gateway.http_addr();
-    println!("wishcast: WHIP  http://{http}/whip/{{stream}}");
+    let mut http = gateway.http_addr();
+    if http.ip().is_unspecified() {
+        // A wildcard is not an address to paste into OBS: show the local one.
+        http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    println!("wishcast: WHIP  http://{http}/whip/{{stream}}  (OBS: Settings > Stream > WHIP)");
     println!("wishcast: WHEP  http://{http}/whep/{{stream}}");
     println!("wishcast: media {:?}", gateway.media_addrs());
     wait_for_signal().await;
