@@ -313,7 +313,26 @@ impl Fragment {
                 "a fragment with new ICE credentials needs both a=ice-ufrag and a=ice-pwd".into(),
             ));
         }
+        if let (Some(ufrag), Some(pwd)) = (&frag.ufrag, &frag.pwd) {
+            check_ice_credential("ice-ufrag", ufrag, 4)?;
+            check_ice_credential("ice-pwd", pwd, 22)?;
+        }
         Ok(frag)
+    }
+}
+
+/// RFC 8839 §5.4: `ufrag = 4*256ice-char`, `password = 22*256ice-char`, `ice-char = ALPHA /
+/// DIGIT / "+" / "/"`. Anything else is a malformed fragment (4xx), not a restart to attempt.
+fn check_ice_credential(name: &str, value: &str, min: usize) -> Result<(), OfferError> {
+    let ice_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+    if ice_chars && (min..=256).contains(&value.len()) {
+        Ok(())
+    } else {
+        Err(OfferError::Malformed(format!(
+            "a={name}:{value} must be {min} to 256 letters, digits, '+' or '/' (RFC 8839)"
+        )))
     }
 }
 
@@ -441,5 +460,14 @@ mod tests {
         assert!(o.contains("10.0.0.2 6000"));
         assert!(!o.contains("10.0.0.1 5000"));
         assert!(Fragment::parse("a=ice-ufrag:x\r\n").is_err());
+    }
+
+    #[test]
+    fn fragment_credentials_follow_rfc8839() {
+        let pwd = "a=ice-pwd:abcdefghijklmnopqrstu+/\r\n";
+        assert!(Fragment::parse(&format!("a=ice-ufrag:ab+/\r\n{pwd}")).is_ok());
+        assert!(Fragment::parse(&format!("a=ice-ufrag:abc\r\n{pwd}")).is_err());
+        assert!(Fragment::parse(&format!("a=ice-ufrag:ab cd\r\n{pwd}")).is_err());
+        assert!(Fragment::parse("a=ice-ufrag:abcd\r\na=ice-pwd:tooshort\r\n").is_err());
     }
 }

@@ -11,8 +11,9 @@ use crate::shard::SessionError;
 /// Everything a signalling request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// `patch`: the request was a PATCH, whose accepted types go in `Accept-Patch`.
     #[error("Content-Type must be {expected}")]
-    UnsupportedMediaType { expected: &'static str },
+    UnsupportedMediaType { expected: &'static str, patch: bool },
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("the request body could not be read: {0}")]
@@ -29,8 +30,9 @@ pub enum ApiError {
     BadStreamName(String),
     #[error("no such session")]
     NotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// `allow`: the methods the resource supports, sent in `Allow` (RFC 9110 §15.5.6).
+    #[error("method not allowed; this resource supports {allow}")]
+    MethodNotAllowed { allow: &'static str },
 }
 
 #[derive(Serialize)]
@@ -52,7 +54,7 @@ impl ApiError {
             ApiError::PublisherExists(_) | ApiError::NoPublisher(..) => StatusCode::CONFLICT,
             ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Session(s) => match s {
                 S::Offer(OfferError::Malformed(_)) => StatusCode::BAD_REQUEST,
                 S::Offer(_) | S::Negotiation(_) | S::RestartFailed(_) => {
@@ -78,7 +80,7 @@ impl ApiError {
             ApiError::NoPublisher(..) => "no-publisher",
             ApiError::Full(_) => "session-limit",
             ApiError::NotFound | ApiError::Session(S::NotFound) => "no-such-session",
-            ApiError::MethodNotAllowed => "method-not-allowed",
+            ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::Session(S::Offer(OfferError::Malformed(_))) => "malformed-sdp",
             ApiError::Session(S::Offer(_)) | ApiError::Session(S::Negotiation(_)) => {
                 "unsupported-offer"
@@ -112,8 +114,22 @@ impl IntoResponse for ApiError {
             ApiError::NoPublisher(_, secs) | ApiError::Full(secs) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
             }
-            ApiError::UnsupportedMediaType { expected } => {
-                h.insert("accept-post", HeaderValue::from_static(expected));
+            // RFC 5789 §3.1 names a PATCH's accepted types in Accept-Patch; a POST's go in
+            // Accept-Post (RFC 9725 §4.2).
+            ApiError::UnsupportedMediaType { expected, patch } => {
+                let name = if *patch {
+                    "accept-patch"
+                } else {
+                    "accept-post"
+                };
+                h.insert(name, HeaderValue::from_static(expected));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            // A shard that does not answer is transient (restart, overload): retry soon.
+            ApiError::Session(SessionError::Unavailable) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(1u32));
             }
             _ => {}
         }

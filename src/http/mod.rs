@@ -38,6 +38,10 @@ const SHARD_REPLY: Duration = Duration::from_secs(10);
 const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 
+/// Methods of the endpoints and of the session resources, for `Allow` (on OPTIONS and 405).
+const ENDPOINT_METHODS: &str = "GET, HEAD, POST, OPTIONS";
+const SESSION_METHODS: &str = "GET, HEAD, PATCH, DELETE, OPTIONS";
+
 pub fn router(state: AppState) -> Router {
     let endpoint_methods = MethodFilter::GET
         .or(MethodFilter::HEAD)
@@ -53,16 +57,24 @@ pub fn router(state: AppState) -> Router {
         .route("/whep/{stream}", on(endpoint_methods, whep_endpoint))
         .route("/whip/{stream}/{id}", on(session_methods, whip_session))
         .route("/whep/{stream}/{id}", on(session_methods, whep_session))
-        .route("/whip/{stream}", any(method_not_allowed))
-        .route("/whep/{stream}", any(method_not_allowed))
-        .route("/whip/{stream}/{id}", any(method_not_allowed))
-        .route("/whep/{stream}/{id}", any(method_not_allowed))
+        .route("/whip/{stream}", any(endpoint_method_not_allowed))
+        .route("/whep/{stream}", any(endpoint_method_not_allowed))
+        .route("/whip/{stream}/{id}", any(session_method_not_allowed))
+        .route("/whep/{stream}/{id}", any(session_method_not_allowed))
         .layer(middleware::from_fn(cors))
         .with_state(state)
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
+async fn endpoint_method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed {
+        allow: ENDPOINT_METHODS,
+    }
+}
+
+async fn session_method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed {
+        allow: SESSION_METHODS,
+    }
 }
 
 /// CORS for browser players and publishers on other origins: every response may be read, and
@@ -76,16 +88,18 @@ async fn cors(req: Request, next: Next) -> Response {
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location, ETag, Link, Accept-Post, Retry-After, Content-Type"),
+        HeaderValue::from_static(
+            "Location, ETag, Link, Accept-Post, Accept-Patch, Allow, Retry-After, Content-Type",
+        ),
     );
     res
 }
 
 fn options_response(endpoint: bool) -> Response {
     let allow = if endpoint {
-        "GET, HEAD, POST, OPTIONS"
+        ENDPOINT_METHODS
     } else {
-        "GET, HEAD, PATCH, DELETE, OPTIONS"
+        SESSION_METHODS
     };
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
@@ -181,7 +195,11 @@ async fn endpoint(
         // RFC 9725 §4.1: the resources have no representation: 2xx, no content.
         Method::GET | Method::HEAD => return Ok(StatusCode::NO_CONTENT.into_response()),
         Method::POST => {}
-        _ => return Err(ApiError::MethodNotAllowed),
+        _ => {
+            return Err(ApiError::MethodNotAllowed {
+                allow: ENDPOINT_METHODS,
+            })
+        }
     }
     check_content_type(&headers, SDP)?;
     let body = read_body(body, &headers, app.config.http.max_body_bytes).await?;
@@ -243,11 +261,19 @@ async fn endpoint(
                     .map(str::to_string)
                     .collect()
             };
-            app.hub
-                .set_publisher_codecs(&stream, id, supported(Kind::Video), supported(Kind::Audio));
+            app.hub.set_publisher_codecs(
+                &stream,
+                id,
+                supported(Kind::Video),
+                supported(Kind::Audio),
+            );
         }
     }
-    let prefix = if role == Role::Publish { "whip" } else { "whep" };
+    let prefix = if role == Role::Publish {
+        "whip"
+    } else {
+        "whep"
+    };
     let location = format!("/{prefix}/{stream}/{id}");
     let mut res = (StatusCode::CREATED, created.answer).into_response();
     let h = res.headers_mut();
@@ -267,7 +293,11 @@ async fn endpoint(
 }
 
 /// A viewer must be able to decode what the live publisher sends.
-fn check_viewer_codecs(offer: &Offer, video: &[String], audio: &[String]) -> Result<(), OfferError> {
+fn check_viewer_codecs(
+    offer: &Offer,
+    video: &[String],
+    audio: &[String],
+) -> Result<(), OfferError> {
     for (kind, sent) in [(Kind::Video, video), (Kind::Audio, audio)] {
         if sent.is_empty() || !offer.has(kind) {
             continue;
@@ -312,7 +342,12 @@ async fn session(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let id: SessionId = id.parse().map_err(|_| ApiError::NotFound)?;
+    // Only the spelling the gateway issued names a session: no upper-case or `+` aliases.
+    let id = id
+        .parse::<SessionId>()
+        .ok()
+        .filter(|parsed| parsed.to_string() == id)
+        .ok_or(ApiError::NotFound)?;
     let entry = app.hub.session(id).ok_or(ApiError::NotFound)?;
     if entry.role != role || *entry.stream != *stream {
         return Err(ApiError::NotFound);
@@ -355,7 +390,9 @@ async fn session(
                 }
             }
         }
-        _ => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::MethodNotAllowed {
+            allow: SESSION_METHODS,
+        }),
     }
 }
 
@@ -385,7 +422,10 @@ fn check_content_type(headers: &HeaderMap, expected: &'static str) -> Result<(),
     if essence.as_deref() == Some(expected) {
         Ok(())
     } else {
-        Err(ApiError::UnsupportedMediaType { expected })
+        Err(ApiError::UnsupportedMediaType {
+            expected,
+            patch: expected == SDPFRAG,
+        })
     }
 }
 

@@ -340,7 +340,10 @@ impl Engine {
         let Some(tag) = if_match else {
             return Err(SessionError::PreconditionRequired);
         };
-        let restart = fragment.ufrag.is_some();
+        // New credentials mean a restart (RFC 9725 §4.3.3); the current ones repeated in a
+        // trickle fragment (as the RFC's own example does) are an ordinary trickle.
+        let restart = fragment.ufrag.is_some()
+            && fragment.ufrag.as_deref() != remote_ufrag(&session.offer_sdp);
         let tag = tag.trim();
         let matches = tag == "*" || tag.split(',').any(|t| t.trim() == session.etag);
         if !matches {
@@ -1003,6 +1006,13 @@ fn fmtp_score(ours: &str0m::format::PayloadParams, theirs: &str0m::format::Paylo
         score += 1;
     }
     score
+}
+
+/// The remote ICE ufrag a session runs on, from the offer it was created (or restarted) with.
+fn remote_ufrag(offer_sdp: &str) -> Option<&str> {
+    offer_sdp
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
 }
 
 /// A strong entity-tag for an ICE session (RFC 9110 §8.8.3).
