@@ -62,6 +62,9 @@ pub struct MediaConfig {
     pub gop_cache: bool,
     /// Upper bound of packets kept per stream for the GOP cache; a longer GOP is not cached.
     pub gop_cache_max_packets: usize,
+    /// Rate at which a joining viewer is sent the cached GOP, in kbit/s: fast enough that it
+    /// catches up with live quickly, paced so the burst does not overflow its path or socket.
+    pub gop_replay_kbps: u32,
     /// Packets kept per viewer track to answer NACKs with retransmissions.
     pub resend_buffer_packets: usize,
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
@@ -82,6 +85,7 @@ impl Default for MediaConfig {
             ice_lite: false,
             gop_cache: true,
             gop_cache_max_packets: 4096,
+            gop_replay_kbps: 16_000,
             resend_buffer_packets: 1024,
             keyframe_request_interval_ms: 500,
             shard_queue_packets: 8192,
@@ -178,6 +182,9 @@ impl Config {
         }
         if self.media.gop_cache_max_packets == 0 {
             return bad("media.gop_cache_max_packets: must be at least 1");
+        }
+        if self.media.gop_replay_kbps < 100 {
+            return bad("media.gop_replay_kbps: must be at least 100");
         }
         if self.media.shard_queue_packets == 0 {
             return bad("media.shard_queue_packets: must be at least 1");

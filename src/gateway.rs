@@ -83,9 +83,11 @@ impl Gateway {
             let engine = Engine::new(k, config.clone(), hub.clone(), candidates, Instant::now());
             let peers = links.as_ref().clone();
             let shared = counters[k].clone();
+            let set_source_ip =
+                config.media.bind_ip.is_unspecified() && config.media.public_ips.is_empty();
             let t = std::thread::Builder::new()
                 .name(format!("wishcast-shard-{k}"))
-                .spawn(move || io::run(engine, socket, chans, peers, shared))
+                .spawn(move || io::run(engine, socket, chans, peers, shared, set_source_ip))
                 .map_err(StartError::Thread)?;
             threads.push(t);
         }

@@ -265,3 +265,37 @@ async fn ice_restart_keeps_media_and_consent_alive() {
     feed.stop().await;
     gw.shutdown().await;
 }
+
+/// A viewer joining a stream that has run for a while, on another shard than the publisher,
+/// gets the cached GOP with its audio: audio as well as video arrive without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_gapless_audio_and_video() {
+    for honor_pli in [false, true] {
+        let gw = start(test_config(2)).await;
+        let feed = Feed::start_with(&whip(&gw, "late"), H264, true, 0, honor_pli).await;
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        let mut v = Peer::play(&whep(&gw, "late"), opts(H264, true))
+            .await
+            .expect("play");
+        let (mut audio, mut video) = (Vec::new(), Vec::new());
+        while audio.len() < 80 || video.len() < 40 {
+            let f = v.next_frame(Duration::from_secs(5)).await.expect("frame");
+            let i = media::frame_index(f.codec, &f.data).expect("index");
+            match f.kind {
+                str0m::media::MediaKind::Audio => audio.push(i),
+                str0m::media::MediaKind::Video => video.push(i),
+            }
+        }
+        for (name, seq) in [("audio", &audio), ("video", &video)] {
+            for w in seq.windows(2) {
+                assert_eq!(
+                    w[1],
+                    w[0] + 1,
+                    "{name} without gaps (honor_pli {honor_pli}): {seq:?}"
+                );
+            }
+        }
+        feed.stop().await;
+        gw.shutdown().await;
+    }
+}

@@ -27,6 +27,8 @@ use crate::stun;
 
 /// How often sessions are checked for connect and consent timeouts and held keyframe requests.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// How often paced GOP-cache replays send their next share.
+const REPLAY_TICK: Duration = Duration::from_millis(5);
 
 /// Counters of what a shard dropped or did, for tests and (later) metrics.
 #[derive(Clone, Debug, Default)]
@@ -95,6 +97,9 @@ struct Session {
     /// Viewer: rewriters per track (by mid).
     tracks: Vec<(Mid, TrackRewriter)>,
     joined: bool,
+    /// Viewer catching up from the GOP cache: packets not yet sent, paced so the burst does not
+    /// overflow the viewer's path or socket; live packets queue behind them.
+    backlog: std::collections::VecDeque<Arc<MediaPacket>>,
     /// Publisher: when the last PLI went out, and whether one is held back.
     last_pli: Option<Instant>,
     pli_pending: bool,
@@ -125,6 +130,9 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     streams: HashMap<Arc<str>, LocalStream>,
     next_housekeeping: Instant,
+    /// Viewers with a backlog, and when to send their next share.
+    replaying: Vec<SessionId>,
+    next_replay: Option<Instant>,
     pub counters: Counters,
     pub outbox: Outbox,
     events: Vec<Event>,
@@ -153,6 +161,8 @@ impl Engine {
             timers: BinaryHeap::new(),
             streams: HashMap::new(),
             next_housekeeping: now + HOUSEKEEPING,
+            replaying: Vec::new(),
+            next_replay: None,
             counters: Counters::default(),
             outbox: Outbox::default(),
             events: Vec::new(),
@@ -165,11 +175,14 @@ impl Engine {
 
     /// The earliest time [`Engine::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Instant {
-        let next = self.timers.peek().map(|Reverse((t, _))| *t);
-        match next {
-            Some(t) if t < self.next_housekeeping => t,
-            _ => self.next_housekeeping,
+        let mut next = self.next_housekeeping;
+        if let Some(Reverse((t, _))) = self.timers.peek() {
+            next = next.min(*t);
         }
+        if let Some(t) = self.next_replay {
+            next = next.min(t);
+        }
+        next
     }
 
     // ---- commands from the control plane ----------------------------------------------------
@@ -292,6 +305,7 @@ impl Engine {
             mids,
             tracks,
             joined: false,
+            backlog: std::collections::VecDeque::new(),
             last_pli: None,
             pli_pending: false,
         };
@@ -498,10 +512,66 @@ impl Engine {
             }
             self.drive(now, id);
         }
+        if self.next_replay.is_some_and(|t| now >= t) {
+            self.replay(now);
+        }
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.housekeeping(now);
         }
+    }
+
+    /// Sends each catching-up viewer its next share of the backlog.
+    fn replay(&mut self, now: Instant) {
+        let ids = std::mem::take(&mut self.replaying);
+        for id in ids {
+            if self.replay_share(now, id) {
+                self.replaying.push(id);
+            }
+        }
+        self.next_replay = (!self.replaying.is_empty()).then(|| now + REPLAY_TICK);
+    }
+
+    /// Sends one tick's worth of `id`'s backlog; true if some is left.
+    fn replay_share(&mut self, now: Instant, id: SessionId) -> bool {
+        let budget = (self.config.media.gop_replay_kbps as usize * 1000 / 8)
+            * REPLAY_TICK.as_micros() as usize
+            / 1_000_000;
+        let mut sent = 0;
+        while sent < budget.max(1) {
+            let Some(pkt) = self
+                .sessions
+                .get_mut(&id)
+                .and_then(|s| s.backlog.pop_front())
+            else {
+                break;
+            };
+            sent += pkt.payload.len();
+            self.write_to_viewer(now, id, &pkt);
+        }
+        self.sessions
+            .get(&id)
+            .is_some_and(|s| !s.backlog.is_empty())
+    }
+
+    /// Writes a live packet to a viewer, or queues it behind the viewer's GOP replay.
+    fn forward(&mut self, now: Instant, id: SessionId, pkt: &Arc<MediaPacket>) {
+        let limit = self.config.media.gop_cache_max_packets;
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if !s.backlog.is_empty() {
+                if s.backlog.len() >= limit {
+                    // Not catching up: drop the replay, start again from the next keyframe.
+                    s.backlog.clear();
+                    for (_, t) in &mut s.tracks {
+                        t.publisher_left();
+                    }
+                    return;
+                }
+                s.backlog.push_back(pkt.clone());
+                return;
+            }
+        }
+        self.write_to_viewer(now, id, pkt);
     }
 
     fn housekeeping(&mut self, now: Instant) {
@@ -549,20 +619,41 @@ impl Engine {
                     return;
                 }
                 local.subscribers |= 1 << shard;
-                let cached: Vec<MediaPacket> = local
+                let packets: Vec<MediaPacket> = local
                     .cache
                     .all()
                     .iter()
                     .map(|p| p.for_other_shard())
                     .collect();
-                for pkt in cached {
-                    self.outbox.messages.push((
-                        shard,
-                        PeerMsg::Media {
-                            stream: stream.clone(),
-                            pkt,
-                        },
-                    ));
+                self.outbox
+                    .messages
+                    .push((shard, PeerMsg::Gop { stream, packets }));
+            }
+            PeerMsg::Gop { stream, packets } => {
+                let Some(local) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                for p in packets {
+                    local.cache.push(Arc::new(p));
+                }
+                let Some(gop) = local.cache.gop().map(|g| g.to_vec()) else {
+                    return;
+                };
+                let waiting: Vec<SessionId> = local
+                    .viewers
+                    .iter()
+                    .copied()
+                    .filter(|v| {
+                        self.sessions.get(v).is_some_and(|s| {
+                            s.tracks
+                                .iter()
+                                .any(|(_, t)| t.kind == Kind::Video && !t.started())
+                        })
+                    })
+                    .collect();
+                for v in waiting {
+                    self.counters.gop_cache_hits += 1;
+                    self.start_from_cache(now, v, gop.clone());
                 }
             }
             PeerMsg::Unsubscribe { stream, shard } => {
@@ -713,12 +804,25 @@ impl Engine {
         match gop {
             Some(packets) => {
                 self.counters.gop_cache_hits += 1;
-                self.start_track_with_next(id, Kind::Video);
-                for pkt in &packets {
-                    self.write_to_viewer(now, id, pkt);
-                }
+                self.start_from_cache(now, id, packets);
             }
             None => self.ask_keyframe(now, stream),
+        }
+    }
+
+    /// Starts a viewer on the cached GOP: paced through its backlog, the keyframe first.
+    fn start_from_cache(&mut self, now: Instant, id: SessionId, gop: Vec<Arc<MediaPacket>>) {
+        self.start_track_with_next(id, Kind::Video);
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.backlog.extend(gop);
+        }
+        // The first share (the keyframe, as far as the budget goes) leaves now, the rest on
+        // the replay ticks.
+        if self.replay_share(now, id) && !self.replaying.contains(&id) {
+            self.replaying.push(id);
+            if self.next_replay.is_none() {
+                self.next_replay = Some(now + REPLAY_TICK);
+            }
         }
     }
 
@@ -852,10 +956,10 @@ impl Engine {
                 // Start on the whole keyframe, including its packets before this one (SPS/PPS).
                 self.start_track_with_next(v, Kind::Video);
                 for p in frame.iter().filter(|p| p.kind == Kind::Video) {
-                    self.write_to_viewer(now, v, p);
+                    self.forward(now, v, p);
                 }
             } else {
-                self.write_to_viewer(now, v, &pkt);
+                self.forward(now, v, &pkt);
             }
         }
         if let Some(local) = self.streams.get_mut(stream) {

@@ -21,6 +21,8 @@ use super::{Command, PeerMsg};
 /// Datagrams read per receive call (recvmmsg where available).
 const BATCH: usize = 32;
 const BUF: usize = 2048;
+/// Requested socket buffer sizes, bytes.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// How to reach a shard from outside its thread.
 #[derive(Clone)]
@@ -58,6 +60,7 @@ pub fn run(
     mut chans: ShardChannels,
     peers: Vec<ShardLink>,
     counters: Arc<SharedCounters>,
+    set_source_ip: bool,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -88,11 +91,37 @@ pub fn run(
                 return;
             }
         };
+        // Room for a GOP-cache burst to many viewers, and for a burst of arrivals while the
+        // shard is busy; the kernel caps these at net.core.{w,r}mem_max.
+        for (what, r) in [
+            (
+                "send",
+                state.set_send_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER),
+            ),
+            (
+                "receive",
+                state.set_recv_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER),
+            ),
+        ] {
+            if let Err(e) = r {
+                debug!(error = %e, "cannot set the {what} buffer size");
+            }
+        }
+        tracing::info!(
+            local = ?socket.local_addr().ok(),
+            gso_segments = state.max_gso_segments(),
+            gro_segments = state.gro_segments(),
+            "shard socket ready"
+        );
         let mut bufs = vec![[0u8; BUF]; BATCH];
         let mut metas = vec![RecvMeta::default(); BATCH];
-        let mut dropped_messages: u64 = 0;
+        let mut out = Sender {
+            dropped_messages: 0,
+            set_source_ip,
+            gso_buf: Vec::new(),
+        };
         loop {
-            flush(&mut engine, &socket, &state, &peers, &mut dropped_messages).await;
+            out.flush(&mut engine, &socket, &state, &peers).await;
             counters.publish(&engine.counters);
             let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
             tokio::select! {
@@ -102,7 +131,7 @@ pub fn run(
                     let stop = matches!(cmd, Command::Shutdown);
                     engine.handle_command(Instant::now(), cmd);
                     if stop {
-                        flush(&mut engine, &socket, &state, &peers, &mut dropped_messages).await;
+                        out.flush(&mut engine, &socket, &state, &peers).await;
                         break;
                     }
                 }
@@ -165,38 +194,90 @@ fn receive(
     }
 }
 
-async fn flush(
-    engine: &mut Engine,
-    socket: &UdpSocket,
-    state: &UdpSocketState,
-    peers: &[ShardLink],
-    dropped: &mut u64,
-) {
-    for (shard, msg) in engine.outbox.messages.drain(..) {
-        let Some(peer) = peers.get(shard) else {
-            continue;
-        };
-        if peer.messages.try_send(msg).is_err() {
-            *dropped += 1;
-            if dropped.is_power_of_two() {
-                warn!(shard, dropped = *dropped, "shard queue full: media dropped");
+/// Sends what the engine left in its outbox.
+struct Sender {
+    dropped_messages: u64,
+    /// Send from the candidate's IP (wildcard bind, several local IPs): ICE only accepts a
+    /// reply from the address the request went to. Off behind 1:1 NAT, where that IP is not
+    /// local.
+    set_source_ip: bool,
+    gso_buf: Vec<u8>,
+}
+
+impl Sender {
+    async fn flush(
+        &mut self,
+        engine: &mut Engine,
+        socket: &UdpSocket,
+        state: &UdpSocketState,
+        peers: &[ShardLink],
+    ) {
+        for (shard, msg) in engine.outbox.messages.drain(..) {
+            let Some(peer) = peers.get(shard) else {
+                continue;
+            };
+            if peer.messages.try_send(msg).is_err() {
+                self.dropped_messages += 1;
+                if self.dropped_messages.is_power_of_two() {
+                    warn!(
+                        shard,
+                        dropped = self.dropped_messages,
+                        "shard queue full: media dropped"
+                    );
+                }
             }
         }
+        let mut transmits = std::mem::take(&mut engine.outbox.transmits);
+        let max_segments = state.max_gso_segments().min(64);
+        if max_segments > 1 && transmits.len() > 1 {
+            // Group each viewer's datagrams (stable: their order is kept) so runs of equal size
+            // leave in one GSO send.
+            transmits.sort_by_key(|t| (t.destination, t.source));
+        }
+        let mut i = 0;
+        while i < transmits.len() {
+            let first = &transmits[i];
+            let size = first.contents.len();
+            let mut j = i + 1;
+            // All segments but the last must be exactly `size`; the last may be shorter.
+            while j < transmits.len()
+                && j - i < max_segments
+                && transmits[j].destination == first.destination
+                && transmits[j].source == first.source
+                && transmits[j - 1].contents.len() == size
+                && transmits[j].contents.len() <= size
+            {
+                j += 1;
+            }
+            let src_ip = self.set_source_ip.then(|| first.source.ip());
+            if j - i == 1 {
+                let tx = quinn_udp::Transmit {
+                    destination: first.destination,
+                    ecn: None,
+                    contents: &first.contents,
+                    segment_size: None,
+                    src_ip,
+                };
+                send_one(socket, state, &tx).await;
+            } else {
+                self.gso_buf.clear();
+                for t in &transmits[i..j] {
+                    self.gso_buf.extend_from_slice(&t.contents);
+                }
+                let tx = quinn_udp::Transmit {
+                    destination: first.destination,
+                    ecn: None,
+                    contents: &self.gso_buf,
+                    segment_size: Some(size),
+                    src_ip,
+                };
+                send_one(socket, state, &tx).await;
+            }
+            i = j;
+        }
+        transmits.clear();
+        engine.outbox.transmits = transmits;
     }
-    let transmits = std::mem::take(&mut engine.outbox.transmits);
-    for t in &transmits {
-        let tx = quinn_udp::Transmit {
-            destination: t.destination,
-            ecn: None,
-            contents: &t.contents,
-            segment_size: None,
-            src_ip: None,
-        };
-        send_one(socket, state, &tx).await;
-    }
-    let mut transmits = transmits;
-    transmits.clear();
-    engine.outbox.transmits = transmits;
 }
 
 async fn send_one(socket: &UdpSocket, state: &UdpSocketState, tx: &quinn_udp::Transmit<'_>) {

@@ -79,6 +79,11 @@ pub enum Command {
 pub enum PeerMsg {
     /// A publisher's packet for the viewers on the receiving shard.
     Media { stream: Arc<str>, pkt: MediaPacket },
+    /// The GOP cache of `stream`, sent once to a shard that subscribed; live packets follow.
+    Gop {
+        stream: Arc<str>,
+        packets: Vec<MediaPacket>,
+    },
     /// Shard `shard` has viewers of `stream` now: send it the GOP cache, then every packet.
     Subscribe { stream: Arc<str>, shard: usize },
     /// Shard `shard` has no viewers of `stream` left.

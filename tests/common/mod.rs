@@ -13,7 +13,8 @@ use wishcast::{Config, Gateway};
 /// Frames per second of the generated video; a keyframe every `GOP` frames.
 pub const FPS: u64 = 30;
 pub const GOP: u64 = 30;
-pub const VIDEO_BYTES: usize = 3000;
+/// About 2.4 Mbit/s at 30 fps: a GOP-cache replay is a burst worth pacing.
+pub const VIDEO_BYTES: usize = 10_000;
 
 pub fn test_config(shards: usize) -> Config {
     let mut c = Config::default();
