@@ -33,6 +33,7 @@ pub mod http;
 pub mod hub;
 pub mod sdp;
 pub mod shard;
+pub mod sim;
 pub mod stun;
 
 pub use config::Config;

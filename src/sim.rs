@@ -1,0 +1,1677 @@
+//! A deterministic in-memory network around the sans-IO shard [`Engine`], for tests and benches.
+//!
+//! The model is quinn-proto's test `Pair`: every party is a state machine, time is a fake clock
+//! moved by hand, and a packet switch moves datagrams between them, with knobs to drop or delay
+//! chosen packets. Nothing touches a socket or the real clock, so loss, NACK, keyframe and
+//! timeout behaviour replays the same way on every run and thousands of peers fit in one thread.
+//!
+//! - **Gateway:** one [`Engine`] per shard, each with its own host candidate (`127.0.0.{k+1}:5000`),
+//!   sharing one [`Hub`] and one [`Config`]. Messages between shards ([`PeerMsg`]) are handed over
+//!   at once, in order.
+//! - **Peers:** str0m `Rtc`s in frame mode, each on its own address (`127.1.x.y:40000`). A publisher
+//!   writes whole frames with `Writer::write` (optionally from a [`Feed`]); a viewer records the
+//!   `Event::MediaData` frames it receives ([`Peer::frames`]).
+//! - **Sessions** are created the way the HTTP layer does it: the peer's offer is checked
+//!   ([`Offer::check`]), registered in the hub, sent to the chosen shard as [`Command::Create`],
+//!   and the answer is applied to the peer.
+//! - **Clock:** [`Sim::step`] jumps to the next thing due (a datagram's arrival, an engine or peer
+//!   timeout, a feed's next frame) and does everything due at that instant; [`Sim::run_for`] and
+//!   [`Sim::run_until`] repeat that. Every datagram takes [`Sim::latency`] plus whatever the delay
+//!   rule adds; [`Sim::set_drop`] and [`Sim::set_delay`] see each datagram as a [`Datagram`]
+//!   (direction, peer, RTP header, how many came before it) before it is sent.
+//! - **Cost:** the real time spent inside `Engine` calls is summed per shard ([`Sim::engine_busy`]),
+//!   so a bench can report the gateway's cost without the peers' decryption.
+//!
+//! Every `Rtc` mutation here is followed by draining `poll_output` until `Output::Timeout`, as
+//! str0m requires.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use str0m::format::Codec;
+//! use wishcast::sim::{Feed, PeerOptions, Sim};
+//!
+//! let mut sim = Sim::new(wishcast::Config::default(), 2);
+//! let publisher = sim.add_publisher("live", PeerOptions::default()).expect("publisher");
+//! let viewer = sim.add_viewer("live", PeerOptions::default()).expect("viewer");
+//! assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
+//! sim.start_feed(publisher, Feed::new(Some(Codec::H264), true));
+//! sim.run_for(Duration::from_secs(1));
+//! assert!(sim.peer(viewer).video_frames > 0);
+//! ```
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction as SdpDirection, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::rtcp::Rtcp;
+use str0m::rtp::RawPacket;
+use str0m::stats::{MediaEgressStats, MediaIngressStats};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::hub::{ClaimError, Hub, SessionId};
+use crate::sdp::{Kind, Offer, OfferError, Role};
+use crate::shard::engine::Engine;
+use crate::shard::{Command, CreateSession, PeerMsg, SessionError};
+
+/// Port of every engine's host candidate; engine `k` is on `127.0.0.{k+1}`.
+const ENGINE_PORT: u16 = 5000;
+/// Port of every peer; peer `i` is on `127.1.{i / 250}.{i % 250 + 1}`.
+const PEER_PORT: u16 = 40000;
+/// Passes through one instant before the simulation is declared stuck (a timeout that never
+/// moves forward).
+const SETTLE_LIMIT: u64 = 10_000_000;
+
+/// A peer of the simulation, by its index in [`Sim::peers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub usize);
+
+/// A party on the simulated network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// The gateway shard with this index.
+    Engine(usize),
+    Peer(PeerId),
+}
+
+/// Which way a datagram goes on a peer's link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Way {
+    /// Peer → gateway.
+    ToGateway,
+    /// Gateway → peer.
+    FromGateway,
+}
+
+/// What a datagram is, by RFC 7983 demultiplexing on its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Stun,
+    Dtls,
+    /// SRTP: the RTP header is in the clear.
+    Rtp(RtpInfo),
+    /// SRTCP (encrypted; peers with [`PeerOptions::raw_packets`] log what they send and get).
+    Rtcp,
+    Other,
+}
+
+/// The clear-text RTP header of an SRTP datagram, and what it means on its link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtpInfo {
+    pub ssrc: u32,
+    pub pt: u8,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub marker: bool,
+    /// The media kind of `pt` among the peer's negotiated payload types.
+    pub kind: Option<MediaKind>,
+    /// `pt` is a retransmission (RTX, RFC 4588) payload type.
+    pub rtx: bool,
+    /// How many RTP packets of this SSRC went this way on this link before this one (dropped
+    /// ones included): 0 for the first.
+    pub nth: u64,
+}
+
+/// A datagram about to be sent, as the drop and delay rules see it.
+#[derive(Debug)]
+pub struct Datagram<'a> {
+    /// When it is sent.
+    pub at: Instant,
+    pub way: Way,
+    /// The peer whose link it travels on.
+    pub peer: PeerId,
+    /// The gateway shard at the other end.
+    pub shard: usize,
+    /// How many datagrams went this way on this link before this one (dropped ones included).
+    pub nth: u64,
+    pub class: Class,
+    pub contents: &'a [u8],
+}
+
+impl Datagram<'_> {
+    pub fn rtp(&self) -> Option<&RtpInfo> {
+        match &self.class {
+            Class::Rtp(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// A video media packet (not a retransmission).
+    pub fn is_video_media(&self) -> bool {
+        self.rtp()
+            .is_some_and(|r| r.kind == Some(MediaKind::Video) && !r.rtx)
+    }
+}
+
+/// What went over one direction of a peer's link (counted when sent, so dropped ones too).
+#[derive(Clone, Debug, Default)]
+pub struct LinkStats {
+    pub datagrams: u64,
+    pub bytes: u64,
+    pub stun: u64,
+    pub dtls: u64,
+    pub rtp: u64,
+    /// RTP packets with an RTX payload type: retransmissions answering NACKs.
+    pub rtx: u64,
+    pub rtcp: u64,
+    /// Datagrams the drop rule removed.
+    pub dropped: u64,
+    per_ssrc: Vec<(u32, u64)>,
+}
+
+/// RTCP feedback a peer sent or received, decrypted (needs [`PeerOptions::raw_packets`]).
+#[derive(Clone, Debug, Default)]
+pub struct RtcpLog {
+    /// Each NACK: when, the media SSRC, and the sequence numbers it asks for.
+    pub nacks: Vec<(Instant, u32, Vec<u16>)>,
+    pub plis: Vec<Instant>,
+    pub firs: Vec<Instant>,
+}
+
+impl RtcpLog {
+    /// Every sequence number asked for, in order of the NACKs.
+    pub fn nacked_seqs(&self) -> Vec<u16> {
+        self.nacks
+            .iter()
+            .flat_map(|(_, _, s)| s.iter().copied())
+            .collect()
+    }
+
+    fn record(&mut self, now: Instant, rtcp: &Rtcp) {
+        match rtcp {
+            Rtcp::Nack(n) => {
+                let mut seqs = Vec::new();
+                for e in n.reports.iter() {
+                    seqs.push(e.pid);
+                    for bit in 0..16u16 {
+                        if e.blp & (1 << bit) != 0 {
+                            seqs.push(e.pid.wrapping_add(bit + 1));
+                        }
+                    }
+                }
+                self.nacks.push((now, *n.ssrc, seqs));
+            }
+            Rtcp::Pli(_) => self.plis.push(now),
+            Rtcp::Fir(_) => self.firs.push(now),
+            _ => {}
+        }
+    }
+}
+
+/// How a peer is built.
+#[derive(Clone, Debug)]
+pub struct PeerOptions {
+    /// The video codec offered (only this one), or no video track.
+    pub video: Option<Codec>,
+    /// Offer an Opus track.
+    pub audio: bool,
+    /// Keep every received frame in [`Peer::frames`] (counters are kept either way).
+    pub record_frames: bool,
+    /// Log decrypted RTCP feedback ([`Peer::rtcp_in`], [`Peer::rtcp_out`]); costs a copy per
+    /// packet.
+    pub raw_packets: bool,
+    /// str0m statistics events every so often ([`Peer::egress`], [`Peer::ingress`]).
+    pub stats_interval: Option<Duration>,
+}
+
+impl Default for PeerOptions {
+    /// H264 + Opus, recording frames and RTCP.
+    fn default() -> Self {
+        PeerOptions {
+            video: Some(Codec::H264),
+            audio: true,
+            record_frames: true,
+            raw_packets: true,
+            stats_interval: None,
+        }
+    }
+}
+
+impl PeerOptions {
+    pub fn with_video(codec: Codec) -> PeerOptions {
+        PeerOptions {
+            video: Some(codec),
+            ..PeerOptions::default()
+        }
+    }
+
+    /// A cheap viewer for scale runs: counts frames, keeps none, logs no RTCP.
+    pub fn sink(video: Codec) -> PeerOptions {
+        PeerOptions {
+            video: Some(video),
+            audio: true,
+            record_frames: false,
+            raw_packets: false,
+            stats_interval: None,
+        }
+    }
+}
+
+/// A frame a peer received (`Event::MediaData`).
+#[derive(Clone, Debug)]
+pub struct ReceivedFrame {
+    pub at: Instant,
+    pub kind: MediaKind,
+    pub codec: Codec,
+    pub rtp_time: u64,
+    /// str0m saw no gap before this frame.
+    pub contiguous: bool,
+    pub data: Arc<[u8]>,
+}
+
+/// Why a simulated session could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("str0m: {0}")]
+    Rtc(#[from] str0m::RtcError),
+    #[error("the peer produced no offer")]
+    NoOffer,
+    #[error("the gateway would refuse the offer: {0}")]
+    Offer(#[from] OfferError),
+    #[error("the hub refused the session: {0:?}")]
+    Claim(ClaimError),
+    #[error("the shard refused the session: {0}")]
+    Session(#[from] SessionError),
+    #[error("the shard did not reply to the command")]
+    NoReply,
+    #[error("the gateway's answer is not SDP: {0}")]
+    Answer(String),
+    #[error("invalid candidate: {0}")]
+    Candidate(String),
+    #[error("peer {0:?} has no {1:?} track")]
+    NoTrack(PeerId, MediaKind),
+    #[error("peer {0:?} is not connected")]
+    NotConnected(PeerId),
+    #[error("peer {0:?} has no negotiated payload type for {1:?}")]
+    NoPayloadType(PeerId, MediaKind),
+}
+
+/// A str0m peer on the simulated network.
+pub struct Peer {
+    pub id: PeerId,
+    pub role: Role,
+    pub stream: Arc<str>,
+    /// The gateway session serving it.
+    pub session: SessionId,
+    pub shard: usize,
+    pub addr: SocketAddr,
+    pub rtc: Rtc,
+    pub video: Option<Mid>,
+    pub audio: Option<Mid>,
+    pub answer_sdp: String,
+    /// When `Event::Connected` came (ICE + DTLS done).
+    pub connected_at: Option<Instant>,
+    /// ICE reported `Disconnected` at least once.
+    pub ice_disconnected: bool,
+    /// Received frames, if [`PeerOptions::record_frames`].
+    pub frames: Vec<ReceivedFrame>,
+    pub video_frames: u64,
+    pub audio_frames: u64,
+    /// Video frames str0m delivered with `contiguous == false` (a gap before them).
+    pub discontinuities: u64,
+    pub bytes_received: u64,
+    /// `Event::KeyframeRequest`s (PLI/FIR from the gateway, coalesced by str0m per poll).
+    pub keyframe_requests: u64,
+    /// RTCP feedback received, decrypted (needs [`PeerOptions::raw_packets`]).
+    pub rtcp_in: RtcpLog,
+    /// RTCP feedback sent, decrypted (needs [`PeerOptions::raw_packets`]).
+    pub rtcp_out: RtcpLog,
+    /// Peer → gateway.
+    pub up: LinkStats,
+    /// Gateway → peer.
+    pub down: LinkStats,
+    /// The latest egress and ingress statistics per mid (needs [`PeerOptions::stats_interval`]).
+    pub egress: Vec<MediaEgressStats>,
+    pub ingress: Vec<MediaIngressStats>,
+    /// The `Rtc` failed or the session was deleted: the peer no longer takes part.
+    pub error: Option<String>,
+    /// Datagrams the `Rtc` refused (`handle_input` errors), not fatal.
+    pub input_errors: u64,
+    pub feed: Option<Feed>,
+    opts: PeerOptions,
+    /// Negotiated payload types: (pt, kind, is RTX).
+    pts: Vec<(u8, MediaKind, bool)>,
+    /// Payload type and clock rate used to write each kind (video, audio).
+    write_params: [Option<(Pt, Frequency)>; 2],
+    next_timeout: Option<Instant>,
+}
+
+impl Peer {
+    pub fn is_connected(&self) -> bool {
+        self.connected_at.is_some() && self.error.is_none()
+    }
+
+    pub fn options(&self) -> &PeerOptions {
+        &self.opts
+    }
+
+    /// Recorded video frames, in arrival order.
+    pub fn received_video(&self) -> impl Iterator<Item = &ReceivedFrame> {
+        self.frames.iter().filter(|f| f.kind == MediaKind::Video)
+    }
+
+    /// Recorded audio frames, in arrival order.
+    pub fn received_audio(&self) -> impl Iterator<Item = &ReceivedFrame> {
+        self.frames.iter().filter(|f| f.kind == MediaKind::Audio)
+    }
+
+    /// Drains the `Rtc` until its next timeout; transmits go to `out`.
+    fn drain(&mut self, now: Instant, out: &mut Vec<Outgoing>) -> Option<Instant> {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return Some(t),
+                Ok(Output::Transmit(t)) => out.push(Outgoing {
+                    source: t.source,
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }),
+                Ok(Output::Event(e)) => self.on_event(now, e),
+                Err(e) => {
+                    self.error = Some(format!("poll_output: {e}"));
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Connected => {
+                self.connected_at.get_or_insert(now);
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.ice_disconnected = true;
+            }
+            Event::MediaData(d) => {
+                let codec = d.params.spec().codec;
+                let kind = if codec.is_audio() {
+                    MediaKind::Audio
+                } else {
+                    MediaKind::Video
+                };
+                match kind {
+                    MediaKind::Video => {
+                        self.video_frames += 1;
+                        if !d.contiguous {
+                            self.discontinuities += 1;
+                        }
+                    }
+                    MediaKind::Audio => self.audio_frames += 1,
+                }
+                self.bytes_received += d.data.len() as u64;
+                if self.opts.record_frames {
+                    self.frames.push(ReceivedFrame {
+                        at: now,
+                        kind,
+                        codec,
+                        rtp_time: d.time.numer(),
+                        contiguous: d.contiguous,
+                        data: d.data,
+                    });
+                }
+            }
+            Event::KeyframeRequest(_) => {
+                self.keyframe_requests += 1;
+                if let Some(feed) = &mut self.feed {
+                    if feed.honor_keyframe_requests {
+                        feed.key_requested = true;
+                    }
+                }
+            }
+            Event::RawPacket(p) => match *p {
+                RawPacket::RtcpRx(r) => self.rtcp_in.record(now, &r),
+                RawPacket::RtcpTx(r) => self.rtcp_out.record(now, &r),
+                _ => {}
+            },
+            Event::MediaEgressStats(s) => {
+                self.egress.retain(|e| e.mid != s.mid);
+                self.egress.push(s);
+            }
+            Event::MediaIngressStats(s) => {
+                self.ingress.retain(|e| e.mid != s.mid);
+                self.ingress.push(s);
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes one frame of `kind` (a mutation: the caller drains).
+    fn write(
+        &mut self,
+        now: Instant,
+        kind: MediaKind,
+        rtp_time: u64,
+        data: Arc<[u8]>,
+    ) -> Result<(), SimError> {
+        let (slot, mid) = match kind {
+            MediaKind::Video => (0, self.video),
+            MediaKind::Audio => (1, self.audio),
+        };
+        let mid = mid.ok_or(SimError::NoTrack(self.id, kind))?;
+        if !self.rtc.is_connected() {
+            return Err(SimError::NotConnected(self.id));
+        }
+        let (pt, clock) = match self.write_params[slot] {
+            Some(p) => p,
+            None => {
+                let writer = self
+                    .rtc
+                    .writer(mid)
+                    .ok_or(SimError::NoTrack(self.id, kind))?;
+                let params = writer
+                    .payload_params()
+                    .next()
+                    .ok_or(SimError::NoPayloadType(self.id, kind))?;
+                let p = (params.pt(), params.spec().clock_rate);
+                self.write_params[slot] = Some(p);
+                p
+            }
+        };
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or(SimError::NoTrack(self.id, kind))?;
+        writer.write(pt, now, MediaTime::new(rtp_time, clock), data)?;
+        Ok(())
+    }
+
+    fn classify(&mut self, way: Way, data: &[u8]) -> Class {
+        let Some(&b0) = data.first() else {
+            return Class::Other;
+        };
+        match b0 {
+            0..=3 => Class::Stun,
+            20..=63 => Class::Dtls,
+            128..=191 if data.len() >= 12 => {
+                let b1 = data[1];
+                if (192..=223).contains(&b1) {
+                    return Class::Rtcp;
+                }
+                let pt = b1 & 0x7f;
+                let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+                let (kind, rtx) = self
+                    .pts
+                    .iter()
+                    .find(|(p, _, _)| *p == pt)
+                    .map(|(_, k, r)| (Some(*k), *r))
+                    .unwrap_or((None, false));
+                let link = match way {
+                    Way::ToGateway => &mut self.up,
+                    Way::FromGateway => &mut self.down,
+                };
+                let nth = match link.per_ssrc.iter_mut().find(|(s, _)| *s == ssrc) {
+                    Some((_, n)) => {
+                        *n += 1;
+                        *n - 1
+                    }
+                    None => {
+                        link.per_ssrc.push((ssrc, 1));
+                        0
+                    }
+                };
+                Class::Rtp(RtpInfo {
+                    ssrc,
+                    pt,
+                    seq: u16::from_be_bytes([data[2], data[3]]),
+                    timestamp: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
+                    marker: b1 & 0x80 != 0,
+                    kind,
+                    rtx,
+                    nth,
+                })
+            }
+            _ => Class::Other,
+        }
+    }
+}
+
+/// A synthetic encoder for a publisher: video frames at `fps` (a keyframe every `gop` frames and
+/// on request) and a 20 ms Opus packet every 20 ms, written as the simulated clock reaches them.
+///
+/// Frames come from [`video_frame`] and [`opus_frame`], so a receiver can check them with
+/// [`Feed::check_video`] and [`Feed::check_audio`].
+#[derive(Clone, Debug)]
+pub struct Feed {
+    pub video: Option<Codec>,
+    pub audio: bool,
+    pub fps: u32,
+    /// A keyframe every this many frames; 0: only the first frame and requested ones.
+    pub gop: u64,
+    /// Size of a delta frame, in bytes.
+    pub frame_bytes: usize,
+    /// Size of a keyframe, in bytes.
+    pub key_bytes: usize,
+    /// A keyframe request from the gateway makes the next video frame a keyframe.
+    pub honor_keyframe_requests: bool,
+    /// Stop after this many video frames (audio stops with it).
+    pub max_frames: Option<u64>,
+    /// Video frames written so far (the next frame's index).
+    pub video_sent: u64,
+    pub audio_sent: u64,
+    /// Indices of the video frames sent as keyframes.
+    pub keyframes: Vec<u64>,
+    /// Writes str0m refused (for example before the publisher connected).
+    pub write_errors: u64,
+    started: Option<Instant>,
+    key_requested: bool,
+}
+
+impl Feed {
+    /// 30 fps, a keyframe every second, 3000-byte frames (6000-byte keyframes), audio if asked.
+    pub fn new(video: Option<Codec>, audio: bool) -> Feed {
+        Feed {
+            video,
+            audio,
+            fps: 30,
+            gop: 30,
+            frame_bytes: 3000,
+            key_bytes: 6000,
+            honor_keyframe_requests: true,
+            max_frames: None,
+            video_sent: 0,
+            audio_sent: 0,
+            keyframes: Vec::new(),
+            write_errors: 0,
+            started: None,
+            key_requested: false,
+        }
+    }
+
+    /// Video of `bits_per_sec` at `fps` (all frames the same size) plus Opus.
+    pub fn at_bitrate(video: Codec, bits_per_sec: u64, fps: u32) -> Feed {
+        let bytes = (bits_per_sec / 8 / u64::from(fps.max(1))) as usize;
+        Feed {
+            fps,
+            frame_bytes: bytes,
+            key_bytes: bytes,
+            gop: 2 * u64::from(fps),
+            ..Feed::new(Some(video), true)
+        }
+    }
+
+    /// Stops after `n` video frames.
+    pub fn with_max_frames(mut self, n: u64) -> Feed {
+        self.max_frames = Some(n);
+        self
+    }
+
+    /// A keyframe every `gop` frames (0: only the first and requested ones).
+    pub fn with_gop(mut self, gop: u64) -> Feed {
+        self.gop = gop;
+        self
+    }
+
+    /// Delta frames of `frame_bytes`, keyframes of `key_bytes`.
+    pub fn with_sizes(mut self, frame_bytes: usize, key_bytes: usize) -> Feed {
+        self.frame_bytes = frame_bytes;
+        self.key_bytes = key_bytes;
+        self
+    }
+
+    fn frame_interval(&self) -> Duration {
+        Duration::from_secs(1) / self.fps.max(1)
+    }
+
+    fn done(&self) -> bool {
+        self.max_frames.is_some_and(|m| self.video_sent >= m)
+    }
+
+    fn next_video_at(&self) -> Option<Instant> {
+        let start = self.started?;
+        if self.video.is_none() || self.done() {
+            return None;
+        }
+        Some(start + self.frame_interval() * self.video_sent as u32)
+    }
+
+    fn next_audio_at(&self) -> Option<Instant> {
+        let start = self.started?;
+        if !self.audio || self.done() {
+            return None;
+        }
+        Some(start + Duration::from_millis(20) * self.audio_sent as u32)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        match (self.next_video_at(), self.next_audio_at()) {
+            (Some(v), Some(a)) => Some(v.min(a)),
+            (v, a) => v.or(a),
+        }
+    }
+
+    /// The next frame due by `now`: (kind, RTP time, bytes).
+    fn take_due(&mut self, now: Instant) -> Option<(MediaKind, u64, Arc<[u8]>)> {
+        let video = self.next_video_at().filter(|t| *t <= now);
+        let audio = self.next_audio_at().filter(|t| *t <= now);
+        let video_first = match (video, audio) {
+            (Some(v), Some(a)) => v <= a,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        if video_first {
+            let codec = self.video?;
+            let i = self.video_sent;
+            let key = i == 0 || (self.gop > 0 && i % self.gop == 0) || self.key_requested;
+            if key {
+                self.key_requested = false;
+                self.keyframes.push(i);
+            }
+            self.video_sent += 1;
+            let size = if key {
+                self.key_bytes
+            } else {
+                self.frame_bytes
+            };
+            let time = i * 90_000 / u64::from(self.fps.max(1));
+            Some((
+                MediaKind::Video,
+                time,
+                video_frame(codec, i, key, size).into(),
+            ))
+        } else {
+            let i = self.audio_sent;
+            self.audio_sent += 1;
+            Some((MediaKind::Audio, i * 960, opus_frame(i).into()))
+        }
+    }
+
+    /// The index of a received video frame if it is exactly what this feed sent, byte for byte.
+    pub fn check_video(&self, data: &[u8]) -> Result<u64, String> {
+        let codec = self.video.ok_or("the feed sends no video")?;
+        let index = frame_index(data).ok_or("no frame index in the data")?;
+        let key = is_keyframe(codec, data);
+        if key != self.keyframes.contains(&index) {
+            return Err(format!(
+                "frame {index}: keyframe {key} but sent as keyframe {}",
+                !key
+            ));
+        }
+        let size = if key {
+            self.key_bytes
+        } else {
+            self.frame_bytes
+        };
+        let expected = video_frame(codec, index, key, size);
+        if data != &expected[..] {
+            return Err(format!(
+                "frame {index} differs: {} bytes received, {} sent, first difference at {:?}",
+                data.len(),
+                expected.len(),
+                data.iter().zip(expected.iter()).position(|(a, b)| a != b)
+            ));
+        }
+        Ok(index)
+    }
+
+    /// The index of a received Opus packet if it is exactly what this feed sent.
+    pub fn check_audio(&self, data: &[u8]) -> Result<u64, String> {
+        let index = frame_index(data).ok_or("no frame index in the data")?;
+        if data != &opus_frame(index)[..] {
+            return Err(format!("opus packet {index} differs"));
+        }
+        Ok(index)
+    }
+}
+
+/// A datagram leaving a party, before routing.
+struct Outgoing {
+    source: SocketAddr,
+    destination: SocketAddr,
+    contents: Vec<u8>,
+}
+
+/// A datagram on the wire, delivered at `at` (ties in sending order).
+struct InFlight {
+    at: Instant,
+    order: u64,
+    to: Node,
+    source: SocketAddr,
+    destination: SocketAddr,
+    contents: Vec<u8>,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+type DropRule = Box<dyn FnMut(&Datagram<'_>) -> bool>;
+type DelayRule = Box<dyn FnMut(&Datagram<'_>) -> Duration>;
+
+/// The simulated gateway (shards), peers, wire and clock.
+pub struct Sim {
+    now: Instant,
+    start: Instant,
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    engines: Vec<Engine>,
+    engine_busy: Vec<Duration>,
+    engine_calls: u64,
+    peers: Vec<Peer>,
+    /// Peers with a running feed.
+    feeds: Vec<usize>,
+    addrs: HashMap<SocketAddr, Node>,
+    in_flight: BinaryHeap<Reverse<InFlight>>,
+    peer_timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    messages: VecDeque<(usize, PeerMsg)>,
+    scratch: Vec<Outgoing>,
+    order: u64,
+    next_session: u128,
+    connected: usize,
+    drop_rule: Option<DropRule>,
+    delay_rule: Option<DelayRule>,
+    dtls_cert: Option<str0m::config::DtlsCert>,
+    /// One-way delay of every datagram (before the delay rule's extra).
+    pub latency: Duration,
+    /// Datagrams addressed to nobody on the network.
+    pub undeliverable: u64,
+    /// Cross-shard messages handed over.
+    pub messages_delivered: u64,
+}
+
+impl Sim {
+    /// A gateway of `shards` engines (at least one) with `config`, and no peers yet.
+    pub fn new(config: Config, shards: usize) -> Sim {
+        let shards = shards.clamp(1, 64);
+        let now = Instant::now();
+        let config = Arc::new(config);
+        let hub = Arc::new(Hub::new(shards));
+        let mut addrs = HashMap::new();
+        let engines = (0..shards)
+            .map(|k| {
+                let addr = engine_addr(k);
+                addrs.insert(addr, Node::Engine(k));
+                Engine::new(k, config.clone(), hub.clone(), vec![addr], now)
+            })
+            .collect();
+        let dtls_cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate();
+        Sim {
+            now,
+            start: now,
+            config,
+            hub,
+            engines,
+            engine_busy: vec![Duration::ZERO; shards],
+            engine_calls: 0,
+            peers: Vec::new(),
+            feeds: Vec::new(),
+            addrs,
+            in_flight: BinaryHeap::new(),
+            peer_timers: BinaryHeap::new(),
+            messages: VecDeque::new(),
+            scratch: Vec::new(),
+            order: 0,
+            next_session: 1,
+            connected: 0,
+            drop_rule: None,
+            delay_rule: None,
+            dtls_cert,
+            latency: Duration::from_millis(1),
+            undeliverable: 0,
+            messages_delivered: 0,
+        }
+    }
+
+    // ---- inspection ---------------------------------------------------------------------------
+
+    /// The simulated time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    pub fn engines(&self) -> &[Engine] {
+        &self.engines
+    }
+
+    pub fn engine(&self, shard: usize) -> &Engine {
+        &self.engines[shard]
+    }
+
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    pub fn peer(&self, id: PeerId) -> &Peer {
+        &self.peers[id.0]
+    }
+
+    pub fn peer_mut(&mut self, id: PeerId) -> &mut Peer {
+        &mut self.peers[id.0]
+    }
+
+    /// The publisher's feed, if one was started.
+    pub fn feed(&self, id: PeerId) -> Option<&Feed> {
+        self.peers[id.0].feed.as_ref()
+    }
+
+    /// Peers that have connected (ICE + DTLS) and not failed since.
+    pub fn connected_count(&self) -> usize {
+        self.connected
+    }
+
+    /// Datagrams on the wire.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Real time spent inside shard `shard`'s `Engine` calls (commands, datagrams, messages,
+    /// timeouts) since the start or the last [`Sim::reset_engine_busy`].
+    pub fn engine_busy(&self, shard: usize) -> Duration {
+        self.engine_busy[shard]
+    }
+
+    /// [`Sim::engine_busy`] summed over the shards.
+    pub fn engine_busy_total(&self) -> Duration {
+        self.engine_busy.iter().sum()
+    }
+
+    /// `Engine` calls made.
+    pub fn engine_calls(&self) -> u64 {
+        self.engine_calls
+    }
+
+    pub fn reset_engine_busy(&mut self) {
+        self.engine_busy
+            .iter_mut()
+            .for_each(|d| *d = Duration::ZERO);
+        self.engine_calls = 0;
+    }
+
+    // ---- knobs --------------------------------------------------------------------------------
+
+    /// Drops every datagram for which `rule` returns true (decided when it is sent).
+    pub fn set_drop(&mut self, rule: impl FnMut(&Datagram<'_>) -> bool + 'static) {
+        self.drop_rule = Some(Box::new(rule));
+    }
+
+    /// Delays every datagram by what `rule` returns, on top of [`Sim::latency`]; datagrams may
+    /// overtake each other.
+    pub fn set_delay(&mut self, rule: impl FnMut(&Datagram<'_>) -> Duration + 'static) {
+        self.delay_rule = Some(Box::new(rule));
+    }
+
+    /// Removes the drop and delay rules.
+    pub fn clear_rules(&mut self) {
+        self.drop_rule = None;
+        self.delay_rule = None;
+    }
+
+    // ---- sessions -----------------------------------------------------------------------------
+
+    /// A WHIP publisher of `stream`, connected over the simulated network.
+    pub fn add_publisher(&mut self, stream: &str, opts: PeerOptions) -> Result<PeerId, SimError> {
+        self.add_peer(Role::Publish, stream, opts)
+    }
+
+    /// A WHEP viewer of `stream` (which needs a publisher, as over HTTP).
+    pub fn add_viewer(&mut self, stream: &str, opts: PeerOptions) -> Result<PeerId, SimError> {
+        self.add_peer(Role::Play, stream, opts)
+    }
+
+    /// Builds a peer's offer, has the gateway answer it as the HTTP layer would (check, hub
+    /// registration, `Command::Create` on the chosen shard) and applies the answer. ICE and DTLS
+    /// then run as the clock moves. A failed peer stays in [`Sim::peers`] with its error set.
+    pub fn add_peer(
+        &mut self,
+        role: Role,
+        stream: &str,
+        opts: PeerOptions,
+    ) -> Result<PeerId, SimError> {
+        let index = self.peers.len();
+        let id = PeerId(index);
+        let addr = peer_addr(index);
+        let session = SessionId(self.next_session);
+        self.next_session += 1;
+        let rtc = self.peer_config(&opts).build(self.now);
+        self.peers.push(Peer {
+            id,
+            role,
+            stream: Arc::from(stream),
+            session,
+            shard: 0,
+            addr,
+            rtc,
+            video: None,
+            audio: None,
+            answer_sdp: String::new(),
+            connected_at: None,
+            ice_disconnected: false,
+            frames: Vec::new(),
+            video_frames: 0,
+            audio_frames: 0,
+            discontinuities: 0,
+            bytes_received: 0,
+            keyframe_requests: 0,
+            rtcp_in: RtcpLog::default(),
+            rtcp_out: RtcpLog::default(),
+            up: LinkStats::default(),
+            down: LinkStats::default(),
+            egress: Vec::new(),
+            ingress: Vec::new(),
+            error: None,
+            input_errors: 0,
+            feed: None,
+            opts,
+            pts: Vec::new(),
+            write_params: [None, None],
+            next_timeout: None,
+        });
+        self.addrs.insert(addr, Node::Peer(id));
+        match self.set_up(index, role, stream) {
+            Ok(()) => {
+                self.flush_peer(index);
+                Ok(id)
+            }
+            Err(e) => {
+                self.peers[index].error = Some(e.to_string());
+                self.addrs.remove(&addr);
+                Err(e)
+            }
+        }
+    }
+
+    fn peer_config(&self, opts: &PeerOptions) -> RtcConfig {
+        let mut cfg = Rtc::builder()
+            .set_ice_lite(false)
+            .set_stats_interval(opts.stats_interval)
+            .enable_raw_packets(opts.raw_packets)
+            .clear_codecs();
+        cfg = match opts.video {
+            Some(Codec::H264) => cfg.enable_h264(true),
+            Some(Codec::Vp8) => cfg.enable_vp8(true),
+            Some(Codec::Vp9) => cfg.enable_vp9(true),
+            Some(Codec::Av1) => cfg.enable_av1(true),
+            _ => cfg,
+        };
+        if opts.audio {
+            cfg = cfg.enable_opus(true, false);
+        }
+        if let Some(cert) = &self.dtls_cert {
+            cfg = cfg.set_dtls_cert(cert.clone());
+        }
+        cfg
+    }
+
+    fn set_up(&mut self, index: usize, role: Role, stream: &str) -> Result<(), SimError> {
+        let now = self.now;
+        let (offer_sdp, pending) = self.make_offer(index, role)?;
+        let shape = Offer::parse(&offer_sdp)?;
+        shape.check(role)?;
+        let id = self.peers[index].session;
+        let (shard, _) = self
+            .hub
+            .register(
+                id,
+                stream,
+                role,
+                self.config.limits.max_sessions,
+                (Vec::new(), Vec::new()),
+            )
+            .map_err(SimError::Claim)?;
+        let stream_key = self
+            .hub
+            .session(id)
+            .map(|s| s.stream)
+            .unwrap_or_else(|| Arc::from(stream));
+        self.peers[index].shard = shard;
+        self.peers[index].stream = stream_key.clone();
+        let (reply, mut rx) = oneshot::channel();
+        let cmd = Command::Create(Box::new(CreateSession {
+            id,
+            stream: stream_key,
+            role,
+            offer_sdp,
+            reply,
+        }));
+        self.engine_call(shard, |e, now| e.handle_command(now, cmd));
+        let created = match rx.try_recv() {
+            Ok(r) => r?,
+            Err(_) => return Err(SimError::NoReply),
+        };
+        if role == Role::Publish {
+            if let Ok(answer) = Offer::parse(&created.answer) {
+                let names = |k: Kind| answer.codecs(k).map(str::to_string).collect::<Vec<_>>();
+                self.hub
+                    .set_publisher_codecs(stream, id, names(Kind::Video), names(Kind::Audio));
+            }
+        }
+        let answer = SdpAnswer::from_sdp_string(&created.answer)
+            .map_err(|e| SimError::Answer(e.to_string()))?;
+        let peer = &mut self.peers[index];
+        peer.answer_sdp = created.answer;
+        peer.rtc.sdp_api().accept_answer(pending, answer)?;
+        let mut out = std::mem::take(&mut self.scratch);
+        let timeout = peer.drain(now, &mut out);
+        self.set_peer_timeout(index, timeout);
+        let peer = &mut self.peers[index];
+        peer.pts = peer
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .flat_map(|p| {
+                let kind = if p.spec().codec.is_audio() {
+                    MediaKind::Audio
+                } else {
+                    MediaKind::Video
+                };
+                let main = (*p.pt(), kind, false);
+                let rtx = p.resend().map(|r| (*r, kind, true));
+                std::iter::once(main).chain(rtx)
+            })
+            .collect();
+        for o in out.drain(..) {
+            self.send(Node::Peer(PeerId(index)), o);
+        }
+        self.scratch = out;
+        Ok(())
+    }
+
+    /// The peer's host candidate, tracks and SDP offer (each mutation drained).
+    fn make_offer(
+        &mut self,
+        index: usize,
+        role: Role,
+    ) -> Result<(String, SdpPendingOffer), SimError> {
+        let now = self.now;
+        let mut out = std::mem::take(&mut self.scratch);
+        let peer = &mut self.peers[index];
+        let candidate =
+            Candidate::host(peer.addr, "udp").map_err(|e| SimError::Candidate(e.to_string()))?;
+        peer.rtc.add_local_candidate(candidate);
+        peer.drain(now, &mut out);
+        let dir = match role {
+            Role::Publish => SdpDirection::SendOnly,
+            Role::Play => SdpDirection::RecvOnly,
+        };
+        let stream_id = format!("sim-{index}");
+        let mut api = peer.rtc.sdp_api();
+        let video = peer
+            .opts
+            .video
+            .map(|_| api.add_media(MediaKind::Video, dir, Some(stream_id.clone()), None, None));
+        let audio = peer
+            .opts
+            .audio
+            .then(|| api.add_media(MediaKind::Audio, dir, Some(stream_id.clone()), None, None));
+        let applied = api.apply();
+        peer.drain(now, &mut out);
+        let (offer, pending) = applied.ok_or(SimError::NoOffer)?;
+        peer.video = video;
+        peer.audio = audio;
+        // Nothing is sent before the answer; keep whatever was produced for the wire anyway.
+        for o in out.drain(..) {
+            self.send(Node::Peer(PeerId(index)), o);
+        }
+        self.scratch = out;
+        Ok((offer.to_sdp_string(), pending))
+    }
+
+    /// Ends a session the way `DELETE` on its resource does, and takes the peer off the network.
+    pub fn delete(&mut self, id: PeerId) -> Result<(), SimError> {
+        let (shard, session) = {
+            let p = &self.peers[id.0];
+            (p.shard, p.session)
+        };
+        let (reply, mut rx) = oneshot::channel();
+        self.engine_call(shard, |e, now| {
+            e.handle_command(now, Command::Delete { id: session, reply })
+        });
+        let r = rx.try_recv().map_err(|_| SimError::NoReply)?;
+        self.disconnect_peer(id.0, "deleted");
+        r.map_err(SimError::Session)
+    }
+
+    /// Takes a peer off the network without telling the gateway (a vanished client).
+    pub fn kill(&mut self, id: PeerId) {
+        self.disconnect_peer(id.0, "killed");
+    }
+
+    fn disconnect_peer(&mut self, index: usize, why: &str) {
+        let peer = &mut self.peers[index];
+        if peer.error.is_none() && peer.connected_at.is_some() {
+            self.connected -= 1;
+        }
+        peer.error = Some(why.to_string());
+        peer.next_timeout = None;
+        let addr = peer.addr;
+        self.addrs.remove(&addr);
+        self.feeds.retain(|&p| p != index);
+    }
+
+    // ---- media --------------------------------------------------------------------------------
+
+    /// Writes one frame from a connected publisher (drained and sent at once).
+    pub fn write_frame(
+        &mut self,
+        id: PeerId,
+        kind: MediaKind,
+        rtp_time: u64,
+        data: impl Into<Arc<[u8]>>,
+    ) -> Result<(), SimError> {
+        let now = self.now;
+        let r = self.peers[id.0].write(now, kind, rtp_time, data.into());
+        self.flush_peer(id.0);
+        r
+    }
+
+    /// Starts `feed` on publisher `id` now: its frames are written as the clock reaches them.
+    pub fn start_feed(&mut self, id: PeerId, mut feed: Feed) {
+        feed.started = Some(self.now);
+        self.peers[id.0].feed = Some(feed);
+        if !self.feeds.contains(&id.0) {
+            self.feeds.push(id.0);
+        }
+    }
+
+    /// Stops the publisher's feed (it stays readable with [`Sim::feed`]).
+    pub fn stop_feed(&mut self, id: PeerId) {
+        self.feeds.retain(|&p| p != id.0);
+    }
+
+    // ---- the clock ----------------------------------------------------------------------------
+
+    /// Does everything due at the current instant, without moving the clock.
+    pub fn drive(&mut self) {
+        let mut passes = 0u64;
+        loop {
+            let mut progressed = false;
+            while self
+                .in_flight
+                .peek()
+                .is_some_and(|Reverse(f)| f.at <= self.now)
+            {
+                if let Some(Reverse(f)) = self.in_flight.pop() {
+                    self.deliver(f);
+                    progressed = true;
+                }
+            }
+            for k in 0..self.engines.len() {
+                if self.engines[k].poll_timeout() <= self.now {
+                    self.engine_call(k, |e, now| e.handle_timeout(now));
+                    progressed = true;
+                }
+            }
+            while let Some(&Reverse((t, i))) = self.peer_timers.peek() {
+                if t > self.now {
+                    break;
+                }
+                self.peer_timers.pop();
+                if self.peers[i].next_timeout != Some(t) {
+                    continue; // superseded
+                }
+                self.peers[i].next_timeout = None;
+                let now = self.now;
+                if let Err(e) = self.peers[i].rtc.handle_input(Input::Timeout(now)) {
+                    self.peers[i].error = Some(format!("timeout: {e}"));
+                }
+                self.flush_peer(i);
+                progressed = true;
+            }
+            for n in 0..self.feeds.len() {
+                let Some(&i) = self.feeds.get(n) else { break };
+                loop {
+                    let now = self.now;
+                    let due = self.peers[i].feed.as_mut().and_then(|f| f.take_due(now));
+                    let Some((kind, time, data)) = due else { break };
+                    if self.peers[i].write(now, kind, time, data).is_err() {
+                        if let Some(f) = &mut self.peers[i].feed {
+                            f.write_errors += 1;
+                        }
+                    }
+                    self.flush_peer(i);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+            passes += 1;
+            assert!(
+                passes < SETTLE_LIMIT,
+                "the simulation does not settle at {:?}",
+                self.elapsed()
+            );
+        }
+    }
+
+    /// When something is due next: a datagram, an engine or peer timeout, or a feed's frame.
+    pub fn next_event(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((t, i))) = self.peer_timers.peek() {
+            if self.peers[i].next_timeout == Some(t) {
+                break;
+            }
+            self.peer_timers.pop();
+        }
+        let wire = self.in_flight.peek().map(|Reverse(f)| f.at);
+        let engines = self.engines.iter().map(|e| e.poll_timeout()).min();
+        let peers = self.peer_timers.peek().map(|Reverse((t, _))| *t);
+        let feeds = self
+            .feeds
+            .iter()
+            .filter_map(|&i| self.peers[i].feed.as_ref()?.next_due())
+            .min();
+        [wire, engines, peers, feeds].into_iter().flatten().min()
+    }
+
+    /// Moves the clock to the next event (if it is later) and does everything due then.
+    pub fn step(&mut self) -> Instant {
+        if let Some(t) = self.next_event() {
+            if t > self.now {
+                self.now = t;
+            }
+        }
+        self.drive();
+        self.now
+    }
+
+    /// Runs every event up to `deadline`, then leaves the clock at `deadline`.
+    pub fn run_until(&mut self, deadline: Instant) {
+        self.drive();
+        while let Some(t) = self.next_event() {
+            if t > deadline {
+                break;
+            }
+            if t > self.now {
+                self.now = t;
+            }
+            self.drive();
+        }
+        if deadline > self.now {
+            self.now = deadline;
+            self.drive();
+        }
+    }
+
+    /// [`Sim::run_until`] `now + d`.
+    pub fn run_for(&mut self, d: Duration) {
+        let deadline = self.now + d;
+        self.run_until(deadline);
+    }
+
+    /// Steps until `done` holds (checked after every instant) or `limit` of simulated time
+    /// passed; returns whether `done` held.
+    pub fn run_until_true(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let deadline = self.now + limit;
+        self.drive();
+        loop {
+            if done(self) {
+                return true;
+            }
+            match self.next_event() {
+                Some(t) if t <= deadline => {
+                    if t > self.now {
+                        self.now = t;
+                    }
+                    self.drive();
+                }
+                _ => {
+                    self.now = self.now.max(deadline);
+                    self.drive();
+                    return done(self);
+                }
+            }
+        }
+    }
+
+    // ---- plumbing -----------------------------------------------------------------------------
+
+    /// One timed call into engine `k`, then its outbox: transmits to the wire, messages to the
+    /// other engines (handed over at once, timed as theirs).
+    fn engine_call(&mut self, k: usize, f: impl FnOnce(&mut Engine, Instant)) {
+        let now = self.now;
+        let t0 = Instant::now();
+        f(&mut self.engines[k], now);
+        self.engine_busy[k] += t0.elapsed();
+        self.engine_calls += 1;
+        self.collect_engine(k);
+        while let Some((to, msg)) = self.messages.pop_front() {
+            if to >= self.engines.len() {
+                continue;
+            }
+            let t0 = Instant::now();
+            self.engines[to].handle_message(now, msg);
+            self.engine_busy[to] += t0.elapsed();
+            self.engine_calls += 1;
+            self.messages_delivered += 1;
+            self.collect_engine(to);
+        }
+    }
+
+    fn collect_engine(&mut self, k: usize) {
+        let mut transmits = std::mem::take(&mut self.engines[k].outbox.transmits);
+        for t in transmits.drain(..) {
+            self.send(
+                Node::Engine(k),
+                Outgoing {
+                    source: t.source,
+                    destination: t.destination,
+                    contents: t.contents,
+                },
+            );
+        }
+        // Hand the (empty) buffer back so the engine keeps its capacity, as the IO loop does.
+        self.engines[k].outbox.transmits = transmits;
+        self.messages
+            .extend(self.engines[k].outbox.messages.drain(..));
+    }
+
+    /// Drains peer `index` and puts its transmits on the wire.
+    fn flush_peer(&mut self, index: usize) {
+        if self.peers[index].error.is_some() {
+            return;
+        }
+        let now = self.now;
+        let mut out = std::mem::take(&mut self.scratch);
+        let was_connected = self.peers[index].connected_at.is_some();
+        let timeout = self.peers[index].drain(now, &mut out);
+        let peer = &self.peers[index];
+        if !was_connected && peer.connected_at.is_some() && peer.error.is_none() {
+            self.connected += 1;
+        }
+        if was_connected && peer.error.is_some() {
+            self.connected -= 1;
+        }
+        self.set_peer_timeout(index, timeout);
+        for o in out.drain(..) {
+            self.send(Node::Peer(PeerId(index)), o);
+        }
+        self.scratch = out;
+    }
+
+    fn set_peer_timeout(&mut self, index: usize, t: Option<Instant>) {
+        let peer = &mut self.peers[index];
+        if peer.error.is_some() {
+            peer.next_timeout = None;
+            return;
+        }
+        if peer.next_timeout != t {
+            peer.next_timeout = t;
+            if let Some(t) = t {
+                self.peer_timers.push(Reverse((t, index)));
+            }
+        }
+    }
+
+    /// Puts a datagram on the wire, unless the drop rule takes it.
+    fn send(&mut self, from: Node, o: Outgoing) {
+        let Some(&to) = self.addrs.get(&o.destination) else {
+            self.undeliverable += 1;
+            return;
+        };
+        let (way, peer, shard) = match (from, to) {
+            (Node::Engine(k), Node::Peer(p)) => (Way::FromGateway, p, k),
+            (Node::Peer(p), Node::Engine(k)) => (Way::ToGateway, p, k),
+            _ => {
+                self.undeliverable += 1;
+                return;
+            }
+        };
+        let now = self.now;
+        let p = &mut self.peers[peer.0];
+        let class = p.classify(way, &o.contents);
+        let link = match way {
+            Way::ToGateway => &mut p.up,
+            Way::FromGateway => &mut p.down,
+        };
+        let nth = link.datagrams;
+        link.datagrams += 1;
+        link.bytes += o.contents.len() as u64;
+        match &class {
+            Class::Stun => link.stun += 1,
+            Class::Dtls => link.dtls += 1,
+            Class::Rtp(r) => {
+                link.rtp += 1;
+                if r.rtx {
+                    link.rtx += 1;
+                }
+            }
+            Class::Rtcp => link.rtcp += 1,
+            Class::Other => {}
+        }
+        let mut extra = Duration::ZERO;
+        if self.drop_rule.is_some() || self.delay_rule.is_some() {
+            let d = Datagram {
+                at: now,
+                way,
+                peer,
+                shard,
+                nth,
+                class,
+                contents: &o.contents,
+            };
+            if self.drop_rule.as_mut().is_some_and(|rule| rule(&d)) {
+                let link = match way {
+                    Way::ToGateway => &mut self.peers[peer.0].up,
+                    Way::FromGateway => &mut self.peers[peer.0].down,
+                };
+                link.dropped += 1;
+                return;
+            }
+            if let Some(rule) = self.delay_rule.as_mut() {
+                extra = rule(&d);
+            }
+        }
+        self.order += 1;
+        self.in_flight.push(Reverse(InFlight {
+            at: now + self.latency + extra,
+            order: self.order,
+            to,
+            source: o.source,
+            destination: o.destination,
+            contents: o.contents,
+        }));
+    }
+
+    fn deliver(&mut self, f: InFlight) {
+        // The receiver may have left the network while the datagram was on its way.
+        if self.addrs.get(&f.destination) != Some(&f.to) {
+            self.undeliverable += 1;
+            return;
+        }
+        match f.to {
+            Node::Engine(k) => {
+                let (source, ip, contents) = (f.source, f.destination.ip(), f.contents);
+                self.engine_call(k, |e, now| {
+                    e.handle_datagram(now, source, Some(ip), &contents)
+                });
+            }
+            Node::Peer(p) => {
+                let now = self.now;
+                let peer = &mut self.peers[p.0];
+                if peer.error.is_some() {
+                    return;
+                }
+                let Ok(receive) = Receive::new(Protocol::Udp, f.source, f.destination, &f.contents)
+                else {
+                    self.undeliverable += 1;
+                    return;
+                };
+                if peer.rtc.handle_input(Input::Receive(now, receive)).is_err() {
+                    // A datagram str0m cannot use is not fatal to the peer.
+                    peer.input_errors += 1;
+                }
+                self.flush_peer(p.0);
+            }
+        }
+    }
+}
+
+/// Engine `k`'s host candidate.
+pub fn engine_addr(k: usize) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, k as u8 + 1)),
+        ENGINE_PORT,
+    )
+}
+
+/// Peer `i`'s address.
+pub fn peer_addr(i: usize) -> SocketAddr {
+    let hi = (i / 250) as u8;
+    let lo = (i % 250) as u8 + 1;
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 1, hi, lo)), PEER_PORT)
+}
+
+// ---- synthetic frames ---------------------------------------------------------------------------
+
+/// Marks the embedded frame index: `WC` then ten ASCII digits.
+const INDEX_MARK: &[u8; 2] = b"WC";
+const INDEX_DIGITS: usize = 10;
+const START_CODE: [u8; 4] = [0, 0, 0, 1];
+
+/// A synthetic encoded video frame with `index` embedded, `size` bytes long (at least its
+/// headers).
+///
+/// - H264: Annex-B with 4-byte start codes; a keyframe is SPS + PPS + IDR slice, a delta frame one
+///   non-IDR slice. No NAL body holds a zero byte, so no emulation prevention is involved and
+///   packetize → depacketize gives the same bytes back.
+/// - VP8: a frame tag (key bit, show frame) and, on keyframes, the start code and 640×360.
+/// - Other codecs: the index and filler only (never a keyframe by their rules).
+pub fn video_frame(codec: Codec, index: u64, key: bool, size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size.max(64));
+    match codec {
+        Codec::H264 => {
+            if key {
+                out.extend_from_slice(&START_CODE);
+                out.extend_from_slice(&[0x67, 0x42, 0xe0, 0x1f]); // SPS, constrained baseline 3.1
+                fill(&mut out, index ^ 0x5350, 8);
+                out.extend_from_slice(&START_CODE);
+                out.extend_from_slice(&[0x68, 0xce, 0x3c, 0x80]); // PPS
+                out.extend_from_slice(&START_CODE);
+                out.push(0x65); // IDR slice, nal_ref_idc 3
+            } else {
+                out.extend_from_slice(&START_CODE);
+                out.push(0x41); // non-IDR slice, nal_ref_idc 2
+            }
+        }
+        Codec::Vp8 => {
+            let first_partition = ((size / 4).max(1) as u32).min(0x7_ffff);
+            let tag = u32::from(!key) | (1 << 4) | (first_partition << 5);
+            out.extend_from_slice(&tag.to_le_bytes()[..3]);
+            if key {
+                out.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+                out.extend_from_slice(&640u16.to_le_bytes());
+                out.extend_from_slice(&360u16.to_le_bytes());
+            }
+        }
+        _ => {}
+    }
+    put_index(&mut out, index);
+    let rest = size.saturating_sub(out.len()).max(1);
+    fill(&mut out, index, rest);
+    out
+}
+
+/// A synthetic Opus packet (one 20 ms CELT frame) of 60 to 160 bytes with `index` embedded.
+pub fn opus_frame(index: u64) -> Vec<u8> {
+    let len = 60 + (mix(index) % 101) as usize;
+    let mut out = Vec::with_capacity(len);
+    out.push(31 << 3);
+    put_index(&mut out, index);
+    let rest = len - out.len();
+    fill(&mut out, !index, rest);
+    out
+}
+
+/// The index embedded by [`video_frame`] or [`opus_frame`].
+pub fn frame_index(data: &[u8]) -> Option<u64> {
+    let at = data
+        .windows(INDEX_MARK.len() + INDEX_DIGITS)
+        .position(|w| w.starts_with(INDEX_MARK) && w[2..].iter().all(u8::is_ascii_digit))?;
+    let digits = &data[at + 2..at + 2 + INDEX_DIGITS];
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Whether a frame from [`video_frame`] is a keyframe: an IDR NAL unit for H264, a clear key bit
+/// for VP8.
+pub fn is_keyframe(codec: Codec, data: &[u8]) -> bool {
+    match codec {
+        Codec::H264 => data
+            .windows(4)
+            .enumerate()
+            .any(|(i, w)| w == START_CODE && data.get(i + 4).is_some_and(|b| b & 0x1f == 5)),
+        Codec::Vp8 => data.first().is_some_and(|b| b & 1 == 0),
+        _ => false,
+    }
+}
+
+fn put_index(out: &mut Vec<u8>, index: u64) {
+    out.extend_from_slice(INDEX_MARK);
+    out.extend_from_slice(
+        format!("{:0width$}", index % 10_000_000_000, width = INDEX_DIGITS).as_bytes(),
+    );
+}
+
+/// Appends `n` deterministic non-zero bytes.
+fn fill(out: &mut Vec<u8>, seed: u64, n: usize) {
+    let mut x = mix(seed) | 1;
+    for _ in 0..n {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push((x >> 24) as u8 | 1);
+    }
+}
+
+fn mix(v: u64) -> u64 {
+    let mut z = v.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_their_index_and_kind() {
+        for codec in [Codec::H264, Codec::Vp8] {
+            for (i, key) in [(0, true), (7, false), (1234, true)] {
+                let f = video_frame(codec, i, key, 2500);
+                assert_eq!(f.len(), 2500);
+                assert_eq!(frame_index(&f), Some(i));
+                assert_eq!(is_keyframe(codec, &f), key, "{codec:?} {i}");
+            }
+        }
+        let h = video_frame(Codec::H264, 3, true, 3000);
+        let zeros = h.iter().filter(|b| **b == 0).count();
+        assert_eq!(zeros, 9, "only the three start codes hold zero bytes");
+        assert_eq!(frame_index(&opus_frame(42)), Some(42));
+    }
+
+    #[test]
+    fn peer_addresses_are_distinct() {
+        let a: std::collections::HashSet<_> = (0..2000).map(peer_addr).collect();
+        assert_eq!(a.len(), 2000);
+        assert!(!a.contains(&engine_addr(0)));
+    }
+}

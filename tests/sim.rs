@@ -1,0 +1,352 @@
+//! Deterministic tests of the shard engine on the in-memory network ([`wishcast::sim`]): str0m
+//! peers in frame mode, gateway engines in RTP mode, a fake clock, and loss where a test puts it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use str0m::format::Codec;
+use wishcast::sim::{is_keyframe, Feed, PeerId, PeerOptions, Sim, Way};
+use wishcast::Config;
+
+/// The video frame indices a viewer received, each checked byte for byte against the feed.
+fn checked_video(sim: &Sim, publisher: PeerId, viewer: PeerId) -> Vec<u64> {
+    let feed = sim.feed(publisher).expect("publisher has a feed");
+    sim.peer(viewer)
+        .received_video()
+        .map(|f| match feed.check_video(&f.data) {
+            Ok(i) => i,
+            Err(e) => panic!("viewer {viewer:?}: {e}"),
+        })
+        .collect()
+}
+
+/// The Opus packet indices a viewer received, each checked byte for byte.
+fn checked_audio(sim: &Sim, publisher: PeerId, viewer: PeerId) -> Vec<u64> {
+    let feed = sim.feed(publisher).expect("publisher has a feed");
+    sim.peer(viewer)
+        .received_audio()
+        .map(|f| match feed.check_audio(&f.data) {
+            Ok(i) => i,
+            Err(e) => panic!("viewer {viewer:?}: {e}"),
+        })
+        .collect()
+}
+
+fn upto(n: u64) -> Vec<u64> {
+    (0..n).collect()
+}
+
+/// A publisher and one viewer of stream "s" on a one-shard gateway, connected.
+fn pair(codec: Codec) -> (Sim, PeerId, PeerId) {
+    let mut sim = Sim::new(Config::default(), 1);
+    let p = sim
+        .add_publisher("s", PeerOptions::with_video(codec))
+        .expect("publisher accepted");
+    let v = sim
+        .add_viewer("s", PeerOptions::with_video(codec))
+        .expect("viewer accepted");
+    assert!(
+        sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2),
+        "ICE + DTLS complete"
+    );
+    (sim, p, v)
+}
+
+// ---- 1. intact delivery -----------------------------------------------------------------------
+
+/// Two seconds of video (keyframes at 0 and 30) and Opus reach the viewer byte for byte, in
+/// order, with nothing missing.
+fn frames_arrive_intact(codec: Codec) {
+    let (mut sim, p, v) = pair(codec);
+    sim.start_feed(p, Feed::new(Some(codec), true).with_max_frames(60));
+    sim.run_for(Duration::from_millis(2500));
+
+    assert_eq!(checked_video(&sim, p, v), upto(60));
+    let first = sim.peer(v).received_video().next().expect("a frame");
+    assert!(is_keyframe(codec, &first.data), "starts on a keyframe");
+    let sent_audio = sim.feed(p).expect("feed").audio_sent;
+    assert!(sent_audio >= 95, "two seconds of 20 ms packets");
+    assert_eq!(checked_audio(&sim, p, v), upto(sent_audio));
+    assert_eq!(sim.peer(v).discontinuities, 0);
+    assert_eq!(sim.engine(0).counters.packets_no_codec, 0);
+}
+
+#[test]
+fn h264_frames_arrive_byte_for_byte() {
+    frames_arrive_intact(Codec::H264);
+}
+
+#[test]
+fn vp8_frames_arrive_byte_for_byte() {
+    frames_arrive_intact(Codec::Vp8);
+}
+
+// ---- 2 and 3. loss and retransmission -----------------------------------------------------------
+
+/// Video RTP packets dropped on one leg: the 21st, 22nd (same frame) and 46th of the media SSRC.
+const LOST: [u64; 3] = [20, 21, 45];
+
+/// Drops [`LOST`] on `way` of `victim`'s link; returns the sequence numbers dropped.
+fn drop_video(sim: &mut Sim, way: Way, victim: PeerId) -> Rc<RefCell<Vec<u16>>> {
+    let dropped: Rc<RefCell<Vec<u16>>> = Rc::default();
+    let log = dropped.clone();
+    sim.set_drop(move |d| {
+        let Some(rtp) = d.rtp() else { return false };
+        let hit = d.way == way && d.peer == victim && d.is_video_media() && LOST.contains(&rtp.nth);
+        if hit {
+            log.borrow_mut().push(rtp.seq);
+        }
+        hit
+    });
+    dropped
+}
+
+/// Loss between gateway and viewer is repaired by the gateway alone: the viewer NACKs exactly the
+/// lost packets, the gateway answers with RTX from the viewer's resend buffer, the publisher never
+/// hears of it, and every frame arrives intact.
+fn viewer_leg_loss_is_repaired_by_the_gateway(codec: Codec) {
+    let (mut sim, p, v) = pair(codec);
+    let dropped = drop_video(&mut sim, Way::FromGateway, v);
+    sim.start_feed(p, Feed::new(Some(codec), true).with_max_frames(60));
+    sim.run_for(Duration::from_millis(2500));
+
+    let dropped = dropped.borrow().clone();
+    assert_eq!(dropped.len(), 3, "the rule hit");
+    let viewer = sim.peer(v);
+    let nacked = viewer.rtcp_out.nacked_seqs();
+    for s in &dropped {
+        assert!(nacked.contains(s), "viewer NACKed {s}: {nacked:?}");
+    }
+    assert!(
+        viewer.down.rtx >= 3,
+        "gateway sent RTX for the lost packets: {:?}",
+        viewer.down
+    );
+    let publisher = sim.peer(p);
+    assert!(
+        publisher.rtcp_in.nacks.is_empty(),
+        "the publisher is not asked: {:?}",
+        publisher.rtcp_in.nacks
+    );
+    assert_eq!(publisher.up.rtx, 0, "nothing is re-fetched upstream");
+
+    assert_eq!(checked_video(&sim, p, v), upto(60), "every frame, intact");
+    assert_eq!(sim.peer(v).discontinuities, 0);
+}
+
+#[test]
+fn viewer_leg_loss_is_repaired_by_the_gateway_h264() {
+    viewer_leg_loss_is_repaired_by_the_gateway(Codec::H264);
+}
+
+#[test]
+fn viewer_leg_loss_is_repaired_by_the_gateway_vp8() {
+    viewer_leg_loss_is_repaired_by_the_gateway(Codec::Vp8);
+}
+
+/// Loss between publisher and gateway: the gateway (str0m in RTP mode) NACKs the publisher for
+/// exactly the lost packets, the publisher retransmits them, the gateway forwards the repaired
+/// packets into their places, and every viewer frame arrives intact.
+fn publisher_leg_loss_is_nacked_upstream(codec: Codec) {
+    let (mut sim, p, v) = pair(codec);
+    let dropped = drop_video(&mut sim, Way::ToGateway, p);
+    sim.start_feed(p, Feed::new(Some(codec), true).with_max_frames(60));
+    sim.run_for(Duration::from_millis(2500));
+
+    let dropped = dropped.borrow().clone();
+    assert_eq!(dropped.len(), 3, "the rule hit");
+    let publisher = sim.peer(p);
+    let nacked = publisher.rtcp_in.nacked_seqs();
+    for s in &dropped {
+        assert!(
+            nacked.contains(s),
+            "gateway NACKed {s} upstream: {nacked:?}"
+        );
+    }
+    assert!(
+        publisher.up.rtx >= 3,
+        "publisher retransmitted: {:?}",
+        publisher.up
+    );
+
+    assert_eq!(checked_video(&sim, p, v), upto(60), "every frame, intact");
+    assert_eq!(sim.peer(v).discontinuities, 0);
+}
+
+#[test]
+fn publisher_leg_loss_is_nacked_upstream_h264() {
+    publisher_leg_loss_is_nacked_upstream(Codec::H264);
+}
+
+#[test]
+fn publisher_leg_loss_is_nacked_upstream_vp8() {
+    publisher_leg_loss_is_nacked_upstream(Codec::Vp8);
+}
+
+// ---- 4. scale ---------------------------------------------------------------------------------
+
+/// One publisher, many viewers over two shards in one process: all connect, and every viewer
+/// gets the first frames intact and in order, across the shard boundary too.
+#[test]
+fn many_viewers_over_two_shards_get_every_frame() {
+    const VIEWERS: usize = 500;
+    const FRAMES: u64 = 15;
+    let wall = Instant::now();
+    let mut sim = Sim::new(Config::default(), 2);
+    let p = sim
+        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .expect("publisher accepted");
+    let viewer_opts = PeerOptions {
+        raw_packets: false,
+        ..PeerOptions::with_video(Codec::H264)
+    };
+    let viewers: Vec<PeerId> = (0..VIEWERS)
+        .map(|_| {
+            sim.add_viewer("s", viewer_opts.clone())
+                .expect("viewer accepted")
+        })
+        .collect();
+    assert!(
+        sim.run_until_true(Duration::from_secs(10), |s| s.connected_count()
+            == VIEWERS + 1),
+        "all connect: {} of {}",
+        sim.connected_count(),
+        VIEWERS + 1
+    );
+    let connected = wall.elapsed();
+
+    sim.start_feed(
+        p,
+        Feed::new(Some(Codec::H264), true)
+            .with_max_frames(FRAMES)
+            .with_sizes(2400, 3600),
+    );
+    sim.run_for(Duration::from_millis(1000));
+
+    let per_shard: Vec<usize> = sim.engines().iter().map(|e| e.session_count()).collect();
+    assert_eq!(per_shard.iter().sum::<usize>(), VIEWERS + 1);
+    assert!(
+        per_shard.iter().all(|n| *n >= VIEWERS / 2),
+        "spread over both shards: {per_shard:?}"
+    );
+    for &v in &viewers {
+        assert_eq!(checked_video(&sim, p, v), upto(FRAMES), "viewer {v:?}");
+    }
+    let forwarded: u64 = sim
+        .engines()
+        .iter()
+        .map(|e| e.counters.packets_forwarded)
+        .sum();
+    assert!(sim.messages_delivered > 0, "packets crossed shards");
+    eprintln!(
+        "{VIEWERS} viewers: connected in {connected:?}, total {:?} wall; {forwarded} packets \
+         forwarded, engines busy {:?}",
+        wall.elapsed(),
+        sim.engine_busy_total()
+    );
+}
+
+// ---- 5. keyframe requests -----------------------------------------------------------------------
+
+/// The PLIs a publisher received at or after `since`.
+fn plis_since(sim: &Sim, publisher: PeerId, since: Instant) -> usize {
+    sim.peer(publisher)
+        .rtcp_in
+        .plis
+        .iter()
+        .filter(|t| **t >= since)
+        .count()
+}
+
+/// Viewers joining need a keyframe (no GOP cache, the encoder sends one only when asked), so each
+/// join is a keyframe request; the publisher still gets at most one PLI per 500 ms interval:
+/// `ceil(elapsed / 500 ms) + 1` over any window.
+fn keyframe_requests_are_coalesced(join_gap: Duration) {
+    const VIEWERS: usize = 50;
+    let mut config = Config::default();
+    config.media.gop_cache = false;
+    config.media.keyframe_request_interval_ms = 500;
+    let mut sim = Sim::new(config, 2);
+    let p = sim
+        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .expect("publisher accepted");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 1));
+    sim.start_feed(p, Feed::new(Some(Codec::H264), true).with_gop(0));
+    sim.run_for(Duration::from_secs(1));
+
+    // Real joins finish ICE + DTLS at scattered times: give each viewer its own path delay
+    // (0 to 30 ms each way), or all 50 would connect in the same instant and str0m would merge
+    // their requests into one PLI without any help from the gateway.
+    sim.set_delay(move |d| {
+        if d.peer == p {
+            Duration::ZERO
+        } else {
+            Duration::from_millis((d.peer.0 as u64 * 7919) % 31)
+        }
+    });
+    let start = sim.now();
+    let viewer_opts = PeerOptions {
+        raw_packets: false,
+        ..PeerOptions::with_video(Codec::H264)
+    };
+    let mut viewers = Vec::new();
+    for _ in 0..VIEWERS {
+        viewers.push(sim.add_viewer("s", viewer_opts.clone()).expect("viewer"));
+        if !join_gap.is_zero() {
+            sim.run_for(join_gap);
+        }
+    }
+    let all_playing = |s: &Sim| viewers.iter().all(|v| s.peer(*v).video_frames > 0);
+    assert!(
+        sim.run_until_true(Duration::from_secs(5), all_playing),
+        "every viewer gets a keyframe"
+    );
+    // Requests held back inside an interval go out when it ends: count them too.
+    sim.run_for(Duration::from_secs(1));
+    let elapsed = sim.now() - start;
+
+    let plis = plis_since(&sim, p, start);
+    let bound = elapsed.as_millis().div_ceil(500) as usize + 1;
+    assert!(plis >= 1, "the joins asked for a keyframe");
+    let requests: u64 = sim
+        .engines()
+        .iter()
+        .map(|e| e.counters.keyframe_requests_sent)
+        .sum();
+    assert!(
+        requests as usize <= bound + 1,
+        "the shards handed str0m {requests} PLIs (one before the joins)"
+    );
+    assert!(
+        plis <= bound,
+        "{plis} PLIs for {VIEWERS} joins in {elapsed:?}: at most {bound}"
+    );
+    // Consecutive PLIs are at least an interval apart.
+    let times: Vec<Instant> = sim.peer(p).rtcp_in.plis.clone();
+    for w in times.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(500),
+            "PLIs {:?} apart",
+            w[1] - w[0]
+        );
+    }
+    for &v in &viewers {
+        let first = sim.peer(v).received_video().next().expect("a frame");
+        assert!(
+            is_keyframe(Codec::H264, &first.data),
+            "viewer {v:?} starts on a keyframe"
+        );
+    }
+}
+
+#[test]
+fn keyframe_requests_of_simultaneous_joins_are_coalesced() {
+    keyframe_requests_are_coalesced(Duration::ZERO);
+}
+
+#[test]
+fn keyframe_requests_of_staggered_joins_are_coalesced() {
+    // 50 joins over two seconds: without coalescing, 50 PLIs.
+    keyframe_requests_are_coalesced(Duration::from_millis(40));
+}
