@@ -65,7 +65,8 @@ pub struct MediaConfig {
     /// Rate at which a joining viewer is sent the cached GOP, in kbit/s: fast enough that it
     /// catches up with live quickly, paced so the burst does not overflow its path or socket.
     pub gop_replay_kbps: u32,
-    /// Packets kept per viewer track to answer NACKs with retransmissions.
+    /// Packets kept per viewer track to answer NACKs with retransmissions (also at most 3 s
+    /// old). str0m keeps at least 10 whatever this says.
     pub resend_buffer_packets: usize,
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     pub keyframe_request_interval_ms: u64,
@@ -86,7 +87,7 @@ impl Default for MediaConfig {
             gop_cache: true,
             gop_cache_max_packets: 4096,
             gop_replay_kbps: 16_000,
-            resend_buffer_packets: 1024,
+            resend_buffer_packets: 512,
             keyframe_request_interval_ms: 500,
             shard_queue_packets: 8192,
         }

@@ -38,6 +38,7 @@ pub struct Counters {
     pub datagrams_invalid: u64,
     pub packets_forwarded: u64,
     pub packets_no_codec: u64,
+    /// Keyframe requests handed to str0m; it may merge several in one instant into one PLI.
     pub keyframe_requests_sent: u64,
     pub gop_cache_hits: u64,
     pub sessions_expired: u64,
@@ -96,6 +97,9 @@ struct Session {
     mids: Vec<(Mid, Kind)>,
     /// Viewer: rewriters per track (by mid).
     tracks: Vec<(Mid, TrackRewriter)>,
+    /// Viewer: the send SSRC of each track, learned at join, so a write is a hash lookup rather
+    /// than str0m's scan of the session's send streams by mid.
+    tx_ssrcs: Vec<(Mid, Ssrc)>,
     joined: bool,
     /// Viewer catching up from the GOP cache: packets not yet sent, paced so the burst does not
     /// overflow the viewer's path or socket; live packets queue behind them.
@@ -304,6 +308,7 @@ impl Engine {
             ssrcs: Vec::new(),
             mids,
             tracks,
+            tx_ssrcs: Vec::new(),
             joined: false,
             backlog: std::collections::VecDeque::new(),
             last_pli: None,
@@ -780,6 +785,7 @@ impl Engine {
             for mid in mids {
                 if let Some(tx) = session.rtc.direct_api().stream_tx_by_mid(mid, None) {
                     tx.set_rtx_cache(resend, Duration::from_secs(3), None);
+                    session.tx_ssrcs.push((mid, tx.ssrc()));
                 }
             }
         }
@@ -904,6 +910,10 @@ impl Engine {
             return;
         };
         let keyframe = kind == Kind::Video && is_keyframe(params.spec().codec, &rtp.payload);
+        if keyframe {
+            // A held request is answered: sending it now would cost a needless keyframe.
+            s.pli_pending = false;
+        }
         let pkt = MediaPacket {
             publisher: id,
             kind,
@@ -979,7 +989,12 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Session { rtc, tracks, .. } = s;
+        let Session {
+            rtc,
+            tracks,
+            tx_ssrcs,
+            ..
+        } = s;
         let Some((mid, track)) = tracks.iter_mut().find(|(_, t)| t.kind == pkt.kind) else {
             return;
         };
@@ -1001,8 +1016,13 @@ impl Engine {
         let Some((seq, time)) = track.rewrite(pkt, now) else {
             return;
         };
+        let ssrc = tx_ssrcs.iter().find(|(m, _)| *m == mid).map(|(_, s)| *s);
         let mut api = rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+        let tx = match ssrc {
+            Some(ssrc) => api.stream_tx(&ssrc),
+            None => api.stream_tx_by_mid(mid, None),
+        };
+        let Some(tx) = tx else {
             return;
         };
         let write = RtpWrite::new(pt, seq.into(), time, pkt.received, pkt.payload.clone())
