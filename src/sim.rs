@@ -55,6 +55,8 @@ use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::sync::oneshot;
 
+pub use crate::client::media::is_keyframe;
+use crate::client::{media, VideoCodec};
 use crate::config::Config;
 use crate::hub::{ClaimError, Hub, SessionId};
 use crate::sdp::{Kind, Offer, OfferError, Role};
@@ -535,7 +537,8 @@ impl Peer {
 /// A synthetic encoder for a publisher: video frames at `fps` (a keyframe every `gop` frames and
 /// on request) and a 20 ms Opus packet every 20 ms, written as the simulated clock reaches them.
 ///
-/// Frames come from [`video_frame`] and [`opus_frame`], so a receiver can check them with
+/// Frames come from [`media::video_frame`] and [`media::opus_frame`] (the generators the
+/// real-network tests use), so a receiver can check them with
 /// [`Feed::check_video`] and [`Feed::check_audio`].
 #[derive(Clone, Debug)]
 pub struct Feed {
@@ -674,19 +677,19 @@ impl Feed {
             Some((
                 MediaKind::Video,
                 time,
-                video_frame(codec, i, key, size).into(),
+                media::video_frame(VideoCodec::from_codec(codec)?, i, key, size).into(),
             ))
         } else {
             let i = self.audio_sent;
             self.audio_sent += 1;
-            Some((MediaKind::Audio, i * 960, opus_frame(i).into()))
+            Some((MediaKind::Audio, i * 960, media::opus_frame(i).into()))
         }
     }
 
     /// The index of a received video frame if it is exactly what this feed sent, byte for byte.
     pub fn check_video(&self, data: &[u8]) -> Result<u64, String> {
         let codec = self.video.ok_or("the feed sends no video")?;
-        let index = frame_index(data).ok_or("no frame index in the data")?;
+        let index = media::frame_index(codec, data).ok_or("no frame index in the data")?;
         let key = is_keyframe(codec, data);
         if key != self.keyframes.contains(&index) {
             return Err(format!(
@@ -699,7 +702,8 @@ impl Feed {
         } else {
             self.frame_bytes
         };
-        let expected = video_frame(codec, index, key, size);
+        let video = VideoCodec::from_codec(codec).ok_or("not a video codec")?;
+        let expected = media::video_frame(video, index, key, size);
         if data != &expected[..] {
             return Err(format!(
                 "frame {index} differs: {} bytes received, {} sent, first difference at {:?}",
@@ -713,8 +717,8 @@ impl Feed {
 
     /// The index of a received Opus packet if it is exactly what this feed sent.
     pub fn check_audio(&self, data: &[u8]) -> Result<u64, String> {
-        let index = frame_index(data).ok_or("no frame index in the data")?;
-        if data != &opus_frame(index)[..] {
+        let index = media::frame_index(Codec::Opus, data).ok_or("no frame index in the data")?;
+        if data != &media::opus_frame(index)[..] {
             return Err(format!("opus packet {index} differs"));
         }
         Ok(index)
@@ -1539,134 +1543,9 @@ pub fn peer_addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 1, hi, lo)), PEER_PORT)
 }
 
-// ---- synthetic frames ---------------------------------------------------------------------------
-
-/// Marks the embedded frame index: `WC` then ten ASCII digits.
-const INDEX_MARK: &[u8; 2] = b"WC";
-const INDEX_DIGITS: usize = 10;
-const START_CODE: [u8; 4] = [0, 0, 0, 1];
-
-/// A synthetic encoded video frame with `index` embedded, `size` bytes long (at least its
-/// headers).
-///
-/// - H264: Annex-B with 4-byte start codes; a keyframe is SPS + PPS + IDR slice, a delta frame one
-///   non-IDR slice. No NAL body holds a zero byte, so no emulation prevention is involved and
-///   packetize → depacketize gives the same bytes back.
-/// - VP8: a frame tag (key bit, show frame) and, on keyframes, the start code and 640×360.
-/// - Other codecs: the index and filler only (never a keyframe by their rules).
-pub fn video_frame(codec: Codec, index: u64, key: bool, size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size.max(64));
-    match codec {
-        Codec::H264 => {
-            if key {
-                out.extend_from_slice(&START_CODE);
-                out.extend_from_slice(&[0x67, 0x42, 0xe0, 0x1f]); // SPS, constrained baseline 3.1
-                fill(&mut out, index ^ 0x5350, 8);
-                out.extend_from_slice(&START_CODE);
-                out.extend_from_slice(&[0x68, 0xce, 0x3c, 0x80]); // PPS
-                out.extend_from_slice(&START_CODE);
-                out.push(0x65); // IDR slice, nal_ref_idc 3
-            } else {
-                out.extend_from_slice(&START_CODE);
-                out.push(0x41); // non-IDR slice, nal_ref_idc 2
-            }
-        }
-        Codec::Vp8 => {
-            let first_partition = ((size / 4).max(1) as u32).min(0x7_ffff);
-            let tag = u32::from(!key) | (1 << 4) | (first_partition << 5);
-            out.extend_from_slice(&tag.to_le_bytes()[..3]);
-            if key {
-                out.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-                out.extend_from_slice(&640u16.to_le_bytes());
-                out.extend_from_slice(&360u16.to_le_bytes());
-            }
-        }
-        _ => {}
-    }
-    put_index(&mut out, index);
-    let rest = size.saturating_sub(out.len()).max(1);
-    fill(&mut out, index, rest);
-    out
-}
-
-/// A synthetic Opus packet (one 20 ms CELT frame) of 60 to 160 bytes with `index` embedded.
-pub fn opus_frame(index: u64) -> Vec<u8> {
-    let len = 60 + (mix(index) % 101) as usize;
-    let mut out = Vec::with_capacity(len);
-    out.push(31 << 3);
-    put_index(&mut out, index);
-    let rest = len - out.len();
-    fill(&mut out, !index, rest);
-    out
-}
-
-/// The index embedded by [`video_frame`] or [`opus_frame`].
-pub fn frame_index(data: &[u8]) -> Option<u64> {
-    let at = data
-        .windows(INDEX_MARK.len() + INDEX_DIGITS)
-        .position(|w| w.starts_with(INDEX_MARK) && w[2..].iter().all(u8::is_ascii_digit))?;
-    let digits = &data[at + 2..at + 2 + INDEX_DIGITS];
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// Whether a frame from [`video_frame`] is a keyframe: an IDR NAL unit for H264, a clear key bit
-/// for VP8.
-pub fn is_keyframe(codec: Codec, data: &[u8]) -> bool {
-    match codec {
-        Codec::H264 => data
-            .windows(4)
-            .enumerate()
-            .any(|(i, w)| w == START_CODE && data.get(i + 4).is_some_and(|b| b & 0x1f == 5)),
-        Codec::Vp8 => data.first().is_some_and(|b| b & 1 == 0),
-        _ => false,
-    }
-}
-
-fn put_index(out: &mut Vec<u8>, index: u64) {
-    out.extend_from_slice(INDEX_MARK);
-    out.extend_from_slice(
-        format!("{:0width$}", index % 10_000_000_000, width = INDEX_DIGITS).as_bytes(),
-    );
-}
-
-/// Appends `n` deterministic non-zero bytes.
-fn fill(out: &mut Vec<u8>, seed: u64, n: usize) {
-    let mut x = mix(seed) | 1;
-    for _ in 0..n {
-        // xorshift64
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push((x >> 24) as u8 | 1);
-    }
-}
-
-fn mix(v: u64) -> u64 {
-    let mut z = v.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_carry_their_index_and_kind() {
-        for codec in [Codec::H264, Codec::Vp8] {
-            for (i, key) in [(0, true), (7, false), (1234, true)] {
-                let f = video_frame(codec, i, key, 2500);
-                assert_eq!(f.len(), 2500);
-                assert_eq!(frame_index(&f), Some(i));
-                assert_eq!(is_keyframe(codec, &f), key, "{codec:?} {i}");
-            }
-        }
-        let h = video_frame(Codec::H264, 3, true, 3000);
-        let zeros = h.iter().filter(|b| **b == 0).count();
-        assert_eq!(zeros, 9, "only the three start codes hold zero bytes");
-        assert_eq!(frame_index(&opus_frame(42)), Some(42));
-    }
 
     #[test]
     fn peer_addresses_are_distinct() {

@@ -54,6 +54,17 @@ impl VideoCodec {
         }
     }
 
+    /// The video codec for a str0m codec, if it is one of these.
+    pub fn from_codec(codec: Codec) -> Option<Self> {
+        match codec {
+            Codec::H264 => Some(VideoCodec::H264),
+            Codec::Vp8 => Some(VideoCodec::Vp8),
+            Codec::Vp9 => Some(VideoCodec::Vp9),
+            Codec::Av1 => Some(VideoCodec::Av1),
+            _ => None,
+        }
+    }
+
     /// Parse a command-line name (`h264`, `vp8`, `vp9`, `av1`, any case).
     pub fn from_name(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {

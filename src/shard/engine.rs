@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
@@ -1190,12 +1190,4 @@ fn answer_fragment(answer: &SdpAnswer, creds: &str0m::IceCreds, lite: bool) -> S
     }
     out.push_str("a=end-of-candidates\r\n");
     out
-}
-
-#[allow(dead_code)]
-fn _kind_of(k: MediaKind) -> Kind {
-    match k {
-        MediaKind::Audio => Kind::Audio,
-        MediaKind::Video => Kind::Video,
-    }
 }
