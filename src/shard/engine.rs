@@ -931,7 +931,10 @@ impl Engine {
             .get(&stream)
             .map(|l| l.subscribers)
             .unwrap_or(0);
-        for shard in (0..64).filter(|k| subscribers & (1 << k) != 0) {
+        let mut rest = subscribers;
+        while rest != 0 {
+            let shard = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
             self.outbox.messages.push((
                 shard,
                 PeerMsg::Media {
@@ -956,13 +959,14 @@ impl Engine {
             Vec::new()
         };
         for &v in &viewers {
-            let waiting = self
-                .sessions
-                .get(&v)
-                .and_then(|s| s.tracks.iter().find(|(_, t)| t.kind == pkt.kind))
-                .map(|(_, t)| t.waiting_keyframe)
-                .unwrap_or(false);
-            if waiting && pushed == Pushed::KeyframeStart {
+            // Only a keyframe's first packet can start a waiting viewer; others go as they are.
+            let starts_waiting = pushed == Pushed::KeyframeStart
+                && self
+                    .sessions
+                    .get(&v)
+                    .and_then(|s| s.tracks.iter().find(|(_, t)| t.kind == pkt.kind))
+                    .is_some_and(|(_, t)| t.waiting_keyframe);
+            if starts_waiting {
                 // Start on the whole keyframe, including its packets before this one (SPS/PPS).
                 self.start_track_with_next(v, Kind::Video);
                 for p in frame.iter().filter(|p| p.kind == Kind::Video) {
