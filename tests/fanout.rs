@@ -11,7 +11,11 @@ use wishcast::client::{media, Peer, VideoCodec};
 
 /// Every viewer receives the same frames as sent, byte for byte, in order, audio too.
 async fn fan_out_intact(codec: VideoCodec, viewer_count: usize) {
-    let gw = start(test_config(2)).await;
+    fan_out_intact_with(test_config(2), codec, viewer_count).await;
+}
+
+async fn fan_out_intact_with(config: wishcast::Config, codec: VideoCodec, viewer_count: usize) {
+    let gw = start(config).await;
     let feed = Feed::start(&whip(&gw, "s"), Some(codec), true, 0).await;
     let mut viewers = Vec::new();
     for _ in 0..viewer_count {
@@ -97,4 +101,30 @@ async fn vp9_and_opus_pass_through_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn av1_and_opus_pass_through_intact() {
     fan_out_intact(VideoCodec::Av1, 4).await;
+}
+
+/// RFC 9725 §4.4.5 allows ICE-lite where clients reach the gateway directly: the gateway
+/// answers checks but sends none, and media flows the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_lite_gateway_serves_full_ice_clients() {
+    let mut config = test_config(2);
+    config.media.ice_lite = true;
+    fan_out_intact_with(config, VideoCodec::Vp8, 3).await;
+}
+
+/// Behind a 1:1 NAT or in Docker the socket binds a wildcard and the announced candidate is
+/// the configured public address; datagrams arriving for it must reach their sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_bind_announces_the_configured_public_address() {
+    let mut config = test_config(2);
+    config.media.bind_ip = "0.0.0.0".parse().expect("ip");
+    config.media.public_ips = vec!["127.0.0.1".parse().expect("ip")];
+    let gw = start(config.clone()).await;
+    assert!(
+        gw.media_addrs().iter().all(|a| a.ip().is_loopback()),
+        "only the public address is announced: {:?}",
+        gw.media_addrs()
+    );
+    gw.shutdown().await;
+    fan_out_intact_with(config, VideoCodec::H264, 3).await;
 }
