@@ -350,3 +350,58 @@ fn keyframe_requests_of_staggered_joins_are_coalesced() {
     // 50 joins over two seconds: without coalescing, 50 PLIs.
     keyframe_requests_are_coalesced(Duration::from_millis(40));
 }
+
+// ---- SRTP profile ----------------------------------------------------------------------------
+
+/// Collects formatted log lines in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The gateway is the DTLS server and picks the SRTP profile: with peers offering all of
+/// str0m's profiles it chooses AEAD-AES-GCM (about a third of AES-CM-HMAC-SHA1's cost per
+/// packet with aws-lc-rs), never AES_CM_128_HMAC_SHA1_80. str0m only logs the choice, so the
+/// test reads its log.
+#[test]
+fn srtp_uses_aead_aes_gcm() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("str0m=debug")
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let _ = pair(Codec::Vp8);
+    });
+    let text =
+        String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(|p| p.into_inner())).to_string();
+    let profiles: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            l.split("DTLS set SRTP keying material and profile: ")
+                .nth(1)
+        })
+        .collect();
+    assert_eq!(
+        profiles.len(),
+        4,
+        "both ends of both sessions report a profile: {profiles:?}"
+    );
+    assert!(
+        profiles.iter().all(|p| p.contains("GCM")),
+        "AEAD-AES-GCM negotiated: {profiles:?}"
+    );
+}
