@@ -1055,9 +1055,17 @@ impl Sim {
             reply,
         }));
         self.engine_call(shard, |e, now| e.handle_command(now, cmd));
+        // As the HTTP layer does: a session that was not created leaves the hub again.
         let created = match rx.try_recv() {
-            Ok(r) => r?,
-            Err(_) => return Err(SimError::NoReply),
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.hub.unregister(id);
+                return Err(e.into());
+            }
+            Err(_) => {
+                self.hub.unregister(id);
+                return Err(SimError::NoReply);
+            }
         };
         if role == Role::Publish {
             if let Ok(answer) = Offer::parse(&created.answer) {

@@ -201,16 +201,16 @@ impl Engine {
                     offer_sdp,
                     reply,
                 } = *c;
+                // On failure the control plane releases the hub entry it registered.
                 let result = self.create(now, id, stream, role, offer_sdp);
                 if let Err(e) = &result {
                     debug!(session = %id, error = %e, "session not created");
-                    self.hub.unregister(id);
                 }
                 let _ = reply.send(result);
             }
             Command::Delete { id, reply } => {
                 let r = if self.sessions.contains_key(&id) {
-                    self.remove(now, id, "deleted");
+                    self.remove(id, "deleted");
                     Ok(())
                 } else {
                     Err(SessionError::NotFound)
@@ -229,7 +229,7 @@ impl Engine {
             Command::Shutdown => {
                 let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
                 for id in ids {
-                    self.remove(now, id, "shutdown");
+                    self.remove(id, "shutdown");
                 }
             }
         }
@@ -470,7 +470,7 @@ impl Engine {
             }
             None => {
                 self.counters.datagrams_invalid += 1;
-                self.remove(now, id, "panic in WebRTC stack");
+                self.remove(id, "panic in WebRTC stack");
                 return;
             }
         }
@@ -511,7 +511,7 @@ impl Engine {
                 Some(Ok(())) => {}
                 Some(Err(e)) => debug!(session = %id, error = %e, "timeout handling failed"),
                 None => {
-                    self.remove(now, id, "panic in WebRTC stack");
+                    self.remove(id, "panic in WebRTC stack");
                     continue;
                 }
             }
@@ -602,7 +602,7 @@ impl Engine {
         }
         for (id, reason) in expired {
             self.counters.sessions_expired += 1;
-            self.remove(now, id, reason);
+            self.remove(id, reason);
         }
         for id in plis {
             self.request_keyframe(now, id);
@@ -713,7 +713,7 @@ impl Engine {
             let Some(output) = isolate(|| session.rtc.poll_output()) else {
                 // The Rtc is in an unknown state: drop the session, nobody else's.
                 self.events = events;
-                self.remove(now, id, "panic in WebRTC stack");
+                self.remove(id, "panic in WebRTC stack");
                 return;
             };
             match output {
@@ -1033,7 +1033,7 @@ impl Engine {
             .marker(pkt.marker)
             .nackable(true);
         if isolate(|| tx.write_rtp(write)).is_none() {
-            self.remove(now, id, "panic in WebRTC stack");
+            self.remove(id, "panic in WebRTC stack");
             return;
         }
         self.counters.packets_forwarded += 1;
@@ -1042,7 +1042,7 @@ impl Engine {
 
     // ---- removal ----------------------------------------------------------------------------------
 
-    fn remove(&mut self, now: Instant, id: SessionId, reason: &str) {
+    fn remove(&mut self, id: SessionId, reason: &str) {
         let Some(mut session) = self.sessions.remove(&id) else {
             return;
         };
@@ -1100,7 +1100,6 @@ impl Engine {
             }
         }
         self.drop_stream_if_unused(&stream);
-        let _ = now;
     }
 
     fn drop_stream_if_unused(&mut self, stream: &Arc<str>) {
