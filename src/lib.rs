@@ -35,6 +35,7 @@ pub mod sdp;
 pub mod shard;
 pub mod sim;
 pub mod stun;
+pub mod tls;
 
 pub use config::Config;
 pub use gateway::{Gateway, StartError, Stats};
