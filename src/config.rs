@@ -15,6 +15,8 @@ pub struct Config {
     pub media: MediaConfig,
     pub limits: LimitsConfig,
     pub timeouts: TimeoutsConfig,
+    pub tls: TlsConfig,
+    pub http3: Http3Config,
     /// STUN/TURN servers announced to clients as `Link: <uri>; rel="ice-server"` (RFC 9725 §4.6).
     pub ice_servers: Vec<IceServer>,
 }
@@ -137,6 +139,51 @@ impl TimeoutsConfig {
     }
 }
 
+/// HTTPS on the HTTP port (HTTP/1.1 and HTTP/2) and HTTP/3 on the same UDP port number.
+/// Without a certificate (and without `self_signed`) signalling is plain HTTP/1.1.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<String>,
+    /// Generate a self-signed certificate for localhost at start (development only); its
+    /// SHA-256 SPKI hash is printed for Chromium's `--ignore-certificate-errors-spki-list`.
+    pub self_signed: bool,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.self_signed || (self.cert.is_some() && self.key.is_some())
+    }
+}
+
+/// The HTTP/3 listener (only with TLS).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http3Config {
+    /// Serve HTTP/3 and announce it with `Alt-Svc` when TLS is on.
+    pub enabled: bool,
+    /// Requests one QUIC connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// A connection idle this long is closed, in seconds.
+    pub idle_timeout_secs: u64,
+    /// How long in-flight requests may take to finish at shutdown, in seconds.
+    pub shutdown_drain_secs: u64,
+}
+
+impl Default for Http3Config {
+    fn default() -> Self {
+        Http3Config {
+            enabled: true,
+            max_concurrent_streams: 100,
+            idle_timeout_secs: 30,
+            shutdown_drain_secs: 5,
+        }
+    }
+}
+
 /// One STUN or TURN server for the `Link` header.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +236,12 @@ impl Config {
         }
         if self.media.shard_queue_packets == 0 {
             return bad("media.shard_queue_packets: must be at least 1");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert and tls.key: give both or neither");
+        }
+        if self.http3.max_concurrent_streams == 0 {
+            return bad("http3.max_concurrent_streams: must be at least 1");
         }
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes: must be at least 1024");

@@ -4,17 +4,18 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::Config;
-use crate::http::{router, AppState};
+use crate::http::{router, serve, AppState};
 use crate::hub::Hub;
 use crate::shard::engine::{Engine, SharedCounters};
 use crate::shard::io::{self, ShardLink};
 use crate::shard::Command;
+use crate::tls::{self, Identity};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,10 @@ pub enum StartError {
     },
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot serve HTTP/3 on {addr}: {reason}")]
+    Http3 { addr: SocketAddr, reason: String },
 }
 
 /// A running gateway. Dropping it without [`Gateway::shutdown`] leaves its threads running until
@@ -43,7 +48,9 @@ pub struct Gateway {
     threads: Vec<JoinHandle<()>>,
     counters: Vec<Arc<SharedCounters>>,
     stop_http: watch::Sender<bool>,
-    http_task: tokio::task::JoinHandle<()>,
+    http_tasks: Vec<tokio::task::JoinHandle<()>>,
+    identity: Option<Identity>,
+    h3_addr: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -110,16 +117,32 @@ impl Gateway {
             hub: hub.clone(),
             shards: links.clone(),
         });
-        let (stop_http, mut stopped) = watch::channel(false);
-        let http_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
+        let (stop_http, stopped) = watch::channel(false);
+        let identity = tls_identity(&config)?;
+        let mut http_tasks = Vec::new();
+        let mut h3_addr = None;
+        match &identity {
+            None => http_tasks.push(tokio::spawn(serve::serve_plain(listener, app, stopped))),
+            Some(id) => {
+                let drain = Duration::from_secs(config.http3.shutdown_drain_secs);
+                let app = if config.http3.enabled {
+                    serve::with_alt_svc(app, http_addr.port())
+                } else {
+                    app
+                };
+                if config.http3.enabled {
+                    let (addr, task) =
+                        start_h3(&config, http_addr, id, app.clone(), stopped.clone())?;
+                    h3_addr = Some(addr);
+                    http_tasks.push(task);
+                }
+                let tls = id.server_config(tls::ALPN_TCP)?;
+                http_tasks.push(tokio::spawn(serve::serve_tls(
+                    listener, tls, app, stopped, drain,
+                )));
             }
-        });
-        info!(%http_addr, shards = n, media = ?media_addrs, "wishcast started");
+        }
+        info!(%http_addr, ?h3_addr, tls = identity.is_some(), shards = n, media = ?media_addrs, "wishcast started");
         Ok(Gateway {
             http_addr,
             media_addrs,
@@ -128,13 +151,25 @@ impl Gateway {
             threads,
             counters,
             stop_http,
-            http_task,
+            http_tasks,
+            identity,
+            h3_addr,
         })
     }
 
     /// Where signalling is served.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The TLS certificate and key in use, if signalling is HTTPS (and HTTP/3).
+    pub fn tls_identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// Where HTTP/3 is served (UDP), if it is.
+    pub fn h3_addr(&self) -> Option<SocketAddr> {
+        self.h3_addr
     }
 
     /// Every announced media address (host candidates of all shards).
@@ -166,7 +201,9 @@ impl Gateway {
     /// Stops accepting requests, ends every session and joins the shard threads.
     pub async fn shutdown(self) {
         let _ = self.stop_http.send(true);
-        let _ = self.http_task.await;
+        for task in self.http_tasks {
+            let _ = task.await;
+        }
         for link in self.shards.iter() {
             let _ = link.commands.send(Command::Shutdown);
         }
@@ -178,6 +215,46 @@ impl Gateway {
         })
         .await;
     }
+}
+
+/// The configured certificate, a generated one, or none (plain HTTP).
+fn tls_identity(config: &Config) -> Result<Option<Identity>, StartError> {
+    let tls = &config.tls;
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Ok(Some(Identity::from_pem_files(cert, key)?)),
+        _ if tls.self_signed => Ok(Some(Identity::self_signed()?)),
+        _ => Ok(None),
+    }
+}
+
+/// HTTP/3 on the HTTPS port number over UDP: on `[::]` (both families) when signalling listens
+/// on a wildcard, else on the same address.
+fn start_h3(
+    config: &Config,
+    http_addr: SocketAddr,
+    identity: &Identity,
+    app: axum::Router,
+    stopped: watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+    let ip = if http_addr.ip().is_unspecified() {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        http_addr.ip()
+    };
+    let addr = SocketAddr::new(ip, http_addr.port());
+    let opts = crate::http3::H3Options {
+        max_concurrent_streams: config.http3.max_concurrent_streams,
+        idle_timeout: Duration::from_secs(config.http3.idle_timeout_secs),
+        max_body_bytes: config.http.max_body_bytes,
+    };
+    let endpoint =
+        crate::http3::endpoint(addr, identity, &opts).map_err(|e| StartError::Http3 {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let drain = Duration::from_secs(config.http3.shutdown_drain_secs);
+    let task = tokio::spawn(crate::http3::serve(endpoint, app, stopped, drain));
+    Ok((addr, task))
 }
 
 /// What the data plane did, summed over shards.

@@ -55,6 +55,15 @@ pub struct PublisherEntry {
     pub audio_codecs: Vec<String>,
 }
 
+/// A stream as the API lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StreamSummary {
+    pub name: String,
+    /// A publisher is connected or connecting.
+    pub live: bool,
+    pub viewers: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct StreamEntry {
     pub publisher: Option<PublisherEntry>,
@@ -225,6 +234,33 @@ impl Hub {
                 p.audio_codecs = audio;
             }
         }
+    }
+
+    /// Every stream with a publisher or viewers, by name.
+    pub fn streams(&self) -> Vec<StreamSummary> {
+        let st = self.lock();
+        let mut out: std::collections::BTreeMap<&str, StreamSummary> = st
+            .streams
+            .iter()
+            .map(|(name, s)| {
+                (
+                    &**name,
+                    StreamSummary {
+                        name: name.to_string(),
+                        live: s.publisher.is_some(),
+                        viewers: 0,
+                    },
+                )
+            })
+            .collect();
+        for entry in st.sessions.values() {
+            if entry.role == Role::Play {
+                if let Some(s) = out.get_mut(&*entry.stream) {
+                    s.viewers += 1;
+                }
+            }
+        }
+        out.into_values().collect()
     }
 
     /// Shards with viewers of `stream`, read by a publisher's shard when the publisher starts.

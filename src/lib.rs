@@ -30,6 +30,7 @@ pub mod config;
 pub mod fanout;
 pub mod gateway;
 pub mod http;
+pub mod http3;
 pub mod hub;
 pub mod sdp;
 pub mod shard;

@@ -12,6 +12,9 @@ struct Args {
     /// TOML configuration file; without it the embedded defaults are used.
     #[arg(long, short)]
     config: Option<String>,
+    /// Serve HTTPS and HTTP/3 with a self-signed certificate for localhost (development).
+    #[arg(long)]
+    dev_tls: bool,
 }
 
 #[tokio::main]
@@ -22,7 +25,7 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => match Config::from_file(path) {
             Ok(c) => c,
             Err(e) => {
@@ -32,6 +35,9 @@ async fn main() -> std::process::ExitCode {
         },
         None => Config::default(),
     };
+    if args.dev_tls {
+        config.tls.self_signed = true;
+    }
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -40,12 +46,33 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let mut http = gateway.http_addr();
-    if http.ip().is_unspecified() {
+    let scheme = if gateway.tls_identity().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = if http.ip().is_unspecified() {
         // A wildcard is not an address to paste into OBS: show the local one.
         http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        format!("localhost:{}", http.port())
+    } else {
+        http.to_string()
+    };
+    println!("wishcast: WHIP  {scheme}://{host}/whip/{{stream}}  (OBS: Settings > Stream > WHIP)");
+    println!("wishcast: WHEP  {scheme}://{host}/whep/{{stream}}");
+    if let Some(h3) = gateway.h3_addr() {
+        println!("wishcast: HTTP/3 on UDP {h3}, announced with Alt-Svc");
     }
-    println!("wishcast: WHIP  http://{http}/whip/{{stream}}  (OBS: Settings > Stream > WHIP)");
-    println!("wishcast: WHEP  http://{http}/whep/{{stream}}");
+    if let Some(spki) = gateway
+        .tls_identity()
+        .and_then(|i| i.spki_sha256.as_deref())
+    {
+        println!("wishcast: self-signed certificate, SPKI sha256 {spki}");
+        println!(
+            "wishcast: chromium --origin-to-force-quic-on={host} \
+             --ignore-certificate-errors-spki-list={spki} {scheme}://{host}/api/streams"
+        );
+    }
     println!("wishcast: media {:?}", gateway.media_addrs());
     wait_for_signal().await;
     gateway.shutdown().await;

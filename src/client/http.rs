@@ -1,13 +1,16 @@
-//! Minimal HTTP/1.1 requests (plain `http://` only) for WHIP/WHEP signalling
-//! and for HTTP contract tests.
+//! Minimal HTTP requests for WHIP/WHEP signalling and for HTTP contract tests: plain
+//! `http://` (HTTP/1.1), and `https://` with given trusted roots (HTTP/2 or HTTP/1.1 by ALPN).
+//! HTTP/3 is in [`super::h3`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::http::{HeaderName, HeaderValue, Method, Request, Uri};
+use hyper::http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 pub use hyper::header;
 pub use hyper::HeaderMap;
@@ -22,7 +25,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Response {
     pub status: u16,
     pub headers: HeaderMap,
+    /// The protocol that carried the exchange (HTTP/1.1, HTTP/2 or HTTP/3).
+    pub version: Version,
     pub body: Vec<u8>,
+    /// Trailer fields after the body, if the server sent any.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Response {
@@ -56,28 +63,12 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<Response, ClientError> {
-    let method = Method::from_bytes(method.as_bytes())
-        .map_err(|e| ClientError::Url(format!("bad method {method:?}: {e}")))?;
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
-    if uri.scheme_str() != Some("http") {
+    let req = build_request(method, url, headers, body)?;
+    if req.uri().scheme_str() != Some("http") {
         return Err(ClientError::Url(format!(
-            "{url}: only http:// is supported"
+            "{url}: only http:// is supported (https:// via request_tls)"
         )));
     }
-
-    let mut req = Request::builder().method(method).uri(uri);
-    for (name, value) in headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| ClientError::Url(format!("bad header name {name:?}: {e}")))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|e| ClientError::Url(format!("bad header value {value:?}: {e}")))?;
-        req = req.header(name, value);
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| ClientError::Url(e.to_string()))?;
 
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
@@ -88,21 +79,163 @@ pub async fn request(
             .request(req)
             .await
             .map_err(|e| ClientError::Transport(format!("{e:?}")))?;
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?
-            .to_bytes();
-        Ok(Response {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: body.to_vec(),
-        })
+        read_response(resp).await
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .map_err(|_| ClientError::Timeout("HTTP request"))?
+}
+
+/// Send one request to an `https://` URL over TLS on TCP, trusting exactly `roots`, and read the
+/// whole response. HTTP/2 if the server offers it by ALPN, else HTTP/1.1; one connection per call.
+pub async fn request_tls(
+    roots: &[CertificateDer<'static>],
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Response, ClientError> {
+    request_tls_alpn(roots, crate::tls::ALPN_TCP, method, url, headers, body).await
+}
+
+/// As [`request_tls`], offering only the ALPN ids in `alpn` (`[b"http/1.1"]` forces HTTP/1.1).
+pub async fn request_tls_alpn(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Response, ClientError> {
+    let mut req = build_request(method, url, headers, body)?;
+    if req.uri().scheme_str() != Some("https") {
+        return Err(ClientError::Url(format!(
+            "{url}: request_tls needs https://"
+        )));
+    }
+    let (host, port) = host_port(url)?;
+    let server_name =
+        ServerName::try_from(host.clone()).map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(roots, alpn)?));
+
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| ClientError::Transport(format!("connect {host}:{port}: {e}")))?;
+        let tls = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| ClientError::Transport(format!("TLS handshake: {e}")))?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        let io = TokioIo::new(tls);
+        let resp = if h2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| ClientError::Transport(format!("HTTP/2 handshake: {e}")))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("HTTP/2 client connection ended: {e}");
+                }
+            });
+            sender.send_request(req).await
+        } else {
+            // HTTP/1.1 wants origin-form and a Host header, not the absolute URI.
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .unwrap_or_default();
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            *req.uri_mut() = path
+                .parse()
+                .map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
+            if !req.headers().contains_key(header::HOST) {
+                let host = HeaderValue::from_str(&authority)
+                    .map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
+                req.headers_mut().insert(header::HOST, host);
+            }
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| ClientError::Transport(format!("HTTP/1.1 handshake: {e}")))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("HTTP/1.1 client connection ended: {e}");
+                }
+            });
+            sender.send_request(req).await
+        };
+        let resp = resp.map_err(|e| ClientError::Transport(format!("{e:?}")))?;
+        read_response(resp).await
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| ClientError::Timeout("HTTPS request"))?
+}
+
+/// TLS over TCP trusting exactly `roots`, offering HTTP/2 and HTTP/1.1.
+fn tls_client_config(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, ClientError> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in roots {
+        store
+            .add(cert.clone())
+            .map_err(|e| ClientError::Tls(format!("unusable root certificate: {e}")))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(config)
+}
+
+fn build_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Request<Full<Bytes>>, ClientError> {
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|e| ClientError::Url(format!("bad method {method:?}: {e}")))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
+    let mut req = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| ClientError::Url(format!("bad header name {name:?}: {e}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|e| ClientError::Url(format!("bad header value {value:?}: {e}")))?;
+        req = req.header(name, value);
+    }
+    req.body(Full::new(Bytes::from(body)))
+        .map_err(|e| ClientError::Url(e.to_string()))
+}
+
+async fn read_response(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<Response, ClientError> {
+    let (parts, body) = resp.into_parts();
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    let trailers = collected.trailers().cloned();
+    Ok(Response {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        version: parts.version,
+        body: collected.to_bytes().to_vec(),
+        trailers,
+    })
 }
 
 /// Resolve `reference` (e.g. a `Location` header) against the absolute `base`
@@ -192,7 +325,7 @@ fn remove_dot_segments(path: &str) -> String {
     }
 }
 
-/// `host:port` of an absolute `http://` URL (port 80 if absent).
+/// `host:port` of an absolute URL (port 443 for `https://`, else 80, if absent).
 pub fn host_port(url: &str) -> Result<(String, u16), ClientError> {
     let uri: Uri = url
         .parse()
@@ -201,12 +334,109 @@ pub fn host_port(url: &str) -> Result<(String, u16), ClientError> {
         .host()
         .ok_or_else(|| ClientError::Url(format!("{url}: no host")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((host.to_string(), uri.port_u16().unwrap_or(80)))
+    let default = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    Ok((host.to_string(), uri.port_u16().unwrap_or(default)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::{Identity, ALPN_TCP};
+    use axum::body::Body;
+    use axum::routing::{get, post};
+    use axum::Router;
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    /// An HTTPS server (tokio-rustls + hyper-util auto) offering `alpn`; returns its base URL.
+    async fn tls_server(identity: &Identity, alpn: &[&[u8]]) -> String {
+        let config = identity.server_config(alpn).expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let app = Router::new()
+            .route(
+                "/version",
+                get(|v: hyper::http::Version| async move { format!("{v:?}") }),
+            )
+            .route("/echo", post(|body: Body| async move { body }));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                        .await;
+                });
+            }
+        });
+        format!("https://localhost:{port}")
+    }
+
+    #[tokio::test]
+    async fn https_speaks_http2_or_http1_as_negotiated() {
+        let identity = Identity::self_signed().expect("identity");
+        let body: Vec<u8> = (0..100_000).map(|i| (i % 253) as u8).collect();
+        for (alpn, version) in [
+            (ALPN_TCP, Version::HTTP_2),
+            (&[b"http/1.1".as_slice()][..], Version::HTTP_11),
+        ] {
+            let base = tls_server(&identity, alpn).await;
+            let resp = request_tls(
+                &identity.certs,
+                "GET",
+                &format!("{base}/version"),
+                &[],
+                Vec::new(),
+            )
+            .await
+            .expect("GET over TLS");
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.version, version);
+            assert_eq!(resp.text(), format!("{version:?}"));
+            let echo = request_tls(
+                &identity.certs,
+                "POST",
+                &format!("{base}/echo"),
+                &[("content-type", "application/octet-stream")],
+                body.clone(),
+            )
+            .await
+            .expect("POST over TLS");
+            assert_eq!(echo.version, version);
+            assert!(echo.body == body, "echoed body differs");
+        }
+    }
+
+    #[tokio::test]
+    async fn https_trusts_only_the_given_roots() {
+        let identity = Identity::self_signed().expect("identity");
+        let base = tls_server(&identity, ALPN_TCP).await;
+        let stranger = Identity::self_signed().expect("other identity");
+        let err = request_tls(
+            &stranger.certs,
+            "GET",
+            &format!("{base}/version"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .expect_err("untrusted certificate");
+        assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
+        let err = request_tls(&identity.certs, "GET", "http://localhost/", &[], Vec::new())
+            .await
+            .expect_err("plain http");
+        assert!(matches!(err, ClientError::Url(_)), "{err:?}");
+    }
 
     #[test]
     fn resolves_locations() {
@@ -238,6 +468,10 @@ mod tests {
         assert_eq!(
             host_port("http://[::1]/x").unwrap(),
             ("::1".to_string(), 80)
+        );
+        assert_eq!(
+            host_port("https://localhost/x").expect("https URL"),
+            ("localhost".to_string(), 443)
         );
     }
 }

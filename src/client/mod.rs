@@ -5,6 +5,7 @@
 //! command channel; a one-byte datagram the socket sends to itself wakes the
 //! loop, so commands never wait for a socket read timeout.
 
+pub mod h3;
 pub mod http;
 pub mod media;
 
@@ -90,6 +91,9 @@ pub struct PeerOptions {
     pub bind_ip: IpAddr,
     /// Sent as `Authorization: Bearer <token>` on POST and DELETE.
     pub bearer: Option<String>,
+    /// Signalling (POST, PATCH, DELETE) over HTTP/3 through this client, for `https://` URLs
+    /// of a gateway's QUIC listener; plain HTTP/1.1 if `None`.
+    pub h3: Option<Arc<h3::H3Client>>,
 }
 
 impl Default for PeerOptions {
@@ -99,6 +103,7 @@ impl Default for PeerOptions {
             audio: true,
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             bearer: None,
+            h3: None,
         }
     }
 }
@@ -139,6 +144,9 @@ pub enum ClientError {
     /// Connection-level HTTP failure (refused, reset, malformed response).
     #[error("HTTP transport: {0}")]
     Transport(String),
+    /// Unusable TLS setup on the client side (e.g. an invalid root certificate).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A 201 that breaks the WHIP/WHEP contract (e.g. no `Location`).
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -233,6 +241,7 @@ pub struct Peer {
     answer_sdp: String,
     posted_at: Instant,
     bearer: Option<String>,
+    h3: Option<Arc<h3::H3Client>>,
     local_addr: SocketAddr,
     has_video: bool,
     has_audio: bool,
@@ -279,8 +288,14 @@ impl Peer {
         }
         let header_refs: Vec<(&str, &str)> =
             headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let resp =
-            http::request("POST", endpoint_url, &header_refs, offer.sdp.into_bytes()).await?;
+        let resp = signal(
+            opts.h3.as_deref(),
+            "POST",
+            endpoint_url,
+            &header_refs,
+            offer.sdp.into_bytes(),
+        )
+        .await?;
         let posted_at = Instant::now();
         if resp.status != 201 {
             return Err(ClientError::Http {
@@ -336,6 +351,7 @@ impl Peer {
             answer_sdp,
             posted_at,
             bearer: opts.bearer,
+            h3: opts.h3,
             local_addr,
             has_video: opts.video.is_some(),
             has_audio: opts.audio,
@@ -514,7 +530,14 @@ impl Peer {
             .as_deref()
             .map(|a| vec![("authorization", a)])
             .unwrap_or_default();
-        let result = http::request("DELETE", &self.location, &headers, Vec::new()).await;
+        let result = signal(
+            self.h3.as_deref(),
+            "DELETE",
+            &self.location,
+            &headers,
+            Vec::new(),
+        )
+        .await;
         self.stop(true);
         result.map(|r| r.status)
     }
@@ -542,7 +565,14 @@ impl Peer {
         if let Some(a) = auth.as_deref() {
             headers.push(("authorization", a));
         }
-        let resp = http::request("PATCH", &self.location, &headers, body.into_bytes()).await?;
+        let resp = signal(
+            self.h3.as_deref(),
+            "PATCH",
+            &self.location,
+            &headers,
+            body.into_bytes(),
+        )
+        .await?;
         if resp.status != 200 {
             return Err(ClientError::Http {
                 status: resp.status,
@@ -620,6 +650,20 @@ impl std::fmt::Debug for Peer {
             .field("local_addr", &self.local_addr)
             .field("state", &*self.state.borrow())
             .finish()
+    }
+}
+
+/// One signalling request, over HTTP/3 if the peer has a client for it.
+async fn signal(
+    h3: Option<&h3::H3Client>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<http::Response, ClientError> {
+    match h3 {
+        Some(client) => client.request(method, url, headers, body).await,
+        None => http::request(method, url, headers, body).await,
     }
 }
 
@@ -1389,6 +1433,117 @@ mod tests {
         let started = Instant::now();
         p.kill();
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    /// The same answerer behind the HTTP/3 bridge; returns its `https://` base URL, the
+    /// certificate to trust, and the handle that keeps it running.
+    async fn start_h3_gateway() -> (String, crate::tls::Identity, watch::Sender<bool>) {
+        use axum::body::{Body, Bytes};
+        use axum::http::{HeaderMap, Method, Uri};
+
+        let hub = Arc::new(Mutex::new(Hub::default()));
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let hub = hub.clone();
+                async move {
+                    let headers: HashMap<String, String> = headers
+                        .iter()
+                        .map(|(k, v)| {
+                            let v = v.to_str().unwrap_or_default().to_string();
+                            (k.as_str().to_string(), v)
+                        })
+                        .collect();
+                    let (status, extra, body) = tokio::task::spawn_blocking(move || {
+                        route(method.as_str(), uri.path(), &headers, body.to_vec(), &hub)
+                    })
+                    .await
+                    .expect("answerer thread");
+                    let mut resp = axum::http::Response::builder().status(status);
+                    for (k, v) in extra {
+                        resp = resp.header(k, v);
+                    }
+                    resp.body(Body::from(body)).expect("response")
+                }
+            },
+        );
+        let identity = crate::tls::Identity::self_signed().expect("identity");
+        let opts = crate::http3::H3Options {
+            max_concurrent_streams: 16,
+            idle_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 * 1024,
+        };
+        let endpoint =
+            crate::http3::endpoint("127.0.0.1:0".parse().expect("addr"), &identity, &opts)
+                .expect("endpoint");
+        let port = endpoint.local_addr().expect("local address").port();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(crate::http3::serve(
+            endpoint,
+            app,
+            stopped,
+            Duration::from_secs(1),
+        ));
+        (format!("https://localhost:{port}"), identity, stop)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn signalling_over_http3() {
+        let (base, identity, _stop) = start_h3_gateway().await;
+        let client = Arc::new(h3::H3Client::new(&identity.certs).expect("client"));
+        let opts = PeerOptions {
+            h3: Some(client.clone()),
+            bearer: Some(SECRET.into()),
+            audio: false,
+            ..PeerOptions::default()
+        };
+        assert!(format!("{opts:?}").contains("H3Client"));
+        let publisher = Peer::publish(&format!("{base}/whip/secure"), opts.clone())
+            .await
+            .expect("publish over HTTP/3");
+        let mut viewer = Peer::play(&format!("{base}/whep/demo"), opts)
+            .await
+            .expect("play over HTTP/3");
+        assert!(publisher
+            .location()
+            .starts_with(&format!("{base}/session/")));
+        assert!(viewer.location().starts_with(&format!("{base}/session/")));
+        publisher
+            .wait_connected(CONNECT)
+            .await
+            .expect("publisher connects");
+        viewer
+            .wait_connected(CONNECT)
+            .await
+            .expect("viewer connects");
+        for i in 0..5u64 {
+            let data = video_frame(VideoCodec::H264, i, i == 0, 1000);
+            publisher
+                .send_frame(MediaKind::Video, (i * 3000) as u32, data)
+                .expect("send frame");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(viewer.next_frame(Duration::from_secs(2)).await.is_some());
+
+        // Without the token the WHIP POST is refused, over HTTP/3 as over TCP.
+        let anonymous = PeerOptions {
+            h3: Some(client.clone()),
+            ..PeerOptions::default()
+        };
+        match Peer::publish(&format!("{base}/whip/secure"), anonymous).await {
+            Err(ClientError::Http { status: 401, .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+
+        let location = publisher.location().to_string();
+        assert_eq!(viewer.delete().await.expect("viewer DELETE"), 200);
+        assert_eq!(publisher.delete().await.expect("publisher DELETE"), 200);
+        let again = client
+            .request("DELETE", &location, &[], Vec::new())
+            .await
+            .expect("second DELETE");
+        assert_eq!(again.status, 404);
+        assert_eq!(again.version, axum::http::Version::HTTP_3);
+        client.close().await;
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the chosen shard and await its answer. No media passes here.
 
 pub mod error;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .or(MethodFilter::DELETE)
         .or(MethodFilter::OPTIONS);
     Router::new()
+        .route("/api/streams", axum::routing::get(list_streams))
         .route("/whip/{stream}", on(endpoint_methods, whip_endpoint))
         .route("/whep/{stream}", on(endpoint_methods, whep_endpoint))
         .route("/whip/{stream}/{id}", on(session_methods, whip_session))
@@ -290,6 +292,11 @@ async fn endpoint(
         }
     }
     Ok(res)
+}
+
+/// `GET /api/streams`: the streams with a publisher or viewers, by name.
+async fn list_streams(State(app): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "streams": app.hub.streams() }))
 }
 
 /// A viewer must be able to decode what the live publisher sends.
