@@ -117,6 +117,20 @@ impl Gateway {
             hub: hub.clone(),
             shards: links.clone(),
         });
+        // Operations endpoints beside the signalling API, and every request counted.
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let ops = Arc::new(crate::http::ops::Ops {
+            metrics: metrics.clone(),
+            hub: hub.clone(),
+            counters: counters.clone(),
+            shards: links.clone(),
+        });
+        let app =
+            app.merge(crate::http::ops::routes(ops))
+                .layer(axum::middleware::from_fn_with_state(
+                    metrics,
+                    crate::http::ops::track,
+                ));
         let (stop_http, stopped) = watch::channel(false);
         let identity = tls_identity(&config)?;
         let mut http_tasks = Vec::new();
@@ -184,16 +198,9 @@ impl Gateway {
 
     /// Counters summed over all shards.
     pub fn stats(&self) -> Stats {
-        use std::sync::atomic::Ordering::Relaxed;
         let mut s = Stats::default();
         for c in &self.counters {
-            s.datagrams_in += c.datagrams_in.load(Relaxed);
-            s.datagrams_dropped += c.datagrams_dropped.load(Relaxed);
-            s.packets_forwarded += c.packets_forwarded.load(Relaxed);
-            s.packets_no_codec += c.packets_no_codec.load(Relaxed);
-            s.keyframe_requests_sent += c.keyframe_requests_sent.load(Relaxed);
-            s.gop_cache_hits += c.gop_cache_hits.load(Relaxed);
-            s.sessions_expired += c.sessions_expired.load(Relaxed);
+            s.add(c);
         }
         s
     }
@@ -214,6 +221,20 @@ impl Gateway {
             }
         })
         .await;
+    }
+}
+
+impl Stats {
+    /// Adds one shard's counters.
+    pub fn add(&mut self, c: &SharedCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.datagrams_in += c.datagrams_in.load(Relaxed);
+        self.datagrams_dropped += c.datagrams_dropped.load(Relaxed);
+        self.packets_forwarded += c.packets_forwarded.load(Relaxed);
+        self.packets_no_codec += c.packets_no_codec.load(Relaxed);
+        self.keyframe_requests_sent += c.keyframe_requests_sent.load(Relaxed);
+        self.gop_cache_hits += c.gop_cache_hits.load(Relaxed);
+        self.sessions_expired += c.sessions_expired.load(Relaxed);
     }
 }
 

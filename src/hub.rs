@@ -43,6 +43,9 @@ pub struct SessionEntry {
     pub shard: usize,
     pub stream: Arc<str>,
     pub role: Role,
+    /// SHA-256 of the bearer token that created the session, when auth is on and one was sent:
+    /// only that token (or an admin) may PATCH or DELETE it. The token itself is never kept.
+    pub owner: Option<[u8; 32]>,
 }
 
 /// The publisher of a stream.
@@ -115,6 +118,13 @@ impl Hub {
         self.lock().sessions.get(&id).cloned()
     }
 
+    /// Records the hash of the token that created session `id` (no-op if it is gone).
+    pub fn set_owner(&self, id: SessionId, owner: [u8; 32]) {
+        if let Some(s) = self.lock().sessions.get_mut(&id) {
+            s.owner = Some(owner);
+        }
+    }
+
     /// Registers a new session on the least-loaded shard, claiming the publisher slot for WHIP.
     /// For WHEP, `require_publisher` refuses streams that have none (409 at the HTTP layer).
     pub fn register(
@@ -171,6 +181,7 @@ impl Hub {
                 shard,
                 stream: key,
                 role,
+                owner: None,
             },
         );
         st.per_shard[shard] += 1;

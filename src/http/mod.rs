@@ -4,6 +4,7 @@
 //! the chosen shard and await its answer. No media passes here.
 
 pub mod error;
+pub mod ops;
 pub mod serve;
 
 use std::sync::Arc;

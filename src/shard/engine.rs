@@ -42,6 +42,8 @@ pub struct Counters {
     pub keyframe_requests_sent: u64,
     pub gop_cache_hits: u64,
     pub sessions_expired: u64,
+    /// Seconds from a viewer's 201 to its first video packet, since last published.
+    pub first_frames: Vec<f64>,
 }
 
 /// A shard's counters as other threads read them; the shard thread stores its [`Counters`]
@@ -55,6 +57,10 @@ pub struct SharedCounters {
     pub keyframe_requests_sent: std::sync::atomic::AtomicU64,
     pub gop_cache_hits: std::sync::atomic::AtomicU64,
     pub sessions_expired: std::sync::atomic::AtomicU64,
+    /// Nanoseconds the shard thread spent working rather than waiting.
+    pub busy_ns: std::sync::atomic::AtomicU64,
+    /// Time-to-first-frame samples not yet taken by a scrape (bounded).
+    pub first_frames: std::sync::Mutex<Vec<f64>>,
 }
 
 impl SharedCounters {
@@ -69,6 +75,18 @@ impl SharedCounters {
             .store(c.keyframe_requests_sent, Relaxed);
         self.gop_cache_hits.store(c.gop_cache_hits, Relaxed);
         self.sessions_expired.store(c.sessions_expired, Relaxed);
+    }
+
+    /// Moves the engine's time-to-first-frame samples here, keeping at most 4096 unscraped.
+    pub fn take_first_frames(&self, c: &mut Counters) {
+        if c.first_frames.is_empty() {
+            return;
+        }
+        let mut v = self.first_frames.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < 4096 {
+            v.append(&mut c.first_frames);
+        }
+        c.first_frames.clear();
     }
 }
 
@@ -101,6 +119,8 @@ struct Session {
     /// than str0m's scan of the session's send streams by mid.
     tx_ssrcs: Vec<(Mid, Ssrc)>,
     joined: bool,
+    /// Viewer: whether its first video packet went out (for the time-to-first-frame metric).
+    first_video_sent: bool,
     /// Viewer catching up from the GOP cache: packets not yet sent, paced so the burst does not
     /// overflow the viewer's path or socket; live packets queue behind them.
     backlog: std::collections::VecDeque<Arc<MediaPacket>>,
@@ -311,6 +331,7 @@ impl Engine {
             tx_ssrcs: Vec::new(),
             joined: false,
             backlog: std::collections::VecDeque::new(),
+            first_video_sent: false,
             last_pli: None,
             pli_pending: false,
         };
@@ -1035,6 +1056,11 @@ impl Engine {
         if isolate(|| tx.write_rtp(write)).is_none() {
             self.remove(id, "panic in WebRTC stack");
             return;
+        }
+        if pkt.kind == Kind::Video && !s.first_video_sent {
+            s.first_video_sent = true;
+            let secs = now.saturating_duration_since(s.created).as_secs_f64();
+            self.counters.first_frames.push(secs);
         }
         self.counters.packets_forwarded += 1;
         self.drive(now, id);

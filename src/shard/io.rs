@@ -120,13 +120,20 @@ pub fn run(
             set_source_ip,
             gso_buf: Vec::new(),
         };
+        let mut woke = Instant::now();
         loop {
             out.flush(&mut engine, &socket, &state, &peers).await;
             counters.publish(&engine.counters);
+            counters.take_first_frames(&mut engine.counters);
+            counters.busy_ns.fetch_add(
+                woke.elapsed().as_nanos() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
             tokio::select! {
                 biased;
                 cmd = chans.commands.recv() => {
+                    woke = Instant::now();
                     let Some(cmd) = cmd else { break };
                     let stop = matches!(cmd, Command::Shutdown);
                     engine.handle_command(Instant::now(), cmd);
@@ -136,12 +143,14 @@ pub fn run(
                     }
                 }
                 ready = socket.readable() => {
+                    woke = Instant::now();
                     if ready.is_err() {
                         continue;
                     }
                     receive(&mut engine, &socket, &state, &mut bufs, &mut metas);
                 }
                 msg = chans.messages.recv() => {
+                    woke = Instant::now();
                     let Some(msg) = msg else { break };
                     let now = Instant::now();
                     engine.handle_message(now, msg);
@@ -154,6 +163,7 @@ pub fn run(
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
+                    woke = Instant::now();
                     engine.handle_timeout(Instant::now());
                 }
             }
