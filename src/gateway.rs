@@ -112,11 +112,12 @@ impl Gateway {
                 addr: listen,
                 source,
             })?;
-        let app = router(AppState {
+        let state = AppState {
             config: config.clone(),
             hub: hub.clone(),
             shards: links.clone(),
-        });
+        };
+        let app = router(state.clone()).merge(crate::http::api::routes(state));
         // Operations endpoints beside the signalling API, and every request counted.
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let ops = Arc::new(crate::http::ops::Ops {

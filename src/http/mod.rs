@@ -3,6 +3,7 @@
 //! Handlers parse and check the request, register the session in the [`Hub`], hand the offer to
 //! the chosen shard and await its answer. No media passes here.
 
+pub mod api;
 pub mod error;
 pub mod ops;
 pub mod serve;
