@@ -25,7 +25,6 @@
 //! [`Gateway::start`] puts it together; [`client`] is a WHIP/WHEP client on str0m used by the
 //! tests and examples.
 
-pub mod auth;
 pub mod client;
 pub mod config;
 pub mod fanout;
