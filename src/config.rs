@@ -19,6 +19,8 @@ pub struct Config {
     pub http3: Http3Config,
     /// STUN/TURN servers announced to clients as `Link: <uri>; rel="ice-server"` (RFC 9725 §4.6).
     pub ice_servers: Vec<IceServer>,
+    /// Bearer-token authorization of signalling and the API; off by default.
+    pub auth: crate::auth::AuthConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -206,9 +208,68 @@ pub enum ConfigError {
     Parse(#[from] toml::de::Error),
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
 }
 
+/// Prefix of environment variables that override options: `WISHCAST_MEDIA__SHARDS=4` sets
+/// `[media] shards`, `WISHCAST_MEDIA__PUBLIC_IPS='["203.0.113.7"]'` a list.
+pub const ENV_PREFIX: &str = "WISHCAST_";
+
 impl Config {
+    /// The configuration from an optional file with environment overrides on top; every value
+    /// is checked and an unknown key or bad value names the file key or the variable.
+    pub fn load(
+        path: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut table: toml::Table = toml::from_str(&text)?;
+        // Checked file first, so an error there is not blamed on a variable.
+        Config::from_table(table.clone())?;
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        vars.sort();
+        for (var, value) in vars {
+            let path: Vec<String> = var[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|p| p.to_ascii_lowercase())
+                .collect();
+            let env_err = |message: String| ConfigError::Env {
+                var: var.clone(),
+                message,
+            };
+            let (last, sections) = path
+                .split_last()
+                .ok_or_else(|| env_err("names no option".into()))?;
+            let mut at = &mut table;
+            for section in sections {
+                at = at
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| env_err(format!("{section} is not a section")))?;
+            }
+            at.insert(last.clone(), env_value(&value));
+            Config::from_table(table.clone()).map_err(|e| env_err(e.to_string()))?;
+        }
+        Config::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let config: Config = toml::Value::Table(table).try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)?;
         config.validate()?;
@@ -246,6 +307,7 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes: must be at least 1024");
         }
+        self.auth.validate().map_err(ConfigError::Invalid)?;
         for s in &self.ice_servers {
             let scheme = s.url.split(':').next().unwrap_or("");
             if !matches!(scheme, "stun" | "stuns" | "turn" | "turns") {
@@ -270,9 +332,52 @@ impl Config {
     }
 }
 
+/// A variable's value as TOML (numbers, booleans, lists, quoted strings), else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_names_bad_variables() {
+        let c = Config::load(
+            None,
+            vars(&[
+                ("WISHCAST_MEDIA__SHARDS", "3"),
+                ("WISHCAST_MEDIA__PUBLIC_IPS", "[\"203.0.113.7\"]"),
+                ("WISHCAST_HTTP__LISTEN", "127.0.0.1:9000"),
+                ("WISHCAST_MEDIA__ICE_LITE", "true"),
+                (
+                    "WISHCAST_SOMETHING_ELSE",
+                    "ignored without a section separator",
+                ),
+            ]),
+        )
+        .expect("overrides apply");
+        assert_eq!(c.media.shards, 3);
+        assert_eq!(
+            c.media.public_ips,
+            vec!["203.0.113.7".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(c.http.listen.port(), 9000);
+        assert!(c.media.ice_lite);
+        let e = Config::load(None, vars(&[("WISHCAST_MEDIA__SHARDZ", "2")])).expect_err("unknown");
+        assert!(e.to_string().contains("WISHCAST_MEDIA__SHARDZ"), "{e}");
+        let e = Config::load(None, vars(&[("WISHCAST_MEDIA__SHARDS", "many")])).expect_err("bad");
+        assert!(e.to_string().contains("WISHCAST_MEDIA__SHARDS"), "{e}");
+    }
 
     #[test]
     fn empty_file_is_the_defaults() {

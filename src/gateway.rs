@@ -32,6 +32,8 @@ pub enum StartError {
     },
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
+    #[error("auth: {0}")]
+    Auth(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("cannot serve HTTP/3 on {addr}: {reason}")]
@@ -126,12 +128,19 @@ impl Gateway {
             counters: counters.clone(),
             shards: links.clone(),
         });
-        let app =
-            app.merge(crate::http::ops::routes(ops))
-                .layer(axum::middleware::from_fn_with_state(
-                    metrics,
-                    crate::http::ops::track,
-                ));
+        // Bearer auth in front of every route (it lets CORS preflights and health through);
+        // the request counter outside it, so refusals are counted too.
+        let authorizer =
+            Arc::new(crate::auth::Authorizer::new(&config.auth).map_err(StartError::Auth)?);
+        let app = crate::auth::layer(
+            app.merge(crate::http::ops::routes(ops)),
+            authorizer,
+            hub.clone(),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::http::ops::track,
+        ));
         let (stop_http, stopped) = watch::channel(false);
         let identity = tls_identity(&config)?;
         let mut http_tasks = Vec::new();

@@ -25,14 +25,15 @@
 //! [`Gateway::start`] puts it together; [`client`] is a WHIP/WHEP client on str0m used by the
 //! tests and examples.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod fanout;
 pub mod gateway;
 pub mod http;
 pub mod http3;
-pub mod metrics;
 pub mod hub;
+pub mod metrics;
 pub mod sdp;
 pub mod shard;
 pub mod sim;

@@ -33,6 +33,18 @@ pub enum ApiError {
     /// `allow`: the methods the resource supports, sent in `Allow` (RFC 9110 §15.5.6).
     #[error("method not allowed; this resource supports {allow}")]
     MethodNotAllowed { allow: &'static str },
+    /// No bearer token, or one no configured method accepts (RFC 6750 §3).
+    #[error("{}", if *invalid_token {
+        "the bearer token was not accepted (unknown, expired or not signed by a trusted key); \
+         send a valid one in Authorization: Bearer <token>"
+    } else {
+        "this resource needs a bearer token: send Authorization: Bearer <token> \
+         (OBS: the Bearer Token field of the WHIP service)"
+    })]
+    Unauthorized { invalid_token: bool },
+    /// A valid token without the right; the string names the right.
+    #[error("the bearer token does not grant {0}; use a token that does")]
+    Forbidden(String),
 }
 
 #[derive(Serialize)]
@@ -55,6 +67,8 @@ impl ApiError {
             ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Session(s) => match s {
                 S::Offer(OfferError::Malformed(_)) => StatusCode::BAD_REQUEST,
                 S::Offer(_) | S::Negotiation(_) | S::RestartFailed(_) => {
@@ -81,6 +95,13 @@ impl ApiError {
             ApiError::Full(_) => "session-limit",
             ApiError::NotFound | ApiError::Session(S::NotFound) => "no-such-session",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
+            ApiError::Unauthorized {
+                invalid_token: false,
+            } => "token-required",
+            ApiError::Unauthorized {
+                invalid_token: true,
+            } => "invalid-token",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Session(S::Offer(OfferError::Malformed(_))) => "malformed-sdp",
             ApiError::Session(S::Offer(_)) | ApiError::Session(S::Negotiation(_)) => {
                 "unsupported-offer"
@@ -126,6 +147,26 @@ impl IntoResponse for ApiError {
             }
             ApiError::MethodNotAllowed { allow } => {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            // RFC 6750 §3: the challenge, with the error code when a token was sent.
+            ApiError::Unauthorized { invalid_token } => {
+                let challenge = if *invalid_token {
+                    "Bearer realm=\"wishcast\", error=\"invalid_token\""
+                } else {
+                    "Bearer realm=\"wishcast\""
+                };
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            ApiError::Forbidden(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"wishcast\", error=\"insufficient_scope\"",
+                    ),
+                );
             }
             // A shard that does not answer is transient (restart, overload): retry soon.
             ApiError::Session(SessionError::Unavailable) => {
