@@ -15,28 +15,73 @@ struct Args {
     /// Serve HTTPS and HTTP/3 with a self-signed certificate for localhost (development).
     #[arg(long)]
     dev_tls: bool,
+    /// HTTP listen address (`http.listen`).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// First UDP media port (`media.udp_base_port`).
+    #[arg(long)]
+    udp_port: Option<u16>,
+    /// Data-plane shards, 0 for one per core (`media.shards`).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Address to announce as host candidate, repeatable (`media.public_ips`).
+    #[arg(long = "public-ip")]
+    public_ips: Vec<std::net::IpAddr>,
+    /// Ask the gateway configured here (same file, environment and flags) for /healthz and exit
+    /// 0 if it answers 200: a container HEALTHCHECK without curl in the image.
+    #[arg(long)]
+    healthcheck: bool,
+    /// Log lines as text or as JSON (for log shippers); the level comes from RUST_LOG.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
-    let mut config = match &args.config {
-        Some(path) => match Config::from_file(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("wishcast: {e}");
-                return std::process::ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+    // Defaults < file < WISHCAST_* environment < command line.
+    let mut config = match Config::load(args.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wishcast: {e}");
+            return std::process::ExitCode::from(2);
+        }
     };
     if args.dev_tls {
         config.tls.self_signed = true;
+    }
+    if let Some(listen) = args.listen {
+        config.http.listen = listen;
+    }
+    if let Some(port) = args.udp_port {
+        config.media.udp_base_port = port;
+    }
+    if let Some(shards) = args.shards {
+        config.media.shards = shards;
+    }
+    if !args.public_ips.is_empty() {
+        config.media.public_ips = args.public_ips.clone();
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("wishcast: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    if args.healthcheck {
+        return healthcheck(&config).await;
     }
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
@@ -77,6 +122,37 @@ async fn main() -> std::process::ExitCode {
     wait_for_signal().await;
     gateway.shutdown().await;
     std::process::ExitCode::SUCCESS
+}
+
+async fn healthcheck(config: &Config) -> std::process::ExitCode {
+    let mut addr = config.http.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/healthz");
+    let result = if config.tls.enabled() {
+        // With TLS (often a certificate this probe cannot verify), liveness is the listener
+        // accepting connections.
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map(|_| 200)
+            .map_err(wishcast::client::ClientError::Io)
+    } else {
+        wishcast::client::http::request("GET", &url, &[], Vec::new())
+            .await
+            .map(|r| r.status)
+    };
+    match result {
+        Ok(200) => std::process::ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("wishcast: {url} answered {status}");
+            std::process::ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("wishcast: {url}: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }
 
 async fn wait_for_signal() {
