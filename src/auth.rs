@@ -1501,7 +1501,9 @@ mod tests {
                 // Stand-in: publishers and viewers alike register as publishers of their own
                 // stream name, which is all ownership needs.
                 let name = format!("{stream}-{id}");
-                if h.register(id, &name, Role::Publish, 100, none).is_err() {
+                if h.register(id, &name, Role::Publish, &Default::default(), none)
+                    .is_err()
+                {
                     return StatusCode::CONFLICT.into_response();
                 }
                 let location = format!("/whip/{stream}/{id}");

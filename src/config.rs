@@ -103,12 +103,27 @@ impl Default for MediaConfig {
 pub struct LimitsConfig {
     /// Sessions (publishers + viewers) the gateway serves at once; more get 503 + Retry-After.
     pub max_sessions: usize,
+    /// Publishers at once, over all streams.
+    pub max_publishers: usize,
+    /// Viewers at once, over all streams.
+    pub max_viewers: usize,
+    /// Viewers of one stream at once.
+    pub max_viewers_per_stream: usize,
+    /// WHIP/WHEP POSTs one client IP may make per minute (0: no limit); more get 429.
+    pub posts_per_minute_per_ip: u32,
+    /// POSTs one client IP may make in a burst above that rate.
+    pub post_burst_per_ip: u32,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_sessions: 10_000,
+            max_publishers: 1_000,
+            max_viewers: 10_000,
+            max_viewers_per_stream: 10_000,
+            posts_per_minute_per_ip: 120,
+            post_burst_per_ip: 30,
         }
     }
 }

@@ -128,16 +128,26 @@ impl Gateway {
             counters: counters.clone(),
             shards: links.clone(),
         });
-        // Bearer auth in front of every route (it lets CORS preflights and health through);
-        // the request counter outside it, so refusals are counted too.
+        // Inside out: bearer auth (it lets CORS preflights and health through), the rate of new
+        // sessions per client address (outside auth, so a flood costs no webhook call), and the
+        // request counter outermost, so refusals are counted too.
         let authorizer =
             Arc::new(crate::auth::Authorizer::new(&config.auth).map_err(StartError::Auth)?);
-        let app = crate::auth::layer(
+        let mut app = crate::auth::layer(
             app.merge(crate::http::ops::routes(ops)),
             authorizer,
             hub.clone(),
-        )
-        .layer(axum::middleware::from_fn_with_state(
+        );
+        if let Some(rate) = crate::http::limits::PostRate::new(
+            config.limits.posts_per_minute_per_ip,
+            config.limits.post_burst_per_ip,
+        ) {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                rate,
+                crate::http::limits::limit_posts,
+            ));
+        }
+        let app = app.layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::http::ops::track,
         ));

@@ -72,6 +72,8 @@ pub struct StreamEntry {
     pub publisher: Option<PublisherEntry>,
     /// Bit k set: shard k has viewers of this stream and wants its packets.
     pub viewer_shards: u64,
+    /// Viewer sessions of this stream.
+    pub viewers: usize,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +82,8 @@ pub struct HubState {
     pub sessions: HashMap<SessionId, SessionEntry>,
     /// Sessions per shard, for choosing where a new one goes.
     pub per_shard: Vec<usize>,
+    pub publishers: usize,
+    pub viewers: usize,
 }
 
 /// Why a session cannot be registered.
@@ -132,11 +136,22 @@ impl Hub {
         id: SessionId,
         stream: &str,
         role: Role,
-        max_sessions: usize,
+        limits: &crate::config::LimitsConfig,
         publisher_codecs: (Vec<String>, Vec<String>),
     ) -> Result<(usize, Option<PublisherEntry>), ClaimError> {
         let mut st = self.lock();
-        if st.sessions.len() >= max_sessions {
+        let full = st.sessions.len() >= limits.max_sessions
+            || match role {
+                Role::Publish => st.publishers >= limits.max_publishers,
+                Role::Play => {
+                    st.viewers >= limits.max_viewers
+                        || st
+                            .streams
+                            .get(stream)
+                            .is_some_and(|s| s.viewers >= limits.max_viewers_per_stream)
+                }
+            };
+        if full {
             return Err(ClaimError::Full);
         }
         let shard = st
@@ -167,7 +182,7 @@ impl Hub {
             }
             Role::Play => {
                 let Some(p) = entry.publisher.clone() else {
-                    if entry.viewer_shards == 0 {
+                    if entry.viewer_shards == 0 && entry.viewers == 0 {
                         st.streams.remove(stream);
                     }
                     return Err(ClaimError::NoPublisher);
@@ -185,6 +200,15 @@ impl Hub {
             },
         );
         st.per_shard[shard] += 1;
+        match role {
+            Role::Publish => st.publishers += 1,
+            Role::Play => {
+                st.viewers += 1;
+                if let Some(s) = st.streams.get_mut(stream) {
+                    s.viewers += 1;
+                }
+            }
+        }
         Ok((shard, publisher))
     }
 
@@ -196,13 +220,20 @@ impl Hub {
         if let Some(n) = st.per_shard.get_mut(entry.shard) {
             *n = n.saturating_sub(1);
         }
+        match entry.role {
+            Role::Publish => st.publishers = st.publishers.saturating_sub(1),
+            Role::Play => st.viewers = st.viewers.saturating_sub(1),
+        }
         let mut notify = None;
         if let Some(s) = st.streams.get_mut(&entry.stream) {
+            if entry.role == Role::Play {
+                s.viewers = s.viewers.saturating_sub(1);
+            }
             if entry.role == Role::Publish && s.publisher.as_ref().map(|p| p.session) == Some(id) {
                 s.publisher = None;
                 notify = Some(s.viewer_shards);
             }
-            if s.publisher.is_none() && s.viewer_shards == 0 {
+            if s.publisher.is_none() && s.viewer_shards == 0 && s.viewers == 0 {
                 st.streams.remove(&entry.stream);
             }
         }
@@ -220,7 +251,7 @@ impl Hub {
             entry.viewer_shards &= !(1 << shard);
         }
         let publisher = entry.publisher.as_ref().map(|p| p.shard);
-        if entry.publisher.is_none() && entry.viewer_shards == 0 {
+        if entry.publisher.is_none() && entry.viewer_shards == 0 && entry.viewers == 0 {
             st.streams.remove(stream);
         }
         publisher
@@ -306,21 +337,29 @@ mod tests {
     fn one_publisher_per_stream_and_viewers_need_one() {
         let hub = Hub::new(2);
         let none = (Vec::new(), Vec::new());
+        let ten = crate::config::LimitsConfig {
+            max_sessions: 10,
+            ..Default::default()
+        };
+        let one = crate::config::LimitsConfig {
+            max_sessions: 1,
+            ..Default::default()
+        };
         assert_eq!(
-            hub.register(SessionId(1), "s", Role::Play, 10, none.clone())
+            hub.register(SessionId(1), "s", Role::Play, &ten, none.clone())
                 .err(),
             Some(ClaimError::NoPublisher)
         );
         let (shard, _) = hub
-            .register(SessionId(2), "s", Role::Publish, 10, none.clone())
+            .register(SessionId(2), "s", Role::Publish, &ten, none.clone())
             .expect("publisher");
         assert_eq!(
-            hub.register(SessionId(3), "s", Role::Publish, 10, none.clone())
+            hub.register(SessionId(3), "s", Role::Publish, &ten, none.clone())
                 .err(),
             Some(ClaimError::PublisherExists)
         );
         let (vshard, p) = hub
-            .register(SessionId(4), "s", Role::Play, 10, none.clone())
+            .register(SessionId(4), "s", Role::Play, &ten, none.clone())
             .expect("viewer");
         assert_ne!(shard, vshard, "least-loaded shard is chosen");
         assert_eq!(p.map(|p| p.session), Some(SessionId(2)));
@@ -331,7 +370,7 @@ mod tests {
         assert_eq!(hub.unregister(SessionId(2)), Some(1 << vshard));
         assert_eq!(hub.publisher_shard("s"), None);
         assert_eq!(
-            hub.register(SessionId(5), "x", Role::Publish, 1, none)
+            hub.register(SessionId(5), "x", Role::Publish, &one, none)
                 .err(),
             Some(ClaimError::Full)
         );

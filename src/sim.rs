@@ -1035,7 +1035,7 @@ impl Sim {
                 id,
                 stream,
                 role,
-                self.config.limits.max_sessions,
+                &self.config.limits,
                 (Vec::new(), Vec::new()),
             )
             .map_err(SimError::Claim)?;

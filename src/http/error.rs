@@ -26,6 +26,8 @@ pub enum ApiError {
     NoPublisher(String, u32),
     #[error("the gateway is at its session limit; retry later")]
     Full(u32),
+    #[error("too many new sessions from this address; retry in {0} s")]
+    TooManyRequests(u32),
     #[error("invalid stream name {0:?}: use 1-128 letters, digits, '-', '_' or '.'")]
     BadStreamName(String),
     #[error("no such session")]
@@ -65,6 +67,7 @@ impl ApiError {
             ApiError::Body(_) | ApiError::BadStreamName(_) => StatusCode::BAD_REQUEST,
             ApiError::PublisherExists(_) | ApiError::NoPublisher(..) => StatusCode::CONFLICT,
             ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -93,6 +96,7 @@ impl ApiError {
             ApiError::PublisherExists(_) => "publisher-exists",
             ApiError::NoPublisher(..) => "no-publisher",
             ApiError::Full(_) => "session-limit",
+            ApiError::TooManyRequests(_) => "rate-limited",
             ApiError::NotFound | ApiError::Session(S::NotFound) => "no-such-session",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::Unauthorized {
@@ -132,7 +136,9 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match &self {
-            ApiError::NoPublisher(_, secs) | ApiError::Full(secs) => {
+            ApiError::NoPublisher(_, secs)
+            | ApiError::Full(secs)
+            | ApiError::TooManyRequests(secs) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
             }
             // RFC 5789 §3.1 names a PATCH's accepted types in Accept-Patch; a POST's go in

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod error;
+pub mod limits;
 pub mod ops;
 pub mod serve;
 
@@ -220,7 +221,7 @@ async fn endpoint(
             id,
             &stream,
             role,
-            app.config.limits.max_sessions,
+            &app.config.limits,
             (Vec::new(), Vec::new()),
         )
         .map_err(|e| match e {
