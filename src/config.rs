@@ -209,6 +209,37 @@ pub struct IceServer {
     pub url: String,
     pub username: Option<String>,
     pub credential: Option<String>,
+    /// Shared secret of a TURN server using the TURN REST API (coturn `use-auth-secret`): each
+    /// answer then carries a fresh username `<expiry>:wishcast` and its HMAC-SHA1 credential.
+    pub secret: Option<String>,
+    /// Lifetime of such credentials, in seconds.
+    #[serde(default = "default_turn_ttl")]
+    pub ttl_secs: u64,
+}
+
+fn default_turn_ttl() -> u64 {
+    86_400
+}
+
+impl IceServer {
+    /// The username and credential to announce now: static ones, or ephemeral ones derived
+    /// from the shared secret.
+    pub fn credentials(&self, now_unix: u64) -> (Option<String>, Option<String>) {
+        use base64::Engine as _;
+        match &self.secret {
+            Some(secret) => {
+                let username = format!("{}:wishcast", now_unix + self.ttl_secs);
+                let key = aws_lc_rs::hmac::Key::new(
+                    aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+                    secret.as_bytes(),
+                );
+                let tag = aws_lc_rs::hmac::sign(&key, username.as_bytes());
+                let credential = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+                (Some(username), Some(credential))
+            }
+            None => (self.username.clone(), self.credential.clone()),
+        }
+    }
 }
 
 /// A configuration file that cannot be used; the message names the key.
@@ -427,6 +458,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// coturn's TURN REST scheme: HMAC-SHA1 over the username, base64. Checked against the
+    /// RFC 2202-style vector HMAC-SHA1("key", "The quick brown fox jumps over the lazy dog").
+    #[test]
+    fn turn_rest_credentials() {
+        let s = IceServer {
+            url: "turn:turn.example.net".into(),
+            username: None,
+            credential: None,
+            secret: Some("key".into()),
+            ttl_secs: 3600,
+        };
+        let (user, cred) = s.credentials(1_000);
+        assert_eq!(user.as_deref(), Some("4600:wishcast"));
+        // Computed independently: base64(hmac.new(b"key", b"4600:wishcast", sha1).digest()).
+        assert_eq!(cred.as_deref(), Some("t/hYPq7eC0sUCjwXKkfm3gSV+Ik="));
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"key");
+        let tag = aws_lc_rs::hmac::sign(&key, b"The quick brown fox jumps over the lazy dog");
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "de7c9b85b8b78aa6bc8a7a36f70a90701c9db4d9");
     }
 
     #[test]

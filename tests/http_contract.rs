@@ -39,11 +39,15 @@ fn contract_config() -> Config {
             url: STUN_URL.into(),
             username: None,
             credential: None,
+            secret: None,
+            ttl_secs: 86_400,
         },
         IceServer {
             url: TURN_URL.into(),
             username: Some(TURN_USER.into()),
             credential: Some(TURN_PASS.into()),
+            secret: None,
+            ttl_secs: 86_400,
         },
     ];
     c.timeouts.connect_secs = 60.0;
@@ -960,5 +964,64 @@ async fn viewer_sessions_outlive_a_deleted_or_killed_publisher() {
         assert_eq!(r.status, 204, "viewer session after the publisher vanished");
         assert!(v.is_connected(), "and still connected");
     }
+    gw.shutdown().await;
+}
+
+/// RFC 9725 §4.6 with a TURN REST-API server (coturn `use-auth-secret`): every 201 carries a
+/// fresh `<expiry>:wishcast` username and the HMAC-SHA1 credential of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9725_4_6_turn_rest_credentials_are_derived_per_answer() {
+    let mut config = test_config(1);
+    config.ice_servers = vec![IceServer {
+        url: "turn:turn.example.net:3478?transport=udp".into(),
+        username: None,
+        credential: None,
+        secret: Some("shared-secret".into()),
+        ttl_secs: 600,
+    }];
+    let gw = start(config).await;
+    let publisher = Peer::publish(&whip(&gw, "turnrest"), opts(Some(VideoCodec::Vp8), false))
+        .await
+        .expect("publish");
+    let post = request(
+        "POST",
+        &whep(&gw, "turnrest"),
+        &[("content-type", "application/sdp")],
+        offer(Direction::RecvOnly).into_bytes(),
+    )
+    .await
+    .expect("post");
+    assert_eq!(post.status, 201, "{}", post.text());
+    let link = post.header_all("link").join(",");
+    let user = link
+        .split("username=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("username");
+    let cred = link
+        .split("credential=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("credential");
+    let (expiry, name) = user.split_once(':').expect("expiry:name");
+    assert_eq!(name, "wishcast");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let expiry: u64 = expiry.parse().expect("unix time");
+    assert!(
+        (now + 590..=now + 610).contains(&expiry),
+        "expires in ttl_secs: {expiry} vs {now}"
+    );
+    let server = IceServer {
+        url: String::new(),
+        username: None,
+        credential: None,
+        secret: Some("shared-secret".into()),
+        ttl_secs: 600,
+    };
+    assert_eq!(server.credentials(expiry - 600).1.as_deref(), Some(cred));
+    drop(publisher);
     gw.shutdown().await;
 }

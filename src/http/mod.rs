@@ -324,15 +324,20 @@ fn check_viewer_codecs(
 
 /// `Link: <uri>; rel="ice-server"` values (RFC 9725 §4.6).
 fn ice_server_links(config: &Config) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     config
         .ice_servers
         .iter()
         .map(|s| {
             let mut link = format!("<{}>; rel=\"ice-server\"", s.url);
-            if let Some(u) = &s.username {
+            let (username, credential) = s.credentials(now);
+            if let Some(u) = &username {
                 link.push_str(&format!("; username=\"{}\"", u.replace('"', "")));
             }
-            if let Some(c) = &s.credential {
+            if let Some(c) = &credential {
                 link.push_str(&format!(
                     "; credential=\"{}\"; credential-type=\"password\"",
                     c.replace('"', "")
