@@ -17,6 +17,9 @@ use crate::shard::io::{self, ShardLink};
 use crate::shard::Command;
 use crate::tls::{self, Identity};
 
+/// How long shutdown waits for the shard threads to say goodbye to their peers.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -225,7 +228,9 @@ impl Gateway {
         s
     }
 
-    /// Stops accepting requests, ends every session and joins the shard threads.
+    /// Stops accepting requests (in-flight ones get the drain deadline), ends every session with
+    /// an RTCP BYE and DTLS close_notify to its peer, and joins the shard threads, waiting at
+    /// most `SHUTDOWN_DEADLINE` for them.
     pub async fn shutdown(self) {
         let _ = self.stop_http.send(true);
         for task in self.http_tasks {
@@ -235,12 +240,14 @@ impl Gateway {
             let _ = link.commands.send(Command::Shutdown);
         }
         let threads = self.threads;
-        let _ = tokio::task::spawn_blocking(move || {
+        let join = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
-        })
-        .await;
+        });
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, join).await.is_err() {
+            tracing::warn!("shards did not stop within {SHUTDOWN_DEADLINE:?}");
+        }
     }
 }
 

@@ -295,3 +295,33 @@ async fn a_late_joiner_gets_gapless_audio_and_video() {
         gw.shutdown().await;
     }
 }
+
+/// Shutdown with live sessions: every peer is told (DTLS close_notify, RTCP BYE) and sees its
+/// connection closed at once, rather than discovering it at ICE or consent timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_goodbye_to_live_peers() {
+    let gw = start(test_config(2)).await;
+    let feed = Feed::start(&whip(&gw, "bye"), H264, true, 0).await;
+    let mut viewer = Peer::play(&whep(&gw, "bye"), opts(H264, true))
+        .await
+        .expect("play");
+    next_video(&mut viewer).await;
+    let publisher = feed.stop().await;
+    let t = Instant::now();
+    gw.shutdown().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    for (who, peer) in [("viewer", &viewer), ("publisher", &publisher)] {
+        let state = peer
+            .wait_disconnected(Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|e| panic!("{who} told within 2 s: {e}"));
+        assert!(
+            matches!(state, wishcast::client::LinkState::Closed(_)),
+            "{who}: {state:?}"
+        );
+    }
+}

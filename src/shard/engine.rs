@@ -27,6 +27,9 @@ use crate::stun;
 
 /// How often sessions are checked for connect and consent timeouts and held keyframe requests.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Removal reason for a session whose str0m call panicked: its Rtc is not touched again.
+const PANIC: &str = "panic in WebRTC stack";
+
 /// How often paced GOP-cache replays send their next share.
 const REPLAY_TICK: Duration = Duration::from_millis(5);
 
@@ -491,7 +494,7 @@ impl Engine {
             }
             None => {
                 self.counters.datagrams_invalid += 1;
-                self.remove(id, "panic in WebRTC stack");
+                self.remove(id, PANIC);
                 return;
             }
         }
@@ -532,7 +535,7 @@ impl Engine {
                 Some(Ok(())) => {}
                 Some(Err(e)) => debug!(session = %id, error = %e, "timeout handling failed"),
                 None => {
-                    self.remove(id, "panic in WebRTC stack");
+                    self.remove(id, PANIC);
                     continue;
                 }
             }
@@ -734,7 +737,7 @@ impl Engine {
             let Some(output) = isolate(|| session.rtc.poll_output()) else {
                 // The Rtc is in an unknown state: drop the session, nobody else's.
                 self.events = events;
-                self.remove(id, "panic in WebRTC stack");
+                self.remove(id, PANIC);
                 return;
             };
             match output {
@@ -1054,7 +1057,7 @@ impl Engine {
             .marker(pkt.marker)
             .nackable(true);
         if isolate(|| tx.write_rtp(write)).is_none() {
-            self.remove(id, "panic in WebRTC stack");
+            self.remove(id, PANIC);
             return;
         }
         if pkt.kind == Kind::Video && !s.first_video_sent {
@@ -1073,8 +1076,11 @@ impl Engine {
             return;
         };
         info!(session = %id, stream = %session.stream, reason, "session removed");
-        // Dropping the Rtc stops consent answers: RFC 7675 §5.2 immediate revocation.
-        session.rtc.disconnect();
+        if reason == PANIC {
+            session.rtc.disconnect();
+        } else {
+            self.say_goodbye(&mut session.rtc);
+        }
         for a in &session.addrs {
             self.by_addr.remove(a);
         }
@@ -1126,6 +1132,34 @@ impl Engine {
             }
         }
         self.drop_stream_if_unused(&stream);
+    }
+
+    /// Tells the peer the session ends (RTCP BYE, DTLS close_notify) and queues those datagrams;
+    /// the Rtc is dropped after, so consent answers stop too (RFC 7675 §5.2 revocation).
+    fn say_goodbye(&mut self, rtc: &mut Rtc) {
+        if rtc.close().is_err() {
+            rtc.disconnect();
+            return;
+        }
+        let now = Instant::now();
+        // A few rounds: the BYE is scheduled, the close_notify leaves at once.
+        for _ in 0..4 {
+            loop {
+                match isolate(|| rtc.poll_output()) {
+                    Some(Ok(Output::Transmit(t))) => self.outbox.transmits.push(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }),
+                    Some(Ok(Output::Event(_))) => {}
+                    _ => break,
+                }
+            }
+            if !rtc.is_alive() || isolate(|| rtc.handle_input(Input::Timeout(now))).is_none() {
+                break;
+            }
+        }
+        rtc.disconnect();
     }
 
     fn drop_stream_if_unused(&mut self, stream: &Arc<str>) {
