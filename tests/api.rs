@@ -36,7 +36,9 @@ async fn delete(gw: &wishcast::Gateway, path: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_detail_and_kicks() {
-    let gw = start(test_config(2)).await;
+    let mut config = test_config(2);
+    config.media.stats_interval_secs = 1;
+    let gw = start(config).await;
     let codec = Some(VideoCodec::Vp8);
     let feed = Feed::start(&whip(&gw, "k"), codec, false, 0).await;
     let mut viewers = Vec::new();
@@ -47,11 +49,34 @@ async fn stream_detail_and_kicks() {
         v.next_frame(Duration::from_secs(5)).await.expect("frame");
         viewers.push(v);
     }
+    // Statistics every second here (the default is 5 s).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let (status, stream) = get_json(&gw, "/api/streams/k").await;
     assert_eq!(status, 200);
     assert_eq!(stream["live"], true);
-    assert_eq!(stream["publisher"]["kind"], "publish");
-    assert_eq!(stream["viewers"].as_array().map(Vec::len), Some(2));
+    let publisher = &stream["publisher"];
+    assert_eq!(publisher["kind"], "publish");
+    assert_eq!(publisher["state"], "connected");
+    assert!(
+        publisher["bytes_in"].as_u64().is_some_and(|b| b > 10_000),
+        "{publisher}"
+    );
+    let list = stream["viewers"].as_array().expect("viewers");
+    assert_eq!(list.len(), 2);
+    for v in list {
+        assert_eq!(v["state"], "connected", "{v}");
+        assert!(
+            v["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("127.0.0.1:")),
+            "{v}"
+        );
+        assert!(
+            v["bytes_out"].as_u64().is_some_and(|b| b > 10_000),
+            "media went out: {v}"
+        );
+        assert!(v["duration_secs"].as_f64().is_some_and(|d| d > 2.0), "{v}");
+    }
 
     // Kick one viewer by id.
     let victim = viewers[0]

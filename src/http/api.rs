@@ -12,8 +12,7 @@ use tokio::sync::oneshot;
 use super::error::ApiError;
 use super::AppState;
 use crate::hub::SessionId;
-use crate::sdp::Role;
-use crate::shard::{Command, SessionError};
+use crate::shard::{Command, SessionError, SessionStats};
 
 /// The OpenAPI 3 description of every route; `tests/api.rs` calls each documented operation.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -31,53 +30,53 @@ async fn openapi() -> Response {
 }
 
 #[derive(Serialize)]
-struct SessionView {
-    id: String,
-    kind: &'static str,
-    shard: usize,
-}
-
-#[derive(Serialize)]
 struct StreamView {
     name: String,
     live: bool,
-    publisher: Option<SessionView>,
-    viewers: Vec<SessionView>,
+    publisher: Option<SessionStats>,
+    viewers: Vec<SessionStats>,
 }
 
-/// `GET /api/streams/{stream}`: the stream and its sessions.
+/// `GET /api/streams/{stream}`: the stream and its sessions with their statistics, gathered
+/// from every shard.
 async fn stream(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<StreamView>, ApiError> {
-    let st = app.hub.lock();
-    let entry = st.streams.get(name.as_str()).ok_or(ApiError::NotFound)?;
+    let (key, live) = {
+        let st = app.hub.lock();
+        let (key, entry) = st
+            .streams
+            .get_key_value(name.as_str())
+            .ok_or(ApiError::NotFound)?;
+        (key.clone(), entry.publisher.is_some())
+    };
     let mut view = StreamView {
-        name: name.clone(),
-        live: entry.publisher.is_some(),
+        name,
+        live,
         publisher: None,
         viewers: Vec::new(),
     };
-    let mut sessions: Vec<(&SessionId, &crate::hub::SessionEntry)> = st
-        .sessions
-        .iter()
-        .filter(|(_, s)| *s.stream == *name)
-        .collect();
-    sessions.sort_by_key(|(id, _)| **id);
-    for (id, s) in sessions {
-        let v = SessionView {
-            id: id.to_string(),
-            kind: match s.role {
-                Role::Publish => "publish",
-                Role::Play => "play",
-            },
-            shard: s.shard,
+    for link in app.shards.iter() {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Stats {
+            stream: key.clone(),
+            reply: tx,
         };
-        match s.role {
-            Role::Publish => view.publisher = Some(v),
-            Role::Play => view.viewers.push(v),
+        if link.commands.send(cmd).is_err() {
+            continue;
+        }
+        if let Ok(Ok(list)) = tokio::time::timeout(std::time::Duration::from_secs(2), rx).await {
+            for s in list {
+                if s.kind == "publish" {
+                    view.publisher = Some(s);
+                } else {
+                    view.viewers.push(s);
+                }
+            }
         }
     }
+    view.viewers.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(view))
 }
 

@@ -18,7 +18,9 @@ use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info, warn};
 
-use super::{Command, CreateSession, Created, Patched, PeerMsg, SessionError, Transmit};
+use super::{
+    Command, CreateSession, Created, Patched, PeerMsg, SessionError, SessionStats, Transmit,
+};
 use crate::config::Config;
 use crate::fanout::{is_keyframe, MediaPacket, Pushed, StreamCache, TrackRewriter};
 use crate::hub::{Hub, SessionId};
@@ -122,6 +124,8 @@ struct Session {
     /// than str0m's scan of the session's send streams by mid.
     tx_ssrcs: Vec<(Mid, Ssrc)>,
     joined: bool,
+    /// Latest figures from str0m's statistics events, for the API.
+    stats: SessionStats,
     /// Viewer: whether its first video packet went out (for the time-to-first-frame metric).
     first_video_sent: bool,
     /// Viewer catching up from the GOP cache: packets not yet sent, paced so the burst does not
@@ -249,6 +253,32 @@ impl Engine {
                 let r = self.patch(now, id, fragment, if_match);
                 let _ = reply.send(r);
             }
+            Command::Stats { stream, reply } => {
+                let now = Instant::now();
+                let index = self.index;
+                let list = self
+                    .sessions
+                    .values()
+                    .filter(|s| s.stream == stream)
+                    .map(|s| SessionStats {
+                        id: s.id.to_string(),
+                        kind: match s.role {
+                            Role::Publish => "publish",
+                            Role::Play => "play",
+                        },
+                        shard: index,
+                        state: if s.connected {
+                            "connected"
+                        } else {
+                            "connecting"
+                        },
+                        remote: s.addrs.last().map(|a| a.to_string()),
+                        duration_secs: now.saturating_duration_since(s.created).as_secs_f64(),
+                        ..s.stats.clone()
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
             Command::Shutdown => {
                 let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
                 for id in ids {
@@ -268,7 +298,10 @@ impl Engine {
             .enable_vp9(true)
             .enable_av1(true)
             .enable_opus(true, false)
-            .set_stats_interval(None);
+            .set_stats_interval(
+                (self.config.media.stats_interval_secs > 0)
+                    .then(|| Duration::from_secs(self.config.media.stats_interval_secs)),
+            );
         if let Some(cert) = &self.dtls_cert {
             cfg = cfg.set_dtls_cert(cert.clone());
         }
@@ -335,6 +368,7 @@ impl Engine {
             joined: false,
             backlog: std::collections::VecDeque::new(),
             first_video_sent: false,
+            stats: SessionStats::default(),
             last_pli: None,
             pli_pending: false,
         };
@@ -774,6 +808,26 @@ impl Engine {
                 debug!(session = %id, "ICE disconnected; consent decides removal");
             }
             Event::RtpPacket(rtp) => self.on_rtp(now, id, rtp),
+            Event::PeerStats(p) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.stats.rtt_ms = p.rtt.map(|d| d.as_secs_f64() * 1000.0);
+                    s.stats.loss_in = p.ingress_loss_fraction;
+                    s.stats.loss_out = p.egress_loss_fraction;
+                    s.stats.bytes_in = p.peer_bytes_rx;
+                    s.stats.bytes_out = p.peer_bytes_tx;
+                }
+            }
+            Event::MediaIngressStats(m) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    // Video only: jitter is in RTP clock units, which differ between tracks.
+                    if s.mids
+                        .iter()
+                        .any(|(mid, k)| *mid == m.mid && *k == Kind::Video)
+                    {
+                        s.stats.jitter = Some(m.jitter);
+                    }
+                }
+            }
             Event::KeyframeRequest(_) => {
                 let Some(stream) = self.sessions.get(&id).map(|s| s.stream.clone()) else {
                     return;

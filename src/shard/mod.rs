@@ -71,7 +71,36 @@ pub enum Command {
         if_match: Option<String>,
         reply: oneshot::Sender<Result<Patched, SessionError>>,
     },
+    /// The sessions of `stream` on this shard, with their latest statistics.
+    Stats {
+        stream: Arc<str>,
+        reply: oneshot::Sender<Vec<SessionStats>>,
+    },
     Shutdown,
+}
+
+/// One session as the API shows it; figures from str0m's statistics, refreshed every
+/// `media.stats_interval_secs`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SessionStats {
+    pub id: String,
+    /// `publish` or `play`.
+    pub kind: &'static str,
+    pub shard: usize,
+    /// `connecting` until ICE and DTLS are done, then `connected`.
+    pub state: &'static str,
+    /// The peer's address media comes from.
+    pub remote: Option<String>,
+    pub duration_secs: f64,
+    pub rtt_ms: Option<f64>,
+    /// Fraction of packets lost towards the gateway (as reported by receiver reports).
+    pub loss_in: Option<f32>,
+    /// Fraction of packets lost towards the peer.
+    pub loss_out: Option<f32>,
+    /// Interarrival jitter of the peer's video, in 90 kHz RTP timestamp units (publishers).
+    pub jitter: Option<u32>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// Messages between shards.
