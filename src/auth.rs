@@ -267,7 +267,7 @@ fn check_glob(pattern: &str) -> Result<(), String> {
         && pattern.len() <= 128
         && pattern
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.*?".contains(&b));
+            .all(|b| crate::hub::is_stream_name_byte(b) || b == b'*' || b == b'?');
     if ok {
         Ok(())
     } else {

@@ -11,6 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::sdp::Role;
 
+/// Whether `b` may appear in a stream name: letters, digits, `-`, `_`, `.`. Names are URL path
+/// segments and glob subjects, so nothing that needs escaping.
+pub fn is_stream_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.".contains(&b)
+}
+
 /// A session's public id: 128 random bits, shown as 32 hex digits in the resource URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u128);

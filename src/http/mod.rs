@@ -172,9 +172,7 @@ async fn whep_session(
 fn check_stream_name(stream: &str) -> Result<(), ApiError> {
     let ok = !stream.is_empty()
         && stream.len() <= 128
-        && stream
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && stream.bytes().all(crate::hub::is_stream_name_byte);
     if ok {
         Ok(())
     } else {
