@@ -58,6 +58,9 @@ pub struct MediaConfig {
     pub public_ips: Vec<IpAddr>,
     /// Announce loopback addresses too when binding a wildcard address (local testing).
     pub include_loopback: bool,
+    /// With a wildcard bind and no `public_ips`, announce only the addresses of interfaces
+    /// whose names match one of these globs (`eth*`, `ens?`); empty means every interface.
+    pub interfaces: Vec<String>,
     /// ICE-lite instead of full ICE. RFC 9725 §4.4.5 allows it only when every client can reach
     /// the announced address directly.
     pub ice_lite: bool,
@@ -92,6 +95,7 @@ impl Default for MediaConfig {
             shards: 0,
             public_ips: Vec::new(),
             include_loopback: true,
+            interfaces: Vec::new(),
             ice_lite: false,
             gop_cache: true,
             gop_cache_max_packets: 4096,

@@ -37,6 +37,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("no network interface matches media.interfaces ({0})")]
+    NoInterface(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("cannot serve HTTP/3 on {addr}: {reason}")]
@@ -78,7 +80,7 @@ impl Gateway {
                 .map_err(|source| StartError::BindUdp { addr, source })?;
             sockets.push((socket, local.port()));
         }
-        let ips = candidate_ips(&config);
+        let ips = candidate_ips(&config)?;
         let (links, chans): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| io::channels(config.media.shard_queue_packets))
             .unzip();
@@ -322,20 +324,28 @@ pub struct Stats {
 
 /// The IPs to announce as host candidates: configured public IPs, else the bound IP, else every
 /// interface address of the bound family (loopback last, and only if configured).
-fn candidate_ips(config: &Config) -> Vec<IpAddr> {
+fn candidate_ips(config: &Config) -> Result<Vec<IpAddr>, StartError> {
     if !config.media.public_ips.is_empty() {
-        return config.media.public_ips.clone();
+        return Ok(config.media.public_ips.clone());
     }
     let bind = config.media.bind_ip;
     if !bind.is_unspecified() {
-        return vec![bind];
+        return Ok(vec![bind]);
     }
+    let filter = &config.media.interfaces;
     let mut ips: Vec<IpAddr> = Vec::new();
     let mut loopback: Vec<IpAddr> = Vec::new();
     if let Ok(ifaces) = if_addrs::get_if_addrs() {
         for iface in ifaces {
             let ip = iface.ip();
             if ip.is_ipv4() != bind.is_ipv4() {
+                continue;
+            }
+            if !filter.is_empty()
+                && !filter
+                    .iter()
+                    .any(|g| crate::auth::glob_match(g, &iface.name))
+            {
                 continue;
             }
             if let IpAddr::V6(v6) = ip {
@@ -354,6 +364,9 @@ fn candidate_ips(config: &Config) -> Vec<IpAddr> {
     if config.media.include_loopback || ips.is_empty() {
         ips.extend(loopback);
     }
+    if ips.is_empty() && !filter.is_empty() {
+        return Err(StartError::NoInterface(filter.join(", ")));
+    }
     if ips.is_empty() {
         ips.push(if bind.is_ipv4() {
             IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
@@ -362,5 +375,27 @@ fn candidate_ips(config: &Config) -> Vec<IpAddr> {
         });
     }
     ips.dedup();
-    ips
+    Ok(ips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wildcard(interfaces: &[&str]) -> Config {
+        let mut c = Config::default();
+        c.media.interfaces = interfaces.iter().map(|s| s.to_string()).collect();
+        c
+    }
+
+    #[test]
+    fn interface_filter_picks_announced_addresses() {
+        // Loopback is named "lo" on Linux and always present.
+        let ips = candidate_ips(&wildcard(&["lo"])).expect("lo matches");
+        assert_eq!(ips, vec![IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)]);
+        let err = candidate_ips(&wildcard(&["nosuchif*"])).expect_err("nothing matches");
+        assert!(err.to_string().contains("nosuchif*"), "{err}");
+        let all = candidate_ips(&wildcard(&[])).expect("no filter");
+        assert!(all.contains(&IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+    }
 }
