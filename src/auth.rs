@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -830,17 +830,7 @@ fn deny(d: Decision, what: &str) -> Response {
             invalid_token: false,
         },
     };
-    let mut res = err.into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("WWW-Authenticate, Content-Type"),
-    );
-    res
+    err.into_response()
 }
 
 #[cfg(test)]
@@ -1473,7 +1463,7 @@ mod tests {
             let mut m = HeaderMap::new();
             m.insert(
                 header::AUTHORIZATION,
-                HeaderValue::from_str(v).expect("value"),
+                axum::http::HeaderValue::from_str(v).expect("value"),
             );
             bearer(&m)
         };
@@ -1520,7 +1510,10 @@ mod tests {
             .route("/api/streams", any(|| async { StatusCode::OK }))
             .route("/healthz", any(|| async { StatusCode::OK }));
         let auth = Arc::new(authorizer(auth));
-        (layer(router, auth, hub.clone()), hub)
+        // CORS around auth, as the gateway stacks them.
+        let app =
+            layer(router, auth, hub.clone()).layer(axum::middleware::from_fn(crate::http::cors));
+        (app, hub)
     }
 
     async fn send(app: &Router, method: Method, path: &str, token: Option<&str>) -> Response {

@@ -135,7 +135,8 @@ impl Gateway {
         });
         // Inside out: bearer auth (it lets CORS preflights and health through), the rate of new
         // sessions per client address (outside auth, so a flood costs no webhook call), and the
-        // request counter outermost, so refusals are counted too.
+        // request counter, so refusals are counted too; CORS around all of it, so browsers can
+        // read every answer, refusals included.
         let authorizer =
             Arc::new(crate::auth::Authorizer::new(&config.auth).map_err(StartError::Auth)?);
         let mut app = crate::auth::layer(
@@ -152,10 +153,12 @@ impl Gateway {
                 crate::http::limits::limit_posts,
             ));
         }
-        let app = app.layer(axum::middleware::from_fn_with_state(
-            metrics,
-            crate::http::ops::track,
-        ));
+        let app = app
+            .layer(axum::middleware::from_fn_with_state(
+                metrics,
+                crate::http::ops::track,
+            ))
+            .layer(axum::middleware::from_fn(crate::http::cors));
         let (stop_http, stopped) = watch::channel(false);
         let identity = tls_identity(&config)?;
         let mut http_tasks = Vec::new();

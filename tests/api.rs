@@ -110,6 +110,16 @@ async fn every_documented_operation_answers_with_a_documented_status() {
     let gw = start(test_config(1)).await;
     let (status, doc) = get_json(&gw, "/api/openapi.json").await;
     assert_eq!(status, 200);
+    // The API is readable by browser tools on other origins, like the signalling routes.
+    let r = request(
+        "GET",
+        &format!("http://{}/api/openapi.json", gw.http_addr()),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().expect("paths");
     let mut checked = 0;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, on, MethodFilter};
 use axum::Router;
@@ -66,7 +66,6 @@ pub fn router(state: AppState) -> Router {
         .route("/whep/{stream}", any(endpoint_method_not_allowed))
         .route("/whip/{stream}/{id}", any(session_method_not_allowed))
         .route("/whep/{stream}/{id}", any(session_method_not_allowed))
-        .layer(middleware::from_fn(cors))
         .with_state(state)
 }
 
@@ -83,8 +82,9 @@ async fn session_method_not_allowed() -> ApiError {
 }
 
 /// CORS for browser players and publishers on other origins: every response may be read, and
-/// the headers WHIP/WHEP clients need are exposed.
-async fn cors(req: Request, next: Next) -> Response {
+/// the headers WHIP/WHEP clients need are exposed. The gateway applies it outermost, so API,
+/// operations and auth refusals carry it too.
+pub async fn cors(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     h.insert(
@@ -94,7 +94,8 @@ async fn cors(req: Request, next: Next) -> Response {
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(
-            "Location, ETag, Link, Accept-Post, Accept-Patch, Allow, Retry-After, Content-Type",
+            "Location, ETag, Link, Accept-Post, Accept-Patch, Allow, Retry-After, Content-Type, \
+             WWW-Authenticate",
         ),
     );
     res
