@@ -77,8 +77,8 @@ pub struct MediaConfig {
     pub resend_buffer_packets: usize,
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     pub keyframe_request_interval_ms: u64,
-    /// How often each session's statistics (RTT, loss, bytes) are refreshed for the API, in
-    /// seconds; 0 turns them off. They cost CPU per session: in one fan-out bench run, every
+    /// How often each session's statistics (RTT, loss, bytes, packets, bit rates, NACKs and
+    /// PLIs) are refreshed for the API and the feedback metrics, in seconds; 0 turns them off. They cost CPU per session: in one fan-out bench run, every
     /// second took up to 1.7x the engine time per packet; every 5 s was within run-to-run noise
     /// of off.
     pub stats_interval_secs: u64,
@@ -252,7 +252,9 @@ impl IceServer {
     }
 }
 
-/// A configuration file that cannot be used; the message names the key.
+/// A configuration file that cannot be used; the message names the key. A message about a key
+/// that holds a secret (tokens, the JWT secret, the webhook URL, TURN secrets and credentials)
+/// never shows its value, since startup errors end up in logs.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -286,7 +288,7 @@ impl Config {
             })?,
             None => String::new(),
         };
-        let mut table: toml::Table = toml::from_str(&text)?;
+        let mut table = parse_table(&text)?;
         // Checked file first, so an error there is not blamed on a variable.
         Config::from_table(table.clone())?;
         let mut vars: Vec<(String, String)> = env
@@ -320,16 +322,17 @@ impl Config {
         Config::from_table(table)
     }
 
+    /// Deserializes from a table rather than from text: toml's errors about text quote the
+    /// offending line, whatever it holds, while errors about a table only name the key.
     fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        check_secret_types(&table)?;
         let config: Config = toml::Value::Table(table).try_into()?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)?;
-        config.validate()?;
-        Ok(config)
+        Config::from_table(parse_table(text)?)
     }
 
     pub fn from_file(path: &str) -> Result<Config, ConfigError> {
@@ -386,6 +389,145 @@ impl Config {
             .unwrap_or(1)
             .min(64)
     }
+}
+
+/// The text as a TOML table. A syntax error gives its line, column and message, and quotes the
+/// line only outside the `auth` and `ice_servers` sections, where no secret can be.
+fn parse_table(text: &str) -> Result<toml::Table, ConfigError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let message = e.message().trim_end().replace('\n', "; ");
+        let Some(start) = e.span().map(|s| s.start) else {
+            return ConfigError::Invalid(format!("TOML syntax error: {message}"));
+        };
+        let before = text.get(..start).unwrap_or(text);
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = text[line_start..].lines().next().unwrap_or("");
+        let number = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        let section = before[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['));
+        let quoted = if line_may_be_quoted(section, line) {
+            format!(" in `{}`", line.trim())
+        } else {
+            String::new()
+        };
+        ConfigError::Invalid(format!(
+            "TOML syntax error at line {number}, column {column}{quoted}: {message}"
+        ))
+    })
+}
+
+/// Whether a line may appear in an error: a table header or a `key = value` line, not inside
+/// or about the sections that hold secrets. Continuation lines of a multi-line value are not
+/// shown, since their key is elsewhere.
+fn line_may_be_quoted(section: Option<&str>, line: &str) -> bool {
+    let secret_section = |name: &str| {
+        let name = name.trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace());
+        let top = name
+            .split('.')
+            .next()
+            .unwrap_or("")
+            .trim_matches(['"', '\'']);
+        top == "auth" || top == "ice_servers"
+    };
+    if section.is_some_and(secret_section) {
+        return false;
+    }
+    let line = line.trim();
+    if line.starts_with('[') {
+        return !secret_section(line);
+    }
+    let Some((key, _)) = line.split_once('=') else {
+        return false;
+    };
+    let bare = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-. ".contains(c));
+    bare && !secret_section(key)
+}
+
+/// Where secrets sit in the configuration, and the TOML type each must have.
+enum Shape {
+    Str,
+    /// One token or a list of them.
+    Tokens,
+}
+
+/// Checks the type of every secret-bearing key before deserializing, so that a wrong type is
+/// reported by key alone: serde's message would show the value (`invalid type: integer
+/// `12345``). The tables that hold them must be tables, for the same reason.
+fn check_secret_types(root: &toml::Table) -> Result<(), ConfigError> {
+    use toml::Value;
+    fn wrong(path: &str, expected: &str) -> ConfigError {
+        ConfigError::Invalid(format!("{path}: expected {expected} (value not shown)"))
+    }
+    fn keys(t: &toml::Table, at: &str, list: &[(&str, Shape)]) -> Result<(), ConfigError> {
+        for (key, shape) in list {
+            let ok = match (t.get(*key), shape) {
+                (None, _) | (Some(Value::String(_)), _) => true,
+                (Some(Value::Array(a)), Shape::Tokens) => a.iter().all(Value::is_str),
+                _ => false,
+            };
+            if !ok {
+                let expected = match shape {
+                    Shape::Str => "a string",
+                    Shape::Tokens => "a token or a list of tokens",
+                };
+                return Err(wrong(&format!("{at}.{key}"), expected));
+            }
+        }
+        Ok(())
+    }
+    fn table<'a>(v: Option<&'a Value>, path: &str) -> Result<Option<&'a toml::Table>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(Value::Table(t)) => Ok(Some(t)),
+            Some(_) => Err(wrong(path, "a table")),
+        }
+    }
+    fn tables<'a>(v: Option<&'a Value>, path: &str) -> Result<Vec<&'a toml::Table>, ConfigError> {
+        match v {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|e| {
+                    e.as_table()
+                        .ok_or_else(|| wrong(path, "an array of tables"))
+                })
+                .collect(),
+            Some(_) => Err(wrong(path, "an array of tables")),
+        }
+    }
+    if let Some(auth) = table(root.get("auth"), "auth")? {
+        keys(auth, "auth", &[("admin_tokens", Shape::Tokens)])?;
+        for (i, rule) in tables(auth.get("streams"), "auth.streams")?
+            .into_iter()
+            .enumerate()
+        {
+            let tokens = [
+                ("publish_tokens", Shape::Tokens),
+                ("play_tokens", Shape::Tokens),
+            ];
+            keys(rule, &format!("auth.streams[{i}]"), &tokens)?;
+        }
+        if let Some(jwt) = table(auth.get("jwt"), "auth.jwt")? {
+            keys(jwt, "auth.jwt", &[("hs256_secret", Shape::Str)])?;
+        }
+        if let Some(hook) = table(auth.get("webhook"), "auth.webhook")? {
+            keys(hook, "auth.webhook", &[("url", Shape::Str)])?;
+        }
+    }
+    for (i, server) in tables(root.get("ice_servers"), "ice_servers")?
+        .into_iter()
+        .enumerate()
+    {
+        let secrets = [("secret", Shape::Str), ("credential", Shape::Str)];
+        keys(server, &format!("ice_servers[{i}]"), &secrets)?;
+    }
+    Ok(())
 }
 
 /// A variable's value as TOML (numbers, booleans, lists, quoted strings), else as a string.
@@ -495,6 +637,123 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::from_toml_str("[media]\nshardz = 2\n").expect_err("unknown key");
         assert!(e.to_string().contains("shardz"), "{e}");
+    }
+
+    /// A secret written with the wrong type, in the file or in the environment: the error
+    /// names the key (and the variable) but never shows the value.
+    #[test]
+    fn errors_about_secrets_name_the_key_not_the_value() {
+        let files = [
+            (
+                "[auth.jwt]\nhs256_secret = 918273645546372819\n",
+                "auth.jwt.hs256_secret",
+                "918273645546372819",
+            ),
+            (
+                "[auth]\njwt = { hs256_secret = 31415926535 }\n",
+                "auth.jwt.hs256_secret",
+                "31415926535",
+            ),
+            (
+                "[auth]\nadmin_tokens = 55443322\n",
+                "auth.admin_tokens",
+                "55443322",
+            ),
+            (
+                "[auth]\nadmin_tokens = [\"ok-token\", 66778899]\n",
+                "auth.admin_tokens",
+                "ok-token",
+            ),
+            (
+                "[[auth.streams]]\npattern = \"x\"\npublish_tokens = 77665544\n",
+                "auth.streams[0].publish_tokens",
+                "77665544",
+            ),
+            (
+                "[[auth.streams]]\npattern = \"x\"\nplay_tokens = 2020.5\n",
+                "auth.streams[0].play_tokens",
+                "2020.5",
+            ),
+            (
+                "[auth.webhook]\nurl = 12121212\n",
+                "auth.webhook.url",
+                "12121212",
+            ),
+            (
+                "[[ice_servers]]\nurl = \"turn:t.example\"\ncredential = 99887766\n",
+                "ice_servers[0].credential",
+                "99887766",
+            ),
+            (
+                "[[ice_servers]]\nurl = \"turn:t.example\"\nsecret = 1979-05-27\n",
+                "ice_servers[0].secret",
+                "1979",
+            ),
+            ("[auth]\njwt = 4242424242\n", "auth.jwt", "4242424242"),
+        ];
+        for (text, key, value) in files {
+            let e = Config::from_toml_str(text)
+                .expect_err("wrong type")
+                .to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+            assert!(!e.contains(value), "{text:?} shows the value: {e}");
+        }
+        let envs = [
+            (
+                "WISHCAST_AUTH__JWT__HS256_SECRET",
+                "918273645546372819",
+                "auth.jwt.hs256_secret",
+            ),
+            (
+                "WISHCAST_AUTH__ADMIN_TOKENS",
+                "[\"t-1\", 31337]",
+                "auth.admin_tokens",
+            ),
+            (
+                "WISHCAST_AUTH__JWT",
+                "{ hs256_secret = 27182818284 }",
+                "auth.jwt.hs256_secret",
+            ),
+        ];
+        for (var, value, key) in envs {
+            let e = Config::load(None, vars(&[(var, value)]))
+                .expect_err("wrong type")
+                .to_string();
+            assert!(e.contains(var) && e.contains(key), "{e}");
+            for part in ["918273645546372819", "31337", "27182818284", "t-1"] {
+                assert!(!e.contains(part), "{var} shows the value: {e}");
+            }
+        }
+        // Secrets of the right type still load.
+        let c = Config::load(
+            None,
+            vars(&[("WISHCAST_AUTH__ADMIN_TOKENS", "[\"t-1\", \"t-2\"]")]),
+        )
+        .expect("tokens");
+        assert_eq!(c.auth.admin_tokens, ["t-1", "t-2"]);
+    }
+
+    /// toml quotes the line of a syntax error; under `[auth]` or `[[ice_servers]]` the message
+    /// gives its position only, elsewhere the line too.
+    #[test]
+    fn syntax_errors_quote_no_line_that_may_hold_a_secret() {
+        let cases = [
+            "[auth]\nenabled = true\nadmin_tokens = [\"s3cret-0a9b\n",
+            "[auth]\nadmin_tokens = [\n  \"s3cret-0a9b\",\n  s3cret-0a9b\n]\n",
+            "[[ice_servers]]\nurl = \"turn:x\"\ncredential = s3cret-0a9b\n",
+            "auth.jwt.hs256_secret = s3cret-0a9b\n",
+            "[media]\nshards = 2\n[auth.webhook]\nurl = \"http://h/?k=s3cret-0a9b\n",
+        ];
+        for text in cases {
+            let e = Config::from_toml_str(text).expect_err("syntax").to_string();
+            assert!(e.contains("line "), "{text:?}: {e}");
+            assert!(!e.contains("s3cret-0a9b"), "{text:?} shows the secret: {e}");
+        }
+        let e = Config::from_toml_str("[media]\nshards = 2x\n").expect_err("syntax");
+        let e = e.to_string();
+        assert!(e.contains("line 2") && e.contains("shards = 2x"), "{e}");
+        let e = Config::load(None, vars(&[("WISHCAST_MEDIA__SHARDS", "\"x\"")]));
+        assert!(e.expect_err("type").to_string().contains("media.shards"));
     }
 
     #[test]
