@@ -64,13 +64,29 @@ pub struct PublisherEntry {
     pub audio_codecs: Vec<String>,
 }
 
-/// A stream as the API lists it.
+/// A stream as the directory knows it; the API adds the shards' figures.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StreamSummary {
     pub name: String,
     /// A publisher is connected or connecting.
     pub live: bool,
     pub viewers: usize,
+    /// The publisher's negotiated codecs (upper-case SDP names); empty without a publisher.
+    pub video_codecs: Vec<String>,
+    pub audio_codecs: Vec<String>,
+}
+
+impl StreamSummary {
+    fn new(name: &str, s: &StreamEntry, viewers: usize) -> StreamSummary {
+        let p = s.publisher.as_ref();
+        StreamSummary {
+            name: name.to_string(),
+            live: p.is_some(),
+            viewers,
+            video_codecs: p.map(|p| p.video_codecs.clone()).unwrap_or_default(),
+            audio_codecs: p.map(|p| p.audio_codecs.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -290,16 +306,7 @@ impl Hub {
         let mut out: std::collections::BTreeMap<&str, StreamSummary> = st
             .streams
             .iter()
-            .map(|(name, s)| {
-                (
-                    &**name,
-                    StreamSummary {
-                        name: name.to_string(),
-                        live: s.publisher.is_some(),
-                        viewers: 0,
-                    },
-                )
-            })
+            .map(|(name, s)| (&**name, StreamSummary::new(name, s, 0)))
             .collect();
         for entry in st.sessions.values() {
             if entry.role == Role::Play {
@@ -309,6 +316,13 @@ impl Hub {
             }
         }
         out.into_values().collect()
+    }
+
+    /// One stream as [`Hub::streams`] lists it, with the key the shards know it by.
+    pub fn stream(&self, name: &str) -> Option<(Arc<str>, StreamSummary)> {
+        let st = self.lock();
+        let (key, s) = st.streams.get_key_value(name)?;
+        Some((key.clone(), StreamSummary::new(name, s, s.viewers)))
     }
 
     /// Shards with viewers of `stream`, read by a publisher's shard when the publisher starts.
@@ -373,8 +387,20 @@ mod tests {
             hub.set_viewer_shard(&Arc::from("s"), vshard, true),
             Some(shard)
         );
+        // The list and the single stream show the publisher's codecs once it has them.
+        hub.set_publisher_codecs("s", SessionId(2), vec!["VP8".into()], vec!["OPUS".into()]);
+        let (key, listed) = hub.stream("s").expect("listed");
+        assert_eq!(&*key, "s");
+        assert_eq!(hub.streams(), vec![listed.clone()]);
+        assert_eq!((listed.live, listed.viewers), (true, 1));
+        assert_eq!(
+            (listed.video_codecs, listed.audio_codecs),
+            (vec!["VP8".into()], vec!["OPUS".into()])
+        );
         assert_eq!(hub.unregister(SessionId(2)), Some(1 << vshard));
         assert_eq!(hub.publisher_shard("s"), None);
+        let (_, gone) = hub.stream("s").expect("the viewer keeps it");
+        assert!(!gone.live && gone.video_codecs.is_empty());
         assert_eq!(
             hub.register(SessionId(5), "x", Role::Publish, &one, none)
                 .err(),

@@ -27,10 +27,39 @@ pub struct Snapshot {
     pub streams: usize,
     pub live_streams: usize,
     pub stats: crate::gateway::Stats,
+    pub feedback: Feedback,
     /// Per shard: seconds its thread spent working (not waiting).
     pub shard_busy_secs: Vec<f64>,
     /// Times to first frame (201 to first video packet sent) since the last scrape.
     pub first_frames: Vec<f64>,
+}
+
+/// RTCP feedback and what it caused, summed over shards. The shards take these from str0m's
+/// statistics, so they move every `media.stats_interval_secs` (never while that is 0).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Feedback {
+    /// NACKs received from viewers.
+    pub nacks_received: u64,
+    /// Packets sent again from viewers' resend buffers.
+    pub packets_retransmitted: u64,
+    /// NACKs sent to publishers.
+    pub nacks_sent: u64,
+    /// PLIs received from viewers.
+    pub plis_received: u64,
+    /// PLIs sent to publishers (str0m may merge several keyframe requests into one).
+    pub plis_sent: u64,
+}
+
+impl Feedback {
+    /// Adds one shard's counters.
+    pub fn add(&mut self, c: &crate::shard::engine::SharedCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.nacks_received += c.nacks_received.load(Relaxed);
+        self.packets_retransmitted += c.packets_retransmitted.load(Relaxed);
+        self.nacks_sent += c.nacks_sent.load(Relaxed);
+        self.plis_received += c.plis_received.load(Relaxed);
+        self.plis_sent += c.plis_sent.load(Relaxed);
+    }
 }
 
 impl Default for Metrics {
@@ -89,6 +118,12 @@ impl Metrics {
             counter!("wishcast_keyframe_requests_total").absolute(s.keyframe_requests_sent);
             counter!("wishcast_gop_cache_hits_total").absolute(s.gop_cache_hits);
             counter!("wishcast_sessions_expired_total").absolute(s.sessions_expired);
+            let f = &snap.feedback;
+            counter!("wishcast_nacks_received_total").absolute(f.nacks_received);
+            counter!("wishcast_packets_retransmitted_total").absolute(f.packets_retransmitted);
+            counter!("wishcast_nacks_sent_total").absolute(f.nacks_sent);
+            counter!("wishcast_plis_received_total").absolute(f.plis_received);
+            counter!("wishcast_plis_sent_total").absolute(f.plis_sent);
             for (k, busy) in snap.shard_busy_secs.iter().enumerate() {
                 gauge!("wishcast_shard_busy_seconds_total", "shard" => k.to_string()).set(*busy);
             }
@@ -111,6 +146,11 @@ mod tests {
         a.http_request("/whip/{stream}", "POST", 201, 0.002);
         let snap = Snapshot {
             viewers: 3,
+            feedback: Feedback {
+                nacks_received: 4,
+                packets_retransmitted: 7,
+                ..Feedback::default()
+            },
             ..Snapshot::default()
         };
         let text = a.render(&snap);
@@ -119,6 +159,11 @@ mod tests {
         ), "{text}");
         assert!(
             text.contains("wishcast_sessions{kind=\"play\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("wishcast_nacks_received_total 4"), "{text}");
+        assert!(
+            text.contains("wishcast_packets_retransmitted_total 7"),
             "{text}"
         );
         assert!(!b

@@ -1,5 +1,10 @@
-//! The operator API under `/api`: a stream's sessions, kicking a publisher or a session, and
-//! the OpenAPI document that describes all of the gateway's HTTP surface.
+//! The operator API under `/api`: the streams with their figures, a stream's sessions, kicking
+//! a publisher or a session, and the OpenAPI document that describes all of the gateway's HTTP
+//! surface.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -11,8 +16,11 @@ use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::hub::SessionId;
-use crate::shard::{Command, SessionError, SessionStats};
+use crate::hub::{SessionId, StreamSummary};
+use crate::shard::{Command, SessionError, SessionStats, StreamTotals};
+
+/// How long the API waits for a shard's figures; a shard that does not answer is left out.
+const STATS_REPLY: Duration = Duration::from_secs(2);
 
 /// The OpenAPI 3 description of every route; `tests/api.rs` calls each documented operation.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -29,55 +37,155 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+/// A stream's figures, the same in the list and in the detail. Rates, packets and losses are
+/// as of each session's latest statistics (`media.stats_interval_secs`).
+#[derive(Debug, Serialize)]
+pub struct StreamFigures {
+    /// `none`, `connecting` or `connected`.
+    pub publisher_state: &'static str,
+    /// The publisher's negotiated codecs.
+    pub video_codecs: Vec<String>,
+    pub audio_codecs: Vec<String>,
+    /// Bits per second from the publisher, and to all viewers together.
+    pub bitrate_in: u64,
+    pub bitrate_out: u64,
+    /// RTP packets from the publisher, and to all viewers together (retransmissions included).
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Packets from the publisher that never arrived, and packets the viewers report lost.
+    pub packets_lost_in: u64,
+    pub packets_lost_out: u64,
+    /// Seconds since the current publisher connected; `null` without a connected publisher.
+    /// It starts again with each new publisher, so it says how long the stream has been live.
+    pub uptime_secs: Option<f64>,
+}
+
+impl StreamFigures {
+    fn new(summary: &StreamSummary, totals: &StreamTotals) -> StreamFigures {
+        let publisher_state = match (summary.live, totals.publisher_state) {
+            (false, _) => "none",
+            // Registered, and its shard has not created it yet.
+            (true, None) => "connecting",
+            (true, Some(state)) => state,
+        };
+        StreamFigures {
+            publisher_state,
+            video_codecs: summary.video_codecs.clone(),
+            audio_codecs: summary.audio_codecs.clone(),
+            bitrate_in: totals.bitrate_in,
+            bitrate_out: totals.bitrate_out,
+            packets_in: totals.packets_in,
+            packets_out: totals.packets_out,
+            packets_lost_in: totals.packets_lost_in,
+            packets_lost_out: totals.packets_lost_out,
+            uptime_secs: totals.uptime_secs.filter(|_| summary.live),
+        }
+    }
+}
+
+/// One stream of `GET /api/streams`.
+#[derive(Debug, Serialize)]
+pub struct StreamListItem {
+    pub name: String,
+    pub live: bool,
+    /// Viewer sessions.
+    pub viewers: usize,
+    #[serde(flatten)]
+    pub figures: StreamFigures,
+}
+
+/// Every stream with a publisher or viewers, by name, with its figures: one command to each
+/// shard, asked all at once.
+pub async fn stream_list(app: &AppState) -> Vec<StreamListItem> {
+    let summaries = app.hub.streams();
+    let mut pending = Vec::with_capacity(app.shards.len());
+    for link in app.shards.iter() {
+        let (tx, rx) = oneshot::channel();
+        if link
+            .commands
+            .send(Command::StreamTotals { reply: tx })
+            .is_ok()
+        {
+            pending.push(rx);
+        }
+    }
+    let mut totals: HashMap<Arc<str>, StreamTotals> = HashMap::new();
+    for rx in pending {
+        if let Ok(Ok(list)) = tokio::time::timeout(STATS_REPLY, rx).await {
+            for (stream, t) in list {
+                totals.entry(stream).or_default().merge(&t);
+            }
+        }
+    }
+    let none = StreamTotals::default();
+    summaries
+        .into_iter()
+        .map(|s| {
+            let t = totals.get(s.name.as_str()).unwrap_or(&none);
+            StreamListItem {
+                figures: StreamFigures::new(&s, t),
+                name: s.name,
+                live: s.live,
+                viewers: s.viewers,
+            }
+        })
+        .collect()
+}
+
 #[derive(Serialize)]
 struct StreamView {
     name: String,
     live: bool,
     publisher: Option<SessionStats>,
     viewers: Vec<SessionStats>,
+    /// Viewer sessions, as `viewers` in the list.
+    viewer_count: usize,
+    #[serde(flatten)]
+    figures: StreamFigures,
 }
 
-/// `GET /api/streams/{stream}`: the stream and its sessions with their statistics, gathered
-/// from every shard.
+/// `GET /api/streams/{stream}`: the stream, its figures and its sessions with their
+/// statistics, gathered from every shard.
 async fn stream(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<StreamView>, ApiError> {
-    let (key, live) = {
-        let st = app.hub.lock();
-        let (key, entry) = st
-            .streams
-            .get_key_value(name.as_str())
-            .ok_or(ApiError::NotFound)?;
-        (key.clone(), entry.publisher.is_some())
-    };
-    let mut view = StreamView {
-        name,
-        live,
-        publisher: None,
-        viewers: Vec::new(),
-    };
+    let (key, summary) = app.hub.stream(&name).ok_or(ApiError::NotFound)?;
+    let mut pending = Vec::with_capacity(app.shards.len());
     for link in app.shards.iter() {
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Stats {
             stream: key.clone(),
             reply: tx,
         };
-        if link.commands.send(cmd).is_err() {
-            continue;
+        if link.commands.send(cmd).is_ok() {
+            pending.push(rx);
         }
-        if let Ok(Ok(list)) = tokio::time::timeout(std::time::Duration::from_secs(2), rx).await {
+    }
+    let mut publisher = None;
+    let mut viewers = Vec::new();
+    let mut totals = StreamTotals::default();
+    for rx in pending {
+        if let Ok(Ok(list)) = tokio::time::timeout(STATS_REPLY, rx).await {
             for s in list {
+                totals.add_session(&s);
                 if s.kind == "publish" {
-                    view.publisher = Some(s);
+                    publisher = Some(s);
                 } else {
-                    view.viewers.push(s);
+                    viewers.push(s);
                 }
             }
         }
     }
-    view.viewers.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Json(view))
+    viewers.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(StreamView {
+        figures: StreamFigures::new(&summary, &totals),
+        name,
+        live: summary.live,
+        publisher,
+        viewer_count: summary.viewers,
+        viewers,
+    }))
 }
 
 /// `DELETE /api/streams/{stream}`: ends the publisher's session; viewers stay and wait.

@@ -296,9 +296,9 @@ async fn endpoint(
     Ok(res)
 }
 
-/// `GET /api/streams`: the streams with a publisher or viewers, by name.
+/// `GET /api/streams`: the streams with a publisher or viewers, by name, with their figures.
 async fn list_streams(State(app): State<AppState>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "streams": app.hub.streams() }))
+    axum::Json(serde_json::json!({ "streams": api::stream_list(&app).await }))
 }
 
 /// A viewer must be able to decode what the live publisher sends.

@@ -39,10 +39,12 @@ impl Ops {
             }
         }
         let mut stats = crate::gateway::Stats::default();
+        let mut feedback = crate::metrics::Feedback::default();
         let mut first_frames = Vec::new();
         let mut shard_busy_secs = Vec::new();
         for c in &self.counters {
             stats.add(c);
+            feedback.add(c);
             shard_busy_secs.push(c.busy_ns.load(Relaxed) as f64 / 1e9);
             let mut v = c.first_frames.lock().unwrap_or_else(|p| p.into_inner());
             first_frames.append(&mut v);
@@ -53,6 +55,7 @@ impl Ops {
             live_streams: streams.iter().filter(|s| s.live).count(),
             streams: streams.len(),
             stats,
+            feedback,
             shard_busy_secs,
             first_frames,
         }

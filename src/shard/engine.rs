@@ -16,10 +16,11 @@ use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Span};
 
 use super::{
-    Command, CreateSession, Created, Patched, PeerMsg, SessionError, SessionStats, Transmit,
+    Command, CreateSession, Created, Patched, PeerMsg, SessionError, SessionStats, StreamTotals,
+    Transmit,
 };
 use crate::config::Config;
 use crate::fanout::{is_keyframe, MediaPacket, Pushed, StreamCache, TrackRewriter};
@@ -47,6 +48,14 @@ pub struct Counters {
     pub keyframe_requests_sent: u64,
     pub gop_cache_hits: u64,
     pub sessions_expired: u64,
+    /// NACKs received from viewers and sent to publishers, PLIs likewise, and packets resent
+    /// from viewers' resend buffers: moved forward at each statistics event (every
+    /// `media.stats_interval_secs`) by what str0m counted since the previous one.
+    pub nacks_received: u64,
+    pub nacks_sent: u64,
+    pub plis_received: u64,
+    pub plis_sent: u64,
+    pub packets_retransmitted: u64,
     /// Seconds from a viewer's 201 to its first video packet, since last published.
     pub first_frames: Vec<f64>,
 }
@@ -62,6 +71,11 @@ pub struct SharedCounters {
     pub keyframe_requests_sent: std::sync::atomic::AtomicU64,
     pub gop_cache_hits: std::sync::atomic::AtomicU64,
     pub sessions_expired: std::sync::atomic::AtomicU64,
+    pub nacks_received: std::sync::atomic::AtomicU64,
+    pub nacks_sent: std::sync::atomic::AtomicU64,
+    pub plis_received: std::sync::atomic::AtomicU64,
+    pub plis_sent: std::sync::atomic::AtomicU64,
+    pub packets_retransmitted: std::sync::atomic::AtomicU64,
     /// Nanoseconds the shard thread spent working rather than waiting.
     pub busy_ns: std::sync::atomic::AtomicU64,
     /// Time-to-first-frame samples not yet taken by a scrape (bounded).
@@ -80,6 +94,12 @@ impl SharedCounters {
             .store(c.keyframe_requests_sent, Relaxed);
         self.gop_cache_hits.store(c.gop_cache_hits, Relaxed);
         self.sessions_expired.store(c.sessions_expired, Relaxed);
+        self.nacks_received.store(c.nacks_received, Relaxed);
+        self.nacks_sent.store(c.nacks_sent, Relaxed);
+        self.plis_received.store(c.plis_received, Relaxed);
+        self.plis_sent.store(c.plis_sent, Relaxed);
+        self.packets_retransmitted
+            .store(c.packets_retransmitted, Relaxed);
     }
 
     /// Moves the engine's time-to-first-frame samples here, keeping at most 4096 unscraped.
@@ -106,6 +126,11 @@ struct Session {
     id: SessionId,
     stream: Arc<str>,
     role: Role,
+    /// Carries the session's id, stream and kind into every log line about it. Built once at
+    /// creation and entered only around control work (creation, PATCH, connection, errors,
+    /// timeouts, removal), never on the packet path: entering a span costs the subscriber's
+    /// bookkeeping, which per packet and viewer would show in the fan-out's cost.
+    span: Span,
     rtc: Rtc,
     offer_sdp: String,
     etag: String,
@@ -114,9 +139,11 @@ struct Session {
     created: Instant,
     last_rx: Instant,
     connected: bool,
+    /// When ICE and DTLS completed: a publisher's is its stream's uptime.
+    connected_at: Option<Instant>,
     next_timeout: Option<Instant>,
-    /// Publisher: what each incoming SSRC is.
-    ssrcs: Vec<(Ssrc, Mid, Kind)>,
+    /// Publisher: what each incoming SSRC is, with its counts for the loss figure.
+    ssrcs: Vec<Incoming>,
     mids: Vec<(Mid, Kind)>,
     /// Viewer: rewriters per track (by mid).
     tracks: Vec<(Mid, TrackRewriter)>,
@@ -126,6 +153,15 @@ struct Session {
     joined: bool,
     /// Latest figures from str0m's statistics events, for the API.
     stats: SessionStats,
+    /// Transport bytes (in, out) at the previous statistics event and its time, for the bit
+    /// rates over the interval since.
+    rate_sample: (Instant, u64, u64),
+    /// The latest cumulative figures str0m reported per track, received and sent.
+    ingress: Vec<TrackReport>,
+    egress: Vec<TrackReport>,
+    /// Viewer: RTP packets written to str0m. str0m counts what it sent, resends included, but
+    /// not the resends alone: they are the difference.
+    packets_written: u64,
     /// Viewer: whether its first video packet went out (for the time-to-first-frame metric).
     first_video_sent: bool,
     /// Viewer catching up from the GOP cache: packets not yet sent, paced so the burst does not
@@ -134,6 +170,68 @@ struct Session {
     /// Publisher: when the last PLI went out, and whether one is held back.
     last_pli: Option<Instant>,
     pli_pending: bool,
+}
+
+/// A publisher's incoming RTP stream: its kind, and what RFC 3550 §A.3 needs to count the
+/// packets lost on the way in (first and highest extended sequence number, packets received).
+struct Incoming {
+    ssrc: Ssrc,
+    kind: Kind,
+    first_seq: u64,
+    max_seq: u64,
+    received: u64,
+}
+
+impl Incoming {
+    /// Expected minus received; retransmitted and duplicate packets count as received.
+    fn lost(&self) -> u64 {
+        (self.max_seq - self.first_seq + 1).saturating_sub(self.received)
+    }
+}
+
+/// What str0m last reported for one track of a session: cumulative counts since it began.
+#[derive(Clone, Copy, Debug)]
+struct TrackReport {
+    mid: Mid,
+    packets: u64,
+    nacks: u64,
+    plis: u64,
+    /// Sent tracks: packets the peer reports lost.
+    lost: u64,
+}
+
+impl TrackReport {
+    /// Stores `new` for its track in `list` and returns how far NACKs and PLIs moved.
+    fn update(list: &mut Vec<TrackReport>, new: TrackReport) -> (u64, u64) {
+        match list.iter_mut().find(|t| t.mid == new.mid) {
+            Some(old) => {
+                let moved = (
+                    new.nacks.saturating_sub(old.nacks),
+                    new.plis.saturating_sub(old.plis),
+                );
+                *old = new;
+                moved
+            }
+            None => {
+                list.push(new);
+                (new.nacks, new.plis)
+            }
+        }
+    }
+}
+
+/// The span of a session's log lines. A root span: when one session's work touches another
+/// (a publisher's packet removes a failed viewer), the line names only the session it is about.
+fn session_span(id: SessionId, stream: &str, role: Role) -> Span {
+    let kind = role_name(role);
+    tracing::info_span!(parent: None, "session", id = %id, stream = %stream, kind = %kind)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Publish => "publish",
+        Role::Play => "play",
+    }
 }
 
 /// A stream as one shard sees it.
@@ -229,9 +327,11 @@ impl Engine {
                     reply,
                 } = *c;
                 // On failure the control plane releases the hub entry it registered.
-                let result = self.create(now, id, stream, role, offer_sdp);
+                let span = session_span(id, &stream, role);
+                let _entered = span.enter();
+                let result = self.create(now, id, stream, role, offer_sdp, span.clone());
                 if let Err(e) = &result {
-                    debug!(session = %id, error = %e, "session not created");
+                    debug!(error = %e, "session not created");
                 }
                 let _ = reply.send(result);
             }
@@ -250,34 +350,31 @@ impl Engine {
                 if_match,
                 reply,
             } => {
+                let span = self.sessions.get(&id).map(|s| s.span.clone());
+                let _entered = span.as_ref().map(Span::enter);
                 let r = self.patch(now, id, fragment, if_match);
                 let _ = reply.send(r);
             }
             Command::Stats { stream, reply } => {
                 let now = Instant::now();
-                let index = self.index;
                 let list = self
                     .sessions
                     .values()
                     .filter(|s| s.stream == stream)
-                    .map(|s| SessionStats {
-                        id: s.id.to_string(),
-                        kind: match s.role {
-                            Role::Publish => "publish",
-                            Role::Play => "play",
-                        },
-                        shard: index,
-                        state: if s.connected {
-                            "connected"
-                        } else {
-                            "connecting"
-                        },
-                        remote: s.addrs.last().map(|a| a.to_string()),
-                        duration_secs: now.saturating_duration_since(s.created).as_secs_f64(),
-                        ..s.stats.clone()
-                    })
+                    .map(|s| self.session_stats(s, now))
                     .collect();
                 let _ = reply.send(list);
+            }
+            Command::StreamTotals { reply } => {
+                let now = Instant::now();
+                let mut totals: HashMap<Arc<str>, StreamTotals> = HashMap::new();
+                for s in self.sessions.values() {
+                    totals
+                        .entry(s.stream.clone())
+                        .or_default()
+                        .add_session(&self.session_stats(s, now));
+                }
+                let _ = reply.send(totals.into_iter().collect());
             }
             Command::Shutdown => {
                 let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
@@ -285,6 +382,43 @@ impl Engine {
                     self.remove(id, "shutdown");
                 }
             }
+        }
+    }
+
+    /// A session as the API shows it, at `now`.
+    fn session_stats(&self, s: &Session, now: Instant) -> SessionStats {
+        let sum = |list: &[TrackReport], f: fn(&TrackReport) -> u64| list.iter().map(f).sum();
+        let (packets_in, nacks_in, plis_in) = (
+            sum(&s.ingress, |t| t.packets),
+            sum(&s.ingress, |t| t.nacks),
+            sum(&s.ingress, |t| t.plis),
+        );
+        let (packets_out, nacks_out, plis_out) = (
+            sum(&s.egress, |t| t.packets),
+            sum(&s.egress, |t| t.nacks),
+            sum(&s.egress, |t| t.plis),
+        );
+        SessionStats {
+            id: s.id.to_string(),
+            kind: role_name(s.role),
+            shard: self.index,
+            state: if s.connected {
+                "connected"
+            } else {
+                "connecting"
+            },
+            remote: s.addrs.last().map(|a| a.to_string()),
+            duration_secs: now.saturating_duration_since(s.created).as_secs_f64(),
+            packets_in,
+            packets_out,
+            packets_lost_in: s.ssrcs.iter().map(Incoming::lost).sum(),
+            packets_lost_out: sum(&s.egress, |t| t.lost),
+            nacks: nacks_in + nacks_out,
+            plis: plis_in + plis_out,
+            connected_secs: s
+                .connected_at
+                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            ..s.stats.clone()
         }
     }
 
@@ -315,6 +449,7 @@ impl Engine {
         stream: Arc<str>,
         role: Role,
         offer_sdp: String,
+        span: Span,
     ) -> Result<Created, SessionError> {
         let shape = Offer::parse(&offer_sdp)?;
         let offer = SdpOffer::from_sdp_string(&offer_sdp)
@@ -352,6 +487,7 @@ impl Engine {
             id,
             stream: stream.clone(),
             role,
+            span,
             rtc,
             offer_sdp,
             etag: new_etag(),
@@ -360,6 +496,7 @@ impl Engine {
             created: now,
             last_rx: now,
             connected: false,
+            connected_at: None,
             next_timeout: None,
             ssrcs: Vec::new(),
             mids,
@@ -369,6 +506,10 @@ impl Engine {
             backlog: std::collections::VecDeque::new(),
             first_video_sent: false,
             stats: SessionStats::default(),
+            rate_sample: (now, 0, 0),
+            ingress: Vec::new(),
+            egress: Vec::new(),
+            packets_written: 0,
             last_pli: None,
             pli_pending: false,
         };
@@ -383,7 +524,7 @@ impl Engine {
             local.publisher = Some(id);
         }
         self.drive(now, id);
-        info!(session = %id, %stream, ?role, shard = self.index, "session created");
+        info!(shard = self.index, "session created");
         Ok(Created {
             answer: answer_sdp,
             etag,
@@ -439,7 +580,7 @@ impl Engine {
                         }
                         self.drive(now, id);
                     }
-                    Err(e) => debug!(session = %id, error = %e, "ignored trickled candidate"),
+                    Err(e) => debug!(error = %e, "ignored trickled candidate"),
                 }
             }
             return Ok(Patched::Trickled);
@@ -468,7 +609,7 @@ impl Engine {
         let etag = session.etag.clone();
         let fragment = answer_fragment(&answer, &creds, self.config.media.ice_lite);
         self.drive(now, id);
-        info!(session = %id, "ICE restarted");
+        info!("ICE restarted");
         Ok(Patched::Restarted { fragment, etag })
     }
 
@@ -523,7 +664,9 @@ impl Engine {
         match isolate(|| session.rtc.handle_input(input)) {
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                debug!(session = %id, error = %e, "datagram rejected");
+                session
+                    .span
+                    .in_scope(|| debug!(error = %e, "datagram rejected"));
                 self.counters.datagrams_invalid += 1;
             }
             None => {
@@ -567,7 +710,9 @@ impl Engine {
             session.next_timeout = None;
             match isolate(|| session.rtc.handle_input(Input::Timeout(now))) {
                 Some(Ok(())) => {}
-                Some(Err(e)) => debug!(session = %id, error = %e, "timeout handling failed"),
+                Some(Err(e)) => session
+                    .span
+                    .in_scope(|| debug!(error = %e, "timeout handling failed")),
                 None => {
                     self.remove(id, PANIC);
                     continue;
@@ -789,7 +934,9 @@ impl Engine {
                 }),
                 Ok(Output::Event(e)) => events.push(e),
                 Err(e) => {
-                    warn!(session = %id, error = %e, "session failed");
+                    session
+                        .span
+                        .in_scope(|| warn!(error = %e, "session failed"));
                     session.rtc.disconnect();
                     break;
                 }
@@ -805,7 +952,10 @@ impl Engine {
         match event {
             Event::Connected => self.on_connected(now, id),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                debug!(session = %id, "ICE disconnected; consent decides removal");
+                if let Some(s) = self.sessions.get(&id) {
+                    s.span
+                        .in_scope(|| debug!("ICE disconnected; consent decides removal"));
+                }
             }
             Event::RtpPacket(rtp) => self.on_rtp(now, id, rtp),
             Event::PeerStats(p) => {
@@ -815,6 +965,17 @@ impl Engine {
                     s.stats.loss_out = p.egress_loss_fraction;
                     s.stats.bytes_in = p.peer_bytes_rx;
                     s.stats.bytes_out = p.peer_bytes_tx;
+                    // Bit rates over the interval since the previous event (or creation).
+                    let (then, rx, tx) = s.rate_sample;
+                    let secs = p.timestamp.saturating_duration_since(then).as_secs_f64();
+                    if secs > 0.0 {
+                        let rate = |now: u64, before: u64| {
+                            (now.saturating_sub(before) as f64 * 8.0 / secs).round() as u64
+                        };
+                        s.stats.bitrate_in = rate(p.peer_bytes_rx, rx);
+                        s.stats.bitrate_out = rate(p.peer_bytes_tx, tx);
+                        s.rate_sample = (p.timestamp, p.peer_bytes_rx, p.peer_bytes_tx);
+                    }
                 }
             }
             Event::MediaIngressStats(m) => {
@@ -825,6 +986,39 @@ impl Engine {
                         .any(|(mid, k)| *mid == m.mid && *k == Kind::Video)
                     {
                         s.stats.jitter = Some(m.jitter);
+                    }
+                    let report = TrackReport {
+                        mid: m.mid,
+                        packets: m.packets,
+                        nacks: m.nacks,
+                        plis: m.plis,
+                        lost: 0,
+                    };
+                    let (nacks, plis) = TrackReport::update(&mut s.ingress, report);
+                    self.counters.nacks_sent += nacks;
+                    self.counters.plis_sent += plis;
+                }
+            }
+            Event::MediaEgressStats(m) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    let report = TrackReport {
+                        mid: m.mid,
+                        packets: m.packets,
+                        nacks: m.nacks,
+                        plis: m.plis,
+                        lost: m.remote.as_ref().map_or(0, |r| r.packets_lost),
+                    };
+                    let (nacks, plis) = TrackReport::update(&mut s.egress, report);
+                    self.counters.nacks_received += nacks;
+                    self.counters.plis_received += plis;
+                    // Packets still queued in str0m make this low for a moment, never high:
+                    // it only moves forward.
+                    let sent: u64 = s.egress.iter().map(|t| t.packets).sum();
+                    let resent = sent.saturating_sub(s.packets_written);
+                    if resent > s.stats.packets_retransmitted {
+                        self.counters.packets_retransmitted +=
+                            resent - s.stats.packets_retransmitted;
+                        s.stats.packets_retransmitted = resent;
                     }
                 }
             }
@@ -843,8 +1037,9 @@ impl Engine {
             return;
         };
         session.connected = true;
+        session.connected_at = Some(now);
         let stream = session.stream.clone();
-        info!(session = %id, %stream, "connected");
+        session.span.in_scope(|| info!("connected"));
         match session.role {
             // Encoders often lose their first keyframe to the handshake: ask at once.
             Role::Publish => self.request_keyframe(now, id),
@@ -969,8 +1164,14 @@ impl Engine {
             return;
         }
         let ssrc = rtp.header.ssrc;
-        let kind = match s.ssrcs.iter().find(|(x, _, _)| *x == ssrc) {
-            Some((_, _, k)) => *k,
+        let seq = *rtp.seq_no;
+        let kind = match s.ssrcs.iter_mut().find(|x| x.ssrc == ssrc) {
+            Some(x) => {
+                x.received += 1;
+                x.max_seq = x.max_seq.max(seq);
+                x.first_seq = x.first_seq.min(seq);
+                x.kind
+            }
             None => {
                 let Some(mid) = s.rtc.direct_api().stream_rx(&ssrc).map(|rx| rx.mid()) else {
                     return;
@@ -978,7 +1179,13 @@ impl Engine {
                 let Some(kind) = s.mids.iter().find(|(m, _)| *m == mid).map(|(_, k)| *k) else {
                     return;
                 };
-                s.ssrcs.push((ssrc, mid, kind));
+                s.ssrcs.push(Incoming {
+                    ssrc,
+                    kind,
+                    first_seq: seq,
+                    max_seq: seq,
+                    received: 1,
+                });
                 kind
             }
         };
@@ -996,7 +1203,7 @@ impl Engine {
             publisher: id,
             kind,
             params,
-            seq: *rtp.seq_no,
+            seq,
             time: rtp.header.timestamp,
             marker: rtp.header.marker,
             keyframe,
@@ -1114,6 +1321,7 @@ impl Engine {
             self.remove(id, PANIC);
             return;
         }
+        s.packets_written += 1;
         if pkt.kind == Kind::Video && !s.first_video_sent {
             s.first_video_sent = true;
             let secs = now.saturating_duration_since(s.created).as_secs_f64();
@@ -1129,7 +1337,7 @@ impl Engine {
         let Some(mut session) = self.sessions.remove(&id) else {
             return;
         };
-        info!(session = %id, stream = %session.stream, reason, "session removed");
+        session.span.in_scope(|| info!(reason, "session removed"));
         if reason == PANIC {
             session.rtc.disconnect();
         } else {

@@ -76,11 +76,17 @@ pub enum Command {
         stream: Arc<str>,
         reply: oneshot::Sender<Vec<SessionStats>>,
     },
+    /// Every stream with sessions on this shard, with its figures summed over them: one
+    /// command per shard serves the whole stream list.
+    StreamTotals {
+        reply: oneshot::Sender<Vec<(Arc<str>, StreamTotals)>>,
+    },
     Shutdown,
 }
 
-/// One session as the API shows it; figures from str0m's statistics, refreshed every
-/// `media.stats_interval_secs`.
+/// One session as the API shows it. Bytes, packets, bit rates, NACKs and PLIs come from str0m's
+/// statistics, refreshed every `media.stats_interval_secs` (all zero while that is 0); a
+/// publisher's `packets_lost_in` is counted as its packets arrive.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SessionStats {
     pub id: String,
@@ -101,6 +107,76 @@ pub struct SessionStats {
     pub jitter: Option<u32>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Bits per second received and sent over the last statistics interval, every datagram
+    /// counted (media, RTCP, STUN, DTLS).
+    pub bitrate_in: u64,
+    pub bitrate_out: u64,
+    /// RTP packets received (publishers) and sent (viewers), retransmissions included.
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Publisher: packets that never arrived, not even retransmitted (expected from the
+    /// sequence numbers minus received, as RFC 3550 §6.4.1 counts them).
+    pub packets_lost_in: u64,
+    /// Viewer: packets the viewer reports lost in its receiver reports (cumulative).
+    pub packets_lost_out: u64,
+    /// Viewer: packets sent again from its resend buffer after a NACK.
+    pub packets_retransmitted: u64,
+    /// NACKs sent to a publisher, or received from a viewer.
+    pub nacks: u64,
+    /// PLIs sent to a publisher, or received from a viewer.
+    pub plis: u64,
+    /// Seconds since ICE and DTLS completed; `None` while connecting.
+    pub connected_secs: Option<f64>,
+}
+
+/// A stream's figures on one shard, summed over its sessions there; the API adds up the shards.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamTotals {
+    /// The publisher's state (`connecting`, `connected`) if it is on this shard.
+    pub publisher_state: Option<&'static str>,
+    /// Seconds since the publisher connected, if it is on this shard and connected.
+    pub uptime_secs: Option<f64>,
+    pub bitrate_in: u64,
+    pub bitrate_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub packets_lost_in: u64,
+    pub packets_lost_out: u64,
+    pub viewers: usize,
+}
+
+impl StreamTotals {
+    /// Counts one session of the stream: a publisher's figures are what comes in, viewers'
+    /// what goes out.
+    pub fn add_session(&mut self, s: &SessionStats) {
+        if s.kind == "publish" {
+            self.publisher_state = Some(s.state);
+            self.uptime_secs = s.connected_secs;
+            self.bitrate_in += s.bitrate_in;
+            self.packets_in += s.packets_in;
+            self.packets_lost_in += s.packets_lost_in;
+        } else {
+            self.viewers += 1;
+            self.bitrate_out += s.bitrate_out;
+            self.packets_out += s.packets_out;
+            self.packets_lost_out += s.packets_lost_out;
+        }
+    }
+
+    /// Adds another shard's totals of the same stream.
+    pub fn merge(&mut self, o: &StreamTotals) {
+        if o.publisher_state.is_some() {
+            self.publisher_state = o.publisher_state;
+            self.uptime_secs = o.uptime_secs;
+        }
+        self.bitrate_in += o.bitrate_in;
+        self.bitrate_out += o.bitrate_out;
+        self.packets_in += o.packets_in;
+        self.packets_out += o.packets_out;
+        self.packets_lost_in += o.packets_lost_in;
+        self.packets_lost_out += o.packets_lost_out;
+        self.viewers += o.viewers;
+    }
 }
 
 /// Messages between shards.
