@@ -1,8 +1,9 @@
 //! Bearer-token authorization against a running gateway, over real HTTP with real str0m peers:
 //! every protected route allowed, 401 and 403 for each way of granting (static tokens per stream
 //! pattern, public play, admin tokens, HS256 and RS256 JWTs, a webhook), sessions controlled only
-//! by the token that created them (or an admin), a webhook timeout denying, and no token ever
-//! written to the logs, which every test here captures at `debug`.
+//! by the token that created them (or an admin), a webhook timeout denying, the same answers
+//! over HTTPS and HTTP/3, and no token ever written to the logs, which every test here captures
+//! at `debug`.
 
 mod common;
 
@@ -19,7 +20,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, Rtc};
-use wishcast::client::http::{request, Response};
+use wishcast::client::h3::H3Client;
+use wishcast::client::http::{request, request_tls_alpn, resolve_url, Response};
 use wishcast::client::{ClientError, Peer, PeerOptions, VideoCodec};
 use wishcast::{Config, Gateway};
 
@@ -657,6 +659,89 @@ async fn webhook_decides_caches_and_a_timeout_denies() {
         assert_eq!(peer.delete().await.expect("DELETE"), 200);
     }
     gw.shutdown().await;
+}
+
+/// One request over TLS: HTTPS with HTTP/1.1 only, or HTTP/3 through `h3`.
+async fn send_tls(
+    h3: Option<&H3Client>,
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = extra.to_vec();
+    if let Some(a) = auth.as_deref() {
+        headers.push(("authorization", a));
+    }
+    let body = body.as_bytes().to_vec();
+    let r = match h3 {
+        Some(h3) => h3.request(method, url, &headers, body).await,
+        None => request_tls_alpn(roots, &[b"http/1.1"], method, url, &headers, body).await,
+    };
+    r.unwrap_or_else(|e| panic!("{method} {url}: no response: {e}"))
+}
+
+/// Auth is the same over HTTPS and HTTP/3 as over plain HTTP: a WHIP POST with no token or an
+/// unknown one gets 401 with the Bearer challenge, a play token 403, the publish token 201;
+/// the session's DELETE needs the token too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_auth_over_https_and_http3() {
+    logs();
+    let mut c: Config = test_config(2);
+    c.auth = toml::from_str(STATIC).expect("[auth] parses");
+    c.tls.self_signed = true;
+    let gw = start(c).await;
+    assert!(gw.h3_addr().is_some(), "HTTP/3 is served");
+    let roots = gw.tls_identity().expect("TLS on").certs.clone();
+    let h3 = H3Client::new(&roots).expect("HTTP/3 client");
+    let port = gw.http_addr().port();
+    let offer = offer(Direction::SendOnly);
+    let sdp = [("content-type", SDP)];
+    for (name, client, version) in [
+        ("https1", None, hyper::Version::HTTP_11),
+        ("h3", Some(&h3), hyper::Version::HTTP_3),
+    ] {
+        let url = format!("https://localhost:{port}/whip/class-{name}");
+        let post = |token| send_tls(client, &roots, "POST", &url, token, &sdp, &offer);
+        let what = format!("POST over {version:?}");
+        let r = post(None).await;
+        assert_eq!(r.version, version, "{what}");
+        assert_401(&r, false, &what);
+        assert_401(&post(Some(BOGUS)).await, true, &what);
+        assert_403(&post(Some(STUDENT)).await, &what);
+        let r = post(Some(TEACHER)).await;
+        assert_eq!(
+            (r.status, r.version),
+            (201, version),
+            "{what}: {}",
+            r.text()
+        );
+        let location = r.header("location").expect("Location");
+        let session = resolve_url(&url, location).expect("session URL");
+        let delete = |token| send_tls(client, &roots, "DELETE", &session, token, &[], "");
+        assert_401(
+            &delete(None).await,
+            false,
+            &format!("DELETE over {version:?}"),
+        );
+        assert_eq!(
+            delete(Some(TEACHER)).await.status,
+            200,
+            "DELETE over {version:?}"
+        );
+    }
+    assert_eq!(gw.session_count(), 0);
+    h3.close().await;
+    gw.shutdown().await;
+    // Nor do the TLS and QUIC layers log the header at `debug`.
+    let text =
+        String::from_utf8_lossy(&logs().lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    for token in [TEACHER, STUDENT, BOGUS] {
+        assert!(!text.contains(token), "a token appears in the logs");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
