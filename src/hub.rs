@@ -17,6 +17,11 @@ pub fn is_stream_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-_.".contains(&b)
 }
 
+/// Whether `name` is a valid stream name: 1 to 128 bytes of [`is_stream_name_byte`].
+pub fn is_stream_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.bytes().all(is_stream_name_byte)
+}
+
 /// A session's public id: 128 random bits, shown as 32 hex digits in the resource URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u128);
@@ -294,8 +299,10 @@ impl Hub {
             .and_then(|s| s.publisher.as_mut())
         {
             if p.session == id {
-                p.video_codecs = video;
-                p.audio_codecs = audio;
+                // One entry per codec, not per payload type: an offer lists H264 once for each
+                // profile and packetization mode.
+                p.video_codecs = unique(video);
+                p.audio_codecs = unique(audio);
             }
         }
     }
@@ -340,6 +347,13 @@ impl Hub {
             .get(stream)
             .and_then(|s| s.publisher.as_ref().map(|p| p.shard))
     }
+}
+
+/// `names` in their first order, each once.
+fn unique(mut names: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
 }
 
 #[cfg(test)]
@@ -388,14 +402,16 @@ mod tests {
             Some(shard)
         );
         // The list and the single stream show the publisher's codecs once it has them.
-        hub.set_publisher_codecs("s", SessionId(2), vec!["VP8".into()], vec!["OPUS".into()]);
+        // An offer lists a codec once per payload type; the stream shows it once.
+        let video = vec!["VP8".into(), "H264".into(), "VP8".into(), "H264".into()];
+        hub.set_publisher_codecs("s", SessionId(2), video, vec!["OPUS".into()]);
         let (key, listed) = hub.stream("s").expect("listed");
         assert_eq!(&*key, "s");
         assert_eq!(hub.streams(), vec![listed.clone()]);
         assert_eq!((listed.live, listed.viewers), (true, 1));
         assert_eq!(
             (listed.video_codecs, listed.audio_codecs),
-            (vec!["VP8".into()], vec!["OPUS".into()])
+            (vec!["VP8".into(), "H264".into()], vec!["OPUS".into()])
         );
         assert_eq!(hub.unregister(SessionId(2)), Some(1 << vshard));
         assert_eq!(hub.publisher_shard("s"), None);

@@ -171,10 +171,7 @@ async fn whep_session(
 }
 
 fn check_stream_name(stream: &str) -> Result<(), ApiError> {
-    let ok = !stream.is_empty()
-        && stream.len() <= 128
-        && stream.bytes().all(crate::hub::is_stream_name_byte);
-    if ok {
+    if crate::hub::is_stream_name(stream) {
         Ok(())
     } else {
         Err(ApiError::BadStreamName(stream.to_string()))
