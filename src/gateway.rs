@@ -144,6 +144,9 @@ impl Gateway {
             authorizer,
             hub.clone(),
         );
+        // The browser pages are public (their API calls carry the token), so they join outside
+        // auth; merged into the guarded router, whose fallback (unknown paths) stays guarded.
+        app = crate::web::routes().merge(app);
         if let Some(rate) = crate::http::limits::PostRate::new(
             config.limits.posts_per_minute_per_ip,
             config.limits.post_burst_per_ip,

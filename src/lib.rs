@@ -39,6 +39,7 @@ pub mod shard;
 pub mod sim;
 pub mod stun;
 pub mod tls;
+pub mod web;
 
 pub use config::Config;
 pub use gateway::{Gateway, StartError, Stats};

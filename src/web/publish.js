@@ -1,0 +1,261 @@
+// The WHIP publisher: camera or screen, a chosen codec and bitrate, to /whip/{stream}.
+// Automation may start it from the fragment (`#codec=vp8&autostart=1&token=…`), reads
+// `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
+
+import {
+  bindTokenForm, formatBitrate, loadToken, params, Rate, selectedPair, Session,
+} from './common.js';
+
+const preview = document.getElementById('preview');
+const badge = document.getElementById('state');
+const message = document.getElementById('message');
+const statsBox = document.getElementById('stats');
+const form = document.getElementById('settings');
+const sourceSel = document.getElementById('source');
+const codecSel = document.getElementById('codec');
+const bitrateIn = document.getElementById('bitrate');
+const audioBox = document.getElementById('audio');
+const startBtn = document.getElementById('start');
+const stopBtn = document.getElementById('stop');
+const endpoint = new URL(document.body.dataset.endpoint, location.href).href;
+document.getElementById('endpoint').textContent = endpoint;
+const watchLink = document.getElementById('watch-link');
+watchLink.textContent = new URL(watchLink.getAttribute('href'), location.href).href;
+
+const opts = params();
+let token = loadToken();
+let local = null;
+const rate = new Rate();
+let lastRender = 0;
+let seen = { pc: null, bytes: 0 };
+
+/** Video codecs the gateway forwards, by what this browser can send. */
+const WANTED = ['H264', 'VP8', 'VP9', 'AV1'];
+
+function senderCodecs(kind) {
+  return (window.RTCRtpSender && RTCRtpSender.getCapabilities && RTCRtpSender.getCapabilities(kind)?.codecs) || [];
+}
+
+function fillCodecs() {
+  const have = new Set(senderCodecs('video').map((c) => c.mimeType.toUpperCase()));
+  for (const name of WANTED) {
+    if (!have.has(`VIDEO/${name}`)) continue;
+    const o = document.createElement('option');
+    o.value = name.toLowerCase();
+    o.textContent = name;
+    codecSel.append(o);
+  }
+  const asked = (opts.get('codec') || '').toLowerCase();
+  if (asked) codecSel.value = asked;
+}
+
+/**
+ * Makes `tr` offer only `codec` (all its profiles), plus RTX for retransmissions. Sender
+ * capabilities are tried first; browsers that check against receiver capabilities get those.
+ */
+function preferCodec(tr, kind, codec) {
+  const pick = (caps) => {
+    const main = caps.filter((c) => c.mimeType.toLowerCase() === `${kind}/${codec}`);
+    const rtx = caps.filter((c) => c.mimeType.toLowerCase() === `${kind}/rtx`);
+    return main.length ? [...main, ...rtx] : [];
+  };
+  const fromSender = pick(senderCodecs(kind));
+  if (!fromSender.length) throw new Error(`this browser cannot send ${codec.toUpperCase()}`);
+  if (!tr.setCodecPreferences) return;
+  try {
+    tr.setCodecPreferences(fromSender);
+  } catch {
+    const recv = (RTCRtpReceiver.getCapabilities && RTCRtpReceiver.getCapabilities(kind)?.codecs) || [];
+    tr.setCodecPreferences(pick(recv));
+  }
+}
+
+function maxBitrate() {
+  const kbps = Number(bitrateIn.value);
+  return Number.isFinite(kbps) && kbps > 0 ? Math.round(kbps * 1000) : undefined;
+}
+
+const session = new Session({
+  endpoint,
+  role: 'whip',
+  getToken: () => token,
+  prepare(pc) {
+    if (!local) throw new Error('no media to send');
+    const codec = codecSel.value;
+    for (const track of local.getTracks()) {
+      if (track.kind === 'video') {
+        const bps = maxBitrate();
+        const tr = pc.addTransceiver(track, {
+          direction: 'sendonly',
+          streams: [local],
+          sendEncodings: [bps ? { maxBitrate: bps } : {}],
+        });
+        preferCodec(tr, 'video', codec);
+      } else {
+        const tr = pc.addTransceiver(track, { direction: 'sendonly', streams: [local] });
+        preferCodec(tr, 'audio', 'opus');
+      }
+    }
+  },
+  media: readStats,
+  onState(state, why) {
+    badge.textContent = state;
+    badge.className = `badge ${state}`;
+    message.textContent = why;
+    const running = !['idle', 'stopped', 'error', 'unauthorized'].includes(state);
+    startBtn.disabled = running;
+    stopBtn.disabled = !running;
+    for (const e of [sourceSel, codecSel, audioBox]) e.disabled = running;
+    if (state !== 'live') statsBox.textContent = '';
+  },
+});
+
+async function readStats(pc) {
+  const report = await pc.getStats();
+  if (seen.pc !== pc) seen = { pc, bytes: 0 };
+  let v = null;
+  let a = null;
+  for (const s of report.values()) {
+    if (s.type !== 'outbound-rtp') continue;
+    if (s.kind === 'video') v = s;
+    else if (s.kind === 'audio') a = s;
+  }
+  const bytes = (v?.bytesSent ?? 0) + (a?.bytesSent ?? 0);
+  const progress = bytes > seen.bytes;
+  seen.bytes = bytes;
+  const live = v ? (v.framesEncoded ?? 0) > 0 : (a?.packetsSent ?? 0) > 0;
+  const now = performance.now();
+  if (now - lastRender > 900) {
+    lastRender = now;
+    statsBox.textContent = overlay(report, v, a, bytes);
+  }
+  return { progress, live };
+}
+
+function overlay(report, v, a, bytes) {
+  const lines = [];
+  const t = (v || a)?.timestamp ?? performance.now();
+  if (v) {
+    const codec = report.get(v.codecId);
+    const fps = v.framesPerSecond ?? rate.per('frames', v.framesEncoded ?? 0, t);
+    lines.push(`video  ${v.frameWidth ?? '?'}×${v.frameHeight ?? '?'} @ ${fps == null ? '–' : fps.toFixed(0)} fps`);
+    lines.push(`codec  ${codec ? codec.mimeType.replace('video/', '') : '–'}${v.encoderImplementation ? ` (${v.encoderImplementation})` : ''}`);
+    if (v.qualityLimitationReason && v.qualityLimitationReason !== 'none') {
+      lines.push(`limit  ${v.qualityLimitationReason}`);
+    }
+    const remote = v.remoteId ? report.get(v.remoteId) : null;
+    if (remote) {
+      lines.push(`loss   ${((remote.fractionLost ?? 0) * 100).toFixed(2)} % (${remote.packetsLost ?? 0} packets)`);
+    }
+  }
+  if (a) {
+    const codec = report.get(a.codecId);
+    lines.push(`audio  ${codec ? codec.mimeType.replace('audio/', '') : '–'}, ${a.packetsSent ?? 0} packets`);
+  }
+  const bps = rate.per('bytes', bytes, t);
+  lines.push(`rate   ${formatBitrate(bps == null ? null : bps * 8)}`);
+  const rtt = selectedPair(report)?.currentRoundTripTime;
+  lines.push(`rtt    ${rtt == null ? '–' : `${(rtt * 1000).toFixed(0)} ms`}`);
+  return lines.join('\n');
+}
+
+async function openMedia() {
+  const audio = audioBox.checked;
+  if (sourceSel.value === 'screen') {
+    return navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 30 }, audio });
+  }
+  return navigator.mediaDevices.getUserMedia({
+    video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
+    audio,
+  });
+}
+
+async function start() {
+  if (!codecSel.value) {
+    session.setState('error', 'this browser offers none of H264, VP8, VP9 and AV1 for sending');
+    return;
+  }
+  if (!senderCodecs('video').some((c) => c.mimeType.toLowerCase() === `video/${codecSel.value}`)) {
+    session.setState('error', `this browser cannot send ${codecSel.value.toUpperCase()}`);
+    return;
+  }
+  if (!navigator.mediaDevices) {
+    // Browsers hide capture outside secure contexts.
+    session.setState('error', 'camera and screen capture need HTTPS, or localhost');
+    return;
+  }
+  session.setState('starting', 'opening the media source');
+  try {
+    local = await openMedia();
+  } catch (e) {
+    session.setState('error', `no media source: ${e.message}`);
+    return;
+  }
+  preview.srcObject = local;
+  for (const track of local.getTracks()) {
+    // The user ended a screen share or unplugged the camera: the broadcast is over.
+    track.addEventListener('ended', () => stop());
+  }
+  session.start();
+}
+
+async function stop() {
+  const status = await session.stop();
+  if (local) {
+    for (const t of local.getTracks()) t.stop();
+    local = null;
+  }
+  preview.srcObject = null;
+  return status;
+}
+
+/** Applies a new bitrate to the running sender, without renegotiation. */
+async function applyBitrate() {
+  const pc = session.pc;
+  const sender = pc?.getSenders().find((s) => s.track?.kind === 'video');
+  if (!sender) return;
+  const p = sender.getParameters();
+  if (!p.encodings?.length) return;
+  const bps = maxBitrate();
+  if (bps) p.encodings[0].maxBitrate = bps;
+  else delete p.encodings[0].maxBitrate;
+  try {
+    await sender.setParameters(p);
+  } catch (e) {
+    message.textContent = `bitrate not applied: ${e.message}`;
+  }
+}
+
+form.addEventListener('submit', (e) => {
+  e.preventDefault();
+  start();
+});
+stopBtn.addEventListener('click', () => stop());
+bitrateIn.addEventListener('change', () => applyBitrate());
+
+bindTokenForm(token, (t) => {
+  token = t;
+});
+
+addEventListener('pagehide', () => {
+  if (session.sessionUrl) session.remove(session.sessionUrl, true);
+});
+
+fillCodecs();
+if (opts.get('source')) sourceSel.value = opts.get('source');
+if (opts.get('bitrate')) bitrateIn.value = opts.get('bitrate');
+if (opts.get('audio') === '0') audioBox.checked = false;
+
+window.wishcast = {
+  get state() { return session.state; },
+  get message() { return session.message; },
+  get pc() { return session.pc; },
+  get sessionUrl() { return session.sessionUrl; },
+  get deleteStatus() { return session.deleteStatus; },
+  get codec() { return codecSel.value; },
+  preview,
+  start,
+  stop,
+};
+
+if (opts.get('autostart') === '1') start();

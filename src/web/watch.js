@@ -1,0 +1,161 @@
+// The WHEP player: plays /whep/{stream}, reconnects by itself, and shows live statistics.
+// Automation reads `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
+
+import {
+  bindTokenForm, formatBitrate, loadToken, params, Rate, selectedPair, Session,
+} from './common.js';
+
+const video = document.getElementById('video');
+const badge = document.getElementById('state');
+const message = document.getElementById('message');
+const statsBox = document.getElementById('stats');
+const unmute = document.getElementById('unmute');
+const toggle = document.getElementById('toggle');
+const statsToggle = document.getElementById('stats-toggle');
+const endpoint = new URL(document.body.dataset.endpoint, location.href).href;
+document.getElementById('endpoint').textContent = endpoint;
+
+const opts = params();
+let token = loadToken();
+let showStats = opts.get('stats') !== '0';
+
+// Counters of the current peer connection, for progress and rates.
+let seen = { pc: null, bytes: 0 };
+const rate = new Rate();
+let lastRender = 0;
+
+const STATE_TEXT = {
+  idle: 'idle',
+  connecting: 'connecting',
+  waiting: 'waiting for the publisher',
+  live: 'live',
+  reconnecting: 'reconnecting',
+  unauthorized: 'token needed',
+  error: 'error',
+  stopped: 'stopped',
+};
+
+const session = new Session({
+  endpoint,
+  role: 'whep',
+  getToken: () => token,
+  prepare(pc) {
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    const media = new MediaStream();
+    pc.addEventListener('track', (e) => {
+      media.addTrack(e.track);
+      e.track.addEventListener('ended', () => {
+        if (session.pc === pc) session.trackEnded();
+      });
+      if (video.srcObject !== media) video.srcObject = media;
+      video.play().catch(() => {
+        // Autoplay refused: the muted attribute normally prevents this; the user can click.
+      });
+    });
+  },
+  media: readStats,
+  onState(state, why) {
+    badge.textContent = STATE_TEXT[state] || state;
+    badge.className = `badge ${state}`;
+    message.textContent = why;
+    toggle.textContent = state === 'stopped' || state === 'error' || state === 'unauthorized' ? 'Play' : 'Stop';
+    if (state !== 'live') statsBox.textContent = '';
+  },
+});
+
+/** Reads the receiver's statistics: progress for the session, numbers for the overlay. */
+async function readStats(pc) {
+  const report = await pc.getStats();
+  if (seen.pc !== pc) seen = { pc, bytes: 0 };
+  let v = null;
+  let a = null;
+  for (const s of report.values()) {
+    if (s.type !== 'inbound-rtp') continue;
+    if (s.kind === 'video') v = s;
+    else if (s.kind === 'audio') a = s;
+  }
+  const bytes = (v?.bytesReceived ?? 0) + (a?.bytesReceived ?? 0);
+  const progress = bytes > seen.bytes;
+  seen.bytes = bytes;
+  const live = v ? (v.framesDecoded ?? 0) > 0 : (a?.packetsReceived ?? 0) > 0;
+  const now = performance.now();
+  if (showStats && now - lastRender > 900) {
+    lastRender = now;
+    statsBox.textContent = overlay(report, v, a, bytes);
+  } else if (!showStats) {
+    statsBox.textContent = '';
+  }
+  return { progress, live };
+}
+
+function overlay(report, v, a, bytes) {
+  const lines = [];
+  const t = (v || a)?.timestamp ?? performance.now();
+  if (v) {
+    const codec = report.get(v.codecId);
+    const fps = v.framesPerSecond ?? rate.per('frames', v.framesDecoded ?? 0, t);
+    lines.push(`video  ${v.frameWidth ?? '?'}×${v.frameHeight ?? '?'} @ ${fps == null ? '–' : fps.toFixed(0)} fps`);
+    lines.push(`codec  ${codec ? codec.mimeType.replace('video/', '') : '–'}${v.decoderImplementation ? ` (${v.decoderImplementation})` : ''}`);
+    const lost = v.packetsLost ?? 0;
+    const got = v.packetsReceived ?? 0;
+    lines.push(`loss   ${got + lost > 0 ? ((100 * lost) / (got + lost)).toFixed(2) : '0.00'} % (${lost} packets)`);
+  }
+  if (a) {
+    const codec = report.get(a.codecId);
+    lines.push(`audio  ${codec ? codec.mimeType.replace('audio/', '') : '–'}, ${a.packetsReceived ?? 0} packets`);
+  }
+  const bps = rate.per('bytes', bytes, t);
+  lines.push(`rate   ${formatBitrate(bps == null ? null : bps * 8)}`);
+  const pair = selectedPair(report);
+  const rtt = pair?.currentRoundTripTime;
+  lines.push(`rtt    ${rtt == null ? '–' : `${(rtt * 1000).toFixed(0)} ms`}`);
+  return lines.join('\n');
+}
+
+function syncUnmute() {
+  unmute.hidden = !video.muted;
+}
+unmute.addEventListener('click', () => {
+  video.muted = false;
+  video.play().catch(() => {
+    video.muted = true;
+  });
+  syncUnmute();
+});
+video.addEventListener('volumechange', syncUnmute);
+syncUnmute();
+
+toggle.addEventListener('click', () => {
+  if (session.state === 'stopped' || session.state === 'error' || session.state === 'unauthorized') session.start();
+  else session.stop();
+});
+statsToggle.addEventListener('click', () => {
+  showStats = !showStats;
+  if (!showStats) statsBox.textContent = '';
+});
+
+bindTokenForm(token, (t) => {
+  token = t;
+  session.stop().then(() => session.start());
+});
+
+// Leaving the page ends the session at once instead of after the consent timeout.
+addEventListener('pagehide', () => {
+  if (session.sessionUrl) session.remove(session.sessionUrl, true);
+});
+
+window.wishcast = {
+  get state() { return session.state; },
+  get message() { return session.message; },
+  get pc() { return session.pc; },
+  get sessionUrl() { return session.sessionUrl; },
+  get deleteStatus() { return session.deleteStatus; },
+  /** `performance.now()` just before the POST that made the current session. */
+  get postAt() { return session.postAt; },
+  video,
+  start: () => session.start(),
+  stop: () => session.stop(),
+};
+
+if (opts.get('autostart') !== '0') session.start();
