@@ -78,9 +78,9 @@ pub struct MediaConfig {
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     pub keyframe_request_interval_ms: u64,
     /// How often each session's statistics (RTT, loss, bytes, packets, bit rates, NACKs and
-    /// PLIs) are refreshed for the API and the feedback metrics, in seconds; 0 turns them off. They cost CPU per session: in one fan-out bench run, every
-    /// second took up to 1.7x the engine time per packet; every 5 s was within run-to-run noise
-    /// of off.
+    /// PLIs) are refreshed for the API and the feedback metrics, in seconds; 0 turns them off.
+    /// They cost CPU per session: in one fan-out bench run, every second took up to 1.7x the
+    /// engine time per packet; every 5 s was within run-to-run noise of off.
     pub stats_interval_secs: u64,
     /// Queue of media packets between shards; a full queue drops packets (and counts them)
     /// rather than blocking the sending shard.
