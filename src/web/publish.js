@@ -1,5 +1,6 @@
 // The WHIP publisher: camera or screen, a chosen codec and bitrate, to /whip/{stream}.
-// Automation may start it from the fragment (`#codec=vp8&autostart=1&token=…`), reads
+// Automation may start it from the fragment (`#codec=vp8&height=360&keep=1&autostart=1&token=…`),
+// reads
 // `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
 
 import {
@@ -15,6 +16,8 @@ const sourceSel = document.getElementById('source');
 const codecSel = document.getElementById('codec');
 const bitrateIn = document.getElementById('bitrate');
 const audioBox = document.getElementById('audio');
+const heightSel = document.getElementById('height');
+const keepBox = document.getElementById('keep');
 const startBtn = document.getElementById('start');
 const stopBtn = document.getElementById('stop');
 const endpoint = new URL(document.body.dataset.endpoint, location.href).href;
@@ -105,7 +108,7 @@ const session = new Session({
     const running = !['idle', 'stopped', 'error', 'unauthorized'].includes(state);
     startBtn.disabled = running;
     stopBtn.disabled = !running;
-    for (const e of [sourceSel, codecSel, audioBox]) e.disabled = running;
+    for (const e of [sourceSel, codecSel, audioBox, heightSel, keepBox]) e.disabled = running;
     if (state !== 'live') statsBox.textContent = '';
   },
 });
@@ -164,8 +167,13 @@ async function openMedia() {
   if (sourceSel.value === 'screen') {
     return navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 30 }, audio });
   }
+  const height = Number(heightSel.value);
   return navigator.mediaDevices.getUserMedia({
-    video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
+    video: {
+      width: { ideal: Math.round((height * 16) / 9) },
+      height: { ideal: height },
+      frameRate: { ideal: 30 },
+    },
     audio,
   });
 }
@@ -192,6 +200,11 @@ async function start() {
     return;
   }
   preview.srcObject = local;
+  for (const track of local.getVideoTracks()) {
+    // 'detail' makes the encoder drop frames rather than scale down when bandwidth is short
+    // (screen content gets it always: text must stay legible).
+    if (keepBox.checked || sourceSel.value === 'screen') track.contentHint = 'detail';
+  }
   for (const track of local.getTracks()) {
     // The user ended a screen share or unplugged the camera: the broadcast is over.
     track.addEventListener('ended', () => stop());
@@ -245,6 +258,8 @@ fillCodecs();
 if (opts.get('source')) sourceSel.value = opts.get('source');
 if (opts.get('bitrate')) bitrateIn.value = opts.get('bitrate');
 if (opts.get('audio') === '0') audioBox.checked = false;
+if (opts.get('height')) heightSel.value = opts.get('height');
+if (opts.get('keep') === '1') keepBox.checked = true;
 
 window.wishcast = {
   get state() { return session.state; },
