@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use str0m::format::Codec;
-use wishcast::sim::{is_keyframe, Feed, PeerId, PeerOptions, Sim, Way};
+use wishcast::sim::{is_keyframe, Class, Feed, PeerId, PeerOptions, Sim, Way};
 use wishcast::Config;
 
 /// The video frame indices a viewer received, each checked byte for byte against the feed.
@@ -404,4 +404,40 @@ fn srtp_uses_aead_aes_gcm() {
         profiles.iter().all(|p| p.contains("GCM")),
         "AEAD-AES-GCM negotiated: {profiles:?}"
     );
+}
+
+// ---- ICE answers before the peer's own check ------------------------------------------------
+
+/// The gateway checks a peer's candidate while the peer's own checks are lost: the answers
+/// come from an address the gateway has not learned yet and carry no ufrag of its. They must
+/// reach the session, not be dropped as from an unknown source (a browser's answer often
+/// arrives first).
+#[test]
+fn ice_answers_from_unlearned_addresses_reach_their_session() {
+    let mut sim = Sim::new(Config::default(), 1);
+    // Binding requests (type 0x0001) from peers are lost for the first 600 ms; their answers
+    // (0x0101) to the gateway's checks go through.
+    let start = sim.now();
+    sim.set_drop(move |d| {
+        d.way == Way::ToGateway
+            && d.class == Class::Stun
+            && d.contents.starts_with(&[0x00, 0x01])
+            && d.at < start + Duration::from_millis(600)
+    });
+    let p = sim
+        .add_publisher("s", PeerOptions::with_video(Codec::Vp8))
+        .expect("publisher accepted");
+    sim.run_for(Duration::from_millis(500));
+    let answers = sim.engine(0).counters.datagrams_in;
+    assert!(answers > 0, "the peer answered the gateway's checks");
+    assert_eq!(
+        sim.engine(0).counters.datagrams_unknown_source,
+        0,
+        "answers to the gateway's own checks were dropped as unknown"
+    );
+    assert!(
+        sim.run_until_true(Duration::from_secs(5), |s| s.peer(p).is_connected()),
+        "ICE + DTLS complete once the peer's checks get through"
+    );
+    assert_eq!(sim.engine(0).counters.datagrams_unknown_source, 0);
 }

@@ -256,6 +256,12 @@ pub struct Engine {
     sessions: HashMap<SessionId, Session>,
     by_addr: HashMap<SocketAddr, SessionId>,
     by_ufrag: HashMap<String, SessionId>,
+    /// Remote addresses that a session still connecting has sent ICE checks to. The answers come
+    /// from there and carry no ufrag of ours, and may arrive before the peer's own check has
+    /// taught `by_addr` the address. Consulted only when `by_addr` misses, and an answer is only
+    /// let through when it passes that session's STUN integrity check, so an offer that lists
+    /// someone else's address cannot capture their traffic.
+    checked: HashMap<SocketAddr, SessionId>,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     streams: HashMap<Arc<str>, LocalStream>,
     next_housekeeping: Instant,
@@ -287,6 +293,7 @@ impl Engine {
             sessions: HashMap::new(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
+            checked: HashMap::new(),
             timers: BinaryHeap::new(),
             streams: HashMap::new(),
             next_housekeeping: now + HOUSEKEEPING,
@@ -636,6 +643,7 @@ impl Engine {
             None => {
                 let id = stun::local_ufrag(data)
                     .and_then(|u| self.by_ufrag.get(u))
+                    .or_else(|| self.checked.get(&source))
                     .copied();
                 match id {
                     Some(id) => (id, true),
@@ -927,11 +935,16 @@ impl Engine {
                     }
                     break;
                 }
-                Ok(Output::Transmit(t)) => self.outbox.transmits.push(Transmit {
-                    source: t.source,
-                    destination: t.destination,
-                    contents: t.contents.into(),
-                }),
+                Ok(Output::Transmit(t)) => {
+                    if !session.connected && !self.by_addr.contains_key(&t.destination) {
+                        self.checked.insert(t.destination, id);
+                    }
+                    self.outbox.transmits.push(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    })
+                }
                 Ok(Output::Event(e)) => events.push(e),
                 Err(e) => {
                     session
@@ -1038,6 +1051,8 @@ impl Engine {
         };
         session.connected = true;
         session.connected_at = Some(now);
+        // Its peer's addresses are in `by_addr` now.
+        self.checked.retain(|_, s| *s != id);
         let stream = session.stream.clone();
         session.span.in_scope(|| info!("connected"));
         match session.role {
@@ -1346,6 +1361,7 @@ impl Engine {
         for a in &session.addrs {
             self.by_addr.remove(a);
         }
+        self.checked.retain(|_, s| *s != id);
         self.by_ufrag.remove(&session.ufrag);
         let left = self.hub.unregister(id);
         let stream = session.stream.clone();
