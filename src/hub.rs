@@ -67,6 +67,8 @@ pub struct PublisherEntry {
     /// Codec names (upper-case SDP names) the publisher sends, known after its offer.
     pub video_codecs: Vec<String>,
     pub audio_codecs: Vec<String>,
+    /// Its H264 may come in packetization mode 1, which mode-0 viewers cannot take.
+    pub h264_mode1: bool,
 }
 
 /// A stream as the directory knows it; the API adds the shards' figures.
@@ -203,6 +205,7 @@ impl Hub {
                     shard,
                     video_codecs: publisher_codecs.0,
                     audio_codecs: publisher_codecs.1,
+                    h264_mode1: false,
                 };
                 entry.publisher = Some(p.clone());
                 Some(p)
@@ -291,6 +294,7 @@ impl Hub {
         id: SessionId,
         video: Vec<String>,
         audio: Vec<String>,
+        h264_mode1: bool,
     ) {
         let mut st = self.lock();
         if let Some(p) = st
@@ -303,6 +307,7 @@ impl Hub {
                 // profile and packetization mode.
                 p.video_codecs = unique(video);
                 p.audio_codecs = unique(audio);
+                p.h264_mode1 = h264_mode1;
             }
         }
     }
@@ -404,7 +409,7 @@ mod tests {
         // The list and the single stream show the publisher's codecs once it has them.
         // An offer lists a codec once per payload type; the stream shows it once.
         let video = vec!["VP8".into(), "H264".into(), "VP8".into(), "H264".into()];
-        hub.set_publisher_codecs("s", SessionId(2), video, vec!["OPUS".into()]);
+        hub.set_publisher_codecs("s", SessionId(2), video, vec!["OPUS".into()], true);
         let (key, listed) = hub.stream("s").expect("listed");
         assert_eq!(&*key, "s");
         assert_eq!(hub.streams(), vec![listed.clone()]);

@@ -41,6 +41,10 @@ pub struct Section {
     pub dir: Dir,
     /// Codec names from `a=rtpmap`, upper-cased (`H264`, `VP8`, `OPUS`, `RTX`, …).
     pub codecs: Vec<String>,
+    /// Payload types with `a=fmtp` `packetization-mode=1` (RFC 6184 §8.1; absent means 0).
+    pub mode1_pts: Vec<String>,
+    /// Payload types that are H264.
+    pub h264_pts: Vec<String>,
     /// `m=… 0 …`: a rejected or disabled section.
     pub port_zero: bool,
 }
@@ -76,6 +80,13 @@ pub enum OfferError {
     UnsupportedSection(String),
     #[error("the {kind} track offers none of the codecs this gateway forwards ({supported})")]
     NoCommonCodec { kind: Kind, supported: String },
+    #[error("the {kind} track offers none of the codecs the stream's publisher sends ({sent})")]
+    NotPublished { kind: Kind, sent: String },
+    #[error(
+        "the video track offers H264 only in packetization-mode 0, but the publisher sends \
+         mode 1 (RFC 6184): offer packetization-mode=1"
+    )]
+    H264Mode0,
     #[error("the {kind} track is {dir}, but a {endpoint} offer must be {expected}")]
     Direction {
         kind: Kind,
@@ -133,6 +144,8 @@ impl Offer {
                         mid: None,
                         dir: session_dir,
                         codecs: Vec::new(),
+                        mode1_pts: Vec::new(),
+                        h264_pts: Vec::new(),
                         port_zero: port == "0",
                     });
                 }
@@ -151,13 +164,29 @@ impl Offer {
                         (_, Some(d), None) => session_dir = d,
                         ("mid", _, Some(s)) => s.mid = Some(arg.trim().to_string()),
                         ("rtpmap", _, Some(s)) => {
-                            let codec = arg
-                                .split_whitespace()
-                                .nth(1)
+                            let mut words = arg.split_whitespace();
+                            let pt = words.next().unwrap_or("");
+                            let codec = words
+                                .next()
                                 .and_then(|enc| enc.split('/').next())
                                 .unwrap_or("")
                                 .to_ascii_uppercase();
+                            if codec == "H264" {
+                                s.h264_pts.push(pt.to_string());
+                            }
                             s.codecs.push(codec);
+                        }
+                        ("fmtp", _, Some(s)) => {
+                            let (pt, params) = arg.split_once(' ').unwrap_or((arg, ""));
+                            let mode1 = params.split(';').filter_map(|kv| kv.split_once('=')).any(
+                                |(k, v)| {
+                                    k.trim().eq_ignore_ascii_case("packetization-mode")
+                                        && v.trim() == "1"
+                                },
+                            );
+                            if mode1 {
+                                s.mode1_pts.push(pt.trim().to_string());
+                            }
                         }
                         ("setup", _, cur) => {
                             let v = match arg.trim() {
@@ -249,6 +278,15 @@ impl Offer {
             .iter()
             .filter(move |s| s.kind == Some(kind) && !s.port_zero)
             .flat_map(|s| s.codecs.iter().map(String::as_str))
+    }
+
+    /// Whether the live sections offer H264 in packetization mode 1 (FU-A and STAP-A), the mode
+    /// every common encoder sends; a mode-0 receiver need not understand its packets.
+    pub fn h264_mode1(&self) -> bool {
+        self.sections
+            .iter()
+            .filter(|s| !s.port_zero)
+            .any(|s| s.h264_pts.iter().any(|pt| s.mode1_pts.contains(pt)))
     }
 
     pub fn has(&self, kind: Kind) -> bool {
@@ -380,6 +418,32 @@ pub fn restart_offer(original: &str, frag: &Fragment) -> String {
     out
 }
 
+/// Opus as RFC 7587 §7 writes it: `opus/48000/2`. Some peers (GStreamer's `whepsrc` with its
+/// default caps) leave out the channel count, which str0m then cannot match; the meaning is not
+/// in doubt, so the offer is completed rather than refused.
+pub fn complete_opus_rtpmap(sdp: &str) -> std::borrow::Cow<'_, str> {
+    let needs = |l: &str| {
+        l.strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .is_some_and(|enc| enc.eq_ignore_ascii_case("opus/48000"))
+    };
+    if !sdp.lines().any(|l| needs(l.trim_end_matches('\r'))) {
+        return std::borrow::Cow::Borrowed(sdp);
+    }
+    let mut out = String::with_capacity(sdp.len() + 8);
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        if needs(body) {
+            out.push_str(body);
+            out.push_str("/2");
+            out.push_str(&line[body.len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +533,34 @@ mod tests {
         assert!(Fragment::parse(&format!("a=ice-ufrag:abc\r\n{pwd}")).is_err());
         assert!(Fragment::parse(&format!("a=ice-ufrag:ab cd\r\n{pwd}")).is_err());
         assert!(Fragment::parse("a=ice-ufrag:abcd\r\na=ice-pwd:tooshort\r\n").is_err());
+    }
+
+    #[test]
+    fn opus_without_channels_is_completed_and_nothing_else_changes() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 OPUS/48000\r\n\
+                   a=rtpmap:0 PCMU/8000\r\n";
+        let done = complete_opus_rtpmap(sdp);
+        assert_eq!(
+            done,
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 OPUS/48000/2\r\n\
+             a=rtpmap:0 PCMU/8000\r\n"
+        );
+        let right = "v=0\nm=audio 9 UDP/TLS/RTP/SAVPF 111\na=rtpmap:111 opus/48000/2\n";
+        assert!(matches!(
+            complete_opus_rtpmap(right),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn h264_mode_1_is_read_from_fmtp_of_h264_payload_types() {
+        let mode1 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=rtpmap:96 H264/90000\r\n\
+                     a=fmtp:96 profile-level-id=42e01f;packetization-mode=1\r\n\
+                     a=rtpmap:97 VP8/90000\r\n";
+        assert!(Offer::parse(mode1).expect("parses").h264_mode1());
+        // Mode 1 on a payload type that is not H264 does not count; absent means mode 0.
+        let mode0 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=rtpmap:96 H264/90000\r\n\
+                     a=rtpmap:97 VP8/90000\r\na=fmtp:97 packetization-mode=1\r\n";
+        assert!(!Offer::parse(mode0).expect("parses").h264_mode1());
     }
 }

@@ -1070,8 +1070,13 @@ impl Sim {
         if role == Role::Publish {
             if let Ok(answer) = Offer::parse(&created.answer) {
                 let names = |k: Kind| answer.codecs(k).map(str::to_string).collect::<Vec<_>>();
-                self.hub
-                    .set_publisher_codecs(stream, id, names(Kind::Video), names(Kind::Audio));
+                self.hub.set_publisher_codecs(
+                    stream,
+                    id,
+                    names(Kind::Video),
+                    names(Kind::Audio),
+                    answer.h264_mode1(),
+                );
             }
         }
         let answer = SdpAnswer::from_sdp_string(&created.answer)

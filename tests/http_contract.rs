@@ -1025,3 +1025,75 @@ async fn rfc9725_4_6_turn_rest_credentials_are_derived_per_answer() {
     drop(publisher);
     gw.shutdown().await;
 }
+
+/// A recvonly offer with only H264 video (every profile str0m offers) and Opus audio.
+fn h264_viewer_offer() -> String {
+    str0m_offer(
+        Rtc::builder()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_opus(true, false)
+            .build(Instant::now()),
+        Direction::RecvOnly,
+        &[MediaKind::Video, MediaKind::Audio],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc6184_8_1_h264_viewer_only_in_packetization_mode_0_is_422() {
+    let gw = start(contract_config()).await;
+    let _publisher = live_publisher(&gw, "s").await;
+    let both = h264_viewer_offer();
+    assert!(both.contains("packetization-mode=1"), "{both}");
+    // The same offer with every H264 payload type in mode 0 (RFC 6184: absent means 0).
+    let mode0 = both.replace("packetization-mode=1", "packetization-mode=0");
+    let r = post_sdp(&whep(&gw, "s"), &mode0).await;
+    assert_problem(&r, 422, "H264 in mode 0 for a mode-1 publisher");
+    assert!(r.text().contains("packetization-mode"), "{}", r.text());
+    let r = post_sdp(&whep(&gw, "s"), &both).await;
+    assert_eq!(r.status, 201, "mode 1 offered: {}", r.text());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_viewer_without_the_publishers_codec_is_422_naming_it() {
+    let gw = start(contract_config()).await;
+    let _publisher = live_publisher(&gw, "s").await;
+    let vp8 = str0m_offer(
+        Rtc::builder()
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_opus(true, false)
+            .build(Instant::now()),
+        Direction::RecvOnly,
+        &[MediaKind::Video, MediaKind::Audio],
+    );
+    let r = post_sdp(&whep(&gw, "s"), &vp8).await;
+    assert_problem(&r, 422, "VP8 viewer of an H264 stream");
+    assert!(
+        r.text().contains("the stream's publisher sends (H264)"),
+        "{}",
+        r.text()
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc7587_7_opus_without_a_channel_count_is_served_as_stereo_opus() {
+    let gw = start(contract_config()).await;
+    let sdp = offer(Direction::SendOnly);
+    let lax = sdp.replace("opus/48000/2", "opus/48000");
+    assert_ne!(lax, sdp, "the offer names opus/48000/2: {sdp}");
+    let r = post_sdp(&whip(&gw, "s"), &lax).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let answer = r.text();
+    let audio = media_sections(&answer)
+        .into_iter()
+        .find(|s| s[0].starts_with("m=audio"))
+        .expect("an audio section");
+    assert!(
+        !audio[0].contains(" 0 ") && audio.iter().any(|l| l.contains("opus/48000/2")),
+        "audio accepted with Opus: {answer}"
+    );
+    gw.shutdown().await;
+}

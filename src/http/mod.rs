@@ -22,7 +22,7 @@ use axum::Router;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::hub::{ClaimError, Hub, SessionId};
+use crate::hub::{ClaimError, Hub, PublisherEntry, SessionId};
 use crate::sdp::{Fragment, Kind, Offer, OfferError, Role};
 use crate::shard::io::ShardLink;
 use crate::shard::{Command, CreateSession, Patched, SessionError};
@@ -206,6 +206,7 @@ async fn endpoint(
     let body = read_body(body, &headers, app.config.http.max_body_bytes).await?;
     let offer_sdp = String::from_utf8(body)
         .map_err(|_| SessionError::Offer(OfferError::Malformed("not UTF-8".into())))?;
+    let offer_sdp = crate::sdp::complete_opus_rtpmap(&offer_sdp).into_owned();
     let offer = Offer::parse(&offer_sdp).map_err(SessionError::Offer)?;
     offer.check(role).map_err(SessionError::Offer)?;
 
@@ -227,7 +228,7 @@ async fn endpoint(
         })?;
     if role == Role::Play {
         if let Some(p) = &publisher {
-            if let Err(e) = check_viewer_codecs(&offer, &p.video_codecs, &p.audio_codecs) {
+            if let Err(e) = check_viewer_codecs(&offer, p) {
                 app.hub.unregister(id);
                 return Err(SessionError::Offer(e).into());
             }
@@ -267,6 +268,7 @@ async fn endpoint(
                 id,
                 supported(Kind::Video),
                 supported(Kind::Audio),
+                answer.h264_mode1(),
             );
         }
     }
@@ -299,20 +301,23 @@ async fn list_streams(State(app): State<AppState>) -> axum::Json<serde_json::Val
 }
 
 /// A viewer must be able to decode what the live publisher sends.
-fn check_viewer_codecs(
-    offer: &Offer,
-    video: &[String],
-    audio: &[String],
-) -> Result<(), OfferError> {
+fn check_viewer_codecs(offer: &Offer, publisher: &PublisherEntry) -> Result<(), OfferError> {
+    let (video, audio) = (&publisher.video_codecs, &publisher.audio_codecs);
     for (kind, sent) in [(Kind::Video, video), (Kind::Audio, audio)] {
         if sent.is_empty() || !offer.has(kind) {
             continue;
         }
-        if !offer.codecs(kind).any(|c| sent.iter().any(|s| s == c)) {
-            return Err(OfferError::NoCommonCodec {
+        let mut common = offer.codecs(kind).filter(|c| sent.iter().any(|s| s == c));
+        let Some(first) = common.next() else {
+            return Err(OfferError::NotPublished {
                 kind,
-                supported: sent.join(", "),
+                sent: sent.join(", "),
             });
+        };
+        // H264 is the only common codec, and this viewer could not take the mode it comes in.
+        let only_h264 = first == "H264" && common.all(|c| c == "H264");
+        if kind == Kind::Video && only_h264 && publisher.h264_mode1 && !offer.h264_mode1() {
+            return Err(OfferError::H264Mode0);
         }
     }
     Ok(())

@@ -1310,6 +1310,7 @@ impl Engine {
                 .iter()
                 .filter(|p| remote.contains(&p.pt()))
                 .filter(|p| p.spec().codec == params.spec().codec)
+                .filter(|p| takes_packetization(p, params))
                 .max_by_key(|p| fmtp_score(p, params))
                 .map(|p| p.pt())
         });
@@ -1454,6 +1455,17 @@ impl Engine {
 /// session when this returns `None`. `Rtc` keeps no state shared with other sessions.
 fn isolate<T>(f: impl FnOnce() -> T) -> Option<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+/// Whether a viewer's payload type can carry the publisher's packets: an H264 receiver in
+/// packetization mode 0 need not understand the FU-A and STAP-A packets of mode 1 (RFC 6184
+/// §6.2), so mode-1 packets never go to a mode-0 payload type.
+fn takes_packetization(
+    viewer: &str0m::format::PayloadParams,
+    publisher: &str0m::format::PayloadParams,
+) -> bool {
+    let mode = |p: &str0m::format::PayloadParams| p.spec().format.packetization_mode.unwrap_or(0);
+    mode(viewer) >= mode(publisher)
 }
 
 /// How well the viewer's payload parameters fit the publisher's: same H264 profile and
