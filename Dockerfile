@@ -6,24 +6,42 @@
 #     -e WISHCAST_MEDIA__SHARDS=2 -e WISHCAST_MEDIA__PUBLIC_IPS='["203.0.113.7"]' wishcast
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# The release profile keeps line tables for profiling; in the image they would be most of the
+# binary's size.
+ENV CARGO_PROFILE_RELEASE_DEBUG=0
+# Dependencies first, built against stub targets, so a source change does not rebuild them.
+# The [[bench]] entries in Cargo.toml need their files to exist.
 COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/fanout.rs && echo 'fn main() {}' > benches/signalling.rs \
+    && cargo build --release --locked --bin wishcast \
+    && rm -rf src benches
 COPY src src
-COPY examples examples
 COPY benches benches
-COPY config config
-RUN cargo build --release --locked --bin wishcast
+# COPY keeps the files' modification times, which may be older than the stubs' build: touch
+# the crate roots so cargo rebuilds the crate itself.
+RUN touch src/lib.rs src/main.rs && cargo build --release --locked --bin wishcast
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin wishcast
+RUN useradd --uid 10001 --user-group --no-log-init --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin wishcast
 COPY --from=build /src/target/release/wishcast /usr/local/bin/wishcast
-COPY config/wishcast.example.toml /etc/wishcast/wishcast.example.toml
-USER wishcast
+# Every option with its default; mount your own file over it. The server (default arguments)
+# and the health check both read it, so they agree on the listener. No VOLUME: this is
+# configuration, not state, and a VOLUME would leave an anonymous volume behind every container.
+COPY config/wishcast.example.toml /etc/wishcast/wishcast.toml
+# Numeric, so orchestrators can verify the user is not root (Kubernetes runAsNonRoot).
+USER 10001:10001
+# Logs go to `docker logs` and log shippers, not a terminal: no colour escape codes.
+ENV NO_COLOR=1
 # HTTP signalling (HTTPS and HTTP/3 on UDP too when TLS is on), and one UDP port per shard
 # from media.udp_base_port: set media.shards to match the range you publish.
 EXPOSE 8080/tcp 8080/udp
 EXPOSE 8189-8204/udp
-VOLUME ["/etc/wishcast"]
-# Same configuration sources as the server: file (if mounted), WISHCAST_* environment.
+# Same configuration sources as the server: the file above and WISHCAST_* environment.
+# Flags given to `docker run` are not seen here.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["/usr/local/bin/wishcast", "--healthcheck"]
+  CMD ["/usr/local/bin/wishcast", "--config", "/etc/wishcast/wishcast.toml", "--healthcheck"]
 ENTRYPOINT ["/usr/local/bin/wishcast"]
+CMD ["--config", "/etc/wishcast/wishcast.toml"]
