@@ -45,7 +45,7 @@ pub struct Section {
     pub mode1_pts: Vec<String>,
     /// Payload types that are H264.
     pub h264_pts: Vec<String>,
-    /// `m=… 0 …`: a rejected or disabled section.
+    /// `m=… 0 …` without `a=bundle-only`: a rejected or disabled section.
     pub port_zero: bool,
 }
 
@@ -163,6 +163,10 @@ impl Offer {
                         (_, Some(d), Some(s)) => s.dir = d,
                         (_, Some(d), None) => session_dir = d,
                         ("mid", _, Some(s)) => s.mid = Some(arg.trim().to_string()),
+                        // RFC 8843 §6: port 0 with bundle-only is a live section that shares
+                        // the bundle's transport (GStreamer's max-bundle offers), not a
+                        // rejected one.
+                        ("bundle-only", _, Some(s)) => s.port_zero = false,
                         ("rtpmap", _, Some(s)) => {
                             let mut words = arg.split_whitespace();
                             let pt = words.next().unwrap_or("");

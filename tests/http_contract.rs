@@ -1097,3 +1097,64 @@ async fn rfc7587_7_opus_without_a_channel_count_is_served_as_stereo_opus() {
     );
     gw.shutdown().await;
 }
+
+/// The offer with its second m-line as GStreamer's max-bundle policy writes it: port 0 and
+/// `a=bundle-only` as its first attribute.
+fn bundle_only_second(sdp: &str) -> String {
+    let mut sections = 0;
+    let mut pending = false;
+    let out: String = sdp
+        .split_inclusive('\n')
+        .map(|line| {
+            if line.starts_with("m=") {
+                sections += 1;
+                if sections == 2 {
+                    pending = true;
+                    let mut parts: Vec<&str> = line.splitn(3, ' ').collect();
+                    parts[1] = "0";
+                    return parts.join(" ");
+                }
+            }
+            if pending && line.starts_with("a=") {
+                pending = false;
+                return format!("a=bundle-only\r\n{line}");
+            }
+            line.to_string()
+        })
+        .collect();
+    assert!(out.contains("a=bundle-only"), "{out}");
+    out
+}
+
+/// RFC 8843 §6: a section with port 0 and `a=bundle-only` is part of the bundle, not rejected:
+/// it is answered, and its codecs count (a viewer's bundle-only video must fit the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc8843_6_bundle_only_section_with_port_0_is_live() {
+    let gw = start(contract_config()).await;
+    let r = post_sdp(
+        &whip(&gw, "t"),
+        &bundle_only_second(&offer(Direction::SendOnly)),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let answer = r.text();
+    let second = &media_sections(&answer)[1];
+    assert!(
+        second[0].split(' ').nth(1) != Some("0"),
+        "the bundle-only section is accepted: {answer}"
+    );
+
+    let _publisher = live_publisher(&gw, "s").await;
+    let vp8_viewer = str0m_offer(
+        Rtc::builder()
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_opus(true, false)
+            .build(Instant::now()),
+        Direction::RecvOnly,
+        &[MediaKind::Audio, MediaKind::Video],
+    );
+    let r = post_sdp(&whep(&gw, "s"), &bundle_only_second(&vp8_viewer)).await;
+    assert_problem(&r, 422, "bundle-only VP8 video for an H264 stream");
+    gw.shutdown().await;
+}
