@@ -33,15 +33,16 @@ COPY --from=build /src/target/release/wishcast /usr/local/bin/wishcast
 COPY config/wishcast.example.toml /etc/wishcast/wishcast.toml
 # Numeric, so orchestrators can verify the user is not root (Kubernetes runAsNonRoot).
 USER 10001:10001
-# Logs go to `docker logs` and log shippers, not a terminal: no colour escape codes.
-ENV NO_COLOR=1
+# The server and the health check both take the file from WISHCAST_CONFIG, so flags given to
+# `docker run` add to it rather than replace it.
+ENV WISHCAST_CONFIG=/etc/wishcast/wishcast.toml
 # HTTP signalling (HTTPS and HTTP/3 on UDP too when TLS is on), and one UDP port per shard
 # from media.udp_base_port: set media.shards to match the range you publish.
 EXPOSE 8080/tcp 8080/udp
 EXPOSE 8189-8204/udp
 # Same configuration sources as the server: the file above and WISHCAST_* environment.
-# Flags given to `docker run` are not seen here.
+# Listener flags given to `docker run` are not seen here: set the listener in the file or the
+# environment.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["/usr/local/bin/wishcast", "--config", "/etc/wishcast/wishcast.toml", "--healthcheck"]
+  CMD ["/usr/local/bin/wishcast", "--healthcheck"]
 ENTRYPOINT ["/usr/local/bin/wishcast"]
-CMD ["--config", "/etc/wishcast/wishcast.toml"]

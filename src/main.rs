@@ -9,8 +9,9 @@ use wishcast::{Config, Gateway};
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// TOML configuration file; without it the embedded defaults are used.
-    #[arg(long, short)]
+    /// TOML configuration file; without it the embedded defaults are used. Also read from
+    /// `WISHCAST_CONFIG`, so a container's server and its health check find the same file.
+    #[arg(long, short, env = "WISHCAST_CONFIG")]
     config: Option<String>,
     /// Serve HTTPS and HTTP/3 with a self-signed certificate for localhost (development).
     #[arg(long)]
@@ -47,7 +48,11 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        // Colour only for a terminal: log files and `docker logs` get plain text.
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)

@@ -101,7 +101,7 @@ impl Default for PeerOptions {
         PeerOptions {
             video: Some(VideoCodec::H264),
             audio: true,
-            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             bearer: None,
             h3: None,
         }
