@@ -1,0 +1,448 @@
+//! The interop matrix: peers nobody on the project wrote publish and watch through the gateway.
+//!
+//! Publishers: Chromium (through the bundled `/publish/...` page), aiortc, GStreamer `whipsink`.
+//! Viewers: Chromium (through `/watch/...`), aiortc, GStreamer `whepsrc`. For H264 and for VP8, each
+//! publisher feeds all three viewers at once, so every publisher × viewer pair is a cell. A cell
+//! passes when the viewer decoded frames of the publisher's size in the publisher's codec within
+//! a few seconds, Opus packets arrived, and its DELETE was answered 200. Each publisher's DELETE
+//! must end its session on the gateway. Every request carries a bearer token, as OBS sends one.
+//!
+//! The peers are driven by the scripts in `tests/interop/` (protocol in its README), installed by
+//! `tests/interop/setup.sh` into cargo's target tmpdir; the first run installs Debian packages
+//! (as root), a Python venv, an npm folder and builds GStreamer's WHIP/WHEP plugin, later runs
+//! find them in place. Cells run one publisher at a time: the machine has two cores, and three
+//! browsers at once would measure the machine rather than the gateway.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wishcast::Gateway;
+
+/// How long each viewer watches; the first frame is expected within the first few seconds.
+const WATCH_SECS: u64 = 8;
+/// A viewer's first frame later than this fails its cell.
+const FIRST_FRAME_LIMIT_MS: u64 = 5_000;
+const PUBLISH_TOKEN: &str = "interop-publish-3f9c1a";
+const PLAY_TOKEN: &str = "interop-play-7b2e64";
+
+/// One publisher at a time (see the module doc).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What `setup.sh` installed.
+struct Tools {
+    python: String,
+    node_modules: String,
+    gst_plugin_path: String,
+    chromium: String,
+}
+
+fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop");
+        let out = Command::new("bash")
+            .arg(repo().join("tests/interop/setup.sh"))
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bash runs tests/interop/setup.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "tests/interop/setup.sh failed ({}); it installs the interop peers (as root it also \
+             installs their Debian packages):\n{stdout}",
+            out.status
+        );
+        let last = stdout.lines().last().unwrap_or_default();
+        let v: Value = serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("setup.sh's last line is not JSON ({e}): {last}"));
+        let field = |k: &str| {
+            v[k].as_str()
+                .unwrap_or_else(|| panic!("setup.sh gave no {k}: {last}"))
+                .to_string()
+        };
+        Tools {
+            python: field("python"),
+            node_modules: field("node_modules"),
+            gst_plugin_path: field("gst_plugin_path"),
+            chromium: field("chromium"),
+        }
+    })
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where screenshots of the browser player go; the test prints their paths.
+fn output_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-output");
+    std::fs::create_dir_all(&dir).expect("output dir");
+    dir
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum PeerKind {
+    Chromium,
+    Aiortc,
+    Gstreamer,
+}
+
+impl PeerKind {
+    const ALL: [PeerKind; 3] = [PeerKind::Chromium, PeerKind::Aiortc, PeerKind::Gstreamer];
+
+    fn name(self) -> &'static str {
+        match self {
+            PeerKind::Chromium => "chromium",
+            PeerKind::Aiortc => "aiortc",
+            PeerKind::Gstreamer => "gstreamer",
+        }
+    }
+
+    /// The driver command for this peer, with its environment.
+    fn command(self) -> Command {
+        let t = tools();
+        let mut c = match self {
+            PeerKind::Chromium => {
+                let mut c = Command::new("node");
+                c.arg(repo().join("tests/interop/chromium.mjs"))
+                    .env("NODE_PATH", &t.node_modules)
+                    .env("WISHCAST_NODE_MODULES", &t.node_modules)
+                    .env("CHROMIUM", &t.chromium);
+                c
+            }
+            PeerKind::Aiortc => {
+                let mut c = Command::new(&t.python);
+                c.arg(repo().join("tests/interop/aiortc_peer.py"));
+                c
+            }
+            PeerKind::Gstreamer => {
+                let mut c = Command::new("/usr/bin/python3");
+                c.arg(repo().join("tests/interop/gst_peer.py"))
+                    .env("GST_PLUGIN_PATH", &t.gst_plugin_path);
+                c
+            }
+        };
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+}
+
+/// A running driver: its JSON lines on a channel, its stderr kept for failure messages.
+struct Driver {
+    what: String,
+    child: Child,
+    events: Receiver<Value>,
+    /// Every event taken off `events` so far, in order.
+    seen: Vec<Value>,
+    stderr: std::sync::Arc<Mutex<String>>,
+}
+
+impl Driver {
+    fn spawn(peer: PeerKind, what: String, args: &[String]) -> Driver {
+        let mut child = peer
+            .command()
+            .args(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: driver starts: {e}"));
+        let (tx, events) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let name = what.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("{name}: stdout line that is not JSON: {line}"),
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let (keep, err) = (stderr.clone(), child.stderr.take().expect("piped stderr"));
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut s) = keep.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        Driver {
+            what,
+            child,
+            events,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// The next event named `name`, failing on an `error` event, an exit or the deadline.
+    fn expect(&mut self, name: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) if v["event"] == "error" => self.fail(&format!("reported {v}")),
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == name {
+                        return v;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("no \"{name}\" within {within:?}"))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    self.fail(&format!("exited ({status:?}) before \"{name}\""))
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!(
+            "{}: {why}\n--- its stderr (last lines) ---\n{tail}",
+            self.what
+        )
+    }
+
+    /// Asks the driver to stop the way an operator would (SIGTERM).
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    fn wait_exit(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                if !status.success() {
+                    self.fail(&format!("exited with {status}"));
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.fail(&format!("still running {within:?} after it was done"));
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway with bearer tokens required to publish and to play any stream.
+async fn gateway() -> Gateway {
+    let mut c = common::test_config(2);
+    c.auth = toml::from_str(&format!(
+        "enabled = true\n[[streams]]\npattern = \"*\"\npublish_tokens = [\"{PUBLISH_TOKEN}\"]\n\
+         play_tokens = [\"{PLAY_TOKEN}\"]\n"
+    ))
+    .expect("[auth] parses");
+    common::start(c).await
+}
+
+/// One cell's outcome, for the table the matrix prints.
+struct Cell {
+    publisher: PeerKind,
+    viewer: PeerKind,
+    codec: &'static str,
+    first_frame_ms: u64,
+    frames: u64,
+    size: (u64, u64),
+    audio_packets: u64,
+}
+
+/// Publishes `codec` from `publisher`, lets every viewer kind watch at once, checks each cell,
+/// then stops the publisher and checks the gateway ended its session.
+async fn matrix_row(publisher: PeerKind, codec: &'static str) {
+    let _serial = SERIAL.lock().await;
+    let _ = tools();
+    let gw = gateway().await;
+    let stream = format!("{}-{codec}", publisher.name());
+    let base = format!("http://{}", gw.http_addr());
+
+    let mut pubd = Driver::spawn(
+        publisher,
+        format!("{} publishing {codec}", publisher.name()),
+        &[
+            "publish".into(),
+            "--url".into(),
+            format!("{base}/whip/{stream}"),
+            "--codec".into(),
+            codec.into(),
+            "--token".into(),
+            PUBLISH_TOKEN.into(),
+        ],
+    );
+    let published = pubd.expect("publishing", Duration::from_secs(60));
+    let width = published["width"].as_u64().unwrap_or(0);
+    let height = published["height"].as_u64().unwrap_or(0);
+    let audio = published["audio"].as_bool().unwrap_or(false);
+    assert!(width > 0 && height > 0, "publisher size: {published}");
+    assert_eq!(published["codec"], codec, "publisher codec: {published}");
+
+    let mut viewers: Vec<(PeerKind, Driver)> = PeerKind::ALL
+        .iter()
+        .map(|&v| {
+            let mut args = vec![
+                "play".to_string(),
+                "--url".into(),
+                format!("{base}/whep/{stream}"),
+                "--seconds".into(),
+                WATCH_SECS.to_string(),
+                "--token".into(),
+                PLAY_TOKEN.into(),
+            ];
+            if v == PeerKind::Chromium {
+                let shot = output_dir().join(format!("player-{stream}.png"));
+                args.push("--screenshot".into());
+                args.push(shot.display().to_string());
+            }
+            let what = format!("{} watching {} {codec}", v.name(), publisher.name());
+            (v, Driver::spawn(v, what, &args))
+        })
+        .collect();
+
+    let mut cells = Vec::new();
+    for (viewer, d) in viewers.iter_mut() {
+        let summary = d.expect("summary", Duration::from_secs(WATCH_SECS + 60));
+        d.wait_exit(Duration::from_secs(10));
+        let first = d.seen.iter().find(|v| v["event"] == "first_frame").cloned();
+        let what = d.what.clone();
+        let first_frame_ms = first.as_ref().and_then(|v| v["ms"].as_u64());
+        let frames = summary["frames"].as_u64().unwrap_or(0);
+        let size = (
+            summary["width"].as_u64().unwrap_or(0),
+            summary["height"].as_u64().unwrap_or(0),
+        );
+        let audio_packets = summary["audio_packets"].as_u64().unwrap_or(0);
+        assert!(frames > 0, "{what}: no frame decoded: {summary}");
+        let first_frame_ms = first_frame_ms.unwrap_or_else(|| panic!("{what}: no first_frame"));
+        assert!(
+            first_frame_ms <= FIRST_FRAME_LIMIT_MS,
+            "{what}: first frame after {first_frame_ms} ms"
+        );
+        assert_eq!(size, (width, height), "{what}: decoded size: {summary}");
+        assert_eq!(summary["codec"], codec, "{what}: codec: {summary}");
+        if audio {
+            assert!(audio_packets > 0, "{what}: no audio: {summary}");
+        }
+        assert_eq!(
+            summary["delete_status"], 200,
+            "{what}: the viewer's DELETE: {summary}"
+        );
+        if *viewer == PeerKind::Chromium {
+            assert_eq!(
+                summary["nonuniform"], true,
+                "{what}: the picture drawn from <video> is uniform: {summary}"
+            );
+        }
+        cells.push(Cell {
+            publisher,
+            viewer: *viewer,
+            codec,
+            first_frame_ms,
+            frames,
+            size,
+            audio_packets,
+        });
+    }
+    drop(viewers);
+
+    pubd.terminate();
+    let deleted = pubd.expect("deleted", Duration::from_secs(10));
+    assert_eq!(deleted["status"], 200, "publisher's DELETE: {deleted}");
+    pubd.wait_exit(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.session_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        gw.session_count(),
+        0,
+        "sessions left on the gateway after every peer's DELETE"
+    );
+    gw.shutdown().await;
+
+    for c in &cells {
+        println!(
+            "interop cell: {:>9} -> {:<9} {:<4} first frame {:>5} ms, {} frames {}x{}, {} audio packets",
+            c.publisher.name(),
+            c.viewer.name(),
+            c.codec,
+            c.first_frame_ms,
+            c.frames,
+            c.size.0,
+            c.size.1,
+            c.audio_packets
+        );
+    }
+    if cells.iter().any(|c| c.viewer == PeerKind::Chromium) {
+        println!(
+            "interop screenshot: {}",
+            output_dir().join(format!("player-{stream}.png")).display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_h264_to_every_viewer() {
+    matrix_row(PeerKind::Chromium, "h264").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_vp8_to_every_viewer() {
+    matrix_row(PeerKind::Chromium, "vp8").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_publishes_h264_to_every_viewer() {
+    matrix_row(PeerKind::Aiortc, "h264").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_publishes_vp8_to_every_viewer() {
+    matrix_row(PeerKind::Aiortc, "vp8").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_publishes_h264_to_every_viewer() {
+    matrix_row(PeerKind::Gstreamer, "h264").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_publishes_vp8_to_every_viewer() {
+    matrix_row(PeerKind::Gstreamer, "vp8").await;
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Installs what the interop matrix needs, under DIR (a cache directory in cargo's target dir):
+# Debian packages (Chromium, GStreamer, Node, Python venv), the aiortc venv, playwright-core, and
+# GStreamer's whipsink/whepsrc, which Debian 12's GStreamer 1.22 lacks and so are built here from
+# the gst-plugin-webrtchttp crate.
+#
+# Usage: tests/interop/setup.sh DIR
+# Idempotent: a second run only checks and takes seconds. Progress goes to stderr; the last line on
+# stdout is a JSON object with the paths the drivers need.
+set -euo pipefail
+
+PLAYWRIGHT_CORE_VERSION=1.61.1   # the last release that still runs on Debian 12's Node 18
+WEBRTCHTTP_VERSION=0.15.4
+WEBRTCHTTP_SHA256=180a9daf918387be9e9ee46acaf555bdf8df9e427c1397f4008295f00e57dad5
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 DIR" >&2
+    exit 2
+fi
+mkdir -p "$1"
+DIR=$(cd "$1" && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+log() { echo "setup: $*" >&2; }
+
+# Tests may run this concurrently; one installer at a time.
+exec 9>"$DIR/.setup.lock"
+flock 9
+
+# --- Debian packages -------------------------------------------------------------------------
+# fonts-liberation: a recommend of Chromium's that --no-install-recommends would drop; pages and
+# screenshots need some font. openssl: gst_peer.py makes its ECDSA DTLS certificate with it.
+PACKAGES=(
+    ca-certificates curl pkg-config build-essential openssl
+    chromium fonts-liberation
+    gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice
+    python3 python3-venv python3-gi
+    gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1
+    libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
+)
+# Node may come from elsewhere (NodeSource bundles npm and conflicts with Debian's npm package).
+command -v node >/dev/null || PACKAGES+=(nodejs)
+command -v npm >/dev/null || PACKAGES+=(npm)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)" = "ii " ] || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages (run as root or install them): ${missing[*]}"
+        exit 1
+    fi
+    log "installing ${missing[*]} (log: $DIR/apt.log)"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+        >"$DIR/apt.log" 2>&1 || { tail -n 30 "$DIR/apt.log" >&2; exit 1; }
+fi
+command -v cargo >/dev/null || { log "cargo is required to build whipsink/whepsrc"; exit 1; }
+
+# --- aiortc venv ------------------------------------------------------------------------------
+REQS="$HERE/requirements.txt"
+VENV="$DIR/venv"
+want=$(sha256sum "$REQS" | cut -d' ' -f1)
+if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    log "creating $VENV"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" >&2
+    echo "$want" >"$VENV/.requirements.sha256"
+fi
+
+# --- playwright-core --------------------------------------------------------------------------
+NODE_DIR="$DIR/node"
+installed=$(node -p "require('$NODE_DIR/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
+if [ "$installed" != "$PLAYWRIGHT_CORE_VERSION" ]; then
+    log "installing playwright-core@$PLAYWRIGHT_CORE_VERSION"
+    mkdir -p "$NODE_DIR"
+    npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error \
+        "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
+fi
+
+# --- whipsink / whepsrc -----------------------------------------------------------------------
+GST_PLUGIN_DIR="$DIR/gst-plugins/webrtchttp-$WEBRTCHTTP_VERSION"
+SO="$GST_PLUGIN_DIR/libgstwebrtchttp.so"
+if [ ! -f "$SO" ]; then
+    SRC="$DIR/src/gst-plugin-webrtchttp-$WEBRTCHTTP_VERSION"
+    if [ ! -f "$SRC/Cargo.toml" ]; then
+        log "downloading gst-plugin-webrtchttp $WEBRTCHTTP_VERSION"
+        mkdir -p "$DIR/src"
+        crate="$DIR/src/gst-plugin-webrtchttp-$WEBRTCHTTP_VERSION.crate"
+        curl -sSfL -o "$crate" \
+            "https://static.crates.io/crates/gst-plugin-webrtchttp/$WEBRTCHTTP_VERSION/download"
+        echo "$WEBRTCHTTP_SHA256  $crate" | sha256sum -c --quiet - >&2
+        tar -xzf "$crate" -C "$DIR/src"
+    fi
+    # The default features need GStreamer 1.24 (v1_24) and aws-lc's build; 1.22 and ring suffice.
+    log "building gst-plugin-webrtchttp $WEBRTCHTTP_VERSION (a few minutes)"
+    start=$(date +%s)
+    # The ceiling keeps the version helper from stamping the plugin with this repository's commit.
+    GIT_CEILING_DIRECTORIES="$DIR/src" CARGO_TARGET_DIR="$DIR/gst-target" cargo build --release --locked --quiet \
+        --manifest-path "$SRC/Cargo.toml" --no-default-features --features rustls-ring >&2
+    log "built in $(($(date +%s) - start)) s"
+    # Only the plugin in its own directory: GStreamer scans GST_PLUGIN_PATH recursively and would
+    # also load the copies in cargo's deps/.
+    mkdir -p "$GST_PLUGIN_DIR"
+    cp "$DIR/gst-target/release/libgstwebrtchttp.so" "$SO.tmp"
+    mv "$SO.tmp" "$SO"
+fi
+for element in whipsink whepsrc; do
+    # Not --exists: that also demands a plugin version >= GStreamer's own.
+    GST_PLUGIN_PATH="$GST_PLUGIN_DIR" gst-inspect-1.0 "$element" >/dev/null 2>&1 ||
+        { log "GStreamer cannot load $element from $SO"; exit 1; }
+done
+log "GST_PLUGIN_PATH=$GST_PLUGIN_DIR"
+
+printf '{"python":"%s","node_modules":"%s","gst_plugin_path":"%s","chromium":"%s"}\n' \
+    "$VENV/bin/python" "$NODE_DIR/node_modules" "$GST_PLUGIN_DIR" "$(command -v chromium)"
