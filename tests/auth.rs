@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -41,40 +40,10 @@ const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 const CANDIDATE: &str = "a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\n";
 
-/// Everything any test here logs, at `debug`, from the gateway and the peers alike.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .try_init();
-        buf
-    })
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The gateway with the test settings and `auth` as its `[auth]` section, logging into
-/// [`logs`].
+/// [`captured_logs`].
 async fn gateway(auth: &str) -> Gateway {
-    logs();
+    captured_logs("debug");
     let mut c: Config = test_config(2);
     c.auth = toml::from_str(auth).expect("[auth] parses");
     start(c).await
@@ -689,7 +658,7 @@ async fn send_tls(
 /// the session's DELETE needs the token too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_auth_over_https_and_http3() {
-    logs();
+    captured_logs("debug");
     let mut c: Config = test_config(2);
     c.auth = toml::from_str(STATIC).expect("[auth] parses");
     c.tls.self_signed = true;
@@ -737,8 +706,7 @@ async fn bearer_auth_over_https_and_http3() {
     h3.close().await;
     gw.shutdown().await;
     // Nor do the TLS and QUIC layers log the header at `debug`.
-    let text =
-        String::from_utf8_lossy(&logs().lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let text = captured_text("debug");
     for token in [TEACHER, STUDENT, BOGUS] {
         assert!(!text.contains(token), "a token appears in the logs");
     }
@@ -772,8 +740,7 @@ async fn tokens_never_reach_the_logs() {
     }
     gw.shutdown().await;
 
-    let text =
-        String::from_utf8_lossy(&logs().lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let text = captured_text("debug");
     assert!(
         text.contains("request denied") && text.contains("auth webhook timed out"),
         "the capture holds the gateway's debug output ({} bytes)",

@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
@@ -15,45 +13,14 @@ use wishcast::client::http::request;
 use wishcast::client::{Peer, VideoCodec};
 use wishcast::sim::{self, Sim, Way};
 
-/// Every log line of this test binary at `info`, as text. Installed before any gateway starts,
-/// since shard threads log through the global subscriber.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .try_init();
-        buf
-    })
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A gateway logging into [`logs`].
+/// A gateway logging into [`captured_logs`].
 async fn gateway(config: wishcast::Config) -> wishcast::Gateway {
-    logs();
+    captured_logs("info");
     start(config).await
 }
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    captured_text("info")
 }
 
 /// `name{labels} value` lines of a Prometheus text exposition, by series.

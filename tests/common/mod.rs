@@ -2,8 +2,9 @@
 //! publisher that sends generated frames at a steady rate.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use str0m::media::MediaKind;
@@ -126,5 +127,46 @@ impl Feed {
     pub async fn stop(self) -> Peer {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.expect("feed task")
+    }
+}
+
+/// Everything this test binary logs at `filter` (the first call's filter wins: a process has one
+/// global subscriber), kept in memory so tests can read what an operator's log would show.
+pub fn captured_logs(filter: &str) -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        buf
+    })
+}
+
+/// The captured log so far, as text.
+pub fn captured_text(filter: &str) -> String {
+    String::from_utf8_lossy(
+        &captured_logs(filter)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    )
+    .into_owned()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
