@@ -5,10 +5,8 @@ Speaks the driver protocol of tests/interop/README.md: JSON events, one per line
 logs on stderr. Runs in the venv that tests/interop/setup.sh creates (aiortc, PyAV, numpy).
 """
 
-import argparse
 import asyncio
 import fractions
-import json
 import logging
 import math
 import signal
@@ -17,6 +15,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+from protocol import emit, parse_args  # tests/interop/protocol.py, beside this script
 
 import aiortc.rtcrtpreceiver
 import av
@@ -36,10 +36,6 @@ CONNECT_TIMEOUT = 20.0
 HTTP_TIMEOUT = 3.0  # with the 1 s close, keeps the exit after SIGTERM under 5 s
 
 log = logging.getLogger("aiortc_peer")
-
-
-def emit(event, **fields):
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 # --- HTTP (urllib in a thread: aiortc brings no HTTP client) ---------------------------------
@@ -365,24 +361,8 @@ async def main(args):
     return await play(args)
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("mode", choices=["publish", "play"])
-    p.add_argument("--url", required=True)
-    p.add_argument("--codec", choices=["h264", "vp8"])
-    p.add_argument("--seconds", type=float)
-    p.add_argument("--token")
-    p.add_argument("--screenshot", help="accepted and ignored: browser only")
-    args = p.parse_args()
-    if args.mode == "publish" and not args.codec:
-        p.error("publish needs --codec")
-    if args.mode == "play" and args.seconds is None:
-        p.error("play needs --seconds")
-    return args
-
-
 if __name__ == "__main__":
-    args = parse_args()
+    args = parse_args(__doc__)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(logging.INFO)
     try:

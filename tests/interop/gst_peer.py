@@ -18,10 +18,8 @@ DELETE when they go from PAUSED to READY and only log its status. This driver re
 and the moment whepsrc sends its POST, from their debug log.
 """
 
-import argparse
 import base64
 import hashlib
-import json
 import os
 import re
 import signal
@@ -30,6 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from protocol import emit, parse_args  # tests/interop/protocol.py, beside this script
 
 import gi
 
@@ -41,10 +41,6 @@ WIDTH, HEIGHT, FPS = 640, 360, 30
 CONNECT_TIMEOUT_S = 20
 # Per HTTP request; the DELETE runs inside the state change, so this bounds the time to exit.
 HTTP_TIMEOUT_S = 3
-
-
-def emit(event, **fields):
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 def info(msg):
@@ -513,24 +509,8 @@ class Viewer(Peer):
         return False
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("mode", choices=["publish", "play"])
-    p.add_argument("--url", required=True)
-    p.add_argument("--codec", choices=["h264", "vp8"])
-    p.add_argument("--seconds", type=float)
-    p.add_argument("--token")
-    p.add_argument("--screenshot", help="accepted and ignored: browser only")
-    args = p.parse_args()
-    if args.mode == "publish" and not args.codec:
-        p.error("publish needs --codec")
-    if args.mode == "play" and args.seconds is None:
-        p.error("play needs --seconds")
-    return args
-
-
 def main():
-    args = parse_args()
+    args = parse_args(__doc__)
     log = ElementLog("whipsink" if args.mode == "publish" else "whepsrc")
     try:
         Gst.init(None)

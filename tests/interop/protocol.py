@@ -1,0 +1,27 @@
+"""The driver protocol of tests/interop/README.md, shared by the Python peers: its command line
+and its JSON-lines events. Only the standard library, so the aiortc venv and the system Python
+(GStreamer's PyGObject) can both import it."""
+
+import argparse
+import json
+
+
+def emit(event, **fields):
+    """One protocol event on stdout, flushed at once: the orchestrator reads it as it comes."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def parse_args(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("mode", choices=["publish", "play"])
+    p.add_argument("--url", required=True)
+    p.add_argument("--codec", choices=["h264", "vp8"])
+    p.add_argument("--seconds", type=float)
+    p.add_argument("--token")
+    p.add_argument("--screenshot", help="accepted and ignored: browser only")
+    args = p.parse_args()
+    if args.mode == "publish" and not args.codec:
+        p.error("publish needs --codec")
+    if args.mode == "play" and args.seconds is None:
+        p.error("play needs --seconds")
+    return args
