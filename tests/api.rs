@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 use wishcast::client::http::request;
-use wishcast::client::{Peer, VideoCodec};
+use wishcast::client::VideoCodec;
 
 async fn get_json(gw: &wishcast::Gateway, path: &str) -> (u16, serde_json::Value) {
     let r = request(
@@ -146,14 +146,7 @@ async fn stream_detail_and_kicks() {
     let (_, doc) = get_json(&gw, "/api/openapi.json").await;
     let codec = Some(VideoCodec::Vp8);
     let feed = Feed::start(&whip(&gw, "k"), codec, false, 0).await;
-    let mut viewers = Vec::new();
-    for _ in 0..2 {
-        let mut v = Peer::play(&whep(&gw, "k"), opts(codec, false))
-            .await
-            .expect("play");
-        v.next_frame(Duration::from_secs(5)).await.expect("frame");
-        viewers.push(v);
-    }
+    let viewers = watching(&whep(&gw, "k"), codec, false, 2).await;
     // Statistics every second here (the default is 5 s).
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let stream = get_checked(&gw, &doc, "/api/streams/k", "/api/streams/{stream}").await;

@@ -58,14 +58,7 @@ async fn metrics_count_sessions_packets_requests_and_first_frames() {
     let gw = gateway(config).await;
     let codec = Some(VideoCodec::Vp8);
     let feed = Feed::start(&whip(&gw, "m"), codec, true, 0).await;
-    let mut viewers = Vec::new();
-    for _ in 0..2 {
-        let mut v = Peer::play(&whep(&gw, "m"), opts(codec, true))
-            .await
-            .expect("play");
-        v.next_frame(Duration::from_secs(5)).await.expect("frame");
-        viewers.push(v);
-    }
+    let viewers = watching(&whep(&gw, "m"), codec, true, 2).await;
     let a = scrape(&gw).await;
     assert_eq!(a["wishcast_sessions{kind=\"publish\"}"], 1.0);
     assert_eq!(a["wishcast_sessions{kind=\"play\"}"], 2.0);

@@ -54,6 +54,17 @@ pub fn opts(video: Option<VideoCodec>, audio: bool) -> PeerOptions {
     }
 }
 
+/// `n` viewers of `url`, each past its first video frame.
+pub async fn watching(url: &str, codec: Option<VideoCodec>, audio: bool, n: usize) -> Vec<Peer> {
+    let mut viewers = Vec::new();
+    for _ in 0..n {
+        let mut v = Peer::play(url, opts(codec, audio)).await.expect("play");
+        v.next_frame(Duration::from_secs(5)).await.expect("frame");
+        viewers.push(v);
+    }
+    viewers
+}
+
 /// The video frame with index `i` as the test publisher generates it (`key`: as a keyframe).
 pub fn expected_video(codec: VideoCodec, i: u64, key: bool) -> Vec<u8> {
     media::video_frame(codec, i, key, VIDEO_BYTES)
