@@ -382,6 +382,18 @@ export class Rate {
   }
 }
 
+/** The video and audio RTP stream stats of `type` ('inbound-rtp' or 'outbound-rtp'). */
+export function rtpStats(report, type) {
+  let video = null;
+  let audio = null;
+  for (const s of report.values()) {
+    if (s.type !== type) continue;
+    if (s.kind === 'video') video = s;
+    else if (s.kind === 'audio') audio = s;
+  }
+  return { video, audio };
+}
+
 /** The stats of the candidate pair in use (for RTT). */
 export function selectedPair(report) {
   for (const s of report.values()) {

@@ -4,7 +4,7 @@
 // `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
 
 import {
-  bindTokenForm, formatBitrate, loadToken, params, Rate, selectedPair, Session,
+  bindTokenForm, formatBitrate, loadToken, params, Rate, rtpStats, selectedPair, Session,
 } from './common.js';
 
 const preview = document.getElementById('preview');
@@ -116,13 +116,7 @@ const session = new Session({
 async function readStats(pc) {
   const report = await pc.getStats();
   if (seen.pc !== pc) seen = { pc, bytes: 0 };
-  let v = null;
-  let a = null;
-  for (const s of report.values()) {
-    if (s.type !== 'outbound-rtp') continue;
-    if (s.kind === 'video') v = s;
-    else if (s.kind === 'audio') a = s;
-  }
+  const { video: v, audio: a } = rtpStats(report, 'outbound-rtp');
   const bytes = (v?.bytesSent ?? 0) + (a?.bytesSent ?? 0);
   const progress = bytes > seen.bytes;
   seen.bytes = bytes;

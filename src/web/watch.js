@@ -2,7 +2,7 @@
 // Automation reads `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
 
 import {
-  bindTokenForm, formatBitrate, loadToken, params, Rate, selectedPair, Session,
+  bindTokenForm, formatBitrate, loadToken, params, Rate, rtpStats, selectedPair, Session,
 } from './common.js';
 
 const video = document.getElementById('video');
@@ -68,13 +68,7 @@ const session = new Session({
 async function readStats(pc) {
   const report = await pc.getStats();
   if (seen.pc !== pc) seen = { pc, bytes: 0 };
-  let v = null;
-  let a = null;
-  for (const s of report.values()) {
-    if (s.type !== 'inbound-rtp') continue;
-    if (s.kind === 'video') v = s;
-    else if (s.kind === 'audio') a = s;
-  }
+  const { video: v, audio: a } = rtpStats(report, 'inbound-rtp');
   const bytes = (v?.bytesReceived ?? 0) + (a?.bytesReceived ?? 0);
   const progress = bytes > seen.bytes;
   seen.bytes = bytes;
