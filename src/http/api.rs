@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::error::ApiError;
 use super::AppState;
 use crate::hub::{SessionId, StreamSummary};
-use crate::shard::{Command, SessionError, SessionStats, StreamTotals};
+use crate::shard::{Command, SessionError, SessionStats, StreamTotals, Traffic};
 
 /// How long the API waits for a shard's figures; a shard that does not answer is left out.
 const STATS_REPLY: Duration = Duration::from_secs(2);
@@ -46,15 +46,8 @@ pub struct StreamFigures {
     /// The publisher's negotiated codecs.
     pub video_codecs: Vec<String>,
     pub audio_codecs: Vec<String>,
-    /// Bits per second from the publisher, and to all viewers together.
-    pub bitrate_in: u64,
-    pub bitrate_out: u64,
-    /// RTP packets from the publisher, and to all viewers together (retransmissions included).
-    pub packets_in: u64,
-    pub packets_out: u64,
-    /// Packets from the publisher that never arrived, and packets the viewers report lost.
-    pub packets_lost_in: u64,
-    pub packets_lost_out: u64,
+    #[serde(flatten)]
+    pub traffic: Traffic,
     /// Seconds since the current publisher connected; `null` without a connected publisher.
     /// It starts again with each new publisher, so it says how long the stream has been live.
     pub uptime_secs: Option<f64>,
@@ -72,12 +65,7 @@ impl StreamFigures {
             publisher_state,
             video_codecs: summary.video_codecs.clone(),
             audio_codecs: summary.audio_codecs.clone(),
-            bitrate_in: totals.bitrate_in,
-            bitrate_out: totals.bitrate_out,
-            packets_in: totals.packets_in,
-            packets_out: totals.packets_out,
-            packets_lost_in: totals.packets_lost_in,
-            packets_lost_out: totals.packets_lost_out,
+            traffic: totals.traffic,
             uptime_secs: totals.uptime_secs.filter(|_| summary.live),
         }
     }

@@ -129,6 +129,32 @@ pub struct SessionStats {
     pub connected_secs: Option<f64>,
 }
 
+/// A stream's traffic: what its publisher sends in, and what goes out to all its viewers
+/// together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Traffic {
+    /// Bits per second over the last statistics interval.
+    pub bitrate_in: u64,
+    pub bitrate_out: u64,
+    /// RTP packets, retransmissions included.
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Packets from the publisher that never arrived, and packets the viewers report lost.
+    pub packets_lost_in: u64,
+    pub packets_lost_out: u64,
+}
+
+impl Traffic {
+    fn add(&mut self, o: &Traffic) {
+        self.bitrate_in += o.bitrate_in;
+        self.bitrate_out += o.bitrate_out;
+        self.packets_in += o.packets_in;
+        self.packets_out += o.packets_out;
+        self.packets_lost_in += o.packets_lost_in;
+        self.packets_lost_out += o.packets_lost_out;
+    }
+}
+
 /// A stream's figures on one shard, summed over its sessions there; the API adds up the shards.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StreamTotals {
@@ -136,12 +162,7 @@ pub struct StreamTotals {
     pub publisher_state: Option<&'static str>,
     /// Seconds since the publisher connected, if it is on this shard and connected.
     pub uptime_secs: Option<f64>,
-    pub bitrate_in: u64,
-    pub bitrate_out: u64,
-    pub packets_in: u64,
-    pub packets_out: u64,
-    pub packets_lost_in: u64,
-    pub packets_lost_out: u64,
+    pub traffic: Traffic,
     pub viewers: usize,
 }
 
@@ -149,17 +170,18 @@ impl StreamTotals {
     /// Counts one session of the stream: a publisher's figures are what comes in, viewers'
     /// what goes out.
     pub fn add_session(&mut self, s: &SessionStats) {
+        let t = &mut self.traffic;
         if s.kind == "publish" {
             self.publisher_state = Some(s.state);
             self.uptime_secs = s.connected_secs;
-            self.bitrate_in += s.bitrate_in;
-            self.packets_in += s.packets_in;
-            self.packets_lost_in += s.packets_lost_in;
+            t.bitrate_in += s.bitrate_in;
+            t.packets_in += s.packets_in;
+            t.packets_lost_in += s.packets_lost_in;
         } else {
             self.viewers += 1;
-            self.bitrate_out += s.bitrate_out;
-            self.packets_out += s.packets_out;
-            self.packets_lost_out += s.packets_lost_out;
+            t.bitrate_out += s.bitrate_out;
+            t.packets_out += s.packets_out;
+            t.packets_lost_out += s.packets_lost_out;
         }
     }
 
@@ -169,12 +191,7 @@ impl StreamTotals {
             self.publisher_state = o.publisher_state;
             self.uptime_secs = o.uptime_secs;
         }
-        self.bitrate_in += o.bitrate_in;
-        self.bitrate_out += o.bitrate_out;
-        self.packets_in += o.packets_in;
-        self.packets_out += o.packets_out;
-        self.packets_lost_in += o.packets_lost_in;
-        self.packets_lost_out += o.packets_lost_out;
+        self.traffic.add(&o.traffic);
         self.viewers += o.viewers;
     }
 }
