@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::http::error::ApiError;
-use crate::hub::{Hub, SessionId};
+use crate::hub::Hub;
+use crate::session::SessionId;
 
 /// The `[auth]` section. The default is auth off: every route is public, as without the section.
 #[derive(Clone, Default, Deserialize, Serialize)]
@@ -843,7 +844,7 @@ mod tests {
     use serde_json::{json, Value};
     use tower::ServiceExt;
 
-    use crate::sdp::Role;
+    use crate::session::Role;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef-hs256";
 

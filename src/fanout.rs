@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use str0m::format::{Codec, PayloadParams};
 
-use crate::hub::SessionId;
 use crate::sdp::Kind;
+use crate::session::SessionId;
 
 /// One RTP packet from a publisher, as the fan-out sees it.
 #[derive(Clone, Debug)]
@@ -189,11 +189,15 @@ pub struct TrackRewriter {
     start_next: bool,
     /// Last (input params, output PT) mapping: the codec does not change per packet.
     pt_cache: Option<(PayloadParams, str0m::media::Pt)>,
+    /// Where the first publisher's packets start in the viewer's sequence and timestamp
+    /// space, drawn by the caller (RFC 3550 §5.1 wants a random start).
+    random_start: (u16, u32),
 }
 
 impl TrackRewriter {
-    pub fn new(kind: Kind) -> TrackRewriter {
+    pub fn new(kind: Kind, random_start: (u16, u32)) -> TrackRewriter {
         TrackRewriter {
+            random_start,
             kind,
             waiting_keyframe: kind == Kind::Video,
             epoch: None,
@@ -236,10 +240,7 @@ impl TrackRewriter {
             let (base_seq, base_ts) = match self.last_out_at {
                 // First publisher this viewer sees: random start below 2^15, so the SRTP
                 // rollover counter the viewer assumes (0) stays right for a long time.
-                None => (
-                    rand::random::<u16>() as u64 & 0x7fff | 1,
-                    rand::random::<u32>(),
-                ),
+                None => (self.random_start.0 as u64 & 0x7fff | 1, self.random_start.1),
                 // A new publisher after another: continue where the last one stopped, with the
                 // timestamp advanced by the wall time that passed.
                 Some(at) => {
@@ -371,7 +372,7 @@ mod tests {
     #[test]
     fn rewriter_waits_for_keyframe_and_rebases_across_publishers() {
         let now = Instant::now();
-        let mut r = TrackRewriter::new(Kind::Video);
+        let mut r = TrackRewriter::new(Kind::Video, (1234, 5678));
         assert_eq!(r.rewrite(&pkt(1, Kind::Video, 1000, 5, false), now), None);
         let (s1, t1) = r
             .rewrite(&pkt(1, Kind::Video, 1001, 5, true), now)
@@ -397,7 +398,7 @@ mod tests {
 
     #[test]
     fn audio_starts_without_keyframe() {
-        let mut r = TrackRewriter::new(Kind::Audio);
+        let mut r = TrackRewriter::new(Kind::Audio, (1234, 5678));
         assert!(r
             .rewrite(&pkt(1, Kind::Audio, 10, 0, false), Instant::now())
             .is_some());

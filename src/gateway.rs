@@ -94,14 +94,21 @@ impl Gateway {
             let candidates: Vec<SocketAddr> =
                 ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
             media_addrs.extend(candidates.iter().copied());
-            let engine = Engine::new(k, config.clone(), hub.clone(), candidates, Instant::now());
+            let engine = Engine::new(
+                k,
+                config.clone(),
+                candidates,
+                Instant::now(),
+                rand::random(),
+            );
+            let hub = hub.clone();
             let peers = links.as_ref().clone();
             let shared = counters[k].clone();
             let set_source_ip =
                 config.media.bind_ip.is_unspecified() && config.media.public_ips.is_empty();
             let t = std::thread::Builder::new()
                 .name(format!("wishcast-shard-{k}"))
-                .spawn(move || io::run(engine, socket, chans, peers, shared, set_source_ip))
+                .spawn(move || io::run(engine, socket, chans, peers, hub, shared, set_source_ip))
                 .map_err(StartError::Thread)?;
             threads.push(t);
         }

@@ -5,11 +5,9 @@
 //! copy of the subscriber set and is told about changes by message.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::sdp::Role;
+use crate::session::{Role, SessionId};
 
 /// Whether `b` may appear in a stream name: letters, digits, `-`, `_`, `.`. Names are URL path
 /// segments and glob subjects, so nothing that needs escaping.
@@ -20,32 +18,6 @@ pub fn is_stream_name_byte(b: u8) -> bool {
 /// Whether `name` is a valid stream name: 1 to 128 bytes of [`is_stream_name_byte`].
 pub fn is_stream_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 128 && name.bytes().all(is_stream_name_byte)
-}
-
-/// A session's public id: 128 random bits, shown as 32 hex digits in the resource URL.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub u128);
-
-impl SessionId {
-    pub fn random() -> SessionId {
-        SessionId(rand::random())
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
-}
-
-impl FromStr for SessionId {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        if s.len() != 32 {
-            return Err(());
-        }
-        u128::from_str_radix(s, 16).map(SessionId).map_err(|_| ())
-    }
 }
 
 /// Where a session lives, for routing PATCH/DELETE to its shard.
@@ -115,6 +87,18 @@ pub struct HubState {
     pub viewers: usize,
 }
 
+/// Where a newly registered session goes, and what its shard needs to know.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub shard: usize,
+    /// The stream's name as the directory and the shards share it.
+    pub stream: Arc<str>,
+    /// The stream's publisher (for WHIP, the new session itself).
+    pub publisher: Option<PublisherEntry>,
+    /// Shards with viewers of the stream now (bit per shard).
+    pub viewer_shards: u64,
+}
+
 /// Why a session cannot be registered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClaimError {
@@ -167,7 +151,7 @@ impl Hub {
         role: Role,
         limits: &crate::config::LimitsConfig,
         publisher_codecs: (Vec<String>, Vec<String>),
-    ) -> Result<(usize, Option<PublisherEntry>), ClaimError> {
+    ) -> Result<Placement, ClaimError> {
         let mut st = self.lock();
         let full = st.sessions.len() >= limits.max_sessions
             || match role {
@@ -224,7 +208,7 @@ impl Hub {
             id,
             SessionEntry {
                 shard,
-                stream: key,
+                stream: key.clone(),
                 role,
                 owner: None,
             },
@@ -239,12 +223,19 @@ impl Hub {
                 }
             }
         }
-        Ok((shard, publisher))
+        let viewer_shards = st.streams.get(stream).map_or(0, |s| s.viewer_shards);
+        Ok(Placement {
+            shard,
+            stream: key,
+            publisher,
+            viewer_shards,
+        })
     }
 
     /// Forgets a session; for a publisher also frees the stream's publisher slot.
-    /// Returns the shards with viewers of the stream when a publisher left, so they can be told.
-    pub fn unregister(&self, id: SessionId) -> Option<u64> {
+    /// Returns the stream and the shards with viewers of it when a publisher left, so they can
+    /// be told.
+    pub fn unregister(&self, id: SessionId) -> Option<(Arc<str>, u64)> {
         let mut st = self.lock();
         let entry = st.sessions.remove(&id)?;
         if let Some(n) = st.per_shard.get_mut(entry.shard) {
@@ -261,7 +252,7 @@ impl Hub {
             }
             if entry.role == Role::Publish && s.publisher.as_ref().map(|p| p.session) == Some(id) {
                 s.publisher = None;
-                notify = Some(s.viewer_shards);
+                notify = Some((entry.stream.clone(), s.viewer_shards));
             }
             if s.publisher.is_none() && s.viewer_shards == 0 && s.viewers == 0 {
                 st.streams.remove(&entry.stream);
@@ -366,13 +357,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_id_round_trips_as_hex() {
-        let id = SessionId::random();
-        assert_eq!(id.to_string().parse::<SessionId>(), Ok(id));
-        assert!("xyz".parse::<SessionId>().is_err());
-    }
-
-    #[test]
     fn one_publisher_per_stream_and_viewers_need_one() {
         let hub = Hub::new(2);
         let none = (Vec::new(), Vec::new());
@@ -389,19 +373,21 @@ mod tests {
                 .err(),
             Some(ClaimError::NoPublisher)
         );
-        let (shard, _) = hub
+        let shard = hub
             .register(SessionId(2), "s", Role::Publish, &ten, none.clone())
-            .expect("publisher");
+            .expect("publisher")
+            .shard;
         assert_eq!(
             hub.register(SessionId(3), "s", Role::Publish, &ten, none.clone())
                 .err(),
             Some(ClaimError::PublisherExists)
         );
-        let (vshard, p) = hub
+        let placed = hub
             .register(SessionId(4), "s", Role::Play, &ten, none.clone())
             .expect("viewer");
+        let vshard = placed.shard;
         assert_ne!(shard, vshard, "least-loaded shard is chosen");
-        assert_eq!(p.map(|p| p.session), Some(SessionId(2)));
+        assert_eq!(placed.publisher.map(|p| p.session), Some(SessionId(2)));
         assert_eq!(
             hub.set_viewer_shard(&Arc::from("s"), vshard, true),
             Some(shard)
@@ -418,7 +404,10 @@ mod tests {
             (listed.video_codecs, listed.audio_codecs),
             (vec!["VP8".into(), "H264".into()], vec!["OPUS".into()])
         );
-        assert_eq!(hub.unregister(SessionId(2)), Some(1 << vshard));
+        assert_eq!(
+            hub.unregister(SessionId(2)),
+            Some((Arc::from("s"), 1 << vshard))
+        );
         assert_eq!(hub.publisher_shard("s"), None);
         let (_, gone) = hub.stream("s").expect("the viewer keeps it");
         assert!(!gone.live && gone.video_codecs.is_empty());

@@ -35,6 +35,7 @@ pub mod http3;
 pub mod hub;
 pub mod metrics;
 pub mod sdp;
+pub mod session;
 pub mod shard;
 pub mod sim;
 pub mod stun;

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::session::Role;
+
 /// Kind of an m-section the gateway can carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -101,13 +103,6 @@ pub enum OfferError {
 /// Codecs the gateway forwards, by SDP name.
 pub const VIDEO_CODECS: &[&str] = &["H264", "VP8", "VP9", "AV1"];
 pub const AUDIO_CODECS: &[&str] = &["OPUS"];
-
-/// Whether the peer sends media (WHIP) or receives it (WHEP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Publish,
-    Play,
-}
 
 impl Offer {
     /// Reads the lines the gateway needs; anything str0m cannot parse fails there as well.

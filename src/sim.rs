@@ -58,8 +58,9 @@ use tokio::sync::oneshot;
 pub use crate::client::media::is_keyframe;
 use crate::client::{media, VideoCodec};
 use crate::config::Config;
-use crate::hub::{ClaimError, Hub, SessionId};
-use crate::sdp::{Kind, Offer, OfferError, Role};
+use crate::hub::{ClaimError, Hub};
+use crate::sdp::{Kind, Offer, OfferError};
+use crate::session::{Role, SessionId};
 use crate::shard::engine::Engine;
 use crate::shard::{Command, CreateSession, PeerMsg, SessionError};
 
@@ -794,8 +795,17 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// A gateway of `shards` engines (at least one) with `config`, and no peers yet.
+    /// A gateway of `shards` engines (at least one) with `config`, and no peers yet, on seed 0.
     pub fn new(config: Config, shards: usize) -> Sim {
+        Sim::with_seed(config, shards, 0)
+    }
+
+    /// [`Sim::new`] with every random choice drawn from `seed`: the engines' own generators,
+    /// and the thread's `fastrand` generator, from which str0m draws its ICE credentials,
+    /// transaction ids and SSRCs. The same seed replays the same run; only what the DTLS
+    /// handshake's cryptographic randomness decides (keys, and so ciphertext) differs.
+    pub fn with_seed(config: Config, shards: usize, seed: u64) -> Sim {
+        fastrand::seed(seed);
         let shards = shards.clamp(1, 64);
         let now = Instant::now();
         let config = Arc::new(config);
@@ -805,7 +815,13 @@ impl Sim {
             .map(|k| {
                 let addr = engine_addr(k);
                 addrs.insert(addr, Node::Engine(k));
-                Engine::new(k, config.clone(), hub.clone(), vec![addr], now)
+                Engine::new(
+                    k,
+                    config.clone(),
+                    vec![addr],
+                    now,
+                    seed.wrapping_add(k as u64),
+                )
             })
             .collect();
         let dtls_cert = str0m::crypto::from_feature_flags()
@@ -1029,7 +1045,7 @@ impl Sim {
         let shape = Offer::parse(&offer_sdp)?;
         shape.check(role)?;
         let id = self.peers[index].session;
-        let (shard, _) = self
+        let placed = self
             .hub
             .register(
                 id,
@@ -1039,19 +1055,16 @@ impl Sim {
                 (Vec::new(), Vec::new()),
             )
             .map_err(SimError::Claim)?;
-        let stream_key = self
-            .hub
-            .session(id)
-            .map(|s| s.stream)
-            .unwrap_or_else(|| Arc::from(stream));
+        let shard = placed.shard;
         self.peers[index].shard = shard;
-        self.peers[index].stream = stream_key.clone();
+        self.peers[index].stream = placed.stream.clone();
         let (reply, mut rx) = oneshot::channel();
         let cmd = Command::Create(Box::new(CreateSession {
             id,
-            stream: stream_key,
+            stream: placed.stream,
             role,
             offer_sdp,
+            viewer_shards: placed.viewer_shards,
             reply,
         }));
         self.engine_call(shard, |e, now| e.handle_command(now, cmd));
@@ -1396,8 +1409,14 @@ impl Sim {
         }
         // Hand the (empty) buffer back so the engine keeps its capacity, as the IO loop does.
         self.engines[k].outbox.transmits = transmits;
-        self.messages
-            .extend(self.engines[k].outbox.messages.drain(..));
+        let outbox = &mut self.engines[k].outbox;
+        for update in outbox.hub.drain(..) {
+            outbox.messages.extend(update.apply(&self.hub));
+        }
+        for reply in outbox.replies.drain(..) {
+            reply();
+        }
+        self.messages.extend(outbox.messages.drain(..));
     }
 
     /// Drains peer `index` and puts its transmits on the wire.

@@ -16,8 +16,9 @@ use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::hub::{SessionId, StreamSummary};
-use crate::shard::{Command, SessionError, SessionStats, StreamTotals, Traffic};
+use crate::hub::StreamSummary;
+use crate::session::SessionId;
+use crate::shard::{Command, SessionStats, StreamTotals, Traffic};
 
 /// How long the API waits for a shard's figures; a shard that does not answer is left out.
 const STATS_REPLY: Duration = Duration::from_secs(2);
@@ -202,14 +203,7 @@ async fn kick_session(
 }
 
 async fn delete(app: &AppState, id: SessionId, shard: usize) -> Result<StatusCode, ApiError> {
-    let link = app.shards.get(shard).ok_or(SessionError::Unavailable)?;
     let (tx, rx) = oneshot::channel();
-    link.commands
-        .send(Command::Delete { id, reply: tx })
-        .map_err(|_| SessionError::Unavailable)?;
-    match rx.await {
-        Ok(Ok(())) => Ok(StatusCode::NO_CONTENT),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(SessionError::Unavailable.into()),
-    }
+    super::ask(app, shard, Command::Delete { id, reply: tx }, rx).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

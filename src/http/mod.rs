@@ -22,8 +22,9 @@ use axum::Router;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::hub::{ClaimError, Hub, PublisherEntry, SessionId};
-use crate::sdp::{Fragment, Kind, Offer, OfferError, Role};
+use crate::hub::{ClaimError, Hub, PublisherEntry};
+use crate::sdp::{Fragment, Kind, Offer, OfferError};
+use crate::session::{Role, SessionId};
 use crate::shard::io::ShardLink;
 use crate::shard::{Command, CreateSession, Patched, SessionError};
 use error::ApiError;
@@ -212,7 +213,7 @@ async fn endpoint(
 
     let id = SessionId::random();
     let retry = app.config.http.retry_after_secs;
-    let (shard, publisher) = app
+    let placed = app
         .hub
         .register(
             id,
@@ -227,27 +228,23 @@ async fn endpoint(
             ClaimError::Full => ApiError::Full(retry),
         })?;
     if role == Role::Play {
-        if let Some(p) = &publisher {
+        if let Some(p) = &placed.publisher {
             if let Err(e) = check_viewer_codecs(&offer, p) {
                 app.hub.unregister(id);
                 return Err(SessionError::Offer(e).into());
             }
         }
     }
-    let stream_key = app
-        .hub
-        .session(id)
-        .map(|s| s.stream)
-        .unwrap_or_else(|| Arc::from(stream.as_str()));
     let (tx, rx) = oneshot::channel();
     let cmd = Command::Create(Box::new(CreateSession {
         id,
-        stream: stream_key,
+        stream: placed.stream,
         role,
         offer_sdp,
+        viewer_shards: placed.viewer_shards,
         reply: tx,
     }));
-    let created = match ask(&app, shard, cmd, rx).await {
+    let created = match ask(&app, placed.shard, cmd, rx).await {
         Ok(c) => c,
         Err(e) => {
             app.hub.unregister(id);
@@ -358,12 +355,7 @@ async fn session(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Only the spelling the gateway issued names a session: no upper-case or `+` aliases.
-    let id = id
-        .parse::<SessionId>()
-        .ok()
-        .filter(|parsed| parsed.to_string() == id)
-        .ok_or(ApiError::NotFound)?;
+    let id = id.parse::<SessionId>().map_err(|_| ApiError::NotFound)?;
     let entry = app.hub.session(id).ok_or(ApiError::NotFound)?;
     if entry.role != role || *entry.stream != *stream {
         return Err(ApiError::NotFound);
@@ -412,8 +404,9 @@ async fn session(
     }
 }
 
-/// Sends a command to a shard and waits for its reply.
-async fn ask<T>(
+/// Sends a command to a shard and waits for its reply, at most [`SHARD_REPLY`]: the one way
+/// every handler talks to a shard.
+pub(crate) async fn ask<T>(
     app: &AppState,
     shard: usize,
     cmd: Command,

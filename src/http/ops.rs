@@ -14,7 +14,7 @@ use axum::Router;
 
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Snapshot};
-use crate::sdp::Role;
+use crate::session::Role;
 use crate::shard::engine::SharedCounters;
 use crate::shard::io::ShardLink;
 

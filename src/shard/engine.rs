@@ -11,6 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::{Protocol, Receive};
@@ -19,13 +22,13 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use tracing::{debug, info, warn, Span};
 
 use super::{
-    Command, CreateSession, Created, Patched, PeerMsg, SessionError, SessionStats, StreamTotals,
+    Command, Created, HubUpdate, Patched, PeerMsg, SessionError, SessionStats, StreamTotals,
     Transmit,
 };
 use crate::config::Config;
 use crate::fanout::{is_keyframe, MediaPacket, Pushed, StreamCache, TrackRewriter};
-use crate::hub::{Hub, SessionId};
-use crate::sdp::{restart_offer, Fragment, Kind, Offer, OfferError, Role};
+use crate::sdp::{restart_offer, Fragment, Kind, Offer, OfferError};
+use crate::session::{Role, SessionId};
 use crate::stun;
 
 /// How often sessions are checked for connect and consent timeouts and held keyframe requests.
@@ -115,11 +118,35 @@ impl SharedCounters {
     }
 }
 
-/// What the IO layer takes out after each call.
+/// A command's answer, sent by the IO layer once the pass's [`HubUpdate`]s are applied: a
+/// client that got its DELETE answered finds the directory without the session.
+pub type Reply = Box<dyn FnOnce() + Send>;
+
+/// What the IO layer takes out after each call, in this order: hub updates (apply them, and
+/// deliver the messages they cause), messages to other shards, replies, transmits.
 #[derive(Default)]
 pub struct Outbox {
     pub transmits: Vec<Transmit>,
     pub messages: Vec<(usize, PeerMsg)>,
+    pub hub: Vec<HubUpdate>,
+    pub replies: Vec<Reply>,
+}
+
+impl Outbox {
+    fn reply<T: Send + 'static>(&mut self, to: tokio::sync::oneshot::Sender<T>, value: T) {
+        self.replies.push(Box::new(move || {
+            let _ = to.send(value);
+        }));
+    }
+}
+
+/// A [`super::CreateSession`] without its reply channel.
+struct NewSession {
+    id: SessionId,
+    stream: Arc<str>,
+    role: Role,
+    offer_sdp: String,
+    viewer_shards: u64,
 }
 
 struct Session {
@@ -223,15 +250,8 @@ impl TrackReport {
 /// The span of a session's log lines. A root span: when one session's work touches another
 /// (a publisher's packet removes a failed viewer), the line names only the session it is about.
 fn session_span(id: SessionId, stream: &str, role: Role) -> Span {
-    let kind = role_name(role);
+    let kind = role.name();
     tracing::info_span!(parent: None, "session", id = %id, stream = %stream, kind = %kind)
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Publish => "publish",
-        Role::Play => "play",
-    }
 }
 
 /// A stream as one shard sees it.
@@ -249,7 +269,9 @@ struct LocalStream {
 pub struct Engine {
     index: usize,
     config: Arc<Config>,
-    hub: Arc<Hub>,
+    /// Every random choice the engine makes (ETags, the viewers' first sequence numbers and
+    /// timestamps) comes from here, so a seed replays a run.
+    rng: StdRng,
     /// Announced host candidates (what clients send to), all on this shard's port.
     candidates: Vec<SocketAddr>,
     dtls_cert: Option<str0m::config::DtlsCert>,
@@ -274,12 +296,14 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Shard `index`, announcing `candidates` (all on its socket's port), with its random
+    /// choices drawn from `seed`.
     pub fn new(
         index: usize,
         config: Arc<Config>,
-        hub: Arc<Hub>,
         candidates: Vec<SocketAddr>,
         now: Instant,
+        seed: u64,
     ) -> Engine {
         let dtls_cert = str0m::crypto::from_feature_flags()
             .dtls_provider
@@ -287,7 +311,7 @@ impl Engine {
         Engine {
             index,
             config,
-            hub,
+            rng: StdRng::seed_from_u64(seed),
             candidates,
             dtls_cert,
             sessions: HashMap::new(),
@@ -326,30 +350,31 @@ impl Engine {
     pub fn handle_command(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Create(c) => {
-                let CreateSession {
-                    id,
-                    stream,
-                    role,
-                    offer_sdp,
-                    reply,
-                } = *c;
+                let reply = c.reply;
+                let c = NewSession {
+                    id: c.id,
+                    stream: c.stream,
+                    role: c.role,
+                    offer_sdp: c.offer_sdp,
+                    viewer_shards: c.viewer_shards,
+                };
                 // On failure the control plane releases the hub entry it registered.
-                let span = session_span(id, &stream, role);
+                let span = session_span(c.id, &c.stream, c.role);
                 let _entered = span.enter();
-                let result = self.create(now, id, stream, role, offer_sdp, span.clone());
+                let result = self.create(now, c, span.clone());
                 if let Err(e) = &result {
                     debug!(error = %e, "session not created");
                 }
-                let _ = reply.send(result);
+                self.outbox.reply(reply, result);
             }
             Command::Delete { id, reply } => {
                 let r = if self.sessions.contains_key(&id) {
-                    self.remove(id, "deleted");
+                    self.remove(now, id, "deleted");
                     Ok(())
                 } else {
                     Err(SessionError::NotFound)
                 };
-                let _ = reply.send(r);
+                self.outbox.reply(reply, r);
             }
             Command::Patch {
                 id,
@@ -360,20 +385,18 @@ impl Engine {
                 let span = self.sessions.get(&id).map(|s| s.span.clone());
                 let _entered = span.as_ref().map(Span::enter);
                 let r = self.patch(now, id, fragment, if_match);
-                let _ = reply.send(r);
+                self.outbox.reply(reply, r);
             }
             Command::Stats { stream, reply } => {
-                let now = Instant::now();
                 let list = self
                     .sessions
                     .values()
                     .filter(|s| s.stream == stream)
                     .map(|s| self.session_stats(s, now))
                     .collect();
-                let _ = reply.send(list);
+                self.outbox.reply(reply, list);
             }
             Command::StreamTotals { reply } => {
-                let now = Instant::now();
                 let mut totals: HashMap<Arc<str>, StreamTotals> = HashMap::new();
                 for s in self.sessions.values() {
                     totals
@@ -381,12 +404,15 @@ impl Engine {
                         .or_default()
                         .add_session(&self.session_stats(s, now));
                 }
-                let _ = reply.send(totals.into_iter().collect());
+                let mut totals: Vec<_> = totals.into_iter().collect();
+                totals.sort_by(|a, b| a.0.cmp(&b.0));
+                self.outbox.reply(reply, totals);
             }
             Command::Shutdown => {
-                let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+                let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+                ids.sort();
                 for id in ids {
-                    self.remove(id, "shutdown");
+                    self.remove(now, id, "shutdown");
                 }
             }
         }
@@ -407,7 +433,7 @@ impl Engine {
         );
         SessionStats {
             id: s.id.to_string(),
-            kind: role_name(s.role),
+            kind: s.role.name(),
             shard: self.index,
             state: if s.connected {
                 "connected"
@@ -449,15 +475,14 @@ impl Engine {
         cfg
     }
 
-    fn create(
-        &mut self,
-        now: Instant,
-        id: SessionId,
-        stream: Arc<str>,
-        role: Role,
-        offer_sdp: String,
-        span: Span,
-    ) -> Result<Created, SessionError> {
+    fn create(&mut self, now: Instant, c: NewSession, span: Span) -> Result<Created, SessionError> {
+        let NewSession {
+            id,
+            stream,
+            role,
+            offer_sdp,
+            viewer_shards,
+        } = c;
         let shape = Offer::parse(&offer_sdp)?;
         let offer = SdpOffer::from_sdp_string(&offer_sdp)
             .map_err(|e| OfferError::Malformed(e.to_string()))?;
@@ -487,7 +512,7 @@ impl Engine {
             Role::Publish => Vec::new(),
             Role::Play => mids
                 .iter()
-                .map(|(mid, kind)| (*mid, TrackRewriter::new(*kind)))
+                .map(|(mid, kind)| (*mid, TrackRewriter::new(*kind, self.rng.gen())))
                 .collect(),
         };
         let session = Session {
@@ -497,7 +522,7 @@ impl Engine {
             span,
             rtc,
             offer_sdp,
-            etag: new_etag(),
+            etag: new_etag(&mut self.rng),
             ufrag: ufrag.clone(),
             addrs: Vec::new(),
             created: now,
@@ -525,9 +550,9 @@ impl Engine {
         self.sessions.insert(id, session);
         if role == Role::Publish {
             // The publisher's shard starts with the shards that already have viewers waiting.
-            let viewers = self.hub.viewer_shards(&stream) & !(1 << self.index);
+            let index = self.index;
             let local = self.local_stream(&stream);
-            local.subscribers = viewers;
+            local.subscribers = viewer_shards & !(1 << index);
             local.publisher = Some(id);
         }
         self.drive(now, id);
@@ -612,7 +637,7 @@ impl Engine {
         self.by_ufrag.remove(&old);
         self.by_ufrag.insert(creds.ufrag.clone(), id);
         session.offer_sdp = offer_sdp;
-        session.etag = new_etag();
+        session.etag = new_etag(&mut self.rng);
         let etag = session.etag.clone();
         let fragment = answer_fragment(&answer, &creds, self.config.media.ice_lite);
         self.drive(now, id);
@@ -679,7 +704,7 @@ impl Engine {
             }
             None => {
                 self.counters.datagrams_invalid += 1;
-                self.remove(id, PANIC);
+                self.remove(now, id, PANIC);
                 return;
             }
         }
@@ -722,7 +747,7 @@ impl Engine {
                     .span
                     .in_scope(|| debug!(error = %e, "timeout handling failed")),
                 None => {
-                    self.remove(id, PANIC);
+                    self.remove(now, id, PANIC);
                     continue;
                 }
             }
@@ -811,9 +836,12 @@ impl Engine {
                 plis.push(s.id);
             }
         }
+        // In id order, not the map's: a seed must replay the same run.
+        expired.sort();
+        plis.sort();
         for (id, reason) in expired {
             self.counters.sessions_expired += 1;
-            self.remove(id, reason);
+            self.remove(now, id, reason);
         }
         for id in plis {
             self.request_keyframe(now, id);
@@ -924,7 +952,7 @@ impl Engine {
             let Some(output) = isolate(|| session.rtc.poll_output()) else {
                 // The Rtc is in an unknown state: drop the session, nobody else's.
                 self.events = events;
-                self.remove(id, PANIC);
+                self.remove(now, id, PANIC);
                 return;
             };
             match output {
@@ -1083,17 +1111,11 @@ impl Engine {
         local.subscribed = true;
         let gop: Option<Vec<Arc<MediaPacket>>> = local.cache.gop().map(|g| g.to_vec());
         if need_subscribe {
-            if let Some(p) = self.hub.set_viewer_shard(stream, index, true) {
-                if p != index {
-                    self.outbox.messages.push((
-                        p,
-                        PeerMsg::Subscribe {
-                            stream: stream.clone(),
-                            shard: index,
-                        },
-                    ));
-                }
-            }
+            self.outbox.hub.push(HubUpdate::Watch {
+                stream: stream.clone(),
+                shard: index,
+                wants: true,
+            });
         }
         match gop {
             Some(packets) => {
@@ -1124,15 +1146,11 @@ impl Engine {
     fn ask_keyframe(&mut self, now: Instant, stream: &Arc<str>) {
         if let Some(id) = self.local_publisher(stream) {
             self.request_keyframe(now, id);
-        } else if let Some(p) = self.hub.publisher_shard(stream) {
-            if p != self.index {
-                self.outbox.messages.push((
-                    p,
-                    PeerMsg::KeyframeRequest {
-                        stream: stream.clone(),
-                    },
-                ));
-            }
+        } else {
+            self.outbox.hub.push(HubUpdate::KeyframeWanted {
+                stream: stream.clone(),
+                shard: self.index,
+            });
         }
     }
 
@@ -1334,7 +1352,7 @@ impl Engine {
             .marker(pkt.marker)
             .nackable(true);
         if isolate(|| tx.write_rtp(write)).is_none() {
-            self.remove(id, PANIC);
+            self.remove(now, id, PANIC);
             return;
         }
         s.packets_written += 1;
@@ -1349,7 +1367,7 @@ impl Engine {
 
     // ---- removal ----------------------------------------------------------------------------------
 
-    fn remove(&mut self, id: SessionId, reason: &str) {
+    fn remove(&mut self, now: Instant, id: SessionId, reason: &str) {
         let Some(mut session) = self.sessions.remove(&id) else {
             return;
         };
@@ -1357,37 +1375,26 @@ impl Engine {
         if reason == PANIC {
             session.rtc.disconnect();
         } else {
-            self.say_goodbye(&mut session.rtc);
+            self.say_goodbye(now, &mut session.rtc);
         }
         for a in &session.addrs {
             self.by_addr.remove(a);
         }
         self.checked.retain(|_, s| *s != id);
         self.by_ufrag.remove(&session.ufrag);
-        let left = self.hub.unregister(id);
+        self.outbox.hub.push(HubUpdate::Removed {
+            id,
+            shard: self.index,
+        });
         let stream = session.stream.clone();
         match session.role {
             Role::Publish => {
-                let mut shards = left.unwrap_or(0) | (1 << self.index);
+                // The hub tells the other shards with viewers (see `HubUpdate::Removed`).
                 if let Some(local) = self.streams.get_mut(&stream) {
                     local.subscribers = 0;
                     local.publisher = None;
                 }
-                while shards != 0 {
-                    let k = shards.trailing_zeros() as usize;
-                    shards &= shards - 1;
-                    if k == self.index {
-                        self.publisher_left(&stream, id);
-                    } else {
-                        self.outbox.messages.push((
-                            k,
-                            PeerMsg::PublisherLeft {
-                                stream: stream.clone(),
-                                publisher: id,
-                            },
-                        ));
-                    }
-                }
+                self.publisher_left(&stream, id);
             }
             Role::Play => {
                 let index = self.index;
@@ -1395,17 +1402,11 @@ impl Engine {
                     local.viewers.retain(|v| *v != id);
                     if local.viewers.is_empty() && local.subscribed {
                         local.subscribed = false;
-                        if let Some(p) = self.hub.set_viewer_shard(&stream, index, false) {
-                            if p != index {
-                                self.outbox.messages.push((
-                                    p,
-                                    PeerMsg::Unsubscribe {
-                                        stream: stream.clone(),
-                                        shard: index,
-                                    },
-                                ));
-                            }
-                        }
+                        self.outbox.hub.push(HubUpdate::Watch {
+                            stream: stream.clone(),
+                            shard: index,
+                            wants: false,
+                        });
                     }
                 }
             }
@@ -1415,12 +1416,11 @@ impl Engine {
 
     /// Tells the peer the session ends (RTCP BYE, DTLS close_notify) and queues those datagrams;
     /// the Rtc is dropped after, so consent answers stop too (RFC 7675 §5.2 revocation).
-    fn say_goodbye(&mut self, rtc: &mut Rtc) {
+    fn say_goodbye(&mut self, now: Instant, rtc: &mut Rtc) {
         if rtc.close().is_err() {
             rtc.disconnect();
             return;
         }
-        let now = Instant::now();
         // A few rounds: the BYE is scheduled, the close_notify leaves at once.
         for _ in 0..4 {
             loop {
@@ -1493,8 +1493,8 @@ fn remote_ufrag(offer_sdp: &str) -> Option<&str> {
 }
 
 /// A strong entity-tag for an ICE session (RFC 9110 §8.8.3).
-fn new_etag() -> String {
-    format!("\"{:016x}\"", rand::random::<u64>())
+fn new_etag(rng: &mut StdRng) -> String {
+    format!("\"{:016x}\"", rng.gen::<u64>())
 }
 
 /// RFC 9725 §4.4.3: no partially successful answers. str0m rejects an m-line it cannot serve

@@ -17,6 +17,7 @@ use tracing::{debug, error, warn};
 
 use super::engine::{Engine, SharedCounters};
 use super::{Command, PeerMsg};
+use crate::hub::Hub;
 
 /// Datagrams read per receive call (recvmmsg where available).
 const BATCH: usize = 32;
@@ -53,12 +54,14 @@ pub fn channels(queue: usize) -> (ShardLink, ShardChannels) {
     )
 }
 
-/// Runs the shard until it gets [`Command::Shutdown`] or every sender is gone.
+/// Runs the shard until it gets [`Command::Shutdown`] or every sender is gone. The engine's
+/// [`HubUpdate`](super::HubUpdate)s are applied to `hub` here, outside the engine.
 pub fn run(
     mut engine: Engine,
     socket: std::net::UdpSocket,
     mut chans: ShardChannels,
     peers: Vec<ShardLink>,
+    hub: Arc<Hub>,
     counters: Arc<SharedCounters>,
     set_source_ip: bool,
 ) {
@@ -116,6 +119,7 @@ pub fn run(
         let mut bufs = vec![[0u8; BUF]; BATCH];
         let mut metas = vec![RecvMeta::default(); BATCH];
         let mut out = Sender {
+            hub,
             dropped_messages: 0,
             set_source_ip,
             gso_buf: Vec::new(),
@@ -206,6 +210,7 @@ fn receive(
 
 /// Sends what the engine left in its outbox.
 struct Sender {
+    hub: Arc<Hub>,
     dropped_messages: u64,
     /// Send from the candidate's IP (wildcard bind, several local IPs): ICE only accepts a
     /// reply from the address the request went to. Off behind 1:1 NAT, where that IP is not
@@ -222,6 +227,13 @@ impl Sender {
         state: &UdpSocketState,
         peers: &[ShardLink],
     ) {
+        let outbox = &mut engine.outbox;
+        for update in outbox.hub.drain(..) {
+            outbox.messages.extend(update.apply(&self.hub));
+        }
+        for reply in outbox.replies.drain(..) {
+            reply();
+        }
         for (shard, msg) in engine.outbox.messages.drain(..) {
             let Some(peer) = peers.get(shard) else {
                 continue;

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::fanout::MediaPacket;
-use crate::hub::SessionId;
-use crate::sdp::{Fragment, OfferError, Role};
+use crate::hub::Hub;
+use crate::sdp::{Fragment, OfferError};
+use crate::session::{Role, SessionId};
 
 /// Why a session command failed, in the shard's terms; `http::error` maps it to a status.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,10 @@ pub struct CreateSession {
     pub stream: Arc<str>,
     pub role: Role,
     pub offer_sdp: String,
+    /// Publisher: the shards that already have viewers of the stream (bit per shard), read
+    /// from the hub when the session was registered. Shards that gain viewers later send
+    /// [`PeerMsg::Subscribe`].
+    pub viewer_shards: u64,
     pub reply: oneshot::Sender<Result<Created, SessionError>>,
 }
 
@@ -217,6 +222,73 @@ pub enum PeerMsg {
         stream: Arc<str>,
         publisher: SessionId,
     },
+}
+
+/// What a shard tells the stream directory ([`crate::hub::Hub`]). The engine never reads the
+/// directory: the IO layer applies these after each pass ([`HubUpdate::apply`]) and
+/// delivers the [`PeerMsg`]s that come back, so the cross-shard protocol is messages only and
+/// the simulation can interleave, delay or drop them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubUpdate {
+    /// Shard `shard` now has (or no longer has) viewers of `stream`: the publisher's shard is
+    /// sent [`PeerMsg::Subscribe`] (or [`PeerMsg::Unsubscribe`]).
+    Watch {
+        stream: Arc<str>,
+        shard: usize,
+        wants: bool,
+    },
+    /// Session `id` ended on shard `shard`. For a publisher, the other shards with viewers of
+    /// its stream are sent [`PeerMsg::PublisherLeft`].
+    Removed { id: SessionId, shard: usize },
+    /// A viewer on shard `shard` wants a keyframe and the publisher is elsewhere: its shard is
+    /// sent [`PeerMsg::KeyframeRequest`].
+    KeyframeWanted { stream: Arc<str>, shard: usize },
+}
+
+impl HubUpdate {
+    /// Applies this update to the directory and returns the messages it causes, each for a
+    /// shard: the one place the shards' subscription protocol meets the directory.
+    pub fn apply(self, hub: &Hub) -> Vec<(usize, PeerMsg)> {
+        match self {
+            HubUpdate::Watch {
+                stream,
+                shard,
+                wants,
+            } => match hub.set_viewer_shard(&stream, shard, wants) {
+                Some(p) if p != shard => {
+                    let msg = if wants {
+                        PeerMsg::Subscribe { stream, shard }
+                    } else {
+                        PeerMsg::Unsubscribe { stream, shard }
+                    };
+                    vec![(p, msg)]
+                }
+                _ => Vec::new(),
+            },
+            HubUpdate::Removed { id, shard } => {
+                let Some((stream, mut shards)) = hub.unregister(id) else {
+                    return Vec::new();
+                };
+                // The publisher's own shard has already told its viewers.
+                shards &= !(1u64 << shard);
+                let mut out = Vec::new();
+                while shards != 0 {
+                    let k = shards.trailing_zeros() as usize;
+                    shards &= shards - 1;
+                    let msg = PeerMsg::PublisherLeft {
+                        stream: stream.clone(),
+                        publisher: id,
+                    };
+                    out.push((k, msg));
+                }
+                out
+            }
+            HubUpdate::KeyframeWanted { stream, shard } => match hub.publisher_shard(&stream) {
+                Some(p) if p != shard => vec![(p, PeerMsg::KeyframeRequest { stream })],
+                _ => Vec::new(),
+            },
+        }
+    }
 }
 
 /// A datagram to send.
