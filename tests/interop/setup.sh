@@ -4,27 +4,54 @@
 # GStreamer's whipsink/whepsrc, which Debian 12's GStreamer 1.22 lacks and so are built here from
 # the gst-plugin-webrtchttp crate.
 #
-# Usage: tests/interop/setup.sh DIR
-# Idempotent: a second run only checks and takes seconds. Progress goes to stderr; the last line on
-# stdout is a JSON object with the paths the drivers need.
+# Usage: tests/interop/setup.sh [--check] [DIR]
+# DIR defaults to interop/ in cargo's target tmpdir (target/tmp, or $CARGO_TARGET_DIR/tmp), where
+# tests/interop.rs looks. Idempotent: a second run only checks and takes seconds. Progress goes to
+# stderr; the last line on stdout is a JSON object with the paths the drivers need.
+# --check installs and writes nothing: when everything is in place it prints the same JSON line,
+# otherwise it names what is missing on stderr and exits 1. The same tests decide what a run
+# installs and what --check reports missing.
 set -euo pipefail
 
 PLAYWRIGHT_CORE_VERSION=1.61.1   # the last release that still runs on Debian 12's Node 18
 WEBRTCHTTP_VERSION=0.15.4
 WEBRTCHTTP_SHA256=180a9daf918387be9e9ee46acaf555bdf8df9e427c1397f4008295f00e57dad5
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 DIR" >&2
-    exit 2
-fi
-mkdir -p "$1"
-DIR=$(cd "$1" && pwd)
+usage() { echo "usage: $0 [--check] [DIR]" >&2; exit 2; }
+CHECK=0
+DIR=
+for arg in "$@"; do
+    case $arg in
+        --check) CHECK=1 ;;
+        -*) usage ;;
+        *) [ -z "$DIR" ] || usage; DIR=$arg ;;
+    esac
+done
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Like cargo, read a relative CARGO_TARGET_DIR against the working directory.
+[ -n "$DIR" ] || DIR="${CARGO_TARGET_DIR:-$(cd "$HERE/../.." && pwd)/target}/tmp/interop"
 log() { echo "setup: $*" >&2; }
 
-# Tests may run this concurrently; one installer at a time.
-exec 9>"$DIR/.setup.lock"
-flock 9
+# What --check found missing; without --check, each of these is installed instead.
+absent=()
+if [ "$CHECK" = 1 ]; then
+    if [ -d "$DIR" ]; then
+        DIR=$(cd "$DIR" && pwd)
+        # Wait for an installer at work here. A read-only lock, as the directory may be root's.
+        if [ -e "$DIR/.setup.lock" ]; then
+            exec 9<"$DIR/.setup.lock"
+            flock -s 9
+        fi
+    else
+        case $DIR in /*) ;; *) DIR="$PWD/$DIR" ;; esac
+    fi
+else
+    mkdir -p "$DIR"
+    DIR=$(cd "$DIR" && pwd)
+    # Tests may run this concurrently; one installer at a time.
+    exec 9>"$DIR/.setup.lock"
+    flock 9
+fi
 
 # --- Debian packages -------------------------------------------------------------------------
 # fonts-liberation: a recommend of Chromium's that --no-install-recommends would drop; pages and
@@ -47,43 +74,58 @@ for p in "${PACKAGES[@]}"; do
     [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)" = "ii " ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
+    if [ "$CHECK" = 1 ]; then
+        absent+=("Debian packages (installed when run as root): ${missing[*]}")
+    elif [ "$(id -u)" -ne 0 ]; then
         log "missing Debian packages (run as root or install them): ${missing[*]}"
         exit 1
+    else
+        log "installing ${missing[*]} (log: $DIR/apt.log)"
+        export DEBIAN_FRONTEND=noninteractive
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+            >"$DIR/apt.log" 2>&1 || { tail -n 30 "$DIR/apt.log" >&2; exit 1; }
     fi
-    log "installing ${missing[*]} (log: $DIR/apt.log)"
-    export DEBIAN_FRONTEND=noninteractive
-    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
-        >"$DIR/apt.log" 2>&1 || { tail -n 30 "$DIR/apt.log" >&2; exit 1; }
 fi
-command -v cargo >/dev/null || { log "cargo is required to build whipsink/whepsrc"; exit 1; }
+if [ "$CHECK" = 0 ]; then
+    command -v cargo >/dev/null || { log "cargo is required to build whipsink/whepsrc"; exit 1; }
+fi
 
 # --- aiortc venv ------------------------------------------------------------------------------
 REQS="$HERE/requirements.txt"
 VENV="$DIR/venv"
 want=$(sha256sum "$REQS" | cut -d' ' -f1)
-if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
-    log "creating $VENV"
-    rm -rf "$VENV"
-    /usr/bin/python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" >&2
-    echo "$want" >"$VENV/.requirements.sha256"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    if [ "$CHECK" = 1 ]; then
+        absent+=("the aiortc venv from tests/interop/requirements.txt: $VENV")
+    else
+        log "creating $VENV"
+        rm -rf "$VENV"
+        /usr/bin/python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" >&2
+        echo "$want" >"$VENV/.requirements.sha256"
+    fi
 fi
 
 # --- playwright-core --------------------------------------------------------------------------
 NODE_DIR="$DIR/node"
 installed=$(node -p "require('$NODE_DIR/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
 if [ "$installed" != "$PLAYWRIGHT_CORE_VERSION" ]; then
-    log "installing playwright-core@$PLAYWRIGHT_CORE_VERSION"
-    mkdir -p "$NODE_DIR"
-    npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error \
-        "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
+    if [ "$CHECK" = 1 ]; then
+        absent+=("playwright-core $PLAYWRIGHT_CORE_VERSION (found: ${installed:-none}): $NODE_DIR")
+    else
+        log "installing playwright-core@$PLAYWRIGHT_CORE_VERSION"
+        mkdir -p "$NODE_DIR"
+        npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error \
+            "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
+    fi
 fi
 
 # --- whipsink / whepsrc -----------------------------------------------------------------------
 GST_PLUGIN_DIR="$DIR/gst-plugins/webrtchttp-$WEBRTCHTTP_VERSION"
 SO="$GST_PLUGIN_DIR/libgstwebrtchttp.so"
-if [ ! -f "$SO" ]; then
+if [ ! -f "$SO" ] && [ "$CHECK" = 1 ]; then
+    absent+=("GStreamer's whipsink/whepsrc (gst-plugin-webrtchttp $WEBRTCHTTP_VERSION): $SO")
+elif [ ! -f "$SO" ]; then
     SRC="$DIR/src/gst-plugin-webrtchttp-$WEBRTCHTTP_VERSION"
     if [ ! -f "$SRC/Cargo.toml" ]; then
         log "downloading gst-plugin-webrtchttp $WEBRTCHTTP_VERSION"
@@ -107,12 +149,24 @@ if [ ! -f "$SO" ]; then
     cp "$DIR/gst-target/release/libgstwebrtchttp.so" "$SO.tmp"
     mv "$SO.tmp" "$SO"
 fi
-for element in whipsink whepsrc; do
-    # Not --exists: that also demands a plugin version >= GStreamer's own.
-    GST_PLUGIN_PATH="$GST_PLUGIN_DIR" gst-inspect-1.0 "$element" >/dev/null 2>&1 ||
-        { log "GStreamer cannot load $element from $SO"; exit 1; }
-done
+if [ -f "$SO" ]; then
+    for element in whipsink whepsrc; do
+        # Not --exists: that also demands a plugin version >= GStreamer's own.
+        GST_PLUGIN_PATH="$GST_PLUGIN_DIR" gst-inspect-1.0 "$element" >/dev/null 2>&1 && continue
+        [ "$CHECK" = 1 ] || { log "GStreamer cannot load $element from $SO"; exit 1; }
+        absent+=("GStreamer cannot load $element from $SO")
+    done
+fi
+
+CHROMIUM=$(command -v chromium || true)
+[ -n "$CHROMIUM" ] || absent+=("chromium on PATH")
+if [ ${#absent[@]} -gt 0 ]; then
+    for a in "${absent[@]}"; do log "missing: $a"; done
+    [ "$CHECK" = 0 ] || log "--check installed nothing; $0 without --check installs these" \
+        "(the Debian packages only as root)"
+    exit 1
+fi
 log "GST_PLUGIN_PATH=$GST_PLUGIN_DIR"
 
 printf '{"python":"%s","node_modules":"%s","gst_plugin_path":"%s","chromium":"%s"}\n' \
-    "$VENV/bin/python" "$NODE_DIR/node_modules" "$GST_PLUGIN_DIR" "$(command -v chromium)"
+    "$VENV/bin/python" "$NODE_DIR/node_modules" "$GST_PLUGIN_DIR" "$CHROMIUM"
