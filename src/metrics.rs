@@ -52,7 +52,7 @@ pub struct Feedback {
 
 impl Feedback {
     /// Adds one shard's counters.
-    pub fn add(&mut self, c: &crate::shard::engine::SharedCounters) {
+    pub fn add(&mut self, c: &crate::shard::counters::SharedCounters) {
         use std::sync::atomic::Ordering::Relaxed;
         self.nacks_received += c.nacks_received.load(Relaxed);
         self.packets_retransmitted += c.packets_retransmitted.load(Relaxed);

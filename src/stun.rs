@@ -30,37 +30,39 @@ pub fn local_ufrag(data: &[u8]) -> Option<&str> {
     None
 }
 
+/// A binding request with USERNAME `username` and no integrity, for tests of the routing.
+#[cfg(test)]
+pub(crate) fn binding_request(username: &str) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    attrs.extend_from_slice(&0x8029u16.to_be_bytes()); // ICE-CONTROLLING
+    attrs.extend_from_slice(&8u16.to_be_bytes());
+    attrs.extend_from_slice(&[7; 8]);
+    attrs.extend_from_slice(&USERNAME.to_be_bytes());
+    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attrs.extend_from_slice(username.as_bytes());
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    let mut msg = vec![0x00, 0x01];
+    msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&MAGIC_COOKIE);
+    msg.extend_from_slice(&[1; 12]);
+    msg.extend_from_slice(&attrs);
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request(username: &str) -> Vec<u8> {
-        let mut attrs = Vec::new();
-        attrs.extend_from_slice(&0x8029u16.to_be_bytes()); // ICE-CONTROLLING
-        attrs.extend_from_slice(&8u16.to_be_bytes());
-        attrs.extend_from_slice(&[7; 8]);
-        attrs.extend_from_slice(&USERNAME.to_be_bytes());
-        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        attrs.extend_from_slice(username.as_bytes());
-        while attrs.len() % 4 != 0 {
-            attrs.push(0);
-        }
-        let mut msg = vec![0x00, 0x01];
-        msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-        msg.extend_from_slice(&MAGIC_COOKIE);
-        msg.extend_from_slice(&[1; 12]);
-        msg.extend_from_slice(&attrs);
-        msg
-    }
-
     #[test]
     fn finds_the_local_ufrag() {
-        assert_eq!(local_ufrag(&request("srv1:cli9")), Some("srv1"));
+        assert_eq!(local_ufrag(&binding_request("srv1:cli9")), Some("srv1"));
     }
 
     #[test]
     fn truncated_or_non_stun_is_none() {
-        let mut m = request("abc:def");
+        let mut m = binding_request("abc:def");
         m.truncate(30);
         assert_eq!(local_ufrag(&m), None);
         assert_eq!(local_ufrag(&[0x80, 0, 0, 0]), None);

@@ -15,7 +15,7 @@ use axum::Router;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Snapshot};
 use crate::session::Role;
-use crate::shard::engine::SharedCounters;
+use crate::shard::counters::SharedCounters;
 use crate::shard::io::ShardLink;
 
 /// What the operations endpoints read.

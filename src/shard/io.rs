@@ -15,7 +15,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use super::engine::{Engine, SharedCounters};
+use super::counters::SharedCounters;
+use super::engine::Engine;
 use super::{Command, PeerMsg};
 use crate::hub::Hub;
 

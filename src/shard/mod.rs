@@ -3,6 +3,7 @@
 //! [`engine`] is the sans-IO state machine (datagrams, commands and time in; transmits and
 //! messages to other shards out); [`io`] is the thread that owns the socket and drives it.
 
+pub mod counters;
 pub mod engine;
 pub mod io;
 

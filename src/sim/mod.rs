@@ -39,6 +39,14 @@
 //! assert!(sim.peer(viewer).video_frames > 0);
 //! ```
 
+mod feed;
+mod net;
+mod peer;
+
+pub use feed::Feed;
+pub use net::{Class, Datagram, LinkStats, Node, PeerId, RtpInfo, Way};
+pub use peer::{Peer, PeerOptions, ReceivedFrame, RtcpLog, SimError};
+
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -59,10 +67,10 @@ pub use crate::client::media::is_keyframe;
 use crate::client::{media, VideoCodec};
 use crate::config::Config;
 use crate::hub::{ClaimError, Hub};
-use crate::sdp::{Kind, Offer, OfferError};
+use crate::sdp::{Fragment, Kind, Offer, OfferError};
 use crate::session::{Role, SessionId};
 use crate::shard::engine::Engine;
-use crate::shard::{Command, CreateSession, PeerMsg, SessionError};
+use crate::shard::{Command, CreateSession, Patched, PeerMsg, SessionError};
 
 /// Port of every engine's host candidate; engine `k` is on `127.0.0.{k+1}`.
 const ENGINE_PORT: u16 = 5000;
@@ -71,660 +79,6 @@ const PEER_PORT: u16 = 40000;
 /// Passes through one instant before the simulation is declared stuck (a timeout that never
 /// moves forward).
 const SETTLE_LIMIT: u64 = 10_000_000;
-
-/// A peer of the simulation, by its index in [`Sim::peers`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub usize);
-
-/// A party on the simulated network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Node {
-    /// The gateway shard with this index.
-    Engine(usize),
-    Peer(PeerId),
-}
-
-/// Which way a datagram goes on a peer's link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Way {
-    /// Peer → gateway.
-    ToGateway,
-    /// Gateway → peer.
-    FromGateway,
-}
-
-/// What a datagram is, by RFC 7983 demultiplexing on its first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    Stun,
-    Dtls,
-    /// SRTP: the RTP header is in the clear.
-    Rtp(RtpInfo),
-    /// SRTCP (encrypted; peers with [`PeerOptions::raw_packets`] log what they send and get).
-    Rtcp,
-    Other,
-}
-
-/// The clear-text RTP header of an SRTP datagram, and what it means on its link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RtpInfo {
-    pub ssrc: u32,
-    pub pt: u8,
-    pub seq: u16,
-    pub timestamp: u32,
-    pub marker: bool,
-    /// The media kind of `pt` among the peer's negotiated payload types.
-    pub kind: Option<MediaKind>,
-    /// `pt` is a retransmission (RTX, RFC 4588) payload type.
-    pub rtx: bool,
-    /// How many RTP packets of this SSRC went this way on this link before this one (dropped
-    /// ones included): 0 for the first.
-    pub nth: u64,
-}
-
-/// A datagram about to be sent, as the drop and delay rules see it.
-#[derive(Debug)]
-pub struct Datagram<'a> {
-    /// When it is sent.
-    pub at: Instant,
-    pub way: Way,
-    /// The peer whose link it travels on.
-    pub peer: PeerId,
-    /// The gateway shard at the other end.
-    pub shard: usize,
-    /// How many datagrams went this way on this link before this one (dropped ones included).
-    pub nth: u64,
-    pub class: Class,
-    pub contents: &'a [u8],
-}
-
-impl Datagram<'_> {
-    pub fn rtp(&self) -> Option<&RtpInfo> {
-        match &self.class {
-            Class::Rtp(r) => Some(r),
-            _ => None,
-        }
-    }
-
-    /// A video media packet (not a retransmission).
-    pub fn is_video_media(&self) -> bool {
-        self.rtp()
-            .is_some_and(|r| r.kind == Some(MediaKind::Video) && !r.rtx)
-    }
-}
-
-/// What went over one direction of a peer's link (counted when sent, so dropped ones too).
-#[derive(Clone, Debug, Default)]
-pub struct LinkStats {
-    pub datagrams: u64,
-    pub bytes: u64,
-    pub stun: u64,
-    pub dtls: u64,
-    pub rtp: u64,
-    /// RTP packets with an RTX payload type: retransmissions answering NACKs.
-    pub rtx: u64,
-    pub rtcp: u64,
-    /// Datagrams the drop rule removed.
-    pub dropped: u64,
-    per_ssrc: Vec<(u32, u64)>,
-}
-
-/// RTCP feedback a peer sent or received, decrypted (needs [`PeerOptions::raw_packets`]).
-#[derive(Clone, Debug, Default)]
-pub struct RtcpLog {
-    /// Each NACK: when, the media SSRC, and the sequence numbers it asks for.
-    pub nacks: Vec<(Instant, u32, Vec<u16>)>,
-    pub plis: Vec<Instant>,
-    pub firs: Vec<Instant>,
-}
-
-impl RtcpLog {
-    /// Every sequence number asked for, in order of the NACKs.
-    pub fn nacked_seqs(&self) -> Vec<u16> {
-        self.nacks
-            .iter()
-            .flat_map(|(_, _, s)| s.iter().copied())
-            .collect()
-    }
-
-    fn record(&mut self, now: Instant, rtcp: &Rtcp) {
-        match rtcp {
-            Rtcp::Nack(n) => {
-                let mut seqs = Vec::new();
-                for e in n.reports.iter() {
-                    seqs.push(e.pid);
-                    for bit in 0..16u16 {
-                        if e.blp & (1 << bit) != 0 {
-                            seqs.push(e.pid.wrapping_add(bit + 1));
-                        }
-                    }
-                }
-                self.nacks.push((now, *n.ssrc, seqs));
-            }
-            Rtcp::Pli(_) => self.plis.push(now),
-            Rtcp::Fir(_) => self.firs.push(now),
-            _ => {}
-        }
-    }
-}
-
-/// How a peer is built.
-#[derive(Clone, Debug)]
-pub struct PeerOptions {
-    /// The video codec offered (only this one), or no video track.
-    pub video: Option<Codec>,
-    /// Offer an Opus track.
-    pub audio: bool,
-    /// Keep every received frame in [`Peer::frames`] (counters are kept either way).
-    pub record_frames: bool,
-    /// Log decrypted RTCP feedback ([`Peer::rtcp_in`], [`Peer::rtcp_out`]); costs a copy per
-    /// packet.
-    pub raw_packets: bool,
-    /// str0m statistics events every so often ([`Peer::egress`], [`Peer::ingress`]).
-    pub stats_interval: Option<Duration>,
-}
-
-impl Default for PeerOptions {
-    /// H264 + Opus, recording frames and RTCP.
-    fn default() -> Self {
-        PeerOptions {
-            video: Some(Codec::H264),
-            audio: true,
-            record_frames: true,
-            raw_packets: true,
-            stats_interval: None,
-        }
-    }
-}
-
-impl PeerOptions {
-    pub fn with_video(codec: Codec) -> PeerOptions {
-        PeerOptions {
-            video: Some(codec),
-            ..PeerOptions::default()
-        }
-    }
-
-    /// A cheap viewer for scale runs: counts frames, keeps none, logs no RTCP.
-    pub fn sink(video: Codec) -> PeerOptions {
-        PeerOptions {
-            video: Some(video),
-            audio: true,
-            record_frames: false,
-            raw_packets: false,
-            stats_interval: None,
-        }
-    }
-}
-
-/// A frame a peer received (`Event::MediaData`).
-#[derive(Clone, Debug)]
-pub struct ReceivedFrame {
-    pub at: Instant,
-    pub kind: MediaKind,
-    pub codec: Codec,
-    pub rtp_time: u64,
-    /// str0m saw no gap before this frame.
-    pub contiguous: bool,
-    pub data: Arc<[u8]>,
-}
-
-/// Why a simulated session could not be set up or used.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    #[error("str0m: {0}")]
-    Rtc(#[from] str0m::RtcError),
-    #[error("the peer produced no offer")]
-    NoOffer,
-    #[error("the gateway would refuse the offer: {0}")]
-    Offer(#[from] OfferError),
-    #[error("the hub refused the session: {0:?}")]
-    Claim(ClaimError),
-    #[error("the shard refused the session: {0}")]
-    Session(#[from] SessionError),
-    #[error("the shard did not reply to the command")]
-    NoReply,
-    #[error("the gateway's answer is not SDP: {0}")]
-    Answer(String),
-    #[error("invalid candidate: {0}")]
-    Candidate(String),
-    #[error("peer {0:?} has no {1:?} track")]
-    NoTrack(PeerId, MediaKind),
-    #[error("peer {0:?} is not connected")]
-    NotConnected(PeerId),
-    #[error("peer {0:?} has no negotiated payload type for {1:?}")]
-    NoPayloadType(PeerId, MediaKind),
-}
-
-/// A str0m peer on the simulated network.
-pub struct Peer {
-    pub id: PeerId,
-    pub role: Role,
-    pub stream: Arc<str>,
-    /// The gateway session serving it.
-    pub session: SessionId,
-    pub shard: usize,
-    pub addr: SocketAddr,
-    pub rtc: Rtc,
-    pub video: Option<Mid>,
-    pub audio: Option<Mid>,
-    pub answer_sdp: String,
-    /// When `Event::Connected` came (ICE + DTLS done).
-    pub connected_at: Option<Instant>,
-    /// ICE reported `Disconnected` at least once.
-    pub ice_disconnected: bool,
-    /// Received frames, if [`PeerOptions::record_frames`].
-    pub frames: Vec<ReceivedFrame>,
-    pub video_frames: u64,
-    pub audio_frames: u64,
-    /// Video frames str0m delivered with `contiguous == false` (a gap before them).
-    pub discontinuities: u64,
-    pub bytes_received: u64,
-    /// `Event::KeyframeRequest`s (PLI/FIR from the gateway, coalesced by str0m per poll).
-    pub keyframe_requests: u64,
-    /// RTCP feedback received, decrypted (needs [`PeerOptions::raw_packets`]).
-    pub rtcp_in: RtcpLog,
-    /// RTCP feedback sent, decrypted (needs [`PeerOptions::raw_packets`]).
-    pub rtcp_out: RtcpLog,
-    /// Peer → gateway.
-    pub up: LinkStats,
-    /// Gateway → peer.
-    pub down: LinkStats,
-    /// The latest egress and ingress statistics per mid (needs [`PeerOptions::stats_interval`]).
-    pub egress: Vec<MediaEgressStats>,
-    pub ingress: Vec<MediaIngressStats>,
-    /// The `Rtc` failed or the session was deleted: the peer no longer takes part.
-    pub error: Option<String>,
-    /// Datagrams the `Rtc` refused (`handle_input` errors), not fatal.
-    pub input_errors: u64,
-    pub feed: Option<Feed>,
-    opts: PeerOptions,
-    /// Negotiated payload types: (pt, kind, is RTX).
-    pts: Vec<(u8, MediaKind, bool)>,
-    /// Payload type and clock rate used to write each kind (video, audio).
-    write_params: [Option<(Pt, Frequency)>; 2],
-    next_timeout: Option<Instant>,
-}
-
-impl Peer {
-    pub fn is_connected(&self) -> bool {
-        self.connected_at.is_some() && self.error.is_none()
-    }
-
-    pub fn options(&self) -> &PeerOptions {
-        &self.opts
-    }
-
-    /// Recorded video frames, in arrival order.
-    pub fn received_video(&self) -> impl Iterator<Item = &ReceivedFrame> {
-        self.frames.iter().filter(|f| f.kind == MediaKind::Video)
-    }
-
-    /// Recorded audio frames, in arrival order.
-    pub fn received_audio(&self) -> impl Iterator<Item = &ReceivedFrame> {
-        self.frames.iter().filter(|f| f.kind == MediaKind::Audio)
-    }
-
-    /// Drains the `Rtc` until its next timeout; transmits go to `out`.
-    fn drain(&mut self, now: Instant, out: &mut Vec<Outgoing>) -> Option<Instant> {
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return Some(t),
-                Ok(Output::Transmit(t)) => out.push(Outgoing {
-                    source: t.source,
-                    destination: t.destination,
-                    contents: t.contents.into(),
-                }),
-                Ok(Output::Event(e)) => self.on_event(now, e),
-                Err(e) => {
-                    self.error = Some(format!("poll_output: {e}"));
-                    return None;
-                }
-            }
-        }
-    }
-
-    fn on_event(&mut self, now: Instant, event: Event) {
-        match event {
-            Event::Connected => {
-                self.connected_at.get_or_insert(now);
-            }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.ice_disconnected = true;
-            }
-            Event::MediaData(d) => {
-                let codec = d.params.spec().codec;
-                let kind = if codec.is_audio() {
-                    MediaKind::Audio
-                } else {
-                    MediaKind::Video
-                };
-                match kind {
-                    MediaKind::Video => {
-                        self.video_frames += 1;
-                        if !d.contiguous {
-                            self.discontinuities += 1;
-                        }
-                    }
-                    MediaKind::Audio => self.audio_frames += 1,
-                }
-                self.bytes_received += d.data.len() as u64;
-                if self.opts.record_frames {
-                    self.frames.push(ReceivedFrame {
-                        at: now,
-                        kind,
-                        codec,
-                        rtp_time: d.time.numer(),
-                        contiguous: d.contiguous,
-                        data: d.data,
-                    });
-                }
-            }
-            Event::KeyframeRequest(_) => {
-                self.keyframe_requests += 1;
-                if let Some(feed) = &mut self.feed {
-                    if feed.honor_keyframe_requests {
-                        feed.key_requested = true;
-                    }
-                }
-            }
-            Event::RawPacket(p) => match *p {
-                RawPacket::RtcpRx(r) => self.rtcp_in.record(now, &r),
-                RawPacket::RtcpTx(r) => self.rtcp_out.record(now, &r),
-                _ => {}
-            },
-            Event::MediaEgressStats(s) => {
-                self.egress.retain(|e| e.mid != s.mid);
-                self.egress.push(s);
-            }
-            Event::MediaIngressStats(s) => {
-                self.ingress.retain(|e| e.mid != s.mid);
-                self.ingress.push(s);
-            }
-            _ => {}
-        }
-    }
-
-    /// Writes one frame of `kind` (a mutation: the caller drains).
-    fn write(
-        &mut self,
-        now: Instant,
-        kind: MediaKind,
-        rtp_time: u64,
-        data: Arc<[u8]>,
-    ) -> Result<(), SimError> {
-        let (slot, mid) = match kind {
-            MediaKind::Video => (0, self.video),
-            MediaKind::Audio => (1, self.audio),
-        };
-        let mid = mid.ok_or(SimError::NoTrack(self.id, kind))?;
-        if !self.rtc.is_connected() {
-            return Err(SimError::NotConnected(self.id));
-        }
-        let (pt, clock) = match self.write_params[slot] {
-            Some(p) => p,
-            None => {
-                let writer = self
-                    .rtc
-                    .writer(mid)
-                    .ok_or(SimError::NoTrack(self.id, kind))?;
-                let params = writer
-                    .payload_params()
-                    .next()
-                    .ok_or(SimError::NoPayloadType(self.id, kind))?;
-                let p = (params.pt(), params.spec().clock_rate);
-                self.write_params[slot] = Some(p);
-                p
-            }
-        };
-        let writer = self
-            .rtc
-            .writer(mid)
-            .ok_or(SimError::NoTrack(self.id, kind))?;
-        writer.write(pt, now, MediaTime::new(rtp_time, clock), data)?;
-        Ok(())
-    }
-
-    fn classify(&mut self, way: Way, data: &[u8]) -> Class {
-        let Some(&b0) = data.first() else {
-            return Class::Other;
-        };
-        match b0 {
-            0..=3 => Class::Stun,
-            20..=63 => Class::Dtls,
-            128..=191 if data.len() >= 12 => {
-                let b1 = data[1];
-                if (192..=223).contains(&b1) {
-                    return Class::Rtcp;
-                }
-                let pt = b1 & 0x7f;
-                let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
-                let (kind, rtx) = self
-                    .pts
-                    .iter()
-                    .find(|(p, _, _)| *p == pt)
-                    .map(|(_, k, r)| (Some(*k), *r))
-                    .unwrap_or((None, false));
-                let link = match way {
-                    Way::ToGateway => &mut self.up,
-                    Way::FromGateway => &mut self.down,
-                };
-                let nth = match link.per_ssrc.iter_mut().find(|(s, _)| *s == ssrc) {
-                    Some((_, n)) => {
-                        *n += 1;
-                        *n - 1
-                    }
-                    None => {
-                        link.per_ssrc.push((ssrc, 1));
-                        0
-                    }
-                };
-                Class::Rtp(RtpInfo {
-                    ssrc,
-                    pt,
-                    seq: u16::from_be_bytes([data[2], data[3]]),
-                    timestamp: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
-                    marker: b1 & 0x80 != 0,
-                    kind,
-                    rtx,
-                    nth,
-                })
-            }
-            _ => Class::Other,
-        }
-    }
-}
-
-/// A synthetic encoder for a publisher: video frames at `fps` (a keyframe every `gop` frames and
-/// on request) and a 20 ms Opus packet every 20 ms, written as the simulated clock reaches them.
-///
-/// Frames come from [`media::video_frame`] and [`media::opus_frame`] (the generators the
-/// real-network tests use), so a receiver can check them with
-/// [`Feed::check_video`] and [`Feed::check_audio`].
-#[derive(Clone, Debug)]
-pub struct Feed {
-    pub video: Option<Codec>,
-    pub audio: bool,
-    pub fps: u32,
-    /// A keyframe every this many frames; 0: only the first frame and requested ones.
-    pub gop: u64,
-    /// Size of a delta frame, in bytes.
-    pub frame_bytes: usize,
-    /// Size of a keyframe, in bytes.
-    pub key_bytes: usize,
-    /// A keyframe request from the gateway makes the next video frame a keyframe.
-    pub honor_keyframe_requests: bool,
-    /// Stop after this many video frames (audio stops with it).
-    pub max_frames: Option<u64>,
-    /// Video frames written so far (the next frame's index).
-    pub video_sent: u64,
-    pub audio_sent: u64,
-    /// Indices of the video frames sent as keyframes.
-    pub keyframes: Vec<u64>,
-    /// Writes str0m refused (for example before the publisher connected).
-    pub write_errors: u64,
-    started: Option<Instant>,
-    key_requested: bool,
-}
-
-impl Feed {
-    /// 30 fps, a keyframe every second, 3000-byte frames (6000-byte keyframes), audio if asked.
-    pub fn new(video: Option<Codec>, audio: bool) -> Feed {
-        Feed {
-            video,
-            audio,
-            fps: 30,
-            gop: 30,
-            frame_bytes: 3000,
-            key_bytes: 6000,
-            honor_keyframe_requests: true,
-            max_frames: None,
-            video_sent: 0,
-            audio_sent: 0,
-            keyframes: Vec::new(),
-            write_errors: 0,
-            started: None,
-            key_requested: false,
-        }
-    }
-
-    /// Video of `bits_per_sec` at `fps` (all frames the same size) plus Opus.
-    pub fn at_bitrate(video: Codec, bits_per_sec: u64, fps: u32) -> Feed {
-        let bytes = (bits_per_sec / 8 / u64::from(fps.max(1))) as usize;
-        Feed {
-            fps,
-            frame_bytes: bytes,
-            key_bytes: bytes,
-            gop: 2 * u64::from(fps),
-            ..Feed::new(Some(video), true)
-        }
-    }
-
-    /// Stops after `n` video frames.
-    pub fn with_max_frames(mut self, n: u64) -> Feed {
-        self.max_frames = Some(n);
-        self
-    }
-
-    /// A keyframe every `gop` frames (0: only the first and requested ones).
-    pub fn with_gop(mut self, gop: u64) -> Feed {
-        self.gop = gop;
-        self
-    }
-
-    /// Delta frames of `frame_bytes`, keyframes of `key_bytes`.
-    pub fn with_sizes(mut self, frame_bytes: usize, key_bytes: usize) -> Feed {
-        self.frame_bytes = frame_bytes;
-        self.key_bytes = key_bytes;
-        self
-    }
-
-    fn frame_interval(&self) -> Duration {
-        Duration::from_secs(1) / self.fps.max(1)
-    }
-
-    fn done(&self) -> bool {
-        self.max_frames.is_some_and(|m| self.video_sent >= m)
-    }
-
-    fn next_video_at(&self) -> Option<Instant> {
-        let start = self.started?;
-        if self.video.is_none() || self.done() {
-            return None;
-        }
-        Some(start + self.frame_interval() * self.video_sent as u32)
-    }
-
-    fn next_audio_at(&self) -> Option<Instant> {
-        let start = self.started?;
-        if !self.audio || self.done() {
-            return None;
-        }
-        Some(start + Duration::from_millis(20) * self.audio_sent as u32)
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        match (self.next_video_at(), self.next_audio_at()) {
-            (Some(v), Some(a)) => Some(v.min(a)),
-            (v, a) => v.or(a),
-        }
-    }
-
-    /// The next frame due by `now`: (kind, RTP time, bytes).
-    fn take_due(&mut self, now: Instant) -> Option<(MediaKind, u64, Arc<[u8]>)> {
-        let video = self.next_video_at().filter(|t| *t <= now);
-        let audio = self.next_audio_at().filter(|t| *t <= now);
-        let video_first = match (video, audio) {
-            (Some(v), Some(a)) => v <= a,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
-        };
-        if video_first {
-            let codec = self.video?;
-            let i = self.video_sent;
-            let key = i == 0 || (self.gop > 0 && i % self.gop == 0) || self.key_requested;
-            if key {
-                self.key_requested = false;
-                self.keyframes.push(i);
-            }
-            self.video_sent += 1;
-            let size = if key {
-                self.key_bytes
-            } else {
-                self.frame_bytes
-            };
-            let time = i * 90_000 / u64::from(self.fps.max(1));
-            Some((
-                MediaKind::Video,
-                time,
-                media::video_frame(VideoCodec::from_codec(codec)?, i, key, size).into(),
-            ))
-        } else {
-            let i = self.audio_sent;
-            self.audio_sent += 1;
-            Some((MediaKind::Audio, i * 960, media::opus_frame(i).into()))
-        }
-    }
-
-    /// The index of a received video frame if it is exactly what this feed sent, byte for byte.
-    pub fn check_video(&self, data: &[u8]) -> Result<u64, String> {
-        let codec = self.video.ok_or("the feed sends no video")?;
-        let index = media::frame_index(codec, data).ok_or("no frame index in the data")?;
-        let key = is_keyframe(codec, data);
-        if key != self.keyframes.contains(&index) {
-            return Err(format!(
-                "frame {index}: keyframe {key} but sent as keyframe {}",
-                !key
-            ));
-        }
-        let size = if key {
-            self.key_bytes
-        } else {
-            self.frame_bytes
-        };
-        let video = VideoCodec::from_codec(codec).ok_or("not a video codec")?;
-        let expected = media::video_frame(video, index, key, size);
-        if data != &expected[..] {
-            return Err(format!(
-                "frame {index} differs: {} bytes received, {} sent, first difference at {:?}",
-                data.len(),
-                expected.len(),
-                data.iter().zip(expected.iter()).position(|(a, b)| a != b)
-            ));
-        }
-        Ok(index)
-    }
-
-    /// The index of a received Opus packet if it is exactly what this feed sent.
-    pub fn check_audio(&self, data: &[u8]) -> Result<u64, String> {
-        let index = media::frame_index(Codec::Opus, data).ok_or("no frame index in the data")?;
-        if data != &media::opus_frame(index)[..] {
-            return Err(format!("opus packet {index} differs"));
-        }
-        Ok(index)
-    }
-}
 
 /// A datagram leaving a party, before routing.
 struct Outgoing {
@@ -874,6 +228,11 @@ impl Sim {
         &self.engines[shard]
     }
 
+    /// Engine `shard`, for what a test changes in it (such as [`Engine::faults`]).
+    pub fn engine_mut(&mut self, shard: usize) -> &mut Engine {
+        &mut self.engines[shard]
+    }
+
     pub fn peers(&self) -> &[Peer] {
         &self.peers
     }
@@ -981,6 +340,7 @@ impl Sim {
             video: None,
             audio: None,
             answer_sdp: String::new(),
+            etag: String::new(),
             connected_at: None,
             ice_disconnected: false,
             frames: Vec::new(),
@@ -1096,6 +456,7 @@ impl Sim {
             .map_err(|e| SimError::Answer(e.to_string()))?;
         let peer = &mut self.peers[index];
         peer.answer_sdp = created.answer;
+        peer.etag = created.etag;
         peer.rtc.sdp_api().accept_answer(pending, answer)?;
         let mut out = std::mem::take(&mut self.scratch);
         let timeout = peer.drain(now, &mut out);
@@ -1176,6 +537,31 @@ impl Sim {
         });
         let r = rx.try_recv().map_err(|_| SimError::NoReply)?;
         self.disconnect_peer(id.0, "deleted");
+        r.map_err(SimError::Session)
+    }
+
+    /// PATCHes a peer's session with the sdpfrag `fragment` and `If-Match` value `if_match`,
+    /// as `PATCH` on its resource does.
+    pub fn patch(
+        &mut self,
+        id: PeerId,
+        fragment: &str,
+        if_match: Option<&str>,
+    ) -> Result<Patched, SimError> {
+        let (shard, session) = {
+            let p = &self.peers[id.0];
+            (p.shard, p.session)
+        };
+        let fragment = Fragment::parse(fragment)?;
+        let (reply, mut rx) = oneshot::channel();
+        let cmd = Command::Patch {
+            id: session,
+            fragment,
+            if_match: if_match.map(str::to_string),
+            reply,
+        };
+        self.engine_call(shard, |e, now| e.handle_command(now, cmd));
+        let r = rx.try_recv().map_err(|_| SimError::NoReply)?;
         r.map_err(SimError::Session)
     }
 

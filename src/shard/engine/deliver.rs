@@ -1,0 +1,236 @@
+//! A publisher's packet to the viewers: into a [`MediaPacket`], to the other shards that
+//! subscribed, into the GOP cache, and through each viewer's rewriter into its `Rtc`.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn on_rtp(&mut self, now: Instant, id: SessionId, rtp: str0m::rtp::RtpPacket) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.role != Role::Publish {
+            return;
+        }
+        let ssrc = rtp.header.ssrc;
+        let seq = *rtp.seq_no;
+        let kind = match s.ssrcs.iter_mut().find(|x| x.ssrc == ssrc) {
+            Some(x) => {
+                x.received += 1;
+                x.max_seq = x.max_seq.max(seq);
+                x.first_seq = x.first_seq.min(seq);
+                x.kind
+            }
+            None => {
+                let Some(mid) = s.rtc.direct_api().stream_rx(&ssrc).map(|rx| rx.mid()) else {
+                    return;
+                };
+                let Some(kind) = s.mids.iter().find(|(m, _)| *m == mid).map(|(_, k)| *k) else {
+                    return;
+                };
+                s.ssrcs.push(Incoming {
+                    ssrc,
+                    kind,
+                    first_seq: seq,
+                    max_seq: seq,
+                    received: 1,
+                });
+                kind
+            }
+        };
+        let pt = rtp.header.payload_type;
+        let Some(params) = s.rtc.codec_config().find(|p| p.pt() == pt).copied() else {
+            self.counters.packets_no_codec += 1;
+            return;
+        };
+        let keyframe = kind == Kind::Video && is_keyframe(params.spec().codec, &rtp.payload);
+        if keyframe {
+            // A held request is answered: sending it now would cost a needless keyframe.
+            s.pli_pending = false;
+        }
+        let pkt = MediaPacket {
+            publisher: id,
+            kind,
+            params,
+            seq,
+            time: rtp.header.timestamp,
+            marker: rtp.header.marker,
+            keyframe,
+            payload: rtp.payload,
+            received: now,
+        };
+        let stream = s.stream.clone();
+        let subscribers = self
+            .streams
+            .get(&stream)
+            .map(|l| l.subscribers)
+            .unwrap_or(0);
+        let mut rest = subscribers;
+        while rest != 0 {
+            let shard = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            self.outbox.messages.push((
+                shard,
+                PeerMsg::Media {
+                    stream: stream.clone(),
+                    pkt: pkt.for_other_shard(),
+                },
+            ));
+        }
+        self.deliver(now, &stream, Arc::new(pkt));
+    }
+
+    /// A packet of `stream` reaches this shard: cache it and write it to the local viewers.
+    pub(super) fn deliver(&mut self, now: Instant, stream: &Arc<str>, pkt: Arc<MediaPacket>) {
+        let Some(local) = self.streams.get_mut(stream) else {
+            return;
+        };
+        let pushed = local.cache.push(pkt.clone());
+        // Walk a copy: a viewer removed on the way (a failed write) must leave the stream's
+        // list, which `remove` reads, as it really is. The buffer is reused, so no allocation.
+        let mut viewers = std::mem::take(&mut self.viewer_scratch);
+        viewers.clear();
+        viewers.extend_from_slice(&local.viewers);
+        let frame: Vec<Arc<MediaPacket>> = if pushed == Pushed::KeyframeStart {
+            local.cache.frame().to_vec()
+        } else {
+            Vec::new()
+        };
+        for &v in &viewers {
+            // Only a keyframe's first packet can start a waiting viewer; others go as they are.
+            let starts_waiting = pushed == Pushed::KeyframeStart
+                && self
+                    .sessions
+                    .get(&v)
+                    .and_then(|s| s.tracks.iter().find(|(_, t)| t.kind == pkt.kind))
+                    .is_some_and(|(_, t)| t.waiting_keyframe);
+            if starts_waiting {
+                // Start on the whole keyframe, including its packets before this one (SPS/PPS).
+                self.start_track_with_next(v, Kind::Video);
+                for p in frame.iter().filter(|p| p.kind == Kind::Video) {
+                    self.forward(now, v, p);
+                }
+            } else {
+                self.forward(now, v, &pkt);
+            }
+        }
+        self.viewer_scratch = viewers;
+    }
+
+    /// Writes a live packet to a viewer, or queues it behind the viewer's GOP replay.
+    pub(super) fn forward(&mut self, now: Instant, id: SessionId, pkt: &Arc<MediaPacket>) {
+        let limit = self.config.media.gop_cache_max_packets;
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if !s.backlog.is_empty() {
+                if s.backlog.len() >= limit {
+                    // Not catching up: drop the replay, start again from the next keyframe.
+                    s.backlog.clear();
+                    for (_, t) in &mut s.tracks {
+                        t.publisher_left();
+                    }
+                    return;
+                }
+                s.backlog.push_back(pkt.clone());
+                return;
+            }
+        }
+        self.write_to_viewer(now, id, pkt);
+    }
+
+    pub(super) fn start_track_with_next(&mut self, id: SessionId, kind: Kind) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if let Some((_, t)) = s.tracks.iter_mut().find(|(_, t)| t.kind == kind) {
+                t.start_with_next();
+            }
+        }
+    }
+
+    pub(super) fn write_to_viewer(&mut self, now: Instant, id: SessionId, pkt: &MediaPacket) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Session {
+            rtc,
+            tracks,
+            tx_ssrcs,
+            ..
+        } = s;
+        let Some((mid, track)) = tracks.iter_mut().find(|(_, t)| t.kind == pkt.kind) else {
+            return;
+        };
+        let mid = *mid;
+        let pt = track.map_pt(&pkt.params, |params| {
+            let remote = rtc.media(mid)?.remote_pts().to_vec();
+            rtc.codec_config()
+                .params()
+                .iter()
+                .filter(|p| remote.contains(&p.pt()))
+                .filter(|p| p.spec().codec == params.spec().codec)
+                .filter(|p| takes_packetization(p, params))
+                .max_by_key(|p| fmtp_score(p, params))
+                .map(|p| p.pt())
+        });
+        let Some(pt) = pt else {
+            self.counters.packets_no_codec += 1;
+            return;
+        };
+        let Some((seq, time)) = track.rewrite(pkt, now) else {
+            return;
+        };
+        let ssrc = tx_ssrcs.iter().find(|(m, _)| *m == mid).map(|(_, s)| *s);
+        let mut api = rtc.direct_api();
+        let tx = match ssrc {
+            Some(ssrc) => api.stream_tx(&ssrc),
+            None => api.stream_tx_by_mid(mid, None),
+        };
+        let Some(tx) = tx else {
+            return;
+        };
+        let write = RtpWrite::new(pt, seq.into(), time, pkt.received, pkt.payload.clone())
+            .marker(pkt.marker)
+            .nackable(true);
+        if self
+            .faults
+            .isolate(Site::Write, Some(id), || tx.write_rtp(write))
+            .is_none()
+        {
+            self.remove(now, id, PANIC);
+            return;
+        }
+        s.packets_written += 1;
+        if pkt.kind == Kind::Video && !s.first_video_sent {
+            s.first_video_sent = true;
+            let secs = now.saturating_duration_since(s.created).as_secs_f64();
+            self.counters.first_frames.push(secs);
+        }
+        self.counters.packets_forwarded += 1;
+        self.drive(now, id);
+    }
+}
+
+/// Whether a viewer's payload type can carry the publisher's packets: an H264 receiver in
+/// packetization mode 0 need not understand the FU-A and STAP-A packets of mode 1 (RFC 6184
+/// §6.2), so mode-1 packets never go to a mode-0 payload type.
+fn takes_packetization(
+    viewer: &str0m::format::PayloadParams,
+    publisher: &str0m::format::PayloadParams,
+) -> bool {
+    let mode = |p: &str0m::format::PayloadParams| p.spec().format.packetization_mode.unwrap_or(0);
+    mode(viewer) >= mode(publisher)
+}
+
+/// How well the viewer's payload parameters fit the publisher's: same H264 profile and
+/// packetization mode first.
+fn fmtp_score(ours: &str0m::format::PayloadParams, theirs: &str0m::format::PayloadParams) -> u32 {
+    let (a, b) = (ours.spec().format, theirs.spec().format);
+    let mut score = 0;
+    if a.packetization_mode == b.packetization_mode {
+        score += 2;
+    }
+    if a.profile_level_id.map(|p| p >> 8) == b.profile_level_id.map(|p| p >> 8) {
+        score += 1;
+    }
+    if a.profile_id == b.profile_id {
+        score += 1;
+    }
+    score
+}

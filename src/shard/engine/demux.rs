@@ -1,0 +1,228 @@
+//! Which session a datagram belongs to: by the remote address once learned, else by the ufrag
+//! of a STUN request that passes the session's ICE credentials (RFC 8445 §7.3).
+
+use super::*;
+
+/// The shard's index from a datagram's source to its session.
+#[derive(Debug, Default)]
+pub(super) struct Demux {
+    by_addr: HashMap<SocketAddr, SessionId>,
+    by_ufrag: HashMap<String, SessionId>,
+    /// Remote addresses that a session still connecting has sent ICE checks to. The answers
+    /// come from there and carry no ufrag of ours, and may arrive before the peer's own check
+    /// has taught `by_addr` the address. Consulted only when `by_addr` misses, and an answer
+    /// is only let through when it passes that session's STUN integrity check, so an offer
+    /// that lists someone else's address cannot capture their traffic.
+    checked: HashMap<SocketAddr, SessionId>,
+}
+
+/// Where a datagram goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    /// From a learned address of this session.
+    Known(SessionId),
+    /// Perhaps this session's: it must pass the session's ICE check to teach its address.
+    Unlearned(SessionId),
+    /// Nobody's.
+    Unknown,
+}
+
+impl Demux {
+    pub(super) fn route(&self, source: SocketAddr, data: &[u8]) -> Route {
+        if let Some(id) = self.by_addr.get(&source) {
+            return Route::Known(*id);
+        }
+        stun::local_ufrag(data)
+            .and_then(|u| self.by_ufrag.get(u))
+            .or_else(|| self.checked.get(&source))
+            .map_or(Route::Unknown, |id| Route::Unlearned(*id))
+    }
+
+    pub(super) fn learn(&mut self, source: SocketAddr, id: SessionId) {
+        self.by_addr.insert(source, id);
+    }
+
+    pub(super) fn forget_addr(&mut self, source: SocketAddr) {
+        self.by_addr.remove(&source);
+    }
+
+    /// Session `id`, still connecting, sent an ICE check to `destination`.
+    pub(super) fn checking(&mut self, destination: SocketAddr, id: SessionId) {
+        if !self.by_addr.contains_key(&destination) {
+            self.checked.insert(destination, id);
+        }
+    }
+
+    /// Session `id` connected: its peer's addresses are learned now.
+    pub(super) fn connected(&mut self, id: SessionId) {
+        self.checked.retain(|_, s| *s != id);
+    }
+
+    /// Session `id` answers to local ufrag `ufrag` (instead of `old`, after an ICE restart).
+    pub(super) fn set_ufrag(&mut self, id: SessionId, old: Option<&str>, ufrag: String) {
+        if let Some(old) = old {
+            self.by_ufrag.remove(old);
+        }
+        self.by_ufrag.insert(ufrag, id);
+    }
+
+    /// Forgets session `id`, its addresses `addrs` and its ufrag.
+    pub(super) fn remove(&mut self, id: SessionId, addrs: &[SocketAddr], ufrag: &str) {
+        for a in addrs {
+            self.by_addr.remove(a);
+        }
+        self.checked.retain(|_, s| *s != id);
+        self.by_ufrag.remove(ufrag);
+    }
+}
+
+impl Engine {
+    /// One datagram from `source`, received on the shard's socket with destination IP `dst_ip`
+    /// (when the socket reports it).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        dst_ip: Option<IpAddr>,
+        data: &[u8],
+    ) {
+        self.counters.datagrams_in += 1;
+        let destination = self.destination(dst_ip);
+        let parsed = self.faults.isolate(Site::Parse, None, || {
+            Receive::new(Protocol::Udp, source, destination, data)
+        });
+        let receive = match parsed {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => {
+                self.counters.datagrams_invalid += 1;
+                return;
+            }
+            None => {
+                // No session is involved yet: the datagram alone is lost.
+                self.counters.panics += 1;
+                self.counters.datagrams_invalid += 1;
+                return;
+            }
+        };
+        let input = Input::Receive(now, receive);
+        let (id, learned) = match self.demux.route(source, data) {
+            Route::Known(id) => (id, false),
+            Route::Unlearned(id) => (id, true),
+            Route::Unknown => {
+                self.counters.datagrams_unknown_source += 1;
+                return;
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            self.demux.forget_addr(source);
+            self.counters.datagrams_unknown_source += 1;
+            return;
+        };
+        if learned {
+            // Only a request that passes the session's ICE credentials teaches an address.
+            let rtc = &session.rtc;
+            match self
+                .faults
+                .isolate(Site::Accepts, Some(id), || rtc.accepts(&input))
+            {
+                Some(true) => {}
+                Some(false) => {
+                    self.counters.datagrams_unknown_source += 1;
+                    return;
+                }
+                None => {
+                    self.counters.datagrams_invalid += 1;
+                    self.remove(now, id, PANIC);
+                    return;
+                }
+            }
+            session.addrs.push(source);
+            self.demux.learn(source, id);
+        }
+        session.last_rx = now;
+        let rtc = &mut session.rtc;
+        match self
+            .faults
+            .isolate(Site::Receive, Some(id), || rtc.handle_input(input))
+        {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                session
+                    .span
+                    .in_scope(|| debug!(error = %e, "datagram rejected"));
+                self.counters.datagrams_invalid += 1;
+            }
+            None => {
+                self.counters.datagrams_invalid += 1;
+                self.remove(now, id, PANIC);
+                return;
+            }
+        }
+        self.drive(now, id);
+    }
+
+    /// The announced candidate a datagram was sent to: str0m only accepts STUN addressed to one
+    /// of its host candidates, so behind NAT the public address stands in for the local one.
+    pub(super) fn destination(&self, dst_ip: Option<IpAddr>) -> SocketAddr {
+        let first = self.candidates[0];
+        match dst_ip {
+            Some(ip) => self
+                .candidates
+                .iter()
+                .find(|c| c.ip() == ip)
+                .copied()
+                .unwrap_or(first),
+            None => first,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_found_by_ufrag_then_by_its_learned_address() {
+        let mut d = Demux::default();
+        let (id, peer) = (SessionId(1), "192.0.2.1:5000".parse().expect("addr"));
+        d.set_ufrag(id, None, "ours".into());
+        assert_eq!(
+            d.route(peer, &stun::binding_request("ours:theirs")),
+            Route::Unlearned(id)
+        );
+        assert_eq!(d.route(peer, b"\x80media"), Route::Unknown);
+        d.learn(peer, id);
+        assert_eq!(d.route(peer, b"\x80media"), Route::Known(id));
+        d.remove(id, &[peer], "ours");
+        assert_eq!(
+            d.route(peer, &stun::binding_request("ours:theirs")),
+            Route::Unknown
+        );
+    }
+
+    #[test]
+    fn checked_addresses_count_only_while_connecting() {
+        let mut d = Demux::default();
+        let (id, peer) = (SessionId(2), "192.0.2.2:5000".parse().expect("addr"));
+        d.checking(peer, id);
+        assert_eq!(d.route(peer, b"answer"), Route::Unlearned(id));
+        d.connected(id);
+        assert_eq!(d.route(peer, b"answer"), Route::Unknown);
+    }
+
+    #[test]
+    fn an_ice_restart_moves_the_ufrag() {
+        let mut d = Demux::default();
+        let (id, peer) = (SessionId(3), "192.0.2.3:5000".parse().expect("addr"));
+        d.set_ufrag(id, None, "old".into());
+        d.set_ufrag(id, Some("old"), "new".into());
+        assert_eq!(
+            d.route(peer, &stun::binding_request("old:x")),
+            Route::Unknown
+        );
+        assert_eq!(
+            d.route(peer, &stun::binding_request("new:x")),
+            Route::Unlearned(id)
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! Keyframe requests: viewers' PLI/FIR and joins become PLIs to the publisher, wherever it is,
+//! at most one per `media.keyframe_request_interval_ms`.
+
+use super::*;
+
+impl Engine {
+    /// Routes a keyframe request to the stream's publisher, wherever it is.
+    pub(super) fn ask_keyframe(&mut self, now: Instant, stream: &Arc<str>) {
+        if let Some(id) = self.local_publisher(stream) {
+            self.request_keyframe(now, id);
+        } else {
+            self.outbox.hub.push(HubUpdate::KeyframeWanted {
+                stream: stream.clone(),
+                shard: self.index,
+            });
+        }
+    }
+
+    /// Sends a PLI to publisher `id`, at most one per configured interval; a request inside the
+    /// interval is held and sent when it ends.
+    pub(super) fn request_keyframe(&mut self, now: Instant, id: SessionId) {
+        let interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if let Some(last) = s.last_pli {
+            if now.saturating_duration_since(last) < interval {
+                s.pli_pending = true;
+                return;
+            }
+        }
+        let Some(mid) = s
+            .mids
+            .iter()
+            .find(|(_, k)| *k == Kind::Video)
+            .map(|(m, _)| *m)
+        else {
+            s.pli_pending = false;
+            return;
+        };
+        let mut api = s.rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+            // No video has arrived yet: try again on the next housekeeping round.
+            s.pli_pending = s.connected;
+            return;
+        };
+        rx.request_keyframe(KeyframeRequestKind::Pli);
+        s.last_pli = Some(now);
+        s.pli_pending = false;
+        self.counters.keyframe_requests_sent += 1;
+        self.drive(now, id);
+    }
+}

@@ -1,0 +1,556 @@
+//! The sans-IO shard: every session of one shard, driven by datagrams, commands, messages from
+//! other shards and time. No sockets, no threads, no clock: callers pass `now` and collect
+//! [`Transmit`]s and [`PeerMsg`]s from [`Engine::outbox`].
+//!
+//! A publisher's packet goes: datagram → its `Rtc` → `Event::RtpPacket` → [`MediaPacket`] → the
+//! shard's [`StreamCache`] and local viewers, and one copy per other shard with viewers.
+
+mod deliver;
+mod demux;
+mod isolate;
+mod keyframe;
+mod negotiate;
+mod replay;
+mod session;
+mod stats;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{KeyframeRequestKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tracing::{debug, info, warn, Span};
+
+use super::counters::Counters;
+use super::{
+    Command, Created, HubUpdate, Patched, PeerMsg, SessionError, SessionStats, StreamTotals,
+    Transmit,
+};
+use crate::config::Config;
+use crate::fanout::{is_keyframe, MediaPacket, Pushed, StreamCache, TrackRewriter};
+use crate::sdp::{restart_offer, Fragment, Kind, Offer, OfferError};
+use crate::session::{Role, SessionId};
+use crate::stun;
+use demux::Demux;
+pub use isolate::{Faults, Site};
+use session::{session_span, Incoming, NewSession, Session, TrackReport};
+
+/// How often sessions are checked for connect and consent timeouts and held keyframe requests.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Removal reason for a session whose str0m call panicked: its Rtc is not touched again.
+const PANIC: &str = "panic in WebRTC stack";
+
+/// A command's answer, sent by the IO layer once the pass's [`HubUpdate`]s are applied: a
+/// client that got its DELETE answered finds the directory without the session.
+pub type Reply = Box<dyn FnOnce() + Send>;
+
+/// What the IO layer takes out after each call, in this order: hub updates (apply them, and
+/// deliver the messages they cause), messages to other shards, replies, transmits.
+#[derive(Default)]
+pub struct Outbox {
+    pub transmits: Vec<Transmit>,
+    pub messages: Vec<(usize, PeerMsg)>,
+    pub hub: Vec<HubUpdate>,
+    pub replies: Vec<Reply>,
+}
+
+impl Outbox {
+    fn reply<T: Send + 'static>(&mut self, to: tokio::sync::oneshot::Sender<T>, value: T) {
+        self.replies.push(Box::new(move || {
+            let _ = to.send(value);
+        }));
+    }
+}
+
+/// A stream as one shard sees it.
+struct LocalStream {
+    cache: StreamCache,
+    viewers: Vec<SessionId>,
+    /// On the publisher's shard: other shards that want the packets (bit per shard).
+    subscribers: u64,
+    /// This shard told the hub it wants the packets.
+    subscribed: bool,
+    /// The stream's publisher, when it is on this shard.
+    publisher: Option<SessionId>,
+}
+
+pub struct Engine {
+    index: usize,
+    config: Arc<Config>,
+    /// Every random choice the engine makes (ETags, the viewers' first sequence numbers and
+    /// timestamps) comes from here, so a seed replays a run.
+    rng: StdRng,
+    /// Announced host candidates (what clients send to), all on this shard's port.
+    candidates: Vec<SocketAddr>,
+    dtls_cert: Option<str0m::config::DtlsCert>,
+    sessions: HashMap<SessionId, Session>,
+    demux: Demux,
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    streams: HashMap<Arc<str>, LocalStream>,
+    next_housekeeping: Instant,
+    /// Viewers with a backlog, and when to send their next share.
+    replaying: Vec<SessionId>,
+    next_replay: Option<Instant>,
+    /// Reused by `deliver` for its copy of a stream's viewers.
+    viewer_scratch: Vec<SessionId>,
+    pub counters: Counters,
+    /// Panics to inject into str0m calls, for tests of their containment.
+    pub faults: Faults,
+    pub outbox: Outbox,
+    events: Vec<Event>,
+}
+
+impl Engine {
+    /// Shard `index`, announcing `candidates` (all on its socket's port), with its random
+    /// choices drawn from `seed`.
+    pub fn new(
+        index: usize,
+        config: Arc<Config>,
+        candidates: Vec<SocketAddr>,
+        now: Instant,
+        seed: u64,
+    ) -> Engine {
+        let dtls_cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate();
+        Engine {
+            index,
+            config,
+            rng: StdRng::seed_from_u64(seed),
+            candidates,
+            dtls_cert,
+            sessions: HashMap::new(),
+            demux: Demux::default(),
+            faults: Faults::default(),
+            viewer_scratch: Vec::new(),
+            timers: BinaryHeap::new(),
+            streams: HashMap::new(),
+            next_housekeeping: now + HOUSEKEEPING,
+            replaying: Vec::new(),
+            next_replay: None,
+            counters: Counters::default(),
+            outbox: Outbox::default(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The earliest time [`Engine::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut next = self.next_housekeeping;
+        if let Some(Reverse((t, _))) = self.timers.peek() {
+            next = next.min(*t);
+        }
+        if let Some(t) = self.next_replay {
+            next = next.min(t);
+        }
+        next
+    }
+
+    // ---- commands from the control plane ----------------------------------------------------
+
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Create(c) => {
+                let reply = c.reply;
+                let c = NewSession {
+                    id: c.id,
+                    stream: c.stream,
+                    role: c.role,
+                    offer_sdp: c.offer_sdp,
+                    viewer_shards: c.viewer_shards,
+                };
+                // On failure the control plane releases the hub entry it registered.
+                let span = session_span(c.id, &c.stream, c.role);
+                let _entered = span.enter();
+                let result = self.create(now, c, span.clone());
+                if let Err(e) = &result {
+                    debug!(error = %e, "session not created");
+                }
+                self.outbox.reply(reply, result);
+            }
+            Command::Delete { id, reply } => {
+                let r = if self.sessions.contains_key(&id) {
+                    self.remove(now, id, "deleted");
+                    Ok(())
+                } else {
+                    Err(SessionError::NotFound)
+                };
+                self.outbox.reply(reply, r);
+            }
+            Command::Patch {
+                id,
+                fragment,
+                if_match,
+                reply,
+            } => {
+                let span = self.sessions.get(&id).map(|s| s.span.clone());
+                let _entered = span.as_ref().map(Span::enter);
+                let r = self.patch(now, id, fragment, if_match);
+                self.outbox.reply(reply, r);
+            }
+            Command::Stats { stream, reply } => {
+                let list = self
+                    .sessions
+                    .values()
+                    .filter(|s| s.stream == stream)
+                    .map(|s| self.session_stats(s, now))
+                    .collect();
+                self.outbox.reply(reply, list);
+            }
+            Command::StreamTotals { reply } => {
+                let mut totals: HashMap<Arc<str>, StreamTotals> = HashMap::new();
+                for s in self.sessions.values() {
+                    totals
+                        .entry(s.stream.clone())
+                        .or_default()
+                        .add_session(&self.session_stats(s, now));
+                }
+                let mut totals: Vec<_> = totals.into_iter().collect();
+                totals.sort_by(|a, b| a.0.cmp(&b.0));
+                self.outbox.reply(reply, totals);
+            }
+            Command::Shutdown => {
+                let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+                ids.sort();
+                for id in ids {
+                    self.remove(now, id, "shutdown");
+                }
+            }
+        }
+    }
+
+    fn local_stream(&mut self, stream: &Arc<str>) -> &mut LocalStream {
+        let (keep, max) = (
+            self.config.media.gop_cache,
+            self.config.media.gop_cache_max_packets,
+        );
+        self.streams
+            .entry(stream.clone())
+            .or_insert_with(|| LocalStream {
+                cache: StreamCache::new(keep, max),
+                viewers: Vec::new(),
+                subscribers: 0,
+                subscribed: false,
+                publisher: None,
+            })
+    }
+
+    // ---- datagrams ------------------------------------------------------------------------------
+
+    // ---- time -----------------------------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((t, id))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if session.next_timeout != Some(t) {
+                continue; // superseded by a later timeout
+            }
+            session.next_timeout = None;
+            let rtc = &mut session.rtc;
+            let done = self.faults.isolate(Site::Timeout, Some(id), || {
+                rtc.handle_input(Input::Timeout(now))
+            });
+            match done {
+                Some(Ok(())) => {}
+                Some(Err(e)) => session
+                    .span
+                    .in_scope(|| debug!(error = %e, "timeout handling failed")),
+                None => {
+                    self.remove(now, id, PANIC);
+                    continue;
+                }
+            }
+            self.drive(now, id);
+        }
+        if self.next_replay.is_some_and(|t| now >= t) {
+            self.replay(now);
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.housekeeping(now);
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let connect = self.config.timeouts.connect();
+        let consent = self.config.timeouts.consent();
+        let mut expired = Vec::new();
+        let mut plis = Vec::new();
+        for s in self.sessions.values() {
+            let reason = if !s.rtc.is_alive() {
+                Some("closed")
+            } else if !s.connected && now.saturating_duration_since(s.created) > connect {
+                Some("connect timeout")
+            } else if now.saturating_duration_since(s.last_rx) > consent {
+                Some("consent expired")
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                expired.push((s.id, r));
+            } else if s.pli_pending {
+                plis.push(s.id);
+            }
+        }
+        // In id order, not the map's: a seed must replay the same run.
+        expired.sort();
+        plis.sort();
+        for (id, reason) in expired {
+            self.counters.sessions_expired += 1;
+            self.remove(now, id, reason);
+        }
+        for id in plis {
+            self.request_keyframe(now, id);
+        }
+    }
+
+    // ---- messages from other shards ---------------------------------------------------------
+
+    pub fn handle_message(&mut self, now: Instant, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Media { stream, pkt } => {
+                if self.streams.contains_key(&stream) {
+                    self.deliver(now, &stream, Arc::new(pkt));
+                }
+            }
+            PeerMsg::Subscribe { stream, shard } => self.on_subscribe(stream, shard),
+            PeerMsg::Gop { stream, packets } => self.on_gop(now, stream, packets),
+            PeerMsg::Unsubscribe { stream, shard } => {
+                if let Some(local) = self.streams.get_mut(&stream) {
+                    local.subscribers &= !(1 << shard);
+                }
+                self.drop_stream_if_unused(&stream);
+            }
+            PeerMsg::KeyframeRequest { stream } => {
+                if let Some(id) = self.local_publisher(&stream) {
+                    self.request_keyframe(now, id);
+                }
+            }
+            PeerMsg::PublisherLeft { stream, publisher } => {
+                self.publisher_left(&stream, publisher);
+            }
+        }
+    }
+
+    fn local_publisher(&self, stream: &str) -> Option<SessionId> {
+        self.streams.get(stream).and_then(|l| l.publisher)
+    }
+
+    fn publisher_left(&mut self, stream: &Arc<str>, publisher: SessionId) {
+        let Some(local) = self.streams.get_mut(stream) else {
+            return;
+        };
+        if local.cache.publisher.is_some() && local.cache.publisher != Some(publisher) {
+            return; // a newer publisher already sends
+        }
+        local.cache.reset();
+        let viewers = local.viewers.clone();
+        for v in viewers {
+            if let Some(s) = self.sessions.get_mut(&v) {
+                for (_, t) in &mut s.tracks {
+                    t.publisher_left();
+                }
+            }
+        }
+    }
+
+    // ---- the session's outputs ------------------------------------------------------------------
+
+    /// Drains `id`'s outputs until its next timeout (str0m's rule after every mutation), then acts
+    /// on its events.
+    fn drive(&mut self, now: Instant, id: SessionId) {
+        let mut events = std::mem::take(&mut self.events);
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        loop {
+            let rtc = &mut session.rtc;
+            let Some(output) = self
+                .faults
+                .isolate(Site::Poll, Some(id), || rtc.poll_output())
+            else {
+                // The Rtc is in an unknown state: drop the session, nobody else's.
+                self.events = events;
+                self.remove(now, id, PANIC);
+                return;
+            };
+            match output {
+                Ok(Output::Timeout(t)) => {
+                    if session.next_timeout != Some(t) {
+                        session.next_timeout = Some(t);
+                        self.timers.push(Reverse((t, id)));
+                    }
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    if !session.connected {
+                        self.demux.checking(t.destination, id);
+                    }
+                    self.outbox.transmits.push(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    })
+                }
+                Ok(Output::Event(e)) => events.push(e),
+                Err(e) => {
+                    session
+                        .span
+                        .in_scope(|| warn!(error = %e, "session failed"));
+                    session.rtc.disconnect();
+                    break;
+                }
+            }
+        }
+        for e in events.drain(..) {
+            self.on_event(now, id, e);
+        }
+        self.events = events;
+    }
+
+    fn on_event(&mut self, now: Instant, id: SessionId, event: Event) {
+        match event {
+            Event::Connected => self.on_connected(now, id),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                if let Some(s) = self.sessions.get(&id) {
+                    s.span
+                        .in_scope(|| debug!("ICE disconnected; consent decides removal"));
+                }
+            }
+            Event::RtpPacket(rtp) => self.on_rtp(now, id, rtp),
+            e
+            @ (Event::PeerStats(_) | Event::MediaIngressStats(_) | Event::MediaEgressStats(_)) => {
+                self.on_stats(id, e)
+            }
+            Event::KeyframeRequest(_) => {
+                let Some(stream) = self.sessions.get(&id).map(|s| s.stream.clone()) else {
+                    return;
+                };
+                self.ask_keyframe(now, &stream);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connected(&mut self, now: Instant, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.connected = true;
+        session.connected_at = Some(now);
+        // Its peer's addresses are learned now.
+        self.demux.connected(id);
+        let stream = session.stream.clone();
+        session.span.in_scope(|| info!("connected"));
+        match session.role {
+            // Encoders often lose their first keyframe to the handshake: ask at once.
+            Role::Publish => self.request_keyframe(now, id),
+            Role::Play => self.join(now, id, &stream),
+        }
+    }
+
+    // ---- removal ----------------------------------------------------------------------------------
+
+    fn remove(&mut self, now: Instant, id: SessionId, reason: &str) {
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
+        session.span.in_scope(|| info!(reason, "session removed"));
+        if reason == PANIC {
+            self.counters.panics += 1;
+            session.rtc.disconnect();
+        } else {
+            self.say_goodbye(now, &mut session.rtc);
+        }
+        self.demux.remove(id, &session.addrs, &session.ufrag);
+        self.outbox.hub.push(HubUpdate::Removed {
+            id,
+            shard: self.index,
+        });
+        let stream = session.stream.clone();
+        match session.role {
+            Role::Publish => {
+                // The hub tells the other shards with viewers (see `HubUpdate::Removed`).
+                if let Some(local) = self.streams.get_mut(&stream) {
+                    local.subscribers = 0;
+                    local.publisher = None;
+                }
+                self.publisher_left(&stream, id);
+            }
+            Role::Play => {
+                let index = self.index;
+                if let Some(local) = self.streams.get_mut(&stream) {
+                    local.viewers.retain(|v| *v != id);
+                    if local.viewers.is_empty() && local.subscribed {
+                        local.subscribed = false;
+                        self.outbox.hub.push(HubUpdate::Watch {
+                            stream: stream.clone(),
+                            shard: index,
+                            wants: false,
+                        });
+                    }
+                }
+            }
+        }
+        self.drop_stream_if_unused(&stream);
+    }
+
+    /// Tells the peer the session ends (RTCP BYE, DTLS close_notify) and queues those datagrams;
+    /// the Rtc is dropped after, so consent answers stop too (RFC 7675 §5.2 revocation).
+    fn say_goodbye(&mut self, now: Instant, rtc: &mut Rtc) {
+        if rtc.close().is_err() {
+            rtc.disconnect();
+            return;
+        }
+        // A few rounds: the BYE is scheduled, the close_notify leaves at once.
+        for _ in 0..4 {
+            loop {
+                match self.faults.isolate(Site::Poll, None, || rtc.poll_output()) {
+                    Some(Ok(Output::Transmit(t))) => self.outbox.transmits.push(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }),
+                    Some(Ok(Output::Event(_))) => {}
+                    _ => break,
+                }
+            }
+            if !rtc.is_alive() {
+                break;
+            }
+            let timeout = || rtc.handle_input(Input::Timeout(now));
+            if self.faults.isolate(Site::Timeout, None, timeout).is_none() {
+                break;
+            }
+        }
+        rtc.disconnect();
+    }
+
+    fn drop_stream_if_unused(&mut self, stream: &Arc<str>) {
+        let has_publisher = self.local_publisher(stream).is_some();
+        if let Some(local) = self.streams.get(stream) {
+            if local.viewers.is_empty() && !has_publisher && local.subscribers == 0 {
+                self.streams.remove(stream);
+            }
+        }
+    }
+}

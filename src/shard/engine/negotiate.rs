@@ -1,0 +1,274 @@
+//! Offer/answer: a new session's `Rtc` from its offer (RFC 9725 §4.2), and trickle and ICE
+//! restart by PATCH (§4.3).
+
+use super::*;
+
+impl Engine {
+    pub(super) fn rtc_config(&self) -> RtcConfig {
+        let mut cfg = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_ice_lite(self.config.media.ice_lite)
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_vp8(true)
+            .enable_vp9(true)
+            .enable_av1(true)
+            .enable_opus(true, false)
+            .set_stats_interval(
+                (self.config.media.stats_interval_secs > 0)
+                    .then(|| Duration::from_secs(self.config.media.stats_interval_secs)),
+            );
+        if let Some(cert) = &self.dtls_cert {
+            cfg = cfg.set_dtls_cert(cert.clone());
+        }
+        cfg
+    }
+
+    pub(super) fn create(
+        &mut self,
+        now: Instant,
+        c: NewSession,
+        span: Span,
+    ) -> Result<Created, SessionError> {
+        let NewSession {
+            id,
+            stream,
+            role,
+            offer_sdp,
+            viewer_shards,
+        } = c;
+        let shape = Offer::parse(&offer_sdp)?;
+        let parsed = self.faults.isolate(Site::Offer, Some(id), || {
+            SdpOffer::from_sdp_string(&offer_sdp)
+        });
+        let offer = match parsed {
+            Some(offer) => offer.map_err(|e| OfferError::Malformed(e.to_string()))?,
+            None => return Err(self.stack_failed()),
+        };
+        let mut rtc = self.rtc_config().build(now);
+        for addr in &self.candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, error = %e, "cannot announce host candidate"),
+            }
+        }
+        let accepted = self
+            .faults
+            .isolate(Site::Offer, Some(id), || rtc.sdp_api().accept_offer(offer));
+        let answer = match accepted {
+            Some(answer) => answer.map_err(|e| SessionError::Negotiation(e.to_string()))?,
+            None => return Err(self.stack_failed()),
+        };
+        let answer_sdp = answer.to_sdp_string();
+        check_answer(&shape, &answer_sdp)?;
+        let mids: Vec<(Mid, Kind)> = shape
+            .sections
+            .iter()
+            .filter(|s| !s.port_zero)
+            .filter_map(|s| Some((Mid::from(s.mid.as_deref()?), s.kind?)))
+            .collect();
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let tracks = match role {
+            Role::Publish => Vec::new(),
+            Role::Play => mids
+                .iter()
+                .map(|(mid, kind)| (*mid, TrackRewriter::new(*kind, self.rng.gen())))
+                .collect(),
+        };
+        let session = Session {
+            id,
+            stream: stream.clone(),
+            role,
+            span,
+            rtc,
+            offer_sdp,
+            etag: new_etag(&mut self.rng),
+            ufrag: ufrag.clone(),
+            addrs: Vec::new(),
+            created: now,
+            last_rx: now,
+            connected: false,
+            connected_at: None,
+            next_timeout: None,
+            ssrcs: Vec::new(),
+            mids,
+            tracks,
+            tx_ssrcs: Vec::new(),
+            joined: false,
+            backlog: std::collections::VecDeque::new(),
+            first_video_sent: false,
+            stats: SessionStats::default(),
+            rate_sample: (now, 0, 0),
+            ingress: Vec::new(),
+            egress: Vec::new(),
+            packets_written: 0,
+            last_pli: None,
+            pli_pending: false,
+        };
+        let etag = session.etag.clone();
+        self.demux.set_ufrag(id, None, ufrag);
+        self.sessions.insert(id, session);
+        if role == Role::Publish {
+            // The publisher's shard starts with the shards that already have viewers waiting.
+            let index = self.index;
+            let local = self.local_stream(&stream);
+            local.subscribers = viewer_shards & !(1 << index);
+            local.publisher = Some(id);
+        }
+        self.drive(now, id);
+        info!(shard = self.index, "session created");
+        Ok(Created {
+            answer: answer_sdp,
+            etag,
+        })
+    }
+
+    pub(super) fn patch(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        fragment: Fragment,
+        if_match: Option<String>,
+    ) -> Result<Patched, SessionError> {
+        let session = self.sessions.get_mut(&id).ok_or(SessionError::NotFound)?;
+        let Some(tag) = if_match else {
+            return Err(SessionError::PreconditionRequired);
+        };
+        // New credentials mean a restart (RFC 9725 §4.3.3); the current ones repeated in a
+        // trickle fragment (as the RFC's own example does) are an ordinary trickle.
+        let restart = fragment.ufrag.is_some()
+            && fragment.ufrag.as_deref() != remote_ufrag(&session.offer_sdp);
+        let tag = tag.trim();
+        let matches = tag == "*" || tag.split(',').any(|t| t.trim() == session.etag);
+        if !matches {
+            return Err(SessionError::PreconditionFailed);
+        }
+        if !restart {
+            for line in &fragment.candidates {
+                // mDNS and unparseable candidates are dropped silently (RFC 9725 §4.3.2).
+                if line.contains(".local ") {
+                    continue;
+                }
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return Err(SessionError::NotFound);
+                };
+                let rtc = &mut s.rtc;
+                let added = self.faults.isolate(Site::Candidate, Some(id), || {
+                    Candidate::from_sdp_string(line).map(|c| rtc.add_remote_candidate(c))
+                });
+                match added {
+                    Some(Ok(_)) => self.drive(now, id),
+                    Some(Err(e)) => debug!(error = %e, "ignored trickled candidate"),
+                    None => {
+                        self.remove(now, id, PANIC);
+                        return Err(SessionError::RestartFailed(STACK_FAILED.into()));
+                    }
+                }
+            }
+            return Ok(Patched::Trickled);
+        }
+        let offer_sdp = restart_offer(&session.offer_sdp, &fragment);
+        let rtc = &mut session.rtc;
+        let accepted = self.faults.isolate(Site::Offer, Some(id), || {
+            let offer = SdpOffer::from_sdp_string(&offer_sdp)?;
+            rtc.sdp_api().accept_offer(offer)
+        });
+        let answer = match accepted {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                self.drive(now, id);
+                return Err(SessionError::RestartFailed(e.to_string()));
+            }
+            None => {
+                self.remove(now, id, PANIC);
+                return Err(SessionError::RestartFailed(STACK_FAILED.into()));
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Err(SessionError::NotFound);
+        };
+        let creds = session.rtc.direct_api().local_ice_credentials();
+        let old = std::mem::replace(&mut session.ufrag, creds.ufrag.clone());
+        self.demux.set_ufrag(id, Some(&old), creds.ufrag.clone());
+        session.offer_sdp = offer_sdp;
+        session.etag = new_etag(&mut self.rng);
+        let etag = session.etag.clone();
+        let fragment = answer_fragment(&answer, &creds, self.config.media.ice_lite);
+        self.drive(now, id);
+        info!("ICE restarted");
+        Ok(Patched::Restarted { fragment, etag })
+    }
+}
+
+/// What a client is told when str0m panicked on its offer or fragment.
+const STACK_FAILED: &str = "the WebRTC stack failed on this request; the session ended";
+
+impl Engine {
+    /// A new session's offer made str0m panic: nothing was created, the panic is counted.
+    fn stack_failed(&mut self) -> SessionError {
+        self.counters.panics += 1;
+        SessionError::Negotiation("the WebRTC stack failed on this offer".into())
+    }
+}
+
+/// The remote ICE ufrag a session runs on, from the offer it was created (or restarted) with.
+fn remote_ufrag(offer_sdp: &str) -> Option<&str> {
+    offer_sdp
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+}
+
+/// A strong entity-tag for an ICE session (RFC 9110 §8.8.3).
+fn new_etag(rng: &mut StdRng) -> String {
+    format!("\"{:016x}\"", rng.gen::<u64>())
+}
+
+/// RFC 9725 §4.4.3: no partially successful answers. str0m rejects an m-line it cannot serve
+/// with port 0; the whole offer is refused instead.
+fn check_answer(offer: &Offer, answer_sdp: &str) -> Result<(), SessionError> {
+    let answer = Offer::parse(answer_sdp)?;
+    for (o, a) in offer.sections.iter().zip(answer.sections.iter()) {
+        if o.kind.is_some() && !o.port_zero && a.port_zero {
+            let kind = o.kind.map(|k| k.to_string()).unwrap_or_default();
+            return Err(SessionError::Negotiation(format!(
+                "no codec of the {kind} track can be forwarded"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The gateway's side of an ICE restart as an sdpfrag (RFC 8840): its new credentials and its
+/// candidates, with the same ice-options and ice-lite as the answer (RFC 9725 §4.3.3).
+fn answer_fragment(answer: &SdpAnswer, creds: &str0m::IceCreds, lite: bool) -> String {
+    let sdp = answer.to_sdp_string();
+    let mut out = String::new();
+    if sdp.lines().any(|l| l.trim_end() == "a=ice-options:trickle") {
+        out.push_str("a=ice-options:trickle\r\n");
+    }
+    if lite {
+        out.push_str("a=ice-lite\r\n");
+    }
+    out.push_str(&format!(
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        creds.ufrag, creds.pass
+    ));
+    let mut in_first = false;
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with("m=") {
+            if in_first {
+                break;
+            }
+            in_first = true;
+            out.push_str(line);
+            out.push_str("\r\n");
+        } else if in_first && (line.starts_with("a=mid:") || line.starts_with("a=candidate:")) {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("a=end-of-candidates\r\n");
+    out
+}

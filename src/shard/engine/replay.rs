@@ -1,0 +1,147 @@
+//! A viewer joining a stream: it starts on the cached GOP, paced so the burst does not overflow
+//! its path, or on the next keyframe.
+
+use super::*;
+
+impl Engine {
+    /// Shard `shard` has viewers of `stream` now: it gets the GOP cache, then every packet.
+    pub(super) fn on_subscribe(&mut self, stream: Arc<str>, shard: usize) {
+        let local = self.local_stream(&stream);
+        if local.subscribers & (1 << shard) != 0 {
+            return;
+        }
+        local.subscribers |= 1 << shard;
+        let packets: Vec<MediaPacket> = local
+            .cache
+            .all()
+            .iter()
+            .map(|p| p.for_other_shard())
+            .collect();
+        self.outbox
+            .messages
+            .push((shard, PeerMsg::Gop { stream, packets }));
+    }
+
+    /// The publisher's shard sent its GOP cache: it becomes this shard's, and viewers that
+    /// wait for video start on it.
+    pub(super) fn on_gop(&mut self, now: Instant, stream: Arc<str>, packets: Vec<MediaPacket>) {
+        let Some(local) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        for p in packets {
+            local.cache.push(Arc::new(p));
+        }
+        let Some(gop) = local.cache.gop().map(|g| g.to_vec()) else {
+            return;
+        };
+        let waiting: Vec<SessionId> = local
+            .viewers
+            .iter()
+            .copied()
+            .filter(|v| {
+                self.sessions.get(v).is_some_and(|s| {
+                    s.tracks
+                        .iter()
+                        .any(|(_, t)| t.kind == Kind::Video && !t.started())
+                })
+            })
+            .collect();
+        for v in waiting {
+            self.counters.gop_cache_hits += 1;
+            self.start_from_cache(now, v, gop.clone());
+        }
+    }
+
+    /// A connected viewer starts receiving: from the GOP cache if it has a keyframe, else from the
+    /// next keyframe (which it asks the publisher for).
+    pub(super) fn join(&mut self, now: Instant, id: SessionId, stream: &Arc<str>) {
+        let index = self.index;
+        let resend = self.config.media.resend_buffer_packets;
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.joined = true;
+            let mids: Vec<Mid> = session.tracks.iter().map(|(m, _)| *m).collect();
+            for mid in mids {
+                if let Some(tx) = session.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                    tx.set_rtx_cache(resend, Duration::from_secs(3), None);
+                    session.tx_ssrcs.push((mid, tx.ssrc()));
+                }
+            }
+        }
+        let local = self.local_stream(stream);
+        local.viewers.push(id);
+        let need_subscribe = !local.subscribed;
+        local.subscribed = true;
+        let gop: Option<Vec<Arc<MediaPacket>>> = local.cache.gop().map(|g| g.to_vec());
+        if need_subscribe {
+            self.outbox.hub.push(HubUpdate::Watch {
+                stream: stream.clone(),
+                shard: index,
+                wants: true,
+            });
+        }
+        match gop {
+            Some(packets) => {
+                self.counters.gop_cache_hits += 1;
+                self.start_from_cache(now, id, packets);
+            }
+            None => self.ask_keyframe(now, stream),
+        }
+    }
+
+    /// Starts a viewer on the cached GOP: paced through its backlog, the keyframe first.
+    pub(super) fn start_from_cache(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        gop: Vec<Arc<MediaPacket>>,
+    ) {
+        self.start_track_with_next(id, Kind::Video);
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.backlog.extend(gop);
+        }
+        // The first share (the keyframe, as far as the budget goes) leaves now, the rest on
+        // the replay ticks.
+        if self.replay_share(now, id) && !self.replaying.contains(&id) {
+            self.replaying.push(id);
+            if self.next_replay.is_none() {
+                self.next_replay = Some(now + REPLAY_TICK);
+            }
+        }
+    }
+
+    /// Sends each catching-up viewer its next share of the backlog.
+    pub(super) fn replay(&mut self, now: Instant) {
+        let ids = std::mem::take(&mut self.replaying);
+        for id in ids {
+            if self.replay_share(now, id) {
+                self.replaying.push(id);
+            }
+        }
+        self.next_replay = (!self.replaying.is_empty()).then(|| now + REPLAY_TICK);
+    }
+
+    /// Sends one tick's worth of `id`'s backlog; true if some is left.
+    pub(super) fn replay_share(&mut self, now: Instant, id: SessionId) -> bool {
+        let budget = (self.config.media.gop_replay_kbps as usize * 1000 / 8)
+            * REPLAY_TICK.as_micros() as usize
+            / 1_000_000;
+        let mut sent = 0;
+        while sent < budget.max(1) {
+            let Some(pkt) = self
+                .sessions
+                .get_mut(&id)
+                .and_then(|s| s.backlog.pop_front())
+            else {
+                break;
+            };
+            sent += pkt.payload.len();
+            self.write_to_viewer(now, id, &pkt);
+        }
+        self.sessions
+            .get(&id)
+            .is_some_and(|s| !s.backlog.is_empty())
+    }
+}
+
+/// How often paced GOP-cache replays send their next share.
+const REPLAY_TICK: Duration = Duration::from_millis(5);

@@ -1,0 +1,117 @@
+//! One session as its shard keeps it: the str0m `Rtc` and what the gateway tracks beside it.
+
+use super::*;
+
+/// A [`super::CreateSession`] without its reply channel.
+pub(super) struct NewSession {
+    pub(super) id: SessionId,
+    pub(super) stream: Arc<str>,
+    pub(super) role: Role,
+    pub(super) offer_sdp: String,
+    pub(super) viewer_shards: u64,
+}
+
+pub(super) struct Session {
+    pub(super) id: SessionId,
+    pub(super) stream: Arc<str>,
+    pub(super) role: Role,
+    /// Carries the session's id, stream and kind into every log line about it. Built once at
+    /// creation and entered only around control work (creation, PATCH, connection, errors,
+    /// timeouts, removal), never on the packet path: entering a span costs the subscriber's
+    /// bookkeeping, which per packet and viewer would show in the fan-out's cost.
+    pub(super) span: Span,
+    pub(super) rtc: Rtc,
+    pub(super) offer_sdp: String,
+    pub(super) etag: String,
+    pub(super) ufrag: String,
+    pub(super) addrs: Vec<SocketAddr>,
+    pub(super) created: Instant,
+    pub(super) last_rx: Instant,
+    pub(super) connected: bool,
+    /// When ICE and DTLS completed: a publisher's is its stream's uptime.
+    pub(super) connected_at: Option<Instant>,
+    pub(super) next_timeout: Option<Instant>,
+    /// Publisher: what each incoming SSRC is, with its counts for the loss figure.
+    pub(super) ssrcs: Vec<Incoming>,
+    pub(super) mids: Vec<(Mid, Kind)>,
+    /// Viewer: rewriters per track (by mid).
+    pub(super) tracks: Vec<(Mid, TrackRewriter)>,
+    /// Viewer: the send SSRC of each track, learned at join, so a write is a hash lookup rather
+    /// than str0m's scan of the session's send streams by mid.
+    pub(super) tx_ssrcs: Vec<(Mid, Ssrc)>,
+    pub(super) joined: bool,
+    /// Latest figures from str0m's statistics events, for the API.
+    pub(super) stats: SessionStats,
+    /// Transport bytes (in, out) at the previous statistics event and its time, for the bit
+    /// rates over the interval since.
+    pub(super) rate_sample: (Instant, u64, u64),
+    /// The latest cumulative figures str0m reported per track, received and sent.
+    pub(super) ingress: Vec<TrackReport>,
+    pub(super) egress: Vec<TrackReport>,
+    /// Viewer: RTP packets written to str0m. str0m counts what it sent, resends included, but
+    /// not the resends alone: they are the difference.
+    pub(super) packets_written: u64,
+    /// Viewer: whether its first video packet went out (for the time-to-first-frame metric).
+    pub(super) first_video_sent: bool,
+    /// Viewer catching up from the GOP cache: packets not yet sent, paced so the burst does not
+    /// overflow the viewer's path or socket; live packets queue behind them.
+    pub(super) backlog: std::collections::VecDeque<Arc<MediaPacket>>,
+    /// Publisher: when the last PLI went out, and whether one is held back.
+    pub(super) last_pli: Option<Instant>,
+    pub(super) pli_pending: bool,
+}
+
+/// A publisher's incoming RTP stream: its kind, and what RFC 3550 §A.3 needs to count the
+/// packets lost on the way in (first and highest extended sequence number, packets received).
+pub(super) struct Incoming {
+    pub(super) ssrc: Ssrc,
+    pub(super) kind: Kind,
+    pub(super) first_seq: u64,
+    pub(super) max_seq: u64,
+    pub(super) received: u64,
+}
+
+impl Incoming {
+    /// Expected minus received; retransmitted and duplicate packets count as received.
+    pub(super) fn lost(&self) -> u64 {
+        (self.max_seq - self.first_seq + 1).saturating_sub(self.received)
+    }
+}
+
+/// What str0m last reported for one track of a session: cumulative counts since it began.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TrackReport {
+    pub(super) mid: Mid,
+    pub(super) packets: u64,
+    pub(super) nacks: u64,
+    pub(super) plis: u64,
+    /// Sent tracks: packets the peer reports lost.
+    pub(super) lost: u64,
+}
+
+impl TrackReport {
+    /// Stores `new` for its track in `list` and returns how far NACKs and PLIs moved.
+    pub(super) fn update(list: &mut Vec<TrackReport>, new: TrackReport) -> (u64, u64) {
+        match list.iter_mut().find(|t| t.mid == new.mid) {
+            Some(old) => {
+                let moved = (
+                    new.nacks.saturating_sub(old.nacks),
+                    new.plis.saturating_sub(old.plis),
+                );
+                *old = new;
+                moved
+            }
+            None => {
+                list.push(new);
+                (new.nacks, new.plis)
+            }
+        }
+    }
+}
+
+/// The span of a session's log lines. A root span: when one session's work touches another
+/// (a publisher's packet removes a failed viewer), the line names only the session it is about.
+pub(super) fn session_span(id: SessionId, stream: &str, role: Role) -> Span {
+    let kind = role.name();
+    tracing::info_span!(parent: None, "session", id = %id, stream = %stream, kind = %kind)
+}

@@ -1,0 +1,115 @@
+//! Per-session figures for the API, from str0m's statistics events and the gateway's own
+//! counts.
+
+use super::*;
+
+impl Engine {
+    /// str0m's statistics events: the session's figures for the API, and the feedback
+    /// counters moved by what str0m counted since the previous event.
+    pub(super) fn on_stats(&mut self, id: SessionId, event: Event) {
+        match event {
+            Event::PeerStats(p) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.stats.rtt_ms = p.rtt.map(|d| d.as_secs_f64() * 1000.0);
+                    s.stats.loss_in = p.ingress_loss_fraction;
+                    s.stats.loss_out = p.egress_loss_fraction;
+                    s.stats.bytes_in = p.peer_bytes_rx;
+                    s.stats.bytes_out = p.peer_bytes_tx;
+                    // Bit rates over the interval since the previous event (or creation).
+                    let (then, rx, tx) = s.rate_sample;
+                    let secs = p.timestamp.saturating_duration_since(then).as_secs_f64();
+                    if secs > 0.0 {
+                        let rate = |now: u64, before: u64| {
+                            (now.saturating_sub(before) as f64 * 8.0 / secs).round() as u64
+                        };
+                        s.stats.bitrate_in = rate(p.peer_bytes_rx, rx);
+                        s.stats.bitrate_out = rate(p.peer_bytes_tx, tx);
+                        s.rate_sample = (p.timestamp, p.peer_bytes_rx, p.peer_bytes_tx);
+                    }
+                }
+            }
+            Event::MediaIngressStats(m) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    // Video only: jitter is in RTP clock units, which differ between tracks.
+                    if s.mids
+                        .iter()
+                        .any(|(mid, k)| *mid == m.mid && *k == Kind::Video)
+                    {
+                        s.stats.jitter = Some(m.jitter);
+                    }
+                    let report = TrackReport {
+                        mid: m.mid,
+                        packets: m.packets,
+                        nacks: m.nacks,
+                        plis: m.plis,
+                        lost: 0,
+                    };
+                    let (nacks, plis) = TrackReport::update(&mut s.ingress, report);
+                    self.counters.nacks_sent += nacks;
+                    self.counters.plis_sent += plis;
+                }
+            }
+            Event::MediaEgressStats(m) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    let report = TrackReport {
+                        mid: m.mid,
+                        packets: m.packets,
+                        nacks: m.nacks,
+                        plis: m.plis,
+                        lost: m.remote.as_ref().map_or(0, |r| r.packets_lost),
+                    };
+                    let (nacks, plis) = TrackReport::update(&mut s.egress, report);
+                    self.counters.nacks_received += nacks;
+                    self.counters.plis_received += plis;
+                    // Packets still queued in str0m make this low for a moment, never high:
+                    // it only moves forward.
+                    let sent: u64 = s.egress.iter().map(|t| t.packets).sum();
+                    let resent = sent.saturating_sub(s.packets_written);
+                    if resent > s.stats.packets_retransmitted {
+                        self.counters.packets_retransmitted +=
+                            resent - s.stats.packets_retransmitted;
+                        s.stats.packets_retransmitted = resent;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A session as the API shows it, at `now`.
+    pub(super) fn session_stats(&self, s: &Session, now: Instant) -> SessionStats {
+        let sum = |list: &[TrackReport], f: fn(&TrackReport) -> u64| list.iter().map(f).sum();
+        let (packets_in, nacks_in, plis_in) = (
+            sum(&s.ingress, |t| t.packets),
+            sum(&s.ingress, |t| t.nacks),
+            sum(&s.ingress, |t| t.plis),
+        );
+        let (packets_out, nacks_out, plis_out) = (
+            sum(&s.egress, |t| t.packets),
+            sum(&s.egress, |t| t.nacks),
+            sum(&s.egress, |t| t.plis),
+        );
+        SessionStats {
+            id: s.id.to_string(),
+            kind: s.role.name(),
+            shard: self.index,
+            state: if s.connected {
+                "connected"
+            } else {
+                "connecting"
+            },
+            remote: s.addrs.last().map(|a| a.to_string()),
+            duration_secs: now.saturating_duration_since(s.created).as_secs_f64(),
+            packets_in,
+            packets_out,
+            packets_lost_in: s.ssrcs.iter().map(Incoming::lost).sum(),
+            packets_lost_out: sum(&s.egress, |t| t.lost),
+            nacks: nacks_in + nacks_out,
+            plis: plis_in + plis_out,
+            connected_secs: s
+                .connected_at
+                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            ..s.stats.clone()
+        }
+    }
+}
