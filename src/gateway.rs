@@ -37,7 +37,7 @@ pub enum StartError {
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
     #[error("auth: {0}")]
-    Auth(String),
+    Auth(#[from] crate::auth::AuthError),
     #[error("no network interface matches media.interfaces ({0})")]
     NoInterface(String),
     #[error("TLS: {0}")]
@@ -145,8 +145,7 @@ impl Gateway {
         // sessions per client address (outside auth, so a flood costs no webhook call), and the
         // request counter, so refusals are counted too; CORS around all of it, so browsers can
         // read every answer, refusals included.
-        let authorizer =
-            Arc::new(crate::auth::Authorizer::new(&config.auth).map_err(StartError::Auth)?);
+        let authorizer = Arc::new(crate::auth::Authorizer::new(&config.auth)?);
         let mut app = crate::auth::layer(
             app.merge(crate::http::ops::routes(ops)),
             authorizer,

@@ -9,17 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::session::{Role, SessionId};
 
-/// Whether `b` may appear in a stream name: letters, digits, `-`, `_`, `.`. Names are URL path
-/// segments and glob subjects, so nothing that needs escaping.
-pub fn is_stream_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-_.".contains(&b)
-}
-
-/// Whether `name` is a valid stream name: 1 to 128 bytes of [`is_stream_name_byte`].
-pub fn is_stream_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 128 && name.bytes().all(is_stream_name_byte)
-}
-
 /// Where a session lives, for routing PATCH/DELETE to its shard.
 #[derive(Clone, Debug)]
 pub struct SessionEntry {

@@ -1,8 +1,20 @@
-//! What names a session everywhere: its id and its role. A leaf module, so the signalling,
-//! the directory and the shards share these without importing each other.
+//! What names a session everywhere: its id, its role and the rule for stream names. A leaf
+//! module, so the signalling, the configuration, the directory and the shards share these
+//! without importing each other.
 
 use std::fmt;
 use std::str::FromStr;
+
+/// Whether `b` may appear in a stream name: letters, digits, `-`, `_`, `.`. Names are URL path
+/// segments and glob subjects, so nothing that needs escaping.
+pub fn is_stream_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.".contains(&b)
+}
+
+/// Whether `name` is a valid stream name: 1 to 128 bytes of [`is_stream_name_byte`].
+pub fn is_stream_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.bytes().all(is_stream_name_byte)
+}
 
 /// Whether the peer sends media (WHIP) or receives it (WHEP).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -172,7 +172,7 @@ async fn whep_session(
 }
 
 fn check_stream_name(stream: &str) -> Result<(), ApiError> {
-    if crate::hub::is_stream_name(stream) {
+    if crate::session::is_stream_name(stream) {
         Ok(())
     } else {
         Err(ApiError::BadStreamName(stream.to_string()))

@@ -61,7 +61,7 @@ async fn publish(Path(stream): Path<String>) -> Response {
 /// A page about one stream, with its name filled in; a name the endpoints would refuse has no
 /// page.
 fn stream_page(template: &str, stream: &str) -> Response {
-    if !crate::hub::is_stream_name(stream) {
+    if !crate::session::is_stream_name(stream) {
         return not_found(&format!(
             "no page for stream {stream:?}: a stream name is 1-128 letters, digits, '-', '_' or '.'"
         ));

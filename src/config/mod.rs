@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
+
+pub use auth::{AuthConfig, AuthError, JwtConfig, StreamRule, WebhookConfig};
+
 /// The whole configuration. `Config::default()` is what `wishcast` runs with when given no file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,7 +24,7 @@ pub struct Config {
     /// STUN/TURN servers announced to clients as `Link: <uri>; rel="ice-server"` (RFC 9725 §4.6).
     pub ice_servers: Vec<IceServer>,
     /// Bearer-token authorization of signalling and the API; off by default.
-    pub auth: crate::auth::AuthConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -266,6 +270,8 @@ pub enum ConfigError {
     Parse(#[from] toml::de::Error),
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("invalid configuration: {0}")]
+    Auth(#[from] AuthError),
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
 }
@@ -366,7 +372,7 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes: must be at least 1024");
         }
-        self.auth.validate().map_err(ConfigError::Invalid)?;
+        self.auth.validate()?;
         for s in &self.ice_servers {
             let scheme = s.url.split(':').next().unwrap_or("");
             if !matches!(scheme, "stun" | "stuns" | "turn" | "turns") {
@@ -588,7 +594,7 @@ mod tests {
     /// The annotated example lists every option with its default: it parses to `default()`.
     #[test]
     fn example_file_is_the_defaults() {
-        let text = include_str!("../config/wishcast.example.toml");
+        let text = include_str!("../../config/wishcast.example.toml");
         let c = Config::from_toml_str(text).expect("example parses");
         assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
         // ...and names every key the configuration has.
