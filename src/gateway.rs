@@ -12,9 +12,9 @@ use tracing::info;
 use crate::config::Config;
 use crate::http::{router, serve, AppState};
 use crate::hub::Hub;
-use crate::shard::counters::SharedCounters;
+use crate::shard::counters::Counters;
 use crate::shard::engine::Engine;
-use crate::shard::io::{self, ShardLink};
+use crate::shard::io::{self, ShardLink, SharedCounters};
 use crate::shard::Command;
 use crate::tls::{self, Identity};
 
@@ -235,10 +235,10 @@ impl Gateway {
     }
 
     /// Counters summed over all shards.
-    pub fn stats(&self) -> Stats {
-        let mut s = Stats::default();
+    pub fn stats(&self) -> Counters {
+        let mut s = Counters::default();
         for c in &self.counters {
-            s.add(c);
+            s.add(&c.load());
         }
         s
     }
@@ -263,20 +263,6 @@ impl Gateway {
         if tokio::time::timeout(SHUTDOWN_DEADLINE, join).await.is_err() {
             tracing::warn!("shards did not stop within {SHUTDOWN_DEADLINE:?}");
         }
-    }
-}
-
-impl Stats {
-    /// Adds one shard's counters.
-    pub fn add(&mut self, c: &SharedCounters) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.datagrams_in += c.datagrams_in.load(Relaxed);
-        self.datagrams_dropped += c.datagrams_dropped.load(Relaxed);
-        self.packets_forwarded += c.packets_forwarded.load(Relaxed);
-        self.packets_no_codec += c.packets_no_codec.load(Relaxed);
-        self.keyframe_requests_sent += c.keyframe_requests_sent.load(Relaxed);
-        self.gop_cache_hits += c.gop_cache_hits.load(Relaxed);
-        self.sessions_expired += c.sessions_expired.load(Relaxed);
     }
 }
 
@@ -318,21 +304,6 @@ fn start_h3(
     let drain = Duration::from_secs(config.http3.shutdown_drain_secs);
     let task = tokio::spawn(crate::http3::serve(endpoint, app, stopped, drain));
     Ok((addr, task))
-}
-
-/// What the data plane did, summed over shards.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub datagrams_in: u64,
-    /// Datagrams from unknown sources or that no session could parse.
-    pub datagrams_dropped: u64,
-    /// RTP packets written to viewers.
-    pub packets_forwarded: u64,
-    /// Packets a viewer could not take for want of the publisher's codec.
-    pub packets_no_codec: u64,
-    pub keyframe_requests_sent: u64,
-    pub gop_cache_hits: u64,
-    pub sessions_expired: u64,
 }
 
 /// The IPs to announce as host candidates: configured public IPs, else the bound IP, else every

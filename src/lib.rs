@@ -43,4 +43,5 @@ pub mod tls;
 pub mod web;
 
 pub use config::Config;
-pub use gateway::{Gateway, StartError, Stats};
+pub use gateway::{Gateway, StartError};
+pub use shard::counters::Counters;

@@ -26,40 +26,12 @@ pub struct Snapshot {
     pub viewers: usize,
     pub streams: usize,
     pub live_streams: usize,
-    pub stats: crate::gateway::Stats,
-    pub feedback: Feedback,
+    /// The shards' counters, summed.
+    pub stats: crate::shard::counters::Counters,
     /// Per shard: seconds its thread spent working (not waiting).
     pub shard_busy_secs: Vec<f64>,
     /// Times to first frame (201 to first video packet sent) since the last scrape.
     pub first_frames: Vec<f64>,
-}
-
-/// RTCP feedback and what it caused, summed over shards. The shards take these from str0m's
-/// statistics, so they move every `media.stats_interval_secs` (never while that is 0).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Feedback {
-    /// NACKs received from viewers.
-    pub nacks_received: u64,
-    /// Packets sent again from viewers' resend buffers.
-    pub packets_retransmitted: u64,
-    /// NACKs sent to publishers.
-    pub nacks_sent: u64,
-    /// PLIs received from viewers.
-    pub plis_received: u64,
-    /// PLIs sent to publishers (str0m may merge several keyframe requests into one).
-    pub plis_sent: u64,
-}
-
-impl Feedback {
-    /// Adds one shard's counters.
-    pub fn add(&mut self, c: &crate::shard::counters::SharedCounters) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.nacks_received += c.nacks_received.load(Relaxed);
-        self.packets_retransmitted += c.packets_retransmitted.load(Relaxed);
-        self.nacks_sent += c.nacks_sent.load(Relaxed);
-        self.plis_received += c.plis_received.load(Relaxed);
-        self.plis_sent += c.plis_sent.load(Relaxed);
-    }
 }
 
 impl Default for Metrics {
@@ -112,18 +84,18 @@ impl Metrics {
             gauge!("wishcast_streams").set(snap.streams as f64);
             gauge!("wishcast_streams_live").set(snap.live_streams as f64);
             counter!("wishcast_datagrams_received_total").absolute(s.datagrams_in);
-            counter!("wishcast_datagrams_dropped_total").absolute(s.datagrams_dropped);
+            counter!("wishcast_datagrams_dropped_total").absolute(s.datagrams_dropped());
             counter!("wishcast_packets_forwarded_total").absolute(s.packets_forwarded);
             counter!("wishcast_packets_without_codec_total").absolute(s.packets_no_codec);
             counter!("wishcast_keyframe_requests_total").absolute(s.keyframe_requests_sent);
             counter!("wishcast_gop_cache_hits_total").absolute(s.gop_cache_hits);
             counter!("wishcast_sessions_expired_total").absolute(s.sessions_expired);
-            let f = &snap.feedback;
-            counter!("wishcast_nacks_received_total").absolute(f.nacks_received);
-            counter!("wishcast_packets_retransmitted_total").absolute(f.packets_retransmitted);
-            counter!("wishcast_nacks_sent_total").absolute(f.nacks_sent);
-            counter!("wishcast_plis_received_total").absolute(f.plis_received);
-            counter!("wishcast_plis_sent_total").absolute(f.plis_sent);
+            counter!("wishcast_str0m_panics_total").absolute(s.panics);
+            counter!("wishcast_nacks_received_total").absolute(s.nacks_received);
+            counter!("wishcast_packets_retransmitted_total").absolute(s.packets_retransmitted);
+            counter!("wishcast_nacks_sent_total").absolute(s.nacks_sent);
+            counter!("wishcast_plis_received_total").absolute(s.plis_received);
+            counter!("wishcast_plis_sent_total").absolute(s.plis_sent);
             for (k, busy) in snap.shard_busy_secs.iter().enumerate() {
                 gauge!("wishcast_shard_busy_seconds_total", "shard" => k.to_string()).set(*busy);
             }
@@ -146,10 +118,10 @@ mod tests {
         a.http_request("/whip/{stream}", "POST", 201, 0.002);
         let snap = Snapshot {
             viewers: 3,
-            feedback: Feedback {
+            stats: crate::shard::counters::Counters {
                 nacks_received: 4,
                 packets_retransmitted: 7,
-                ..Feedback::default()
+                ..Default::default()
             },
             ..Snapshot::default()
         };

@@ -56,7 +56,7 @@ async fn garbage_datagrams_are_dropped_and_counted_while_the_stream_plays_on() {
         .await
         .expect("first frame");
     let mut last = media::frame_index(first.codec, &first.data).expect("index");
-    let before = gw.stats().datagrams_dropped;
+    let before = gw.stats().datagrams_dropped();
 
     let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let targets: Vec<_> = gw.media_addrs().to_vec();
@@ -84,7 +84,7 @@ async fn garbage_datagrams_are_dropped_and_counted_while_the_stream_plays_on() {
         assert_eq!(i, last + 1, "no frame lost");
         last = i;
     }
-    let dropped = gw.stats().datagrams_dropped - before;
+    let dropped = gw.stats().datagrams_dropped() - before;
     assert!(
         dropped >= (sent * targets.len()) as u64 * 5 / 6,
         "every non-empty garbage datagram is counted as dropped: {dropped}"

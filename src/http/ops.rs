@@ -15,8 +15,8 @@ use axum::Router;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Snapshot};
 use crate::session::Role;
-use crate::shard::counters::SharedCounters;
-use crate::shard::io::ShardLink;
+use crate::shard::counters::Counters;
+use crate::shard::io::{ShardLink, SharedCounters};
 
 /// What the operations endpoints read.
 pub struct Ops {
@@ -38,16 +38,13 @@ impl Ops {
                 Role::Play => viewers += 1,
             }
         }
-        let mut stats = crate::gateway::Stats::default();
-        let mut feedback = crate::metrics::Feedback::default();
+        let mut stats = Counters::default();
         let mut first_frames = Vec::new();
         let mut shard_busy_secs = Vec::new();
         for c in &self.counters {
-            stats.add(c);
-            feedback.add(c);
+            stats.add(&c.load());
             shard_busy_secs.push(c.busy_ns.load(Relaxed) as f64 / 1e9);
-            let mut v = c.first_frames.lock().unwrap_or_else(|p| p.into_inner());
-            first_frames.append(&mut v);
+            first_frames.append(&mut c.drain_first_frames());
         }
         Snapshot {
             publishers,
@@ -55,7 +52,6 @@ impl Ops {
             live_streams: streams.iter().filter(|s| s.live).count(),
             streams: streams.len(),
             stats,
-            feedback,
             shard_busy_secs,
             first_frames,
         }

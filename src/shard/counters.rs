@@ -1,83 +1,101 @@
-//! What a shard counts: plain integers on the packet path, published for other threads after
-//! each pass.
+//! What a shard counts, defined once: the engine increments plain integers on the packet path,
+//! the IO layer publishes them for other threads after each pass, and the gateway's stats and
+//! the Prometheus series are read from the same struct.
 
-/// Counters of what a shard dropped or did, for tests and (later) metrics.
-#[derive(Clone, Debug, Default)]
-pub struct Counters {
-    pub datagrams_in: u64,
-    pub datagrams_unknown_source: u64,
-    pub datagrams_invalid: u64,
-    pub packets_forwarded: u64,
-    pub packets_no_codec: u64,
+/// Defines [`Counters`] and the array form the IO layer publishes it in.
+macro_rules! counters {
+    ($( $(#[doc = $doc:expr])* $name:ident, )*) => {
+        /// What a shard did and dropped, cumulative since it started; summed over shards for
+        /// the gateway ([`crate::Gateway::stats`]) and `/metrics`.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $( $(#[doc = $doc])* pub $name: u64, )*
+        }
+
+        /// How many counters there are.
+        pub const COUNT: usize = [$(stringify!($name)),*].len();
+
+        impl Counters {
+            /// The counters in declaration order.
+            pub fn to_array(&self) -> [u64; COUNT] {
+                [$(self.$name),*]
+            }
+
+            pub fn from_array(values: [u64; COUNT]) -> Counters {
+                let [$($name),*] = values;
+                Counters { $($name),* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams read from the shard's socket.
+    datagrams_in,
+    /// Datagrams from addresses no session knows (or that failed the session's ICE check).
+    datagrams_unknown_source,
+    /// Datagrams a session (or the first parse) could not use.
+    datagrams_invalid,
+    /// RTP packets written to viewers.
+    packets_forwarded,
+    /// Packets a viewer could not take for want of the publisher's codec.
+    packets_no_codec,
     /// Keyframe requests handed to str0m; it may merge several in one instant into one PLI.
-    pub keyframe_requests_sent: u64,
-    pub gop_cache_hits: u64,
-    pub sessions_expired: u64,
-    /// str0m calls that panicked; each cost its session only.
-    pub panics: u64,
-    /// NACKs received from viewers and sent to publishers, PLIs likewise, and packets resent
-    /// from viewers' resend buffers: moved forward at each statistics event (every
-    /// `media.stats_interval_secs`) by what str0m counted since the previous one.
-    pub nacks_received: u64,
-    pub nacks_sent: u64,
-    pub plis_received: u64,
-    pub plis_sent: u64,
-    pub packets_retransmitted: u64,
-    /// Seconds from a viewer's 201 to its first video packet, since last published.
-    pub first_frames: Vec<f64>,
+    keyframe_requests_sent,
+    /// Viewers started from the GOP cache.
+    gop_cache_hits,
+    /// Sessions removed for a connect or consent timeout, or because str0m closed them.
+    sessions_expired,
+    /// str0m calls that panicked; each cost its session (or one datagram or offer) only.
+    panics,
+    /// NACKs received from viewers. This and the next four move at each statistics event
+    /// (every `media.stats_interval_secs`) by what str0m counted since the previous one.
+    nacks_received,
+    /// NACKs sent to publishers.
+    nacks_sent,
+    /// PLIs received from viewers.
+    plis_received,
+    /// PLIs sent to publishers.
+    plis_sent,
+    /// Packets sent again from viewers' resend buffers.
+    packets_retransmitted,
 }
 
-/// A shard's counters as other threads read them; the shard thread stores its [`Counters`]
-/// here after each pass, so the hot path only increments plain integers.
-#[derive(Debug, Default)]
-pub struct SharedCounters {
-    pub datagrams_in: std::sync::atomic::AtomicU64,
-    pub datagrams_dropped: std::sync::atomic::AtomicU64,
-    pub packets_forwarded: std::sync::atomic::AtomicU64,
-    pub packets_no_codec: std::sync::atomic::AtomicU64,
-    pub keyframe_requests_sent: std::sync::atomic::AtomicU64,
-    pub gop_cache_hits: std::sync::atomic::AtomicU64,
-    pub sessions_expired: std::sync::atomic::AtomicU64,
-    pub nacks_received: std::sync::atomic::AtomicU64,
-    pub nacks_sent: std::sync::atomic::AtomicU64,
-    pub plis_received: std::sync::atomic::AtomicU64,
-    pub plis_sent: std::sync::atomic::AtomicU64,
-    pub packets_retransmitted: std::sync::atomic::AtomicU64,
-    /// Nanoseconds the shard thread spent working rather than waiting.
-    pub busy_ns: std::sync::atomic::AtomicU64,
-    /// Time-to-first-frame samples not yet taken by a scrape (bounded).
-    pub first_frames: std::sync::Mutex<Vec<f64>>,
-}
-
-impl SharedCounters {
-    pub fn publish(&self, c: &Counters) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.datagrams_in.store(c.datagrams_in, Relaxed);
-        self.datagrams_dropped
-            .store(c.datagrams_unknown_source + c.datagrams_invalid, Relaxed);
-        self.packets_forwarded.store(c.packets_forwarded, Relaxed);
-        self.packets_no_codec.store(c.packets_no_codec, Relaxed);
-        self.keyframe_requests_sent
-            .store(c.keyframe_requests_sent, Relaxed);
-        self.gop_cache_hits.store(c.gop_cache_hits, Relaxed);
-        self.sessions_expired.store(c.sessions_expired, Relaxed);
-        self.nacks_received.store(c.nacks_received, Relaxed);
-        self.nacks_sent.store(c.nacks_sent, Relaxed);
-        self.plis_received.store(c.plis_received, Relaxed);
-        self.plis_sent.store(c.plis_sent, Relaxed);
-        self.packets_retransmitted
-            .store(c.packets_retransmitted, Relaxed);
+impl Counters {
+    /// Datagrams dropped for any reason.
+    pub fn datagrams_dropped(&self) -> u64 {
+        self.datagrams_unknown_source + self.datagrams_invalid
     }
 
-    /// Moves the engine's time-to-first-frame samples here, keeping at most 4096 unscraped.
-    pub fn take_first_frames(&self, c: &mut Counters) {
-        if c.first_frames.is_empty() {
-            return;
+    /// Adds another shard's counters.
+    pub fn add(&mut self, other: &Counters) {
+        let mut sum = self.to_array();
+        for (s, o) in sum.iter_mut().zip(other.to_array()) {
+            *s += o;
         }
-        let mut v = self.first_frames.lock().unwrap_or_else(|p| p.into_inner());
-        if v.len() < 4096 {
-            v.append(&mut c.first_frames);
-        }
-        c.first_frames.clear();
+        *self = Counters::from_array(sum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_round_trip_and_add_field_by_field() {
+        let a = Counters {
+            datagrams_in: 3,
+            panics: 1,
+            packets_retransmitted: 9,
+            ..Counters::default()
+        };
+        assert_eq!(Counters::from_array(a.to_array()), a);
+        let mut sum = a;
+        sum.add(&a);
+        assert_eq!(
+            (sum.datagrams_in, sum.panics, sum.packets_retransmitted),
+            (6, 2, 18)
+        );
+        assert_eq!(sum.packets_forwarded, 0);
     }
 }

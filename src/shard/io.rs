@@ -6,7 +6,8 @@
 
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
@@ -15,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use super::counters::SharedCounters;
+use super::counters::{Counters, COUNT};
 use super::engine::Engine;
 use super::{Command, PeerMsg};
 use crate::hub::Hub;
@@ -129,11 +130,10 @@ pub fn run(
         loop {
             out.flush(&mut engine, &socket, &state, &peers).await;
             counters.publish(&engine.counters);
-            counters.take_first_frames(&mut engine.counters);
-            counters.busy_ns.fetch_add(
-                woke.elapsed().as_nanos() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            counters.take_first_frames(&mut engine.first_frames);
+            counters
+                .busy_ns
+                .fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
             tokio::select! {
                 biased;
@@ -319,6 +319,49 @@ async fn send_one(socket: &UdpSocket, state: &UdpSocketState, tx: &quinn_udp::Tr
                 return;
             }
         }
+    }
+}
+
+/// A shard's counters as other threads read them: the shard thread stores its [`Counters`]
+/// here after each pass, so the hot path only increments plain integers.
+#[derive(Debug, Default)]
+pub struct SharedCounters {
+    values: [AtomicU64; COUNT],
+    /// Nanoseconds the shard thread spent working rather than waiting.
+    pub busy_ns: AtomicU64,
+    /// Time-to-first-frame samples not yet taken by a scrape (bounded).
+    pub first_frames: Mutex<Vec<f64>>,
+}
+
+impl SharedCounters {
+    pub fn publish(&self, c: &Counters) {
+        for (slot, v) in self.values.iter().zip(c.to_array()) {
+            slot.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters as last published.
+    pub fn load(&self) -> Counters {
+        Counters::from_array(std::array::from_fn(|i| {
+            self.values[i].load(Ordering::Relaxed)
+        }))
+    }
+
+    /// Moves the engine's time-to-first-frame samples here, keeping at most 4096 unscraped.
+    pub fn take_first_frames(&self, samples: &mut Vec<f64>) {
+        if samples.is_empty() {
+            return;
+        }
+        let mut v = self.first_frames.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < 4096 {
+            v.append(samples);
+        }
+        samples.clear();
+    }
+
+    /// Takes the samples published since the last call.
+    pub fn drain_first_frames(&self) -> Vec<f64> {
+        std::mem::take(&mut *self.first_frames.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

@@ -200,7 +200,7 @@ impl Engine {
         if pkt.kind == Kind::Video && !s.first_video_sent {
             s.first_video_sent = true;
             let secs = now.saturating_duration_since(s.created).as_secs_f64();
-            self.counters.first_frames.push(secs);
+            self.first_frames.push(secs);
         }
         self.counters.packets_forwarded += 1;
         self.drive(now, id);

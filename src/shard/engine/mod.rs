@@ -103,6 +103,8 @@ pub struct Engine {
     /// Reused by `deliver` for its copy of a stream's viewers.
     viewer_scratch: Vec<SessionId>,
     pub counters: Counters,
+    /// Seconds from each viewer's 201 to its first video packet, until the IO layer takes them.
+    pub first_frames: Vec<f64>,
     /// Panics to inject into str0m calls, for tests of their containment.
     pub faults: Faults,
     pub outbox: Outbox,
@@ -132,6 +134,7 @@ impl Engine {
             demux: Demux::default(),
             faults: Faults::default(),
             viewer_scratch: Vec::new(),
+            first_frames: Vec::new(),
             timers: BinaryHeap::new(),
             streams: HashMap::new(),
             next_housekeeping: now + HOUSEKEEPING,
