@@ -6,8 +6,11 @@
 //! timeout behaviour replays the same way on every run and thousands of peers fit in one thread.
 //!
 //! - **Gateway:** one [`Engine`] per shard, each with its own host candidate (`127.0.0.{k+1}:5000`),
-//!   sharing one [`Hub`] and one [`Config`]. Messages between shards ([`PeerMsg`]) are handed over
-//!   at once, in order.
+//!   sharing one [`Hub`] and one [`Config`]. The engines' [`HubUpdate`](crate::shard::HubUpdate)s
+//!   are applied to the hub as the IO layer does, and messages between shards ([`PeerMsg`]) are
+//!   handed over at once, in order, unless [`Sim::set_message_rule`] drops or delays them
+//!   ([`Fate`]); a delayed message waits in a queue of [`Sim::message_capacity`] per shard, and
+//!   overflows it as the real bounded channel does.
 //! - **Peers:** str0m `Rtc`s in frame mode, each on its own address (`127.1.x.y:40000`). A publisher
 //!   writes whole frames with `Writer::write` (optionally from a [`Feed`]); a viewer records the
 //!   `Event::MediaData` frames it receives ([`Peer::frames`]).
@@ -19,6 +22,9 @@
 //!   [`Sim::run_until`] repeat that. Every datagram takes [`Sim::latency`] plus whatever the delay
 //!   rule adds; [`Sim::set_drop`] and [`Sim::set_delay`] see each datagram as a [`Datagram`]
 //!   (direction, peer, RTP header, how many came before it) before it is sent.
+//! - **Replay:** [`Sim::with_seed`] draws every random choice from one seed, and
+//!   [`Sim::record_log`] keeps a log of what crossed the wire and the shard channels, so a run
+//!   can be shown to replay.
 //! - **Cost:** the real time spent inside `Engine` calls is summed per shard ([`Sim::engine_busy`]),
 //!   so a bench can report the gateway's cost without the peers' decryption.
 //!
@@ -40,12 +46,16 @@
 //! ```
 
 mod feed;
+mod log;
 mod net;
 mod peer;
+mod shardnet;
 
 pub use feed::Feed;
 pub use net::{Class, Datagram, LinkStats, Node, PeerId, RtpInfo, Way};
 pub use peer::{Peer, PeerOptions, ReceivedFrame, RtcpLog, SimError};
+pub use shardnet::{Fate, MessageKind, MessageStats, ShardMessage};
+use shardnet::{HeldMessage, MessageRule};
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -132,7 +142,19 @@ pub struct Sim {
     addrs: HashMap<SocketAddr, Node>,
     in_flight: BinaryHeap<Reverse<InFlight>>,
     peer_timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    messages: VecDeque<(usize, PeerMsg)>,
+    /// Messages between shards not yet handed over: (from, to, message).
+    messages: VecDeque<(usize, usize, PeerMsg)>,
+    message_rule: Option<MessageRule>,
+    /// Messages sent so far per (from, to) pair, for [`ShardMessage::nth`].
+    message_counts: Vec<u64>,
+    held: BinaryHeap<Reverse<HeldMessage>>,
+    held_per_shard: Vec<usize>,
+    message_stats: MessageStats,
+    /// Delayed messages each shard's queue holds at most (default: the configured
+    /// `media.shard_queue_packets`, as the real channel is bounded).
+    pub message_capacity: usize,
+    /// Everything that went over the wire and between shards, when [`Sim::record_log`] is on.
+    log: Option<Vec<u8>>,
     scratch: Vec<Outgoing>,
     order: u64,
     next_session: u128,
@@ -144,8 +166,6 @@ pub struct Sim {
     pub latency: Duration,
     /// Datagrams addressed to nobody on the network.
     pub undeliverable: u64,
-    /// Cross-shard messages handed over.
-    pub messages_delivered: u64,
 }
 
 impl Sim {
@@ -162,6 +182,7 @@ impl Sim {
         fastrand::seed(seed);
         let shards = shards.clamp(1, 64);
         let now = Instant::now();
+        let capacity = config.media.shard_queue_packets;
         let config = Arc::new(config);
         let hub = Arc::new(Hub::new(shards));
         let mut addrs = HashMap::new();
@@ -195,6 +216,13 @@ impl Sim {
             in_flight: BinaryHeap::new(),
             peer_timers: BinaryHeap::new(),
             messages: VecDeque::new(),
+            message_rule: None,
+            message_counts: vec![0; shards * shards],
+            held: BinaryHeap::new(),
+            held_per_shard: vec![0; shards],
+            message_stats: MessageStats::default(),
+            message_capacity: capacity,
+            log: None,
             scratch: Vec::new(),
             order: 0,
             next_session: 1,
@@ -204,7 +232,6 @@ impl Sim {
             dtls_cert,
             latency: Duration::from_millis(1),
             undeliverable: 0,
-            messages_delivered: 0,
         }
     }
 
@@ -618,7 +645,7 @@ impl Sim {
     pub fn drive(&mut self) {
         let mut passes = 0u64;
         loop {
-            let mut progressed = false;
+            let mut progressed = self.deliver_held();
             while self
                 .in_flight
                 .peek()
@@ -694,7 +721,11 @@ impl Sim {
             .iter()
             .filter_map(|&i| self.peers[i].feed.as_ref()?.next_due())
             .min();
-        [wire, engines, peers, feeds].into_iter().flatten().min()
+        let held = self.next_held();
+        [wire, engines, peers, feeds, held]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Moves the clock to the next event (if it is later) and does everything due then.
@@ -760,7 +791,8 @@ impl Sim {
     // ---- plumbing -----------------------------------------------------------------------------
 
     /// One timed call into engine `k`, then its outbox: transmits to the wire, messages to the
-    /// other engines (handed over at once, timed as theirs).
+    /// other engines (handed over at once unless the message rule says otherwise, timed as
+    /// theirs).
     fn engine_call(&mut self, k: usize, f: impl FnOnce(&mut Engine, Instant)) {
         let now = self.now;
         let t0 = Instant::now();
@@ -768,17 +800,7 @@ impl Sim {
         self.engine_busy[k] += t0.elapsed();
         self.engine_calls += 1;
         self.collect_engine(k);
-        while let Some((to, msg)) = self.messages.pop_front() {
-            if to >= self.engines.len() {
-                continue;
-            }
-            let t0 = Instant::now();
-            self.engines[to].handle_message(now, msg);
-            self.engine_busy[to] += t0.elapsed();
-            self.engine_calls += 1;
-            self.messages_delivered += 1;
-            self.collect_engine(to);
-        }
+        self.pump_messages();
     }
 
     fn collect_engine(&mut self, k: usize) {
@@ -802,7 +824,8 @@ impl Sim {
         for reply in outbox.replies.drain(..) {
             reply();
         }
-        self.messages.extend(outbox.messages.drain(..));
+        self.messages
+            .extend(outbox.messages.drain(..).map(|(to, m)| (k, to, m)));
     }
 
     /// Drains peer `index` and puts its transmits on the wire.
@@ -878,6 +901,7 @@ impl Sim {
             Class::Rtcp => link.rtcp += 1,
             Class::Other => {}
         }
+        self.log_datagram(from, to, &class, &o.contents);
         let mut extra = Duration::ZERO;
         if self.drop_rule.is_some() || self.delay_rule.is_some() {
             let d = Datagram {
