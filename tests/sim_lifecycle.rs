@@ -1,0 +1,167 @@
+//! Sessions coming and going, on the simulated clock: publishers that leave and return or
+//! vanish, viewers that vanish, late joiners. Timeouts run at their defaults (consent 30 s,
+//! RFC 7675), which costs nothing here; the real-network tests prove the IO shell.
+
+use std::time::{Duration, Instant};
+
+use str0m::format::Codec;
+use str0m::media::MediaKind;
+use wishcast::sim::{is_keyframe, Feed, PeerId, PeerOptions, Sim, SimError};
+use wishcast::Config;
+
+/// A publisher of "s" with a running feed and `n` viewers on a two-shard gateway, connected.
+fn stream_with_viewers(n: usize) -> (Sim, PeerId, Vec<PeerId>) {
+    let mut sim = Sim::new(Config::default(), 2);
+    let p = sim
+        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .expect("publisher");
+    let viewers: Vec<PeerId> = (0..n)
+        .map(|_| {
+            sim.add_viewer("s", PeerOptions::with_video(Codec::H264))
+                .expect("viewer")
+        })
+        .collect();
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == n + 1));
+    sim.start_feed(p, Feed::new(Some(Codec::H264), true));
+    sim.run_for(Duration::from_secs(1));
+    (sim, p, viewers)
+}
+
+/// The video frames `viewer` received after `since`, as (feed index, keyframe) of `feed`.
+fn video_since(sim: &Sim, feed: &Feed, viewer: PeerId, since: Instant) -> Vec<(u64, bool)> {
+    sim.peer(viewer)
+        .received_video()
+        .filter(|f| f.at > since)
+        .map(|f| {
+            let i = feed
+                .check_video(&f.data)
+                .unwrap_or_else(|e| panic!("{viewer:?}: {e}"));
+            (i, is_keyframe(Codec::H264, &f.data))
+        })
+        .collect()
+}
+
+/// A new publisher's media reaches `viewer` from a keyframe on, in order, without gaps.
+fn plays_from_a_keyframe(sim: &Sim, publisher: PeerId, viewer: PeerId, since: Instant) {
+    let feed = sim.feed(publisher).expect("feed");
+    let got = video_since(sim, feed, viewer, since);
+    assert!(
+        got.len() > 30,
+        "{viewer:?} plays the new publisher: {got:?}"
+    );
+    assert!(got[0].1, "{viewer:?} starts on a keyframe: {got:?}");
+    assert!(
+        got.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "{viewer:?} in order, without gaps: {got:?}"
+    );
+}
+
+#[test]
+fn publisher_leaves_and_returns_and_viewers_keep_their_sessions() {
+    let (mut sim, p, viewers) = stream_with_viewers(4);
+    sim.delete(p).expect("DELETE the publisher");
+    assert_eq!(sim.hub.session_count(), 4, "the viewers stay");
+    sim.run_for(Duration::from_secs(1));
+    assert!(viewers.iter().all(|v| sim.peer(*v).is_connected()));
+    let back = sim
+        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .expect("a new publisher");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.peer(back).is_connected()));
+    let since = sim.now();
+    sim.start_feed(back, Feed::new(Some(Codec::H264), true));
+    sim.run_for(Duration::from_secs(2));
+    for v in &viewers {
+        plays_from_a_keyframe(&sim, back, *v, since);
+    }
+    assert_eq!(sim.hub.session_count(), 5);
+}
+
+#[test]
+fn a_vanished_publisher_is_removed_at_consent_expiry_and_can_be_replaced() {
+    let (mut sim, p, viewers) = stream_with_viewers(1);
+    let killed = sim.now();
+    sim.kill(p);
+    sim.run_for(Duration::from_secs(20));
+    let early = sim.add_publisher("s", PeerOptions::with_video(Codec::H264));
+    assert!(
+        matches!(early, Err(SimError::Claim(_))),
+        "before consent expiry the stream keeps its publisher: {early:?}"
+    );
+    let consent = Config::default().timeouts.consent();
+    assert!(sim.run_until_true(Duration::from_secs(15), |s| s.hub.session_count() == 1));
+    let gone = sim.now() - killed;
+    assert!(
+        gone >= consent && gone <= consent + Duration::from_secs(1),
+        "removed {gone:?} after it vanished (consent {consent:?})"
+    );
+    assert_eq!(sim.engine(sim.peer(p).shard).counters.sessions_expired, 1);
+    let next = sim
+        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .expect("a replacement");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.peer(next).is_connected()));
+    let since = sim.now();
+    sim.start_feed(next, Feed::new(Some(Codec::H264), true));
+    sim.run_for(Duration::from_secs(2));
+    plays_from_a_keyframe(&sim, next, viewers[0], since);
+}
+
+#[test]
+fn a_vanished_viewer_is_removed_at_consent_expiry() {
+    let (mut sim, p, viewers) = stream_with_viewers(2);
+    let killed = sim.now();
+    sim.kill(viewers[0]);
+    assert!(sim.run_until_true(Duration::from_secs(40), |s| s.hub.session_count() == 2));
+    let gone = sim.now() - killed;
+    let consent = Config::default().timeouts.consent();
+    assert!(
+        gone >= consent && gone <= consent + Duration::from_secs(1),
+        "removed {gone:?} after it vanished (consent {consent:?})"
+    );
+    assert!(sim.peer(p).is_connected() && sim.peer(viewers[1]).is_connected());
+    let since = sim.now();
+    sim.run_for(Duration::from_secs(1));
+    let feed = sim.feed(p).expect("feed");
+    assert!(video_since(&sim, feed, viewers[1], since).len() >= 29);
+}
+
+/// A viewer joining a stream that has run for a while, on another shard than the publisher,
+/// gets the cached GOP with its audio: audio as well as video arrive without gaps, with an
+/// encoder that ignores keyframe requests and with one that honours them.
+#[test]
+fn a_late_joiner_gets_gapless_audio_and_video() {
+    for honor in [false, true] {
+        let mut sim = Sim::new(Config::default(), 2);
+        let p = sim
+            .add_publisher("s", PeerOptions::with_video(Codec::H264))
+            .expect("publisher");
+        assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 1));
+        let mut feed = Feed::new(Some(Codec::H264), true);
+        feed.honor_keyframe_requests = honor;
+        sim.start_feed(p, feed);
+        sim.run_for(Duration::from_millis(1400));
+        let v = sim
+            .add_viewer("s", PeerOptions::with_video(Codec::H264))
+            .expect("viewer");
+        assert_ne!(sim.peer(v).shard, sim.peer(p).shard);
+        sim.run_for(Duration::from_secs(3));
+        let feed = sim.feed(p).expect("feed");
+        let peer = sim.peer(v);
+        let video: Vec<u64> = peer
+            .received_video()
+            .map(|f| feed.check_video(&f.data).expect("video"))
+            .collect();
+        let audio: Vec<u64> = peer
+            .frames
+            .iter()
+            .filter(|f| f.kind == MediaKind::Audio)
+            .map(|f| feed.check_audio(&f.data).expect("audio"))
+            .collect();
+        assert!(video.len() >= 40 && audio.len() >= 80, "{honor}");
+        for (name, seq) in [("audio", &audio), ("video", &video)] {
+            assert!(
+                seq.windows(2).all(|w| w[1] == w[0] + 1),
+                "{name} without gaps (honor {honor}): {seq:?}"
+            );
+        }
+    }
+}
