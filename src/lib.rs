@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod sdp;
 pub mod session;
 pub mod shard;
+pub mod signalling;
 pub mod sim;
 pub mod stun;
 pub mod tls;

@@ -22,11 +22,12 @@ use axum::Router;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::hub::{ClaimError, Hub, PublisherEntry};
-use crate::sdp::{Fragment, Kind, Offer, OfferError};
+use crate::hub::{ClaimError, Hub};
+use crate::sdp::{Fragment, OfferError};
 use crate::session::{Role, SessionId};
 use crate::shard::io::ShardLink;
-use crate::shard::{Command, CreateSession, Patched, SessionError};
+use crate::shard::{Command, Patched, SessionError};
+use crate::signalling::{self, AdmitError};
 use error::ApiError;
 
 /// What every handler shares.
@@ -207,68 +208,27 @@ async fn endpoint(
     let body = read_body(body, &headers, app.config.http.max_body_bytes).await?;
     let offer_sdp = String::from_utf8(body)
         .map_err(|_| SessionError::Offer(OfferError::Malformed("not UTF-8".into())))?;
-    let offer_sdp = crate::sdp::complete_opus_rtpmap(&offer_sdp).into_owned();
-    let offer = Offer::parse(&offer_sdp).map_err(SessionError::Offer)?;
-    offer.check(role).map_err(SessionError::Offer)?;
-
     let id = SessionId::random();
     let retry = app.config.http.retry_after_secs;
-    let placed = app
-        .hub
-        .register(
-            id,
-            &stream,
-            role,
-            &app.config.limits,
-            (Vec::new(), Vec::new()),
-        )
+    let admitted = signalling::admit(&app.hub, &app.config, id, role, &stream, &offer_sdp)
         .map_err(|e| match e {
-            ClaimError::PublisherExists => ApiError::PublisherExists(stream.clone()),
-            ClaimError::NoPublisher => ApiError::NoPublisher(stream.clone(), retry),
-            ClaimError::Full => ApiError::Full(retry),
-        })?;
-    if role == Role::Play {
-        if let Some(p) = &placed.publisher {
-            if let Err(e) = check_viewer_codecs(&offer, p) {
-                app.hub.unregister(id);
-                return Err(SessionError::Offer(e).into());
+            AdmitError::Offer(e) => ApiError::Session(SessionError::Offer(e)),
+            AdmitError::Claim(ClaimError::PublisherExists) => {
+                ApiError::PublisherExists(stream.clone())
             }
-        }
-    }
-    let (tx, rx) = oneshot::channel();
-    let cmd = Command::Create(Box::new(CreateSession {
-        id,
-        stream: placed.stream,
-        role,
-        offer_sdp,
-        viewer_shards: placed.viewer_shards,
-        reply: tx,
-    }));
-    let created = match ask(&app, placed.shard, cmd, rx).await {
+            AdmitError::Claim(ClaimError::NoPublisher) => {
+                ApiError::NoPublisher(stream.clone(), retry)
+            }
+            AdmitError::Claim(ClaimError::Full) => ApiError::Full(retry),
+        })?;
+    let created = match ask(&app, admitted.shard, admitted.command, admitted.reply).await {
         Ok(c) => c,
         Err(e) => {
-            app.hub.unregister(id);
+            signalling::abandoned(&app.hub, id);
             return Err(e.into());
         }
     };
-    if role == Role::Publish {
-        if let Ok(answer) = Offer::parse(&created.answer) {
-            let supported = |k: Kind| -> Vec<String> {
-                answer
-                    .codecs(k)
-                    .filter(|c| *c != "RTX")
-                    .map(str::to_string)
-                    .collect()
-            };
-            app.hub.set_publisher_codecs(
-                &stream,
-                id,
-                supported(Kind::Video),
-                supported(Kind::Audio),
-                answer.h264_mode1(),
-            );
-        }
-    }
+    signalling::created(&app.hub, role, &stream, id, &created);
     let prefix = if role == Role::Publish {
         "whip"
     } else {
@@ -295,29 +255,6 @@ async fn endpoint(
 /// `GET /api/streams`: the streams with a publisher or viewers, by name, with their figures.
 async fn list_streams(State(app): State<AppState>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "streams": api::stream_list(&app).await }))
-}
-
-/// A viewer must be able to decode what the live publisher sends.
-fn check_viewer_codecs(offer: &Offer, publisher: &PublisherEntry) -> Result<(), OfferError> {
-    let (video, audio) = (&publisher.video_codecs, &publisher.audio_codecs);
-    for (kind, sent) in [(Kind::Video, video), (Kind::Audio, audio)] {
-        if sent.is_empty() || !offer.has(kind) {
-            continue;
-        }
-        let mut common = offer.codecs(kind).filter(|c| sent.iter().any(|s| s == c));
-        let Some(first) = common.next() else {
-            return Err(OfferError::NotPublished {
-                kind,
-                sent: sent.join(", "),
-            });
-        };
-        // H264 is the only common codec, and this viewer could not take the mode it comes in.
-        let only_h264 = first == "H264" && common.all(|c| c == "H264");
-        if kind == Kind::Video && only_h264 && publisher.h264_mode1 && !offer.h264_mode1() {
-            return Err(OfferError::H264Mode0);
-        }
-    }
-    Ok(())
 }
 
 /// `Link: <uri>; rel="ice-server"` values (RFC 9725 §4.6).

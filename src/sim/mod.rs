@@ -14,9 +14,9 @@
 //! - **Peers:** str0m `Rtc`s in frame mode, each on its own address (`127.1.x.y:40000`). A publisher
 //!   writes whole frames with `Writer::write` (optionally from a [`Feed`]); a viewer records the
 //!   `Event::MediaData` frames it receives ([`Peer::frames`]).
-//! - **Sessions** are created the way the HTTP layer does it: the peer's offer is checked
-//!   ([`Offer::check`]), registered in the hub, sent to the chosen shard as [`Command::Create`],
-//!   and the answer is applied to the peer.
+//! - **Sessions** are created by the same steps as the HTTP handlers take
+//!   ([`crate::signalling::admit`]: offer checks, hub registration, viewer codec checks), the
+//!   [`Command::Create`] goes to the chosen shard, and the answer is applied to the peer.
 //! - **Clock:** [`Sim::step`] jumps to the next thing due (a datagram's arrival, an engine or peer
 //!   timeout, a feed's next frame) and does everything due at that instant; [`Sim::run_for`] and
 //!   [`Sim::run_until`] repeat that. Every datagram takes [`Sim::latency`] plus whatever the delay
@@ -77,10 +77,11 @@ pub use crate::client::media::is_keyframe;
 use crate::client::{media, VideoCodec};
 use crate::config::Config;
 use crate::hub::{ClaimError, Hub};
-use crate::sdp::{Fragment, Kind, Offer, OfferError};
+use crate::sdp::{Fragment, OfferError};
 use crate::session::{Role, SessionId};
 use crate::shard::engine::Engine;
-use crate::shard::{Command, CreateSession, Patched, PeerMsg, SessionError};
+use crate::shard::{Command, Patched, PeerMsg, SessionError};
+use crate::signalling::{self, AdmitError};
 
 /// Port of every engine's host candidate; engine `k` is on `127.0.0.{k+1}`.
 const ENGINE_PORT: u16 = 5000;
@@ -429,56 +430,30 @@ impl Sim {
     fn set_up(&mut self, index: usize, role: Role, stream: &str) -> Result<(), SimError> {
         let now = self.now;
         let (offer_sdp, pending) = self.make_offer(index, role)?;
-        let shape = Offer::parse(&offer_sdp)?;
-        shape.check(role)?;
         let id = self.peers[index].session;
-        let placed = self
-            .hub
-            .register(
-                id,
-                stream,
-                role,
-                &self.config.limits,
-                (Vec::new(), Vec::new()),
-            )
-            .map_err(SimError::Claim)?;
-        let shard = placed.shard;
+        // The same steps as a POST to the endpoint (crate::signalling).
+        let admitted = signalling::admit(&self.hub, &self.config, id, role, stream, &offer_sdp)
+            .map_err(|e| match e {
+                AdmitError::Offer(e) => SimError::Offer(e),
+                AdmitError::Claim(e) => SimError::Claim(e),
+            })?;
+        let shard = admitted.shard;
         self.peers[index].shard = shard;
-        self.peers[index].stream = placed.stream.clone();
-        let (reply, mut rx) = oneshot::channel();
-        let cmd = Command::Create(Box::new(CreateSession {
-            id,
-            stream: placed.stream,
-            role,
-            offer_sdp,
-            viewer_shards: placed.viewer_shards,
-            reply,
-        }));
+        self.peers[index].stream = admitted.stream.clone();
+        let (cmd, mut rx) = (admitted.command, admitted.reply);
         self.engine_call(shard, |e, now| e.handle_command(now, cmd));
-        // As the HTTP layer does: a session that was not created leaves the hub again.
         let created = match rx.try_recv() {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                self.hub.unregister(id);
+                signalling::abandoned(&self.hub, id);
                 return Err(e.into());
             }
             Err(_) => {
-                self.hub.unregister(id);
+                signalling::abandoned(&self.hub, id);
                 return Err(SimError::NoReply);
             }
         };
-        if role == Role::Publish {
-            if let Ok(answer) = Offer::parse(&created.answer) {
-                let names = |k: Kind| answer.codecs(k).map(str::to_string).collect::<Vec<_>>();
-                self.hub.set_publisher_codecs(
-                    stream,
-                    id,
-                    names(Kind::Video),
-                    names(Kind::Audio),
-                    answer.h264_mode1(),
-                );
-            }
-        }
+        signalling::created(&self.hub, role, stream, id, &created);
         let answer = SdpAnswer::from_sdp_string(&created.answer)
             .map_err(|e| SimError::Answer(e.to_string()))?;
         let peer = &mut self.peers[index];
