@@ -34,6 +34,7 @@ pub mod http;
 pub mod http3;
 pub mod hub;
 pub mod metrics;
+pub mod peer;
 pub mod sdp;
 pub mod session;
 pub mod shard;

@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wishcast::client::{media, Peer, ReceivedFrame, VideoCodec};
+use wishcast::client::{Peer, ReceivedFrame, VideoCodec};
+use wishcast::peer::media;
 
 const H264: Option<VideoCodec> = Some(VideoCodec::H264);
 
@@ -23,8 +24,8 @@ async fn next_video(v: &mut Peer) -> (u64, bool, ReceivedFrame) {
         let i = media::frame_index(f.codec, &f.data).expect("frame index");
         let key = media::is_keyframe(f.codec, &f.data);
         assert_eq!(
-            f.data,
-            expected_video(VideoCodec::H264, i, key),
+            f.data[..],
+            expected_video(VideoCodec::H264, i, key)[..],
             "frame {i} intact"
         );
         return (i, key, f);
@@ -47,7 +48,7 @@ async fn time_to_first_frame(gop_cache: bool, honor_pli: bool, joins: u64) -> (V
     let mut config = test_config(2);
     config.media.gop_cache = gop_cache;
     let gw = start(config).await;
-    let feed = Feed::start_with(&whip(&gw, "ttff"), H264, true, 0, honor_pli).await;
+    let feed = LiveFeed::start_with(&whip(&gw, "ttff"), H264, true, 0, honor_pli).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut out = Vec::new();
     for j in 0..joins {
@@ -107,7 +108,7 @@ async fn without_gop_cache_a_join_waits_for_the_next_keyframe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_leaves_and_returns_and_viewers_keep_their_sessions() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "back"), H264, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "back"), H264, true, 0).await;
     let mut viewers = Vec::new();
     for _ in 0..4 {
         viewers.push(
@@ -138,7 +139,7 @@ async fn publisher_leaves_and_returns_and_viewers_keep_their_sessions() {
         while v.try_next_frame().is_some() {}
     }
     // A new publisher with unrelated sequence numbers and timestamps, frames from 10 000 on.
-    let feed = Feed::start(&whip(&gw, "back"), H264, true, 10_000).await;
+    let feed = LiveFeed::start(&whip(&gw, "back"), H264, true, 10_000).await;
     for v in &mut viewers {
         let (i, key, _) = next_video(v).await;
         assert!(i >= 10_000, "frames of the new publisher (got {i})");
@@ -154,7 +155,7 @@ async fn publisher_leaves_and_returns_and_viewers_keep_their_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_publisher_is_removed_at_consent_expiry_and_can_be_replaced() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "gone"), H264, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "gone"), H264, true, 0).await;
     let mut viewer = Peer::play(&whep(&gw, "gone"), opts(H264, true))
         .await
         .expect("play");
@@ -172,7 +173,7 @@ async fn a_vanished_publisher_is_removed_at_consent_expiry_and_can_be_replaced()
     )
     .await;
     while viewer.try_next_frame().is_some() {}
-    let feed = Feed::start(&whip(&gw, "gone"), H264, true, 5_000).await;
+    let feed = LiveFeed::start(&whip(&gw, "gone"), H264, true, 5_000).await;
     let (i, key, _) = next_video(&mut viewer).await;
     assert!(
         i >= 5_000 && key,
@@ -185,7 +186,7 @@ async fn a_vanished_publisher_is_removed_at_consent_expiry_and_can_be_replaced()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_viewer_is_removed_at_consent_expiry() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "v"), H264, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "v"), H264, true, 0).await;
     let mut viewer = Peer::play(&whep(&gw, "v"), opts(H264, true))
         .await
         .expect("play");
@@ -203,7 +204,7 @@ async fn a_vanished_viewer_is_removed_at_consent_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_keyframe_requests_reach_the_publisher_coalesced() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "pli"), H264, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "pli"), H264, true, 0).await;
     let mut viewers = Vec::new();
     for _ in 0..4 {
         let mut v = Peer::play(&whep(&gw, "pli"), opts(H264, true))
@@ -239,7 +240,7 @@ async fn viewer_keyframe_requests_reach_the_publisher_coalesced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ice_restart_keeps_media_and_consent_alive() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "ice"), H264, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "ice"), H264, true, 0).await;
     let mut viewer = Peer::play(&whep(&gw, "ice"), opts(H264, true))
         .await
         .expect("play");
@@ -268,7 +269,7 @@ async fn ice_restart_keeps_media_and_consent_alive() {
 async fn a_late_joiner_gets_gapless_audio_and_video() {
     for honor_pli in [false, true] {
         let gw = start(test_config(2)).await;
-        let feed = Feed::start_with(&whip(&gw, "late"), H264, true, 0, honor_pli).await;
+        let feed = LiveFeed::start_with(&whip(&gw, "late"), H264, true, 0, honor_pli).await;
         tokio::time::sleep(Duration::from_millis(1400)).await;
         let mut v = Peer::play(&whep(&gw, "late"), opts(H264, true))
             .await
@@ -301,7 +302,7 @@ async fn a_late_joiner_gets_gapless_audio_and_video() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_says_goodbye_to_live_peers() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "bye"), H264, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "bye"), H264, true, 0).await;
     let mut viewer = Peer::play(&whep(&gw, "bye"), opts(H264, true))
         .await
         .expect("play");
