@@ -22,10 +22,11 @@
 //! 4. **Feedback**: viewers' NACKs are answered by str0m from each viewer's resend buffer; their
 //!    PLI/FIR and joins become keyframe requests to the publisher, at most one per interval.
 //!
-//! [`Gateway::start`] puts it together; [`client`] is a WHIP/WHEP client on str0m used by the
-//! tests and examples.
+//! [`Gateway::start`] puts it together. The test kits (`peer`, `client`, `sim`: a WHIP/WHEP peer
+//! on str0m, on real UDP or on a simulated network) are built with the `testkit` feature only.
 
 pub mod auth;
+#[cfg(any(test, feature = "testkit"))]
 pub mod client;
 pub mod config;
 pub mod fanout;
@@ -34,10 +35,12 @@ pub mod http;
 pub mod http3;
 pub mod hub;
 pub mod metrics;
+#[cfg(any(test, feature = "testkit"))]
 pub mod peer;
 pub mod sdp;
 pub mod session;
 pub mod shard;
+#[cfg(any(test, feature = "testkit"))]
 pub mod sim;
 pub mod stun;
 pub mod tls;
