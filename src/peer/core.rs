@@ -13,8 +13,9 @@ use str0m::rtp::RawPacket;
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
-use super::VideoCodec;
-use super::{kind_of, slot, LinkState, PeerError, PeerOptions, PeerStats, ReceivedFrame, RtcpLog};
+use super::{
+    kind_of, slot, LinkState, PeerError, PeerOptions, PeerStats, ReceivedFrame, RtcpLog, VideoCodec,
+};
 use crate::sdp::{restart_offer, Fragment};
 use crate::session::Role;
 
@@ -178,9 +179,9 @@ impl PeerCore {
     }
 
     /// A datagram from `source` to the peer's `destination`. Returns false if it is nothing
-    /// str0m reads (not STUN, DTLS, RTP or RTCP); such datagrams are ignored. One str0m refuses
-    /// is counted ([`PeerStats::input_errors`]), not fatal: a stray or damaged datagram must not
-    /// end a session, as on the gateway.
+    /// str0m reads (not STUN, DTLS, RTP or RTCP); such datagrams, and every datagram to a closed
+    /// peer, are ignored. One str0m refuses is counted ([`PeerStats::input_errors`]), not fatal:
+    /// a stray or damaged datagram must not end a session, as on the gateway.
     pub fn handle_datagram(
         &mut self,
         now: Instant,

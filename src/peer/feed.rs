@@ -59,6 +59,7 @@ pub struct FeedFrame {
     pub index: u64,
     /// RTP time in the codec clock.
     pub rtp_time: u64,
+    /// Sent as a keyframe (every Opus packet is one).
     pub keyframe: bool,
     pub data: Arc<[u8]>,
 }

@@ -9,7 +9,7 @@
 //! [`media`] the frames it generates.
 
 mod core;
-pub mod feed;
+mod feed;
 pub mod media;
 mod rtcp;
 
