@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use str0m::format::Codec;
+use wishcast::peer::VideoCodec;
 use wishcast::sim::{Class, Feed, PeerId, PeerOptions, Sim, Way};
 use wishcast::Config;
 
@@ -69,11 +69,11 @@ fn run(viewers: usize, measure: Duration, all_full: bool) -> Trial {
     }
     let mut sim = Sim::new(config, 1);
     let publisher = sim
-        .add_publisher("bench", PeerOptions::sink(Codec::H264))
+        .add_publisher("bench", PeerOptions::sink(VideoCodec::H264))
         .expect("publisher accepted");
     let ids: Vec<PeerId> = (0..viewers)
         .map(|_| {
-            sim.add_viewer("bench", PeerOptions::sink(Codec::H264))
+            sim.add_viewer("bench", PeerOptions::sink(VideoCodec::H264))
                 .expect("viewer accepted")
         })
         .collect();
@@ -97,12 +97,12 @@ fn run(viewers: usize, measure: Duration, all_full: bool) -> Trial {
                 && !receiving.contains(&d.peer)
         });
     }
-    sim.start_feed(publisher, Feed::at_bitrate(Codec::H264, BITRATE, FPS));
+    sim.start_feed(publisher, Feed::at_bitrate(VideoCodec::H264, BITRATE, FPS));
     sim.run_for(Duration::from_secs(1));
 
     let forwarded0 = sim.engine(0).counters.packets_forwarded;
     let out0: u64 = sim.peers().iter().map(|p| p.down.datagrams).sum();
-    let frames0: u64 = full.iter().map(|p| sim.peer(*p).video_frames).sum();
+    let frames0: u64 = full.iter().map(|p| sim.peer(*p).stats().video_frames).sum();
     sim.reset_engine_busy();
     let cpu0 = thread_cpu();
     let wall = Instant::now();
@@ -114,7 +114,11 @@ fn run(viewers: usize, measure: Duration, all_full: bool) -> Trial {
     };
     let forwarded = sim.engine(0).counters.packets_forwarded - forwarded0;
     let datagrams_out = sim.peers().iter().map(|p| p.down.datagrams).sum::<u64>() - out0;
-    let frames = full.iter().map(|p| sim.peer(*p).video_frames).sum::<u64>() - frames0;
+    let frames = full
+        .iter()
+        .map(|p| sim.peer(*p).stats().video_frames)
+        .sum::<u64>()
+        - frames0;
     Trial {
         viewers,
         sim_secs: measure.as_secs_f64(),

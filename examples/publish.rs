@@ -7,8 +7,8 @@ use std::process::exit;
 use std::time::{Duration, Instant};
 
 use str0m::media::MediaKind;
-use wishcast::client::media::{opus_frame, video_frame};
-use wishcast::client::{Peer, PeerOptions, VideoCodec};
+use wishcast::client::{ClientOptions, Peer, PeerOptions, VideoCodec};
+use wishcast::peer::Feed;
 
 const USAGE: &str = "usage: publish <whip-url> [--codec h264|vp8|vp9|av1] [--seconds N] \
 [--fps N] [--size BYTES] [--gop FRAMES] [--no-audio] [--no-video] [--token TOKEN] [--bind IP]";
@@ -93,11 +93,16 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut opts = PeerOptions {
-        video: args.video.then_some(args.codec),
-        audio: args.audio,
+    let video = args.video.then_some(args.codec);
+    let mut opts = ClientOptions {
         bearer: args.token.clone(),
-        ..PeerOptions::default()
+        ..ClientOptions::from(PeerOptions {
+            video,
+            audio: args.audio,
+            // Nothing here reads the RTCP log.
+            raw_packets: false,
+            ..PeerOptions::default()
+        })
     };
     if let Some(ip) = args.bind {
         opts.bind_ip = ip;
@@ -107,43 +112,26 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     peer.wait_connected(Duration::from_secs(10)).await?;
     println!("connected from {}", peer.local_addr());
 
+    // Keyframe requests from the gateway are answered with the next frame.
+    let mut feed = Feed::new(video, args.audio)
+        .with_fps(args.fps)
+        .with_gop(args.gop)
+        .with_sizes(args.size, args.size);
     let start = Instant::now();
+    feed.start(start);
     let end = start + Duration::from_secs(args.seconds);
-    let frame_period = Duration::from_secs(1) / args.fps;
-    let audio_period = Duration::from_millis(20);
-    let (mut next_video, mut next_audio) = (start, start);
     let mut next_report = start + Duration::from_secs(1);
-    let (mut v_index, mut a_index) = (0u64, 0u64);
-    let mut last_gop_start = 0u64;
-    let mut handled_requests = 0u64;
     let (mut v_sent, mut a_sent, mut bytes) = (0u64, 0u64, 0u64);
 
     while Instant::now() < end {
         let now = Instant::now();
-        if args.video && now >= next_video {
-            // Answer keyframe requests from the gateway with the next frame.
-            let requests = peer.keyframe_requests();
-            let key =
-                v_index == 0 || v_index - last_gop_start >= args.gop || requests > handled_requests;
-            if key {
-                last_gop_start = v_index;
-                handled_requests = requests;
+        while let Some(frame) = feed.take_due(now, peer.keyframe_requests()) {
+            bytes += frame.data.len() as u64;
+            match frame.kind {
+                MediaKind::Video => v_sent += 1,
+                MediaKind::Audio => a_sent += 1,
             }
-            let rtp_time = (v_index * 90_000 / u64::from(args.fps)) as u32;
-            let data = video_frame(args.codec, v_index, key, args.size);
-            bytes += data.len() as u64;
-            peer.send_frame(MediaKind::Video, rtp_time, data)?;
-            v_index += 1;
-            v_sent += 1;
-            next_video += frame_period;
-        }
-        if args.audio && now >= next_audio {
-            let data = opus_frame(a_index);
-            bytes += data.len() as u64;
-            peer.send_frame(MediaKind::Audio, (a_index * 960) as u32, data)?;
-            a_index += 1;
-            a_sent += 1;
-            next_audio += audio_period;
+            peer.send_frame(frame.kind, frame.rtp_time, frame.data)?;
         }
         if now >= next_report {
             println!(
@@ -156,11 +144,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             next_report += Duration::from_secs(1);
         }
         let mut wake = next_report.min(end);
-        if args.video {
-            wake = wake.min(next_video);
-        }
-        if args.audio {
-            wake = wake.min(next_audio);
+        if let Some(due) = feed.next_due() {
+            wake = wake.min(due);
         }
         tokio::time::sleep_until(wake.into()).await;
     }

@@ -7,8 +7,8 @@ use std::process::exit;
 use std::time::{Duration, Instant};
 
 use str0m::media::MediaKind;
-use wishcast::client::media::frame_index;
-use wishcast::client::{LinkState, Peer, PeerOptions, VideoCodec};
+use wishcast::client::{ClientOptions, LinkState, Peer, PeerOptions, VideoCodec};
+use wishcast::peer::media::frame_index;
 
 const USAGE: &str = "usage: watch <whep-url> [--codec h264|vp8|vp9|av1] [--seconds N] \
 [--no-audio] [--no-video] [--token TOKEN] [--bind IP]";
@@ -122,11 +122,15 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut opts = PeerOptions {
-        video: args.video.then_some(args.codec),
-        audio: args.audio,
+    let mut opts = ClientOptions {
         bearer: args.token.clone(),
-        ..PeerOptions::default()
+        ..ClientOptions::from(PeerOptions {
+            video: args.video.then_some(args.codec),
+            audio: args.audio,
+            // Nothing here reads the RTCP log.
+            raw_packets: false,
+            ..PeerOptions::default()
+        })
     };
     if let Some(ip) = args.bind {
         opts.bind_ip = ip;

@@ -11,7 +11,7 @@
 //! plane, messages from other shards and the current time go in; transmits, messages, updates
 //! for the stream directory and command replies come out, in [`Engine::outbox`]. The thin IO
 //! layer ([`shard::io`]) owns the UDP socket, the channels and the clock, and the simulation
-//! ([`sim`]) drives the same engines on a fake clock and an in-memory network, so loss,
+//! (`sim`) drives the same engines on a fake clock and an in-memory network, so loss,
 //! reordering and timeouts are tested deterministically and a seed replays a run.
 //!
 //! ## A packet's path
@@ -41,7 +41,7 @@
 //! ## Driving an engine
 //!
 //! This is the whole run loop, minus the socket: what [`shard::io`] does around `recvmmsg`
-//! and what [`sim`] does around its fake network.
+//! and what the simulation (`sim`) does around its fake network.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -103,9 +103,12 @@
 //! ```
 //!
 //! [`Gateway::start`] puts it together: shards on their threads, signalling on HTTP/1.1, HTTP/2
-//! and HTTP/3. [`client`] is a WHIP/WHEP client on str0m used by the tests and examples.
+//! and HTTP/3. The test kits (`peer`, `client`, `sim`: a WHIP/WHEP peer on str0m, on real UDP
+//! or on a simulated network) are built with the `testkit` feature only, which the tests,
+//! examples and benches turn on.
 
 pub mod auth;
+#[cfg(any(test, feature = "testkit"))]
 pub mod client;
 pub mod config;
 pub mod fanout;
@@ -114,10 +117,13 @@ pub mod http;
 pub mod http3;
 pub mod hub;
 pub mod metrics;
+#[cfg(any(test, feature = "testkit"))]
+pub mod peer;
 pub mod sdp;
 pub mod session;
 pub mod shard;
 pub mod signalling;
+#[cfg(any(test, feature = "testkit"))]
 pub mod sim;
 pub mod stun;
 pub mod tls;

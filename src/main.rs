@@ -141,11 +141,9 @@ async fn healthcheck(config: &Config) -> std::process::ExitCode {
         tokio::net::TcpStream::connect(addr)
             .await
             .map(|_| 200)
-            .map_err(wishcast::client::ClientError::Io)
+            .map_err(|e| e.to_string())
     } else {
-        wishcast::client::http::request("GET", &url, &[], Vec::new())
-            .await
-            .map(|r| r.status)
+        get_status(&url).await
     };
     match result {
         Ok(200) => std::process::ExitCode::SUCCESS,
@@ -180,5 +178,21 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// The status of a plain HTTP/1.1 `GET url`, for the health probe: the probe only needs the
+/// status, and the test kits' HTTP client is not part of the binary.
+async fn get_status(url: &str) -> Result<u16, String> {
+    /// Upper bound for the probe, so a stuck listener fails it instead of hanging it.
+    const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    match tokio::time::timeout(PROBE_TIMEOUT, client.get(uri)).await {
+        Ok(Ok(response)) => Ok(response.status().as_u16()),
+        // The chain of causes (connect refused, reset) is in the debug form only.
+        Ok(Err(e)) => Err(format!("HTTP: {e:?}")),
+        Err(_) => Err("timed out".into()),
     }
 }

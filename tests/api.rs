@@ -145,7 +145,7 @@ async fn stream_detail_and_kicks() {
     let gw = start(config).await;
     let (_, doc) = get_json(&gw, "/api/openapi.json").await;
     let codec = Some(VideoCodec::Vp8);
-    let feed = Feed::start(&whip(&gw, "k"), codec, false, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "k"), codec, false, 0).await;
     let viewers = watching(&whep(&gw, "k"), codec, false, 2).await;
     // Statistics every second here (the default is 5 s).
     tokio::time::sleep(Duration::from_millis(2200)).await;
@@ -256,7 +256,7 @@ async fn stream_detail_and_kicks() {
             figures["bytes_out"].as_u64() >= Some(got.bytes_received),
             "{figures} vs {got:?}"
         );
-        delivered += got.frames_received;
+        delivered += got.frames_received();
     }
     let packets_out = stream["packets_out"].as_u64().unwrap_or(0);
     assert!(

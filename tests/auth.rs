@@ -21,7 +21,7 @@ use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, Rtc};
 use wishcast::client::h3::H3Client;
 use wishcast::client::http::{request, request_tls_alpn, resolve_url, Response};
-use wishcast::client::{ClientError, Peer, PeerOptions, VideoCodec};
+use wishcast::client::{ClientError, ClientOptions, Peer, VideoCodec};
 use wishcast::{Config, Gateway};
 
 const ADMIN: &str = "adm-5c1e0f3b9a77d2";
@@ -114,10 +114,10 @@ async fn post_offer(gw: &Gateway, path: &str, token: Option<&str>) -> Response {
     .await
 }
 
-fn with_token(token: Option<&str>) -> PeerOptions {
-    PeerOptions {
+fn with_token(token: Option<&str>) -> ClientOptions {
+    ClientOptions {
         bearer: token.map(str::to_string),
-        ..opts(Some(VideoCodec::H264), true)
+        ..ClientOptions::from(opts(Some(VideoCodec::H264), true))
     }
 }
 

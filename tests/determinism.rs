@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use str0m::format::Codec;
+use wishcast::peer::VideoCodec;
 use wishcast::sim::{Fate, Feed, MessageKind, PeerOptions, Sim};
 use wishcast::Config;
 
@@ -18,11 +18,11 @@ fn run(seed: u64) -> Outcome {
     sim.record_log(true);
     let start = sim.now();
     let p = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("publisher");
     let mut viewers: Vec<_> = (0..2)
         .map(|_| {
-            sim.add_viewer("s", PeerOptions::with_video(Codec::H264))
+            sim.add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
                 .expect("viewer")
         })
         .collect();
@@ -35,10 +35,10 @@ fn run(seed: u64) -> Outcome {
             Fate::Deliver
         }
     });
-    sim.start_feed(p, Feed::new(Some(Codec::H264), true));
+    sim.start_feed(p, Feed::new(Some(VideoCodec::H264), true));
     sim.run_for(Duration::from_millis(1500));
     viewers.push(
-        sim.add_viewer("s", PeerOptions::with_video(Codec::H264))
+        sim.add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
             .expect("late viewer"),
     );
     sim.run_for(Duration::from_millis(1500));

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use str0m::media::MediaKind;
-use wishcast::client::{media, Peer, VideoCodec};
+use wishcast::client::{Peer, VideoCodec};
+use wishcast::peer::media;
 
 /// Every viewer receives the same frames as sent, byte for byte, in order, audio too.
 async fn fan_out_intact(codec: VideoCodec, viewer_count: usize) {
@@ -16,7 +17,7 @@ async fn fan_out_intact(codec: VideoCodec, viewer_count: usize) {
 
 async fn fan_out_intact_with(config: wishcast::Config, codec: VideoCodec, viewer_count: usize) {
     let gw = start(config).await;
-    let feed = Feed::start(&whip(&gw, "s"), Some(codec), true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "s"), Some(codec), true, 0).await;
     let mut viewers = Vec::new();
     for _ in 0..viewer_count {
         let v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
@@ -45,8 +46,8 @@ async fn fan_out_intact_with(config: wishcast::Config, codec: VideoCodec, viewer
                         let i = media::frame_index(f.codec, &f.data).expect("frame index");
                         let key = media::is_keyframe(f.codec, &f.data);
                         assert_eq!(
-                            f.data,
-                            expected_video(codec, i, key),
+                            f.data[..],
+                            expected_video(codec, i, key)[..],
                             "video frame {i} intact"
                         );
                         if video.is_empty() {
@@ -59,7 +60,11 @@ async fn fan_out_intact_with(config: wishcast::Config, codec: VideoCodec, viewer
                     }
                     MediaKind::Audio => {
                         let i = media::frame_index(f.codec, &f.data).expect("opus index");
-                        assert_eq!(f.data, media::opus_frame(i), "opus frame {i} intact");
+                        assert_eq!(
+                            f.data[..],
+                            media::opus_frame(i)[..],
+                            "opus frame {i} intact"
+                        );
                         audio.push(i);
                     }
                 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use str0m::format::Codec;
+use wishcast::peer::VideoCodec;
 use wishcast::shard::engine::Site;
 use wishcast::shard::SessionError;
 use wishcast::sim::{Feed, PeerId, PeerOptions, Sim, SimError};
@@ -22,16 +22,16 @@ fn frames_since(sim: &Sim, viewer: PeerId, since: std::time::Instant) -> usize {
 fn three_on_one_shard() -> (Sim, PeerId, PeerId, PeerId) {
     let mut sim = Sim::new(Config::default(), 1);
     let p = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("publisher");
     let victim = sim
-        .add_viewer("s", PeerOptions::with_video(Codec::H264))
+        .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("victim");
     let bystander = sim
-        .add_viewer("s", PeerOptions::with_video(Codec::H264))
+        .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("bystander");
     assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 3));
-    sim.start_feed(p, Feed::new(Some(Codec::H264), true));
+    sim.start_feed(p, Feed::new(Some(VideoCodec::H264), true));
     sim.run_for(Duration::from_secs(1));
     (sim, p, victim, bystander)
 }
@@ -87,11 +87,11 @@ fn a_panic_writing_to_a_viewer_costs_one_session() {
 fn a_panic_checking_an_unlearned_address_costs_one_session() {
     let mut sim = Sim::new(Config::default(), 1);
     let p = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("publisher");
     // Armed before the viewer's first check arrives: its address is not learned yet.
     let v = sim
-        .add_viewer("s", PeerOptions::with_video(Codec::H264))
+        .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("viewer");
     let session = sim.peer(v).session;
     sim.engine_mut(0).faults.arm(Site::Accepts, Some(session));
@@ -124,7 +124,7 @@ fn a_panic_parsing_a_datagram_drops_that_datagram_only() {
 fn a_panic_on_an_offer_refuses_that_offer_and_the_next_one_is_served() {
     let (mut sim, _p, victim, bystander) = three_on_one_shard();
     sim.engine_mut(0).faults.arm(Site::Offer, None);
-    let refused = sim.add_viewer("s", PeerOptions::with_video(Codec::H264));
+    let refused = sim.add_viewer("s", PeerOptions::with_video(VideoCodec::H264));
     assert!(
         matches!(
             refused,
@@ -135,7 +135,7 @@ fn a_panic_on_an_offer_refuses_that_offer_and_the_next_one_is_served() {
     assert_eq!(sim.engine(0).counters.panics, 1);
     assert_eq!(sim.hub.session_count(), 3, "the refused offer left the hub");
     let late = sim
-        .add_viewer("s", PeerOptions::with_video(Codec::H264))
+        .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("the next offer is served");
     let armed = sim.now();
     sim.run_for(Duration::from_secs(2));
@@ -171,11 +171,11 @@ fn a_panic_on_a_trickled_candidate_ends_that_session_only() {
 fn a_panic_in_one_viewers_write_leaves_the_other_viewers_of_its_shard_receiving() {
     let mut sim = Sim::new(Config::default(), 2);
     let p = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("publisher");
     let viewers: Vec<PeerId> = (0..4)
         .map(|_| {
-            sim.add_viewer("s", PeerOptions::with_video(Codec::H264))
+            sim.add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
                 .expect("viewer")
         })
         .collect();
@@ -191,7 +191,7 @@ fn a_panic_in_one_viewers_write_leaves_the_other_viewers_of_its_shard_receiving(
         "two viewers away from the publisher's shard"
     );
     let shard = sim.peer(remote[0]).shard;
-    sim.start_feed(p, Feed::new(Some(Codec::H264), true));
+    sim.start_feed(p, Feed::new(Some(VideoCodec::H264), true));
     sim.run_for(Duration::from_secs(1));
     let victim = sim.peer(remote[0]).session;
     sim.engine_mut(shard).faults.arm(Site::Write, Some(victim));

@@ -13,7 +13,8 @@ use common::*;
 use rustls::pki_types::CertificateDer;
 use wishcast::client::h3::H3Client;
 use wishcast::client::http::{request, request_tls, request_tls_alpn, Response};
-use wishcast::client::{media, Peer, PeerOptions, VideoCodec};
+use wishcast::client::{ClientOptions, Peer, PeerOptions, VideoCodec};
+use wishcast::peer::media;
 use wishcast::{Config, Gateway};
 
 fn tls_config() -> Config {
@@ -43,10 +44,12 @@ fn essence(r: &Response) -> (u16, Option<String>, String) {
 async fn whip_and_whep_over_http3_with_media_patch_and_delete() {
     let gw = start(tls_config()).await;
     let h3 = Arc::new(H3Client::new(&roots(&gw)).expect("h3 client"));
-    let over_h3 = |video| PeerOptions {
-        video,
+    let over_h3 = |video| ClientOptions {
         h3: Some(h3.clone()),
-        ..PeerOptions::default()
+        ..ClientOptions::from(PeerOptions {
+            video,
+            ..PeerOptions::default()
+        })
     };
     let codec = VideoCodec::H264;
     let publisher = Peer::publish(&https(&gw, "/whip/h3"), over_h3(Some(codec)))
@@ -76,7 +79,7 @@ async fn whip_and_whep_over_http3_with_media_patch_and_delete() {
         publisher
             .send_frame(
                 str0m::media::MediaKind::Video,
-                (i * 3000) as u32,
+                i * 3000,
                 expected_video(codec, i, key),
             )
             .expect("send");
@@ -91,7 +94,11 @@ async fn whip_and_whep_over_http3_with_media_patch_and_delete() {
         while let Some(f) = viewer.try_next_frame() {
             if f.kind == str0m::media::MediaKind::Video {
                 let n = media::frame_index(f.codec, &f.data).expect("index");
-                assert_eq!(f.data, expected_video(codec, n, n == 0), "frame {n} intact");
+                assert_eq!(
+                    f.data[..],
+                    expected_video(codec, n, n == 0)[..],
+                    "frame {n} intact"
+                );
                 got.push(n);
             }
         }

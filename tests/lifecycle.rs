@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wishcast::client::{media, Peer, ReceivedFrame, VideoCodec};
+use wishcast::client::{Peer, ReceivedFrame, VideoCodec};
+use wishcast::peer::media;
 
 const H264: Option<VideoCodec> = Some(VideoCodec::H264);
 
@@ -25,8 +26,8 @@ async fn next_video(v: &mut Peer) -> (u64, bool, ReceivedFrame) {
         let i = media::frame_index(f.codec, &f.data).expect("frame index");
         let key = media::is_keyframe(f.codec, &f.data);
         assert_eq!(
-            f.data,
-            expected_video(VideoCodec::H264, i, key),
+            f.data[..],
+            expected_video(VideoCodec::H264, i, key)[..],
             "frame {i} intact"
         );
         return (i, key, f);
@@ -41,7 +42,7 @@ async fn time_to_first_frame(gop_cache: bool, honor_pli: bool, joins: u64) -> (V
     let mut config = test_config(2);
     config.media.gop_cache = gop_cache;
     let gw = start(config).await;
-    let feed = Feed::start_with(&whip(&gw, "ttff"), H264, true, 0, honor_pli).await;
+    let feed = LiveFeed::start_with(&whip(&gw, "ttff"), H264, true, 0, honor_pli).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut out = Vec::new();
     for j in 0..joins {
@@ -101,7 +102,7 @@ async fn without_gop_cache_a_join_waits_for_the_next_keyframe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_keyframe_requests_reach_the_publisher_coalesced() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "pli"), H264, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "pli"), H264, true, 0).await;
     let mut viewers = Vec::new();
     for _ in 0..4 {
         let mut v = Peer::play(&whep(&gw, "pli"), opts(H264, true))
@@ -137,7 +138,7 @@ async fn viewer_keyframe_requests_reach_the_publisher_coalesced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ice_restart_keeps_media_and_consent_alive() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "ice"), H264, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "ice"), H264, true, 0).await;
     let mut viewer = Peer::play(&whep(&gw, "ice"), opts(H264, true))
         .await
         .expect("play");
@@ -165,7 +166,7 @@ async fn ice_restart_keeps_media_and_consent_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_says_goodbye_to_live_peers() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "bye"), H264, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "bye"), H264, true, 0).await;
     let mut viewer = Peer::play(&whep(&gw, "bye"), opts(H264, true))
         .await
         .expect("play");

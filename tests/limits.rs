@@ -22,7 +22,7 @@ async fn publisher_and_viewer_limits_answer_503() {
     config.limits.max_viewers_per_stream = 1;
     let gw = start(config).await;
     let codec = Some(VideoCodec::Vp8);
-    let feed = Feed::start(&whip(&gw, "a"), codec, false, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "a"), codec, false, 0).await;
     assert_eq!(
         status_of(Peer::publish(&whip(&gw, "b"), opts(codec, false)).await),
         503,

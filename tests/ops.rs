@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use str0m::format::Codec;
 use wishcast::client::http::request;
 use wishcast::client::{Peer, VideoCodec};
 use wishcast::sim::{self, Sim, Way};
@@ -57,7 +56,7 @@ async fn metrics_count_sessions_packets_requests_and_first_frames() {
     config.media.stats_interval_secs = 1;
     let gw = gateway(config).await;
     let codec = Some(VideoCodec::Vp8);
-    let feed = Feed::start(&whip(&gw, "m"), codec, true, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "m"), codec, true, 0).await;
     let viewers = watching(&whep(&gw, "m"), codec, true, 2).await;
     let a = scrape(&gw).await;
     assert_eq!(a["wishcast_sessions{kind=\"publish\"}"], 1.0);
@@ -147,7 +146,7 @@ fn nack_and_pli_counters_equal_the_feedback_on_the_wire() {
     let mut config = wishcast::Config::default();
     config.media.stats_interval_secs = 1;
     let mut sim = Sim::new(config, 1);
-    let codec = Codec::Vp8;
+    let codec = VideoCodec::Vp8;
     let p = sim
         .add_publisher("s", sim::PeerOptions::with_video(codec))
         .expect("publisher");
@@ -170,18 +169,18 @@ fn nack_and_pli_counters_equal_the_feedback_on_the_wire() {
 
     let c = &sim.engine(0).counters;
     let (viewer, publisher) = (sim.peer(v), sim.peer(p));
-    assert!(!viewer.rtcp_out.nacks.is_empty(), "the viewer NACKed");
+    assert!(!viewer.rtcp_out().nacks.is_empty(), "the viewer NACKed");
     assert!(
-        !publisher.rtcp_in.nacks.is_empty(),
+        !publisher.rtcp_in().nacks.is_empty(),
         "the gateway NACKed upstream"
     );
-    assert_eq!(c.nacks_received, viewer.rtcp_out.nacks.len() as u64);
-    assert_eq!(c.nacks_sent, publisher.rtcp_in.nacks.len() as u64);
+    assert_eq!(c.nacks_received, viewer.rtcp_out().nacks.len() as u64);
+    assert_eq!(c.nacks_sent, publisher.rtcp_in().nacks.len() as u64);
     assert!(viewer.down.rtx >= 3, "{:?}", viewer.down);
     assert_eq!(c.packets_retransmitted, viewer.down.rtx);
-    assert!(!publisher.rtcp_in.plis.is_empty(), "asked for a keyframe");
-    assert_eq!(c.plis_sent, publisher.rtcp_in.plis.len() as u64);
-    assert_eq!(c.plis_received, viewer.rtcp_out.plis.len() as u64);
+    assert!(!publisher.rtcp_in().plis.is_empty(), "asked for a keyframe");
+    assert_eq!(c.plis_sent, publisher.rtcp_in().plis.len() as u64);
+    assert_eq!(c.plis_received, viewer.rtcp_out().plis.len() as u64);
 }
 
 /// Every line the shard logs about a session carries the session's id, stream and kind from its
@@ -190,7 +189,7 @@ fn nack_and_pli_counters_equal_the_feedback_on_the_wire() {
 async fn session_log_lines_carry_the_session_id() {
     let gw = gateway(test_config(1)).await;
     let codec = Some(VideoCodec::Vp8);
-    let feed = Feed::start(&whip(&gw, "logged"), codec, false, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "logged"), codec, false, 0).await;
     let viewer = Peer::play(&whep(&gw, "logged"), opts(codec, false))
         .await
         .expect("play");

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use str0m::media::MediaKind;
-use wishcast::client::{media, Peer, VideoCodec};
+use wishcast::client::{Peer, VideoCodec};
+use wishcast::peer::media;
 
 /// Datagrams of every shape a scanner or a broken peer might send: empty, random, truncated
 /// STUN with the magic cookie, STUN naming an unknown ufrag, DTLS and RTP/RTCP look-alikes.
@@ -47,7 +48,7 @@ fn garbage(i: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_datagrams_are_dropped_and_counted_while_the_stream_plays_on() {
     let gw = start(test_config(2)).await;
-    let feed = Feed::start(&whip(&gw, "g"), Some(VideoCodec::Vp8), false, 0).await;
+    let feed = LiveFeed::start(&whip(&gw, "g"), Some(VideoCodec::Vp8), false, 0).await;
     let mut viewer = Peer::play(&whep(&gw, "g"), opts(Some(VideoCodec::Vp8), false))
         .await
         .expect("play");
@@ -77,8 +78,8 @@ async fn garbage_datagrams_are_dropped_and_counted_while_the_stream_plays_on() {
         let i = media::frame_index(f.codec, &f.data).expect("index");
         let key = media::is_keyframe(f.codec, &f.data);
         assert_eq!(
-            f.data,
-            expected_video(VideoCodec::Vp8, i, key),
+            f.data[..],
+            expected_video(VideoCodec::Vp8, i, key)[..],
             "frame {i} intact"
         );
         assert_eq!(i, last + 1, "no frame lost");

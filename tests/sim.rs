@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use str0m::format::Codec;
+use wishcast::peer::VideoCodec;
 use wishcast::sim::{is_keyframe, Class, Feed, PeerId, PeerOptions, Sim, Way};
 use wishcast::Config;
 
@@ -38,7 +38,7 @@ fn upto(n: u64) -> Vec<u64> {
 }
 
 /// A publisher and one viewer of stream "s" on a one-shard gateway, connected.
-fn pair(codec: Codec) -> (Sim, PeerId, PeerId) {
+fn pair(codec: VideoCodec) -> (Sim, PeerId, PeerId) {
     let mut sim = Sim::new(Config::default(), 1);
     let p = sim
         .add_publisher("s", PeerOptions::with_video(codec))
@@ -57,7 +57,7 @@ fn pair(codec: Codec) -> (Sim, PeerId, PeerId) {
 
 /// Two seconds of video (keyframes at 0 and 30) and Opus reach the viewer byte for byte, in
 /// order, with nothing missing.
-fn frames_arrive_intact(codec: Codec) {
+fn frames_arrive_intact(codec: VideoCodec) {
     let (mut sim, p, v) = pair(codec);
     sim.start_feed(p, Feed::new(Some(codec), true).with_max_frames(60));
     sim.run_for(Duration::from_millis(2500));
@@ -68,18 +68,18 @@ fn frames_arrive_intact(codec: Codec) {
     let sent_audio = sim.feed(p).expect("feed").audio_sent;
     assert!(sent_audio >= 95, "two seconds of 20 ms packets");
     assert_eq!(checked_audio(&sim, p, v), upto(sent_audio));
-    assert_eq!(sim.peer(v).discontinuities, 0);
+    assert_eq!(sim.peer(v).stats().discontinuities, 0);
     assert_eq!(sim.engine(0).counters.packets_no_codec, 0);
 }
 
 #[test]
 fn h264_frames_arrive_byte_for_byte() {
-    frames_arrive_intact(Codec::H264);
+    frames_arrive_intact(VideoCodec::H264);
 }
 
 #[test]
 fn vp8_frames_arrive_byte_for_byte() {
-    frames_arrive_intact(Codec::Vp8);
+    frames_arrive_intact(VideoCodec::Vp8);
 }
 
 // ---- 2 and 3. loss and retransmission -----------------------------------------------------------
@@ -105,7 +105,7 @@ fn drop_video(sim: &mut Sim, way: Way, victim: PeerId) -> Rc<RefCell<Vec<u16>>> 
 /// Loss between gateway and viewer is repaired by the gateway alone: the viewer NACKs exactly the
 /// lost packets, the gateway answers with RTX from the viewer's resend buffer, the publisher never
 /// hears of it, and every frame arrives intact.
-fn viewer_leg_loss_is_repaired_by_the_gateway(codec: Codec) {
+fn viewer_leg_loss_is_repaired_by_the_gateway(codec: VideoCodec) {
     let (mut sim, p, v) = pair(codec);
     let dropped = drop_video(&mut sim, Way::FromGateway, v);
     sim.start_feed(p, Feed::new(Some(codec), true).with_max_frames(60));
@@ -114,7 +114,7 @@ fn viewer_leg_loss_is_repaired_by_the_gateway(codec: Codec) {
     let dropped = dropped.borrow().clone();
     assert_eq!(dropped.len(), 3, "the rule hit");
     let viewer = sim.peer(v);
-    let nacked = viewer.rtcp_out.nacked_seqs();
+    let nacked = viewer.rtcp_out().nacked_seqs();
     for s in &dropped {
         assert!(nacked.contains(s), "viewer NACKed {s}: {nacked:?}");
     }
@@ -125,30 +125,30 @@ fn viewer_leg_loss_is_repaired_by_the_gateway(codec: Codec) {
     );
     let publisher = sim.peer(p);
     assert!(
-        publisher.rtcp_in.nacks.is_empty(),
+        publisher.rtcp_in().nacks.is_empty(),
         "the publisher is not asked: {:?}",
-        publisher.rtcp_in.nacks
+        publisher.rtcp_in().nacks
     );
     assert_eq!(publisher.up.rtx, 0, "nothing is re-fetched upstream");
 
     assert_eq!(checked_video(&sim, p, v), upto(60), "every frame, intact");
-    assert_eq!(sim.peer(v).discontinuities, 0);
+    assert_eq!(sim.peer(v).stats().discontinuities, 0);
 }
 
 #[test]
 fn viewer_leg_loss_is_repaired_by_the_gateway_h264() {
-    viewer_leg_loss_is_repaired_by_the_gateway(Codec::H264);
+    viewer_leg_loss_is_repaired_by_the_gateway(VideoCodec::H264);
 }
 
 #[test]
 fn viewer_leg_loss_is_repaired_by_the_gateway_vp8() {
-    viewer_leg_loss_is_repaired_by_the_gateway(Codec::Vp8);
+    viewer_leg_loss_is_repaired_by_the_gateway(VideoCodec::Vp8);
 }
 
 /// Loss between publisher and gateway: the gateway (str0m in RTP mode) NACKs the publisher for
 /// exactly the lost packets, the publisher retransmits them, the gateway forwards the repaired
 /// packets into their places, and every viewer frame arrives intact.
-fn publisher_leg_loss_is_nacked_upstream(codec: Codec) {
+fn publisher_leg_loss_is_nacked_upstream(codec: VideoCodec) {
     let (mut sim, p, v) = pair(codec);
     let dropped = drop_video(&mut sim, Way::ToGateway, p);
     sim.start_feed(p, Feed::new(Some(codec), true).with_max_frames(60));
@@ -157,7 +157,7 @@ fn publisher_leg_loss_is_nacked_upstream(codec: Codec) {
     let dropped = dropped.borrow().clone();
     assert_eq!(dropped.len(), 3, "the rule hit");
     let publisher = sim.peer(p);
-    let nacked = publisher.rtcp_in.nacked_seqs();
+    let nacked = publisher.rtcp_in().nacked_seqs();
     for s in &dropped {
         assert!(
             nacked.contains(s),
@@ -171,17 +171,17 @@ fn publisher_leg_loss_is_nacked_upstream(codec: Codec) {
     );
 
     assert_eq!(checked_video(&sim, p, v), upto(60), "every frame, intact");
-    assert_eq!(sim.peer(v).discontinuities, 0);
+    assert_eq!(sim.peer(v).stats().discontinuities, 0);
 }
 
 #[test]
 fn publisher_leg_loss_is_nacked_upstream_h264() {
-    publisher_leg_loss_is_nacked_upstream(Codec::H264);
+    publisher_leg_loss_is_nacked_upstream(VideoCodec::H264);
 }
 
 #[test]
 fn publisher_leg_loss_is_nacked_upstream_vp8() {
-    publisher_leg_loss_is_nacked_upstream(Codec::Vp8);
+    publisher_leg_loss_is_nacked_upstream(VideoCodec::Vp8);
 }
 
 // ---- 4. scale ---------------------------------------------------------------------------------
@@ -195,11 +195,11 @@ fn many_viewers_over_two_shards_get_every_frame() {
     let wall = Instant::now();
     let mut sim = Sim::new(Config::default(), 2);
     let p = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("publisher accepted");
     let viewer_opts = PeerOptions {
         raw_packets: false,
-        ..PeerOptions::with_video(Codec::H264)
+        ..PeerOptions::with_video(VideoCodec::H264)
     };
     let viewers: Vec<PeerId> = (0..VIEWERS)
         .map(|_| {
@@ -218,7 +218,7 @@ fn many_viewers_over_two_shards_get_every_frame() {
 
     sim.start_feed(
         p,
-        Feed::new(Some(Codec::H264), true)
+        Feed::new(Some(VideoCodec::H264), true)
             .with_max_frames(FRAMES)
             .with_sizes(2400, 3600),
     );
@@ -252,7 +252,7 @@ fn many_viewers_over_two_shards_get_every_frame() {
 /// The PLIs a publisher received at or after `since`.
 fn plis_since(sim: &Sim, publisher: PeerId, since: Instant) -> usize {
     sim.peer(publisher)
-        .rtcp_in
+        .rtcp_in()
         .plis
         .iter()
         .filter(|t| **t >= since)
@@ -269,10 +269,10 @@ fn keyframe_requests_are_coalesced(join_gap: Duration) {
     config.media.keyframe_request_interval_ms = 500;
     let mut sim = Sim::new(config, 2);
     let p = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("publisher accepted");
     assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 1));
-    sim.start_feed(p, Feed::new(Some(Codec::H264), true).with_gop(0));
+    sim.start_feed(p, Feed::new(Some(VideoCodec::H264), true).with_gop(0));
     sim.run_for(Duration::from_secs(1));
 
     // Real joins finish ICE + DTLS at scattered times: give each viewer its own path delay
@@ -288,7 +288,7 @@ fn keyframe_requests_are_coalesced(join_gap: Duration) {
     let start = sim.now();
     let viewer_opts = PeerOptions {
         raw_packets: false,
-        ..PeerOptions::with_video(Codec::H264)
+        ..PeerOptions::with_video(VideoCodec::H264)
     };
     let mut viewers = Vec::new();
     for _ in 0..VIEWERS {
@@ -297,7 +297,7 @@ fn keyframe_requests_are_coalesced(join_gap: Duration) {
             sim.run_for(join_gap);
         }
     }
-    let all_playing = |s: &Sim| viewers.iter().all(|v| s.peer(*v).video_frames > 0);
+    let all_playing = |s: &Sim| viewers.iter().all(|v| s.peer(*v).stats().video_frames > 0);
     assert!(
         sim.run_until_true(Duration::from_secs(5), all_playing),
         "every viewer gets a keyframe"
@@ -323,7 +323,7 @@ fn keyframe_requests_are_coalesced(join_gap: Duration) {
         "{plis} PLIs for {VIEWERS} joins in {elapsed:?}: at most {bound}"
     );
     // Consecutive PLIs are at least an interval apart.
-    let times: Vec<Instant> = sim.peer(p).rtcp_in.plis.clone();
+    let times: Vec<Instant> = sim.peer(p).rtcp_in().plis.clone();
     for w in times.windows(2) {
         assert!(
             w[1] - w[0] >= Duration::from_millis(500),
@@ -334,7 +334,7 @@ fn keyframe_requests_are_coalesced(join_gap: Duration) {
     for &v in &viewers {
         let first = sim.peer(v).received_video().next().expect("a frame");
         assert!(
-            is_keyframe(Codec::H264, &first.data),
+            is_keyframe(VideoCodec::H264, &first.data),
             "viewer {v:?} starts on a keyframe"
         );
     }
@@ -384,7 +384,7 @@ fn srtp_uses_aead_aes_gcm() {
         .with_ansi(false)
         .finish();
     tracing::subscriber::with_default(subscriber, || {
-        let _ = pair(Codec::Vp8);
+        let _ = pair(VideoCodec::Vp8);
     });
     let text =
         String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(|p| p.into_inner())).to_string();
@@ -425,7 +425,7 @@ fn ice_answers_from_unlearned_addresses_reach_their_session() {
             && d.at < start + Duration::from_millis(600)
     });
     let p = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::Vp8))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::Vp8))
         .expect("publisher accepted");
     sim.run_for(Duration::from_millis(500));
     let answers = sim.engine(0).counters.datagrams_in;
@@ -448,10 +448,10 @@ fn ice_answers_from_unlearned_addresses_reach_their_session() {
 fn across_shards() -> (Sim, PeerId, PeerId) {
     let mut sim = Sim::new(Config::default(), 2);
     let p = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("publisher");
     let v = sim
-        .add_viewer("s", PeerOptions::with_video(Codec::H264))
+        .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("viewer");
     assert_ne!(sim.peer(p).shard, sim.peer(v).shard, "the viewer is remote");
     assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
@@ -469,7 +469,10 @@ fn reordered_media_between_shards_reaches_the_remote_viewer_intact() {
         }
         _ => wishcast::sim::Fate::Deliver,
     });
-    sim.start_feed(p, Feed::new(Some(Codec::H264), false).with_max_frames(60));
+    sim.start_feed(
+        p,
+        Feed::new(Some(VideoCodec::H264), false).with_max_frames(60),
+    );
     sim.run_for(Duration::from_secs(3));
     assert!(
         sim.message_stats().delayed > 20,
@@ -489,7 +492,7 @@ fn an_overfilled_shard_queue_drops_media_and_the_viewer_recovers() {
         wishcast::sim::MessageKind::Media => wishcast::sim::Fate::Delay(Duration::from_millis(200)),
         _ => wishcast::sim::Fate::Deliver,
     });
-    sim.start_feed(p, Feed::new(Some(Codec::H264), true).with_gop(300));
+    sim.start_feed(p, Feed::new(Some(VideoCodec::H264), true).with_gop(300));
     sim.run_for(Duration::from_secs(2));
     assert!(
         sim.message_stats().overflowed > 0,

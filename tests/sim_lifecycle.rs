@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use str0m::format::Codec;
-use str0m::media::MediaKind;
+use wishcast::peer::VideoCodec;
 use wishcast::sim::{is_keyframe, Feed, PeerId, PeerOptions, Sim, SimError};
 use wishcast::Config;
 
@@ -13,16 +12,16 @@ use wishcast::Config;
 fn stream_with_viewers(n: usize) -> (Sim, PeerId, Vec<PeerId>) {
     let mut sim = Sim::new(Config::default(), 2);
     let p = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("publisher");
     let viewers: Vec<PeerId> = (0..n)
         .map(|_| {
-            sim.add_viewer("s", PeerOptions::with_video(Codec::H264))
+            sim.add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
                 .expect("viewer")
         })
         .collect();
     assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == n + 1));
-    sim.start_feed(p, Feed::new(Some(Codec::H264), true));
+    sim.start_feed(p, Feed::new(Some(VideoCodec::H264), true));
     sim.run_for(Duration::from_secs(1));
     (sim, p, viewers)
 }
@@ -36,7 +35,7 @@ fn video_since(sim: &Sim, feed: &Feed, viewer: PeerId, since: Instant) -> Vec<(u
             let i = feed
                 .check_video(&f.data)
                 .unwrap_or_else(|e| panic!("{viewer:?}: {e}"));
-            (i, is_keyframe(Codec::H264, &f.data))
+            (i, is_keyframe(VideoCodec::H264, &f.data))
         })
         .collect()
 }
@@ -64,11 +63,11 @@ fn publisher_leaves_and_returns_and_viewers_keep_their_sessions() {
     sim.run_for(Duration::from_secs(1));
     assert!(viewers.iter().all(|v| sim.peer(*v).is_connected()));
     let back = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("a new publisher");
     assert!(sim.run_until_true(Duration::from_secs(5), |s| s.peer(back).is_connected()));
     let since = sim.now();
-    sim.start_feed(back, Feed::new(Some(Codec::H264), true));
+    sim.start_feed(back, Feed::new(Some(VideoCodec::H264), true));
     sim.run_for(Duration::from_secs(2));
     for v in &viewers {
         plays_from_a_keyframe(&sim, back, *v, since);
@@ -82,7 +81,7 @@ fn a_vanished_publisher_is_removed_at_consent_expiry_and_can_be_replaced() {
     let killed = sim.now();
     sim.kill(p);
     sim.run_for(Duration::from_secs(20));
-    let early = sim.add_publisher("s", PeerOptions::with_video(Codec::H264));
+    let early = sim.add_publisher("s", PeerOptions::with_video(VideoCodec::H264));
     assert!(
         matches!(early, Err(SimError::Claim(_))),
         "before consent expiry the stream keeps its publisher: {early:?}"
@@ -96,11 +95,11 @@ fn a_vanished_publisher_is_removed_at_consent_expiry_and_can_be_replaced() {
     );
     assert_eq!(sim.engine(sim.peer(p).shard).counters.sessions_expired, 1);
     let next = sim
-        .add_publisher("s", PeerOptions::with_video(Codec::H264))
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("a replacement");
     assert!(sim.run_until_true(Duration::from_secs(5), |s| s.peer(next).is_connected()));
     let since = sim.now();
-    sim.start_feed(next, Feed::new(Some(Codec::H264), true));
+    sim.start_feed(next, Feed::new(Some(VideoCodec::H264), true));
     sim.run_for(Duration::from_secs(2));
     plays_from_a_keyframe(&sim, next, viewers[0], since);
 }
@@ -132,15 +131,15 @@ fn a_late_joiner_gets_gapless_audio_and_video() {
     for honor in [false, true] {
         let mut sim = Sim::new(Config::default(), 2);
         let p = sim
-            .add_publisher("s", PeerOptions::with_video(Codec::H264))
+            .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
             .expect("publisher");
         assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 1));
-        let mut feed = Feed::new(Some(Codec::H264), true);
+        let mut feed = Feed::new(Some(VideoCodec::H264), true);
         feed.honor_keyframe_requests = honor;
         sim.start_feed(p, feed);
         sim.run_for(Duration::from_millis(1400));
         let v = sim
-            .add_viewer("s", PeerOptions::with_video(Codec::H264))
+            .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
             .expect("viewer");
         assert_ne!(sim.peer(v).shard, sim.peer(p).shard);
         sim.run_for(Duration::from_secs(3));
@@ -151,9 +150,7 @@ fn a_late_joiner_gets_gapless_audio_and_video() {
             .map(|f| feed.check_video(&f.data).expect("video"))
             .collect();
         let audio: Vec<u64> = peer
-            .frames
-            .iter()
-            .filter(|f| f.kind == MediaKind::Audio)
+            .received_audio()
             .map(|f| feed.check_audio(&f.data).expect("audio"))
             .collect();
         assert!(video.len() >= 40 && audio.len() >= 80, "{honor}");

@@ -1,31 +1,28 @@
 //! WHIP/WHEP client on str0m over real UDP, for integration tests and examples.
 //!
-//! Each [`Peer`] owns one UDP socket and one std thread that runs the str0m
-//! loop (frame mode, full ICE). The async API talks to that thread through a
-//! command channel; a one-byte datagram the socket sends to itself wakes the
-//! loop, so commands never wait for a socket read timeout.
+//! Each [`Peer`] is a [`PeerCore`] on one UDP socket, run by one std thread on the real clock.
+//! The async API talks to that thread through a command channel; a one-byte datagram the socket
+//! sends to itself wakes the loop, so commands never wait for a socket read timeout.
 
 pub mod h3;
 pub mod http;
-pub mod media;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+use str0m::media::{KeyframeRequestKind, MediaKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::sdp::{restart_offer, Fragment};
+pub use crate::peer::{LinkState, PeerOptions, PeerStats, ReceivedFrame, VideoCodec};
+use crate::peer::{PeerCore, PeerError};
+use crate::sdp::Fragment;
+use crate::session::Role;
 
 /// Received frames kept for [`Peer::next_frame`]; newer frames are dropped
 /// (and counted) when a test does not read them.
@@ -35,94 +32,38 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 /// Receive buffer; larger than any WebRTC datagram.
 const RECV_BUF: usize = 4096;
 
-/// Video codec a peer offers; exactly one per peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VideoCodec {
-    H264,
-    Vp8,
-    Vp9,
-    Av1,
-}
-
-impl VideoCodec {
-    /// The str0m codec this maps to.
-    pub fn codec(self) -> Codec {
-        match self {
-            VideoCodec::H264 => Codec::H264,
-            VideoCodec::Vp8 => Codec::Vp8,
-            VideoCodec::Vp9 => Codec::Vp9,
-            VideoCodec::Av1 => Codec::Av1,
-        }
-    }
-
-    /// The video codec for a str0m codec, if it is one of these.
-    pub fn from_codec(codec: Codec) -> Option<Self> {
-        match codec {
-            Codec::H264 => Some(VideoCodec::H264),
-            Codec::Vp8 => Some(VideoCodec::Vp8),
-            Codec::Vp9 => Some(VideoCodec::Vp9),
-            Codec::Av1 => Some(VideoCodec::Av1),
-            _ => None,
-        }
-    }
-
-    /// Parse a command-line name (`h264`, `vp8`, `vp9`, `av1`, any case).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "h264" | "avc" => Some(VideoCodec::H264),
-            "vp8" => Some(VideoCodec::Vp8),
-            "vp9" => Some(VideoCodec::Vp9),
-            "av1" => Some(VideoCodec::Av1),
-            _ => None,
-        }
-    }
-}
-
-/// What a peer offers and how it reaches the endpoint.
+/// How a client peer reaches the endpoint, around what it offers.
 #[derive(Clone, Debug)]
-pub struct PeerOptions {
-    /// Video m-line with exactly this codec, or no video.
-    pub video: Option<VideoCodec>,
-    /// Opus audio m-line.
-    pub audio: bool,
+pub struct ClientOptions {
+    /// What the peer offers and keeps.
+    pub peer: PeerOptions,
     /// Local address for the UDP socket and the host candidate. If unspecified
     /// (`0.0.0.0`/`::`), the address routing to the endpoint host is used,
     /// because a host candidate cannot be a wildcard.
     pub bind_ip: IpAddr,
-    /// Sent as `Authorization: Bearer <token>` on POST and DELETE.
+    /// Sent as `Authorization: Bearer <token>` on POST, PATCH and DELETE.
     pub bearer: Option<String>,
     /// Signalling (POST, PATCH, DELETE) over HTTP/3 through this client, for `https://` URLs
     /// of a gateway's QUIC listener; plain HTTP/1.1 if `None`.
     pub h3: Option<Arc<h3::H3Client>>,
 }
 
-impl Default for PeerOptions {
+impl Default for ClientOptions {
     fn default() -> Self {
-        PeerOptions {
-            video: Some(VideoCodec::H264),
-            audio: true,
+        ClientOptions::from(PeerOptions::default())
+    }
+}
+
+impl From<PeerOptions> for ClientOptions {
+    /// `peer` over plain HTTP/1.1 from the routing address, without a token.
+    fn from(peer: PeerOptions) -> Self {
+        ClientOptions {
+            peer,
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             bearer: None,
             h3: None,
         }
     }
-}
-
-/// One depacketized frame from the remote side.
-#[derive(Clone, Debug)]
-pub struct ReceivedFrame {
-    pub kind: MediaKind,
-    pub codec: Codec,
-    pub mid: Mid,
-    pub data: Vec<u8>,
-    /// RTP timestamp in the codec clock (90 kHz video, 48 kHz Opus).
-    pub rtp_time: u32,
-    /// False if packets were lost since the previous frame of this stream.
-    pub contiguous: bool,
-    /// str0m's codec-level keyframe flag.
-    pub keyframe: bool,
-    /// When the IO loop got the frame from str0m.
-    pub at: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,36 +99,23 @@ pub enum ClientError {
     Closed(String),
 }
 
-impl From<RtcError> for ClientError {
-    fn from(e: RtcError) -> Self {
-        ClientError::Rtc(e.to_string())
+impl From<PeerError> for ClientError {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::NotConnected => ClientError::NotConnected,
+            PeerError::Closed(reason) => ClientError::Closed(reason),
+            PeerError::NoPendingOffer => ClientError::Protocol("no ICE restart in progress".into()),
+            PeerError::NoOffer | PeerError::Answer(_) => ClientError::Sdp(e.to_string()),
+            e => ClientError::Rtc(e.to_string()),
+        }
     }
-}
-
-/// Connection state as seen by the IO loop.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkState {
-    /// ICE/DTLS not finished yet.
-    Connecting,
-    /// `Event::Connected` seen and ICE not disconnected since.
-    Connected,
-    /// ICE reported disconnected (e.g. consent lost); may recover.
-    Disconnected,
-    /// The loop has ended; the reason says why.
-    Closed(String),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    Publish,
-    Play,
 }
 
 enum Command {
     Write {
         kind: MediaKind,
-        rtp_time: u32,
-        data: Vec<u8>,
+        rtp_time: u64,
+        data: Arc<[u8]>,
     },
     RequestKeyframe(KeyframeRequestKind),
     /// Start an ICE restart: reply with the new local fragment (credentials and candidates).
@@ -202,14 +130,10 @@ enum Command {
     },
 }
 
-/// Counters and state shared between the IO loop and the handle.
+/// State shared between the IO loop and the handle, copied from the core after every step.
 struct Shared {
     connected: AtomicBool,
-    keyframe_requests: AtomicU64,
-    frames_received: AtomicU64,
-    bytes_received: AtomicU64,
-    frames_dropped: AtomicU64,
-    write_errors: AtomicU64,
+    stats: Mutex<PeerStats>,
     state: watch::Sender<LinkState>,
 }
 
@@ -219,18 +143,11 @@ impl Shared {
             .store(s == LinkState::Connected, Ordering::SeqCst);
         self.state.send_replace(s);
     }
-}
 
-/// Traffic counters of a peer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PeerStats {
-    pub frames_received: u64,
-    pub bytes_received: u64,
-    /// Frames discarded because the [`FRAME_QUEUE`] was full.
-    pub frames_dropped: u64,
-    /// `Writer::write` failures in the IO loop (e.g. no negotiated payload type).
-    pub write_errors: u64,
-    pub keyframe_requests: u64,
+    fn stats(&self) -> std::sync::MutexGuard<'_, PeerStats> {
+        // Plain counters: a panic elsewhere cannot leave them half-written.
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A WHIP publisher or WHEP viewer session.
@@ -257,17 +174,28 @@ pub struct Peer {
 impl Peer {
     /// POST a sendonly offer (video then audio per `opts`) to a WHIP endpoint,
     /// apply the 201 answer and start media IO.
-    pub async fn publish(endpoint_url: &str, opts: PeerOptions) -> Result<Peer, ClientError> {
-        Peer::start(Role::Publish, endpoint_url, opts).await
+    pub async fn publish(
+        endpoint_url: &str,
+        opts: impl Into<ClientOptions>,
+    ) -> Result<Peer, ClientError> {
+        Peer::start(Role::Publish, endpoint_url, opts.into()).await
     }
 
     /// POST a recvonly offer to a WHEP endpoint.
-    pub async fn play(endpoint_url: &str, opts: PeerOptions) -> Result<Peer, ClientError> {
-        Peer::start(Role::Play, endpoint_url, opts).await
+    pub async fn play(
+        endpoint_url: &str,
+        opts: impl Into<ClientOptions>,
+    ) -> Result<Peer, ClientError> {
+        Peer::start(Role::Play, endpoint_url, opts.into()).await
     }
 
-    async fn start(role: Role, endpoint_url: &str, opts: PeerOptions) -> Result<Peer, ClientError> {
-        if opts.video.is_none() && !opts.audio {
+    async fn start(
+        role: Role,
+        endpoint_url: &str,
+        opts: ClientOptions,
+    ) -> Result<Peer, ClientError> {
+        let (has_video, has_audio) = (opts.peer.video.is_some(), opts.peer.audio);
+        if !has_video && !has_audio {
             return Err(ClientError::Rtc(
                 "options request neither video nor audio".into(),
             ));
@@ -280,7 +208,9 @@ impl Peer {
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
         let local_addr = socket.local_addr()?;
 
-        let (mut rtc, offer) = build_offer(role, &opts, local_addr)?;
+        let config = PeerCore::rtc_config(&opts.peer);
+        let mut core = PeerCore::new(role, opts.peer, config, Instant::now());
+        let offer = core.offer(Instant::now(), local_addr)?;
 
         let mut headers = vec![("content-type", "application/sdp".to_string())];
         if let Some(token) = &opts.bearer {
@@ -293,7 +223,7 @@ impl Peer {
             "POST",
             endpoint_url,
             &header_refs,
-            offer.sdp.into_bytes(),
+            offer.into_bytes(),
         )
         .await?;
         let posted_at = Instant::now();
@@ -310,35 +240,25 @@ impl Peer {
         let etag = resp.header("etag").map(str::to_string);
         let answer_sdp = String::from_utf8(resp.body)
             .map_err(|_| ClientError::Sdp("answer is not UTF-8".into()))?;
-        let answer =
-            SdpAnswer::from_sdp_string(&answer_sdp).map_err(|e| ClientError::Sdp(e.to_string()))?;
-        rtc.sdp_api().accept_answer(offer.pending, answer)?;
+        core.accept_answer(Instant::now(), &answer_sdp)?;
 
-        // The loop drains poll_output first, which completes this mutation.
         let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
         let shared = Arc::new(Shared {
             connected: AtomicBool::new(false),
-            keyframe_requests: AtomicU64::new(0),
-            frames_received: AtomicU64::new(0),
-            bytes_received: AtomicU64::new(0),
-            frames_dropped: AtomicU64::new(0),
-            write_errors: AtomicU64::new(0),
+            stats: Mutex::new(PeerStats::default()),
             state: state_tx,
         });
         let (cmd_tx, cmd_rx) = std_mpsc::channel();
         let (frame_tx, frame_rx) = mpsc::channel(FRAME_QUEUE);
         let waker = socket.try_clone()?;
         let io = IoLoop {
-            rtc,
+            core,
             socket,
             local_addr,
             commands: cmd_rx,
             frames: frame_tx,
+            frames_dropped: 0,
             shared: shared.clone(),
-            mids: offer.mids,
-            pts: [None, None],
-            answer_sdp: answer_sdp.clone(),
-            restart: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("peer-{}", local_addr.port()))
@@ -353,8 +273,8 @@ impl Peer {
             bearer: opts.bearer,
             h3: opts.h3,
             local_addr,
-            has_video: opts.video.is_some(),
-            has_audio: opts.audio,
+            has_video,
+            has_audio,
             commands: cmd_tx,
             waker,
             frames: frame_rx,
@@ -435,15 +355,16 @@ impl Peer {
 
     /// Publisher: queue one encoded frame; str0m packetizes it.
     ///
-    /// `rtp_time` is the RTP timestamp as sent (90 kHz video, 48 kHz Opus).
+    /// `rtp_time` is in the codec clock (90 kHz video, 48 kHz Opus); the wire carries its low
+    /// 32 bits.
     /// Fails with [`ClientError::NotConnected`] before `Event::Connected`,
     /// because str0m silently drops earlier writes. The write itself happens
     /// on the IO thread; its failures are counted in [`PeerStats::write_errors`].
     pub fn send_frame(
         &self,
         kind: MediaKind,
-        rtp_time: u32,
-        data: Vec<u8>,
+        rtp_time: u64,
+        data: impl Into<Arc<[u8]>>,
     ) -> Result<(), ClientError> {
         if self.role != Role::Publish {
             return Err(ClientError::Rtc(
@@ -464,7 +385,7 @@ impl Peer {
         self.command(Command::Write {
             kind,
             rtp_time,
-            data,
+            data: data.into(),
         })
     }
 
@@ -503,7 +424,7 @@ impl Peer {
 
     /// Publisher: keyframe requests (PLI/FIR) received from the gateway.
     pub fn keyframe_requests(&self) -> u64 {
-        self.shared.keyframe_requests.load(Ordering::SeqCst)
+        self.shared.stats().keyframe_requests
     }
 
     pub fn is_connected(&self) -> bool {
@@ -511,14 +432,7 @@ impl Peer {
     }
 
     pub fn stats(&self) -> PeerStats {
-        let s = &self.shared;
-        PeerStats {
-            frames_received: s.frames_received.load(Ordering::SeqCst),
-            bytes_received: s.bytes_received.load(Ordering::SeqCst),
-            frames_dropped: s.frames_dropped.load(Ordering::SeqCst),
-            write_errors: s.write_errors.load(Ordering::SeqCst),
-            keyframe_requests: s.keyframe_requests.load(Ordering::SeqCst),
-        }
+        *self.shared.stats()
     }
 
     /// DELETE the session URL and return the HTTP status (any status, no
@@ -667,63 +581,6 @@ async fn signal(
     }
 }
 
-/// Mids in the order [video, audio].
-type Mids = [Option<Mid>; 2];
-
-struct Offer {
-    sdp: String,
-    pending: SdpPendingOffer,
-    mids: Mids,
-}
-
-/// Create the `Rtc` with its single host candidate, and its offer.
-fn build_offer(
-    role: Role,
-    opts: &PeerOptions,
-    local_addr: SocketAddr,
-) -> Result<(Rtc, Offer), ClientError> {
-    let mut cfg = Rtc::builder()
-        .set_ice_lite(false)
-        .set_stats_interval(None)
-        .clear_codecs();
-    cfg = match opts.video {
-        Some(VideoCodec::H264) => cfg.enable_h264(true),
-        Some(VideoCodec::Vp8) => cfg.enable_vp8(true),
-        Some(VideoCodec::Vp9) => cfg.enable_vp9(true),
-        Some(VideoCodec::Av1) => cfg.enable_av1(true),
-        None => cfg,
-    };
-    if opts.audio {
-        cfg = cfg.enable_opus(true, false);
-    }
-    let mut rtc = cfg.build(Instant::now());
-    let candidate =
-        Candidate::host(local_addr, "udp").map_err(|e| ClientError::Rtc(e.to_string()))?;
-    rtc.add_local_candidate(candidate);
-
-    let dir = match role {
-        Role::Publish => Direction::SendOnly,
-        Role::Play => Direction::RecvOnly,
-    };
-    let stream_id = format!("wishcast-{:016x}", rand::random::<u64>());
-    let mut api = rtc.sdp_api();
-    let video = opts
-        .video
-        .map(|_| api.add_media(MediaKind::Video, dir, Some(stream_id.clone()), None, None));
-    let audio = opts
-        .audio
-        .then(|| api.add_media(MediaKind::Audio, dir, Some(stream_id.clone()), None, None));
-    let (offer, pending) = api
-        .apply()
-        .ok_or_else(|| ClientError::Sdp("no offer produced".into()))?;
-    let offer = Offer {
-        sdp: offer.to_sdp_string(),
-        pending,
-        mids: [video, audio],
-    };
-    Ok((rtc, offer))
-}
-
 /// Local address the OS would use to reach the endpoint host.
 fn route_ip(endpoint_url: &str, unspecified: IpAddr) -> Result<IpAddr, ClientError> {
     let (host, port) = http::host_port(endpoint_url)?;
@@ -732,20 +589,16 @@ fn route_ip(endpoint_url: &str, unspecified: IpAddr) -> Result<IpAddr, ClientErr
     Ok(probe.local_addr()?.ip())
 }
 
+/// The IO thread: the core on the socket and the real clock.
 struct IoLoop {
-    rtc: Rtc,
+    core: PeerCore,
     socket: UdpSocket,
     local_addr: SocketAddr,
     commands: std_mpsc::Receiver<Command>,
     frames: mpsc::Sender<ReceivedFrame>,
+    /// Frames the handle's queue had no room for.
+    frames_dropped: u64,
     shared: Arc<Shared>,
-    mids: Mids,
-    /// Negotiated payload type per [video, audio], resolved on first write.
-    pts: [Option<(Pt, str0m::media::Frequency)>; 2],
-    /// The answer the session runs on, for rewriting into a restart answer.
-    answer_sdp: String,
-    /// The local side of an ICE restart in progress.
-    restart: Option<SdpPendingOffer>,
 }
 
 enum Flow {
@@ -767,17 +620,15 @@ impl IoLoop {
     fn run_inner(&mut self) -> String {
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let deadline = match self.drain() {
-                Ok(t) => t,
-                Err(reason) => return reason,
-            };
-            if !self.rtc.is_alive() {
-                return "session closed".into();
+            self.flush();
+            if let LinkState::Closed(reason) = self.core.state() {
+                return reason.clone();
             }
 
             match self.commands.try_recv() {
                 Ok(cmd) => {
                     if let Flow::Exit(reason) = self.handle_command(cmd) {
+                        self.flush();
                         return reason;
                     }
                     continue;
@@ -787,101 +638,52 @@ impl IoLoop {
             }
 
             let now = Instant::now();
+            let deadline = self.core.timeout().unwrap_or(now + MAX_WAIT);
             if deadline <= now {
-                if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
-                    return format!("str0m: {e}");
-                }
+                self.core.handle_timeout(now);
                 continue;
             }
             let wait = (deadline - now).min(MAX_WAIT);
             if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
                 return format!("socket: {e}");
             }
-            let input_result = match self.socket.recv_from(&mut buf) {
-                Ok((_, source)) if source == self.local_addr => continue, // wake-up
+            match self.socket.recv_from(&mut buf) {
+                Ok((_, source)) if source == self.local_addr => {} // wake-up
                 Ok((n, source)) => {
-                    match Receive::new(Protocol::Udp, source, self.local_addr, &buf[..n]) {
-                        Ok(recv) => self.rtc.handle_input(Input::Receive(Instant::now(), recv)),
-                        Err(_) => continue, // not STUN/DTLS/RTP: ignore
-                    }
+                    // Anything that is not STUN/DTLS/RTP is ignored.
+                    self.core
+                        .handle_datagram(Instant::now(), source, self.local_addr, &buf[..n]);
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    self.rtc.handle_input(Input::Timeout(Instant::now()))
+                    self.core.handle_timeout(Instant::now());
                 }
                 Err(e) => {
                     // ICMP errors surface here on some platforms; keep going.
                     tracing::debug!("peer socket error: {e}");
-                    continue;
                 }
-            };
-            if let Err(e) = input_result {
-                return format!("str0m: {e}");
             }
         }
     }
 
-    /// Poll until `Output::Timeout`, sending datagrams and handling events.
-    fn drain(&mut self) -> Result<Instant, String> {
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return Ok(t),
-                Ok(Output::Transmit(t)) => {
-                    if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
-                        tracing::debug!("peer send to {}: {e}", t.destination);
-                    }
-                }
-                Ok(Output::Event(e)) => self.handle_event(e),
-                Err(e) => return Err(format!("str0m: {e}")),
+    /// Sends what the core has to send and shows the handle what changed.
+    fn flush(&mut self) {
+        for t in self.core.transmits() {
+            if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
+                tracing::debug!("peer send to {}: {e}", t.destination);
             }
         }
-    }
-
-    fn handle_event(&mut self, event: Event) {
-        match event {
-            Event::Connected => self.shared.set_state(LinkState::Connected),
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.shared.set_state(LinkState::Disconnected)
+        for frame in self.core.take_frames() {
+            if self.frames.try_send(frame).is_err() {
+                self.frames_dropped += 1;
             }
-            Event::IceConnectionStateChange(
-                IceConnectionState::Connected | IceConnectionState::Completed,
-            ) => {
-                // Recovery after a disconnect does not repeat Event::Connected.
-                let was_down = *self.shared.state.borrow() == LinkState::Disconnected;
-                if was_down && self.rtc.is_connected() {
-                    self.shared.set_state(LinkState::Connected);
-                }
-            }
-            Event::Closed => {
-                self.shared.connected.store(false, Ordering::SeqCst);
-            }
-            Event::KeyframeRequest(_) => {
-                self.shared.keyframe_requests.fetch_add(1, Ordering::SeqCst);
-            }
-            Event::MediaData(d) => {
-                let codec = d.params.spec().codec;
-                let frame = ReceivedFrame {
-                    kind: if codec.is_audio() {
-                        MediaKind::Audio
-                    } else {
-                        MediaKind::Video
-                    },
-                    codec,
-                    mid: d.mid,
-                    rtp_time: d.time.numer() as u32,
-                    contiguous: d.contiguous,
-                    keyframe: d.is_keyframe(),
-                    data: d.data.to_vec(),
-                    at: Instant::now(),
-                };
-                self.shared.frames_received.fetch_add(1, Ordering::SeqCst);
-                self.shared
-                    .bytes_received
-                    .fetch_add(frame.data.len() as u64, Ordering::SeqCst);
-                if self.frames.try_send(frame).is_err() {
-                    self.shared.frames_dropped.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            _ => {}
+        }
+        let stats = PeerStats {
+            frames_dropped: self.frames_dropped,
+            ..self.core.stats()
+        };
+        *self.shared.stats() = stats;
+        if *self.shared.state.borrow() != *self.core.state() {
+            self.shared.set_state(self.core.state().clone());
         }
     }
 
@@ -892,125 +694,32 @@ impl IoLoop {
                 rtp_time,
                 data,
             } => {
-                if let Err(e) = self.write(kind, rtp_time, data) {
+                // Counted in the core's write errors, which the handle reads.
+                if let Err(e) = self.core.write(Instant::now(), kind, rtp_time, data) {
                     tracing::warn!("peer write {kind:?}: {e}");
-                    self.shared.write_errors.fetch_add(1, Ordering::SeqCst);
                 }
                 Flow::Continue
             }
             Command::RequestKeyframe(kind) => {
-                let res = self.mids[0]
-                    .and_then(|mid| self.rtc.writer(mid))
-                    .map(|mut w| w.request_keyframe(None, kind));
-                match res {
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => tracing::warn!("peer keyframe request: {e}"),
-                    None => tracing::warn!("peer keyframe request: no video writer"),
+                if let Err(e) = self.core.request_keyframe(Instant::now(), kind) {
+                    tracing::warn!("peer keyframe request: {e}");
                 }
                 Flow::Continue
             }
             Command::RestartIce(reply) => {
-                let _ = reply.send(self.begin_restart());
+                let begun = self.core.begin_restart(Instant::now());
+                let _ = reply.send(begun.map_err(ClientError::from));
                 Flow::Continue
             }
             Command::RestartIceAnswer { fragment, reply } => {
-                let _ = reply.send(self.finish_restart(&fragment));
+                let finished = self.core.finish_restart(Instant::now(), &fragment);
+                let _ = reply.send(finished.map_err(ClientError::from));
                 Flow::Continue
             }
             Command::Stop { graceful: false } => Flow::Exit("stopped".into()),
             Command::Stop { graceful: true } => {
-                self.close_gracefully();
+                self.core.close(Instant::now());
                 Flow::Exit("closed".into())
-            }
-        }
-    }
-
-    /// New local ICE credentials (str0m's restart), as the fragment to PATCH.
-    fn begin_restart(&mut self) -> Result<Fragment, ClientError> {
-        let mut api = self.rtc.sdp_api();
-        let creds = api.ice_restart(true);
-        let (offer, pending) = api
-            .apply()
-            .ok_or_else(|| ClientError::Sdp("ICE restart produced no offer".into()))?;
-        self.restart = Some(pending);
-        let candidates = offer
-            .to_sdp_string()
-            .lines()
-            .filter_map(|l| l.trim_end().strip_prefix("a="))
-            .filter(|l| l.starts_with("candidate:"))
-            .map(str::to_string)
-            .collect();
-        Ok(Fragment {
-            ufrag: Some(creds.ufrag),
-            pwd: Some(creds.pass),
-            candidates,
-            end_of_candidates: true,
-        })
-    }
-
-    /// Applies the remote's restart fragment as the answer to the pending restart offer.
-    fn finish_restart(&mut self, fragment: &Fragment) -> Result<(), ClientError> {
-        let pending = self
-            .restart
-            .take()
-            .ok_or_else(|| ClientError::Protocol("no ICE restart in progress".into()))?;
-        let sdp = restart_offer(&self.answer_sdp, fragment);
-        let answer =
-            SdpAnswer::from_sdp_string(&sdp).map_err(|e| ClientError::Sdp(e.to_string()))?;
-        self.rtc.sdp_api().accept_answer(pending, answer)?;
-        self.answer_sdp = sdp;
-        Ok(())
-    }
-
-    fn write(&mut self, kind: MediaKind, rtp_time: u32, data: Vec<u8>) -> Result<(), String> {
-        let slot = match kind {
-            MediaKind::Video => 0,
-            MediaKind::Audio => 1,
-        };
-        let mid = self.mids[slot].ok_or("no such track")?;
-        if !self.rtc.is_connected() {
-            return Err("not connected".into());
-        }
-        let (pt, clock) = match self.pts[slot] {
-            Some(v) => v,
-            None => {
-                let writer = self.rtc.writer(mid).ok_or("no writer")?;
-                // The answer may list several profiles; the first negotiated one is used.
-                let params = writer
-                    .payload_params()
-                    .next()
-                    .ok_or("no negotiated payload type")?;
-                let v = (params.pt(), params.spec().clock_rate);
-                self.pts[slot] = Some(v);
-                v
-            }
-        };
-        let writer = self.rtc.writer(mid).ok_or("no writer")?;
-        writer
-            .write(
-                pt,
-                Instant::now(),
-                MediaTime::new(u64::from(rtp_time), clock),
-                data,
-            )
-            .map_err(|e| e.to_string())
-    }
-
-    /// RTCP BYE + DTLS close_notify, drained onto the socket.
-    fn close_gracefully(&mut self) {
-        if self.rtc.close().is_err() {
-            return;
-        }
-        for _ in 0..10 {
-            if self.drain().is_err() || !self.rtc.is_alive() {
-                return;
-            }
-            if self
-                .rtc
-                .handle_input(Input::Timeout(Instant::now()))
-                .is_err()
-            {
-                return;
             }
         }
     }
@@ -1022,13 +731,16 @@ mod tests {
     //! one str0m `Rtc` per session (ICE-lite, frame mode) relaying publisher
     //! frames to every viewer, behind a tiny blocking HTTP server.
 
-    use super::media::{frame_index, opus_frame, video_frame};
     use super::*;
+    use crate::peer::media::{self, frame_index, opus_frame, video_frame};
     use std::collections::HashMap;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::Mutex;
-    use str0m::format::PayloadParams;
+    use str0m::format::{Codec, PayloadParams};
+    use str0m::media::{MediaTime, Mid};
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Candidate, Event, Input, Output, Rtc};
 
     const SECRET: &str = "s3cret";
 
@@ -1299,12 +1011,12 @@ mod tests {
             let key = i % 20 == 0;
             let data = video_frame(codec, i, key, 4000);
             publisher
-                .send_frame(MediaKind::Video, (i * 3000) as u32, data)
+                .send_frame(MediaKind::Video, i * 3000, data)
                 .unwrap();
             if audio {
                 for j in [2 * i, 2 * i + 1] {
                     publisher
-                        .send_frame(MediaKind::Audio, (j * 960) as u32, opus_frame(j))
+                        .send_frame(MediaKind::Audio, j * 960, opus_frame(j))
                         .unwrap();
                 }
             }
@@ -1317,14 +1029,17 @@ mod tests {
             match f.kind {
                 MediaKind::Video => {
                     assert_eq!(f.codec, codec.codec());
-                    assert_eq!(f.data, video_frame(codec, index, index % 20 == 0, 4000));
-                    assert_eq!(f.rtp_time, (index * 3000) as u32);
+                    assert_eq!(
+                        f.data[..],
+                        video_frame(codec, index, index % 20 == 0, 4000)[..]
+                    );
+                    assert_eq!(f.rtp_time, index * 3000);
                     video.push(index);
                 }
                 MediaKind::Audio => {
                     assert_eq!(f.codec, Codec::Opus);
-                    assert_eq!(f.data, opus_frame(index));
-                    assert_eq!(f.rtp_time, (index * 960) as u32);
+                    assert_eq!(f.data[..], opus_frame(index)[..]);
+                    assert_eq!(f.rtp_time, index * 960);
                     audio_frames.push(index);
                 }
             }
@@ -1394,10 +1109,12 @@ mod tests {
             Err(ClientError::Http { status: 401, .. }) => {}
             other => panic!("unexpected {other:?}"),
         }
-        let opts = PeerOptions {
+        let opts = ClientOptions {
             bearer: Some(SECRET.into()),
-            audio: false,
-            ..PeerOptions::default()
+            ..ClientOptions::from(PeerOptions {
+                audio: false,
+                ..PeerOptions::default()
+            })
         };
         let p = Peer::publish(&url, opts).await.unwrap();
         p.wait_connected(CONNECT).await.unwrap();
@@ -1490,11 +1207,13 @@ mod tests {
     async fn signalling_over_http3() {
         let (base, identity, _stop) = start_h3_gateway().await;
         let client = Arc::new(h3::H3Client::new(&identity.certs).expect("client"));
-        let opts = PeerOptions {
+        let opts = ClientOptions {
             h3: Some(client.clone()),
             bearer: Some(SECRET.into()),
-            audio: false,
-            ..PeerOptions::default()
+            ..ClientOptions::from(PeerOptions {
+                audio: false,
+                ..PeerOptions::default()
+            })
         };
         assert!(format!("{opts:?}").contains("H3Client"));
         let publisher = Peer::publish(&format!("{base}/whip/secure"), opts.clone())
@@ -1518,16 +1237,16 @@ mod tests {
         for i in 0..5u64 {
             let data = video_frame(VideoCodec::H264, i, i == 0, 1000);
             publisher
-                .send_frame(MediaKind::Video, (i * 3000) as u32, data)
+                .send_frame(MediaKind::Video, i * 3000, data)
                 .expect("send frame");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(viewer.next_frame(Duration::from_secs(2)).await.is_some());
 
         // Without the token the WHIP POST is refused, over HTTP/3 as over TCP.
-        let anonymous = PeerOptions {
+        let anonymous = ClientOptions {
             h3: Some(client.clone()),
-            ..PeerOptions::default()
+            ..ClientOptions::default()
         };
         match Peer::publish(&format!("{base}/whip/secure"), anonymous).await {
             Err(ClientError::Http { status: 401, .. }) => {}

@@ -13,7 +13,7 @@
 //!   overflows it as the real bounded channel does.
 //! - **Peers:** str0m `Rtc`s in frame mode, each on its own address (`127.1.x.y:40000`). A publisher
 //!   writes whole frames with `Writer::write` (optionally from a [`Feed`]); a viewer records the
-//!   `Event::MediaData` frames it receives ([`Peer::frames`]).
+//!   `Event::MediaData` frames it receives ([`Peer::frames`](crate::peer::PeerCore::frames)).
 //! - **Sessions** are created by the same steps as the HTTP handlers take
 //!   ([`crate::signalling::admit`]: offer checks, hub registration, viewer codec checks), the
 //!   [`Command::Create`] goes to the chosen shard, and the answer is applied to the peer.
@@ -33,25 +33,25 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use str0m::format::Codec;
+//! use wishcast::peer::VideoCodec;
 //! use wishcast::sim::{Feed, PeerOptions, Sim};
 //!
 //! let mut sim = Sim::new(wishcast::Config::default(), 2);
 //! let publisher = sim.add_publisher("live", PeerOptions::default()).expect("publisher");
 //! let viewer = sim.add_viewer("live", PeerOptions::default()).expect("viewer");
 //! assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
-//! sim.start_feed(publisher, Feed::new(Some(Codec::H264), true));
+//! sim.start_feed(publisher, Feed::new(Some(VideoCodec::H264), true));
 //! sim.run_for(Duration::from_secs(1));
-//! assert!(sim.peer(viewer).video_frames > 0);
+//! assert!(sim.peer(viewer).stats().video_frames > 0);
 //! ```
 
-mod feed;
 mod log;
 mod net;
 mod peer;
 mod shardnet;
 
-pub use feed::Feed;
+pub use crate::peer::media::is_keyframe;
+pub use crate::peer::Feed;
 pub use net::{Class, Datagram, LinkStats, Node, PeerId, RtpInfo, Way};
 pub use peer::{Peer, PeerOptions, ReceivedFrame, RtcpLog, SimError};
 pub use shardnet::{Fate, MessageKind, MessageStats, ShardMessage};
@@ -63,20 +63,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::format::Codec;
-use str0m::media::{Direction as SdpDirection, Frequency, MediaKind, MediaTime, Mid, Pt};
-use str0m::net::{Protocol, Receive};
-use str0m::rtp::rtcp::Rtcp;
-use str0m::rtp::RawPacket;
-use str0m::stats::{MediaEgressStats, MediaIngressStats};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::media::MediaKind;
+use str0m::RtcConfig;
 use tokio::sync::oneshot;
 
-pub use crate::client::media::is_keyframe;
-use crate::client::{media, VideoCodec};
 use crate::config::Config;
 use crate::hub::{ClaimError, Hub};
+use crate::peer::{PeerCore, PeerError};
 use crate::sdp::{Fragment, OfferError};
 use crate::session::{Role, SessionId};
 use crate::shard::engine::Engine;
@@ -356,41 +349,9 @@ impl Sim {
         let addr = peer_addr(index);
         let session = SessionId(self.next_session);
         self.next_session += 1;
-        let rtc = self.peer_config(&opts).build(self.now);
-        self.peers.push(Peer {
-            id,
-            role,
-            stream: Arc::from(stream),
-            session,
-            shard: 0,
-            addr,
-            rtc,
-            video: None,
-            audio: None,
-            answer_sdp: String::new(),
-            etag: String::new(),
-            connected_at: None,
-            ice_disconnected: false,
-            frames: Vec::new(),
-            video_frames: 0,
-            audio_frames: 0,
-            discontinuities: 0,
-            bytes_received: 0,
-            keyframe_requests: 0,
-            rtcp_in: RtcpLog::default(),
-            rtcp_out: RtcpLog::default(),
-            up: LinkStats::default(),
-            down: LinkStats::default(),
-            egress: Vec::new(),
-            ingress: Vec::new(),
-            error: None,
-            input_errors: 0,
-            feed: None,
-            opts,
-            pts: Vec::new(),
-            write_params: [None, None],
-            next_timeout: None,
-        });
+        let config = self.peer_config(&opts);
+        let core = PeerCore::new(role, opts, config, self.now);
+        self.peers.push(Peer::new(id, stream, session, addr, core));
         self.addrs.insert(addr, Node::Peer(id));
         match self.set_up(index, role, stream) {
             Ok(()) => {
@@ -398,7 +359,7 @@ impl Sim {
                 Ok(id)
             }
             Err(e) => {
-                self.peers[index].error = Some(e.to_string());
+                self.peers[index].core.end(e.to_string());
                 self.addrs.remove(&addr);
                 Err(e)
             }
@@ -406,30 +367,16 @@ impl Sim {
     }
 
     fn peer_config(&self, opts: &PeerOptions) -> RtcConfig {
-        let mut cfg = Rtc::builder()
-            .set_ice_lite(false)
-            .set_stats_interval(opts.stats_interval)
-            .enable_raw_packets(opts.raw_packets)
-            .clear_codecs();
-        cfg = match opts.video {
-            Some(Codec::H264) => cfg.enable_h264(true),
-            Some(Codec::Vp8) => cfg.enable_vp8(true),
-            Some(Codec::Vp9) => cfg.enable_vp9(true),
-            Some(Codec::Av1) => cfg.enable_av1(true),
-            _ => cfg,
-        };
-        if opts.audio {
-            cfg = cfg.enable_opus(true, false);
+        let cfg = PeerCore::rtc_config(opts);
+        // Every peer shares the simulation's certificate instead of generating its own.
+        match &self.dtls_cert {
+            Some(cert) => cfg.set_dtls_cert(cert.clone()),
+            None => cfg,
         }
-        if let Some(cert) = &self.dtls_cert {
-            cfg = cfg.set_dtls_cert(cert.clone());
-        }
-        cfg
     }
 
     fn set_up(&mut self, index: usize, role: Role, stream: &str) -> Result<(), SimError> {
-        let now = self.now;
-        let (offer_sdp, pending) = self.make_offer(index, role)?;
+        let offer_sdp = self.make_offer(index)?;
         let id = self.peers[index].session;
         // The same steps as a POST to the endpoint (crate::signalling).
         let admitted = signalling::admit(&self.hub, &self.config, id, role, stream, &offer_sdp)
@@ -454,77 +401,23 @@ impl Sim {
             }
         };
         signalling::created(&self.hub, role, stream, id, &created);
-        let answer = SdpAnswer::from_sdp_string(&created.answer)
-            .map_err(|e| SimError::Answer(e.to_string()))?;
+        let now = self.now;
         let peer = &mut self.peers[index];
-        peer.answer_sdp = created.answer;
         peer.etag = created.etag;
-        peer.rtc.sdp_api().accept_answer(pending, answer)?;
-        let mut out = std::mem::take(&mut self.scratch);
-        let timeout = peer.drain(now, &mut out);
-        self.set_peer_timeout(index, timeout);
-        let peer = &mut self.peers[index];
-        peer.pts = peer
-            .rtc
-            .codec_config()
-            .params()
-            .iter()
-            .flat_map(|p| {
-                let kind = if p.spec().codec.is_audio() {
-                    MediaKind::Audio
-                } else {
-                    MediaKind::Video
-                };
-                let main = (*p.pt(), kind, false);
-                let rtx = p.resend().map(|r| (*r, kind, true));
-                std::iter::once(main).chain(rtx)
-            })
-            .collect();
-        for o in out.drain(..) {
-            self.send(Node::Peer(PeerId(index)), o);
-        }
-        self.scratch = out;
-        Ok(())
+        let accepted = peer.core.accept_answer(now, &created.answer);
+        peer.pts = peer.core.payload_types();
+        self.flush_peer(index);
+        accepted.map_err(|e| SimError::Peer(PeerId(index), e))
     }
 
-    /// The peer's host candidate, tracks and SDP offer (each mutation drained).
-    fn make_offer(
-        &mut self,
-        index: usize,
-        role: Role,
-    ) -> Result<(String, SdpPendingOffer), SimError> {
+    /// The peer's host candidate, tracks and SDP offer.
+    fn make_offer(&mut self, index: usize) -> Result<String, SimError> {
         let now = self.now;
-        let mut out = std::mem::take(&mut self.scratch);
         let peer = &mut self.peers[index];
-        let candidate =
-            Candidate::host(peer.addr, "udp").map_err(|e| SimError::Candidate(e.to_string()))?;
-        peer.rtc.add_local_candidate(candidate);
-        peer.drain(now, &mut out);
-        let dir = match role {
-            Role::Publish => SdpDirection::SendOnly,
-            Role::Play => SdpDirection::RecvOnly,
-        };
-        let stream_id = format!("sim-{index}");
-        let mut api = peer.rtc.sdp_api();
-        let video = peer
-            .opts
-            .video
-            .map(|_| api.add_media(MediaKind::Video, dir, Some(stream_id.clone()), None, None));
-        let audio = peer
-            .opts
-            .audio
-            .then(|| api.add_media(MediaKind::Audio, dir, Some(stream_id.clone()), None, None));
-        let applied = api.apply();
-        peer.drain(now, &mut out);
-        let (offer, pending) = applied.ok_or(SimError::NoOffer)?;
-        peer.video = video;
-        peer.audio = audio;
-        // Nothing is sent before the answer; keep whatever was produced for the wire anyway.
-        for o in out.drain(..) {
-            self.send(Node::Peer(PeerId(index)), o);
-        }
-        self.scratch = out;
-        Ok((offer.to_sdp_string(), pending))
+        let offer = peer.core.offer(now, peer.addr);
+        // Nothing is sent before the answer; put whatever was produced on the wire anyway.
+        self.flush_peer(index);
+        offer.map_err(|e| SimError::Peer(PeerId(index), e))
     }
 
     /// Ends a session the way `DELETE` on its resource does, and takes the peer off the network.
@@ -574,11 +467,11 @@ impl Sim {
 
     fn disconnect_peer(&mut self, index: usize, why: &str) {
         let peer = &mut self.peers[index];
-        if peer.error.is_none() && peer.connected_at.is_some() {
+        peer.core.end(why.to_string());
+        peer.next_timeout = None;
+        if peer.recount() == Some(false) {
             self.connected -= 1;
         }
-        peer.error = Some(why.to_string());
-        peer.next_timeout = None;
         let addr = peer.addr;
         self.addrs.remove(&addr);
         self.feeds.retain(|&p| p != index);
@@ -595,14 +488,14 @@ impl Sim {
         data: impl Into<Arc<[u8]>>,
     ) -> Result<(), SimError> {
         let now = self.now;
-        let r = self.peers[id.0].write(now, kind, rtp_time, data.into());
+        let r = self.peers[id.0].core.write(now, kind, rtp_time, data);
         self.flush_peer(id.0);
-        r
+        r.map_err(|e| SimError::Peer(id, e))
     }
 
     /// Starts `feed` on publisher `id` now: its frames are written as the clock reaches them.
     pub fn start_feed(&mut self, id: PeerId, mut feed: Feed) {
-        feed.started = Some(self.now);
+        feed.start(self.now);
         self.peers[id.0].feed = Some(feed);
         if !self.feeds.contains(&id.0) {
             self.feeds.push(id.0);
@@ -647,23 +540,13 @@ impl Sim {
                 }
                 self.peers[i].next_timeout = None;
                 let now = self.now;
-                if let Err(e) = self.peers[i].rtc.handle_input(Input::Timeout(now)) {
-                    self.peers[i].error = Some(format!("timeout: {e}"));
-                }
+                self.peers[i].core.handle_timeout(now);
                 self.flush_peer(i);
                 progressed = true;
             }
             for n in 0..self.feeds.len() {
                 let Some(&i) = self.feeds.get(n) else { break };
-                loop {
-                    let now = self.now;
-                    let due = self.peers[i].feed.as_mut().and_then(|f| f.take_due(now));
-                    let Some((kind, time, data)) = due else { break };
-                    if self.peers[i].write(now, kind, time, data).is_err() {
-                        if let Some(f) = &mut self.peers[i].feed {
-                            f.write_errors += 1;
-                        }
-                    }
+                while self.peers[i].write_due(self.now) {
                     self.flush_peer(i);
                     progressed = true;
                 }
@@ -803,22 +686,21 @@ impl Sim {
             .extend(outbox.messages.drain(..).map(|(to, m)| (k, to, m)));
     }
 
-    /// Drains peer `index` and puts its transmits on the wire.
+    /// Puts peer `index`'s transmits on the wire and its timeout on the timer heap.
     fn flush_peer(&mut self, index: usize) {
-        if self.peers[index].error.is_some() {
-            return;
-        }
-        let now = self.now;
         let mut out = std::mem::take(&mut self.scratch);
-        let was_connected = self.peers[index].connected_at.is_some();
-        let timeout = self.peers[index].drain(now, &mut out);
-        let peer = &self.peers[index];
-        if !was_connected && peer.connected_at.is_some() && peer.error.is_none() {
-            self.connected += 1;
+        let peer = &mut self.peers[index];
+        out.extend(peer.core.transmits().map(|t| Outgoing {
+            source: t.source,
+            destination: t.destination,
+            contents: t.contents.into(),
+        }));
+        match peer.recount() {
+            Some(true) => self.connected += 1,
+            Some(false) => self.connected -= 1,
+            None => {}
         }
-        if was_connected && peer.error.is_some() {
-            self.connected -= 1;
-        }
+        let timeout = self.peers[index].core.timeout();
         self.set_peer_timeout(index, timeout);
         for o in out.drain(..) {
             self.send(Node::Peer(PeerId(index)), o);
@@ -828,10 +710,6 @@ impl Sim {
 
     fn set_peer_timeout(&mut self, index: usize, t: Option<Instant>) {
         let peer = &mut self.peers[index];
-        if peer.error.is_some() {
-            peer.next_timeout = None;
-            return;
-        }
         if peer.next_timeout != t {
             peer.next_timeout = t;
             if let Some(t) = t {
@@ -926,18 +804,10 @@ impl Sim {
             }
             Node::Peer(p) => {
                 let now = self.now;
-                let peer = &mut self.peers[p.0];
-                if peer.error.is_some() {
-                    return;
-                }
-                let Ok(receive) = Receive::new(Protocol::Udp, f.source, f.destination, &f.contents)
-                else {
+                let core = &mut self.peers[p.0].core;
+                if !core.handle_datagram(now, f.source, f.destination, &f.contents) {
                     self.undeliverable += 1;
                     return;
-                };
-                if peer.rtc.handle_input(Input::Receive(now, receive)).is_err() {
-                    // A datagram str0m cannot use is not fatal to the peer.
-                    peer.input_errors += 1;
                 }
                 self.flush_peer(p.0);
             }

@@ -1,14 +1,14 @@
 //! Shared pieces of the integration tests: a gateway on loopback with short timeouts, and a
-//! publisher that sends generated frames at a steady rate.
+//! publisher that sends a generated [`Feed`] on the real clock.
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use str0m::media::MediaKind;
-use wishcast::client::{media, Peer, PeerOptions, VideoCodec};
+use wishcast::client::{Peer, PeerOptions, VideoCodec};
+use wishcast::peer::{media, Feed};
 use wishcast::{Config, Gateway};
 
 /// Frames per second of the generated video; a keyframe every `GOP` frames.
@@ -70,29 +70,32 @@ pub fn expected_video(codec: VideoCodec, i: u64, key: bool) -> Vec<u8> {
     media::video_frame(codec, i, key, VIDEO_BYTES)
 }
 
-/// A running generated stream: video frame `i` at `i / FPS` seconds, Opus every 20 ms.
-pub struct Feed {
+/// Longest the sending task sleeps, so a stop is seen soon.
+const FEED_TICK: Duration = Duration::from_millis(20);
+
+/// A publisher sending a generated stream: video frame `i` at `i / FPS` seconds, Opus every
+/// 20 ms.
+pub struct LiveFeed {
     stop: Arc<AtomicBool>,
-    pub sent: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<Peer>,
 }
 
-impl Feed {
+impl LiveFeed {
     /// Publishes `codec` (+ Opus) to `url` and feeds it until stopped; starts at frame `first`.
     /// Keyframes come every `GOP` frames, like an encoder with a fixed keyframe interval.
-    pub async fn start(url: &str, codec: Option<VideoCodec>, audio: bool, first: u64) -> Feed {
-        Feed::start_with(url, codec, audio, first, false).await
+    pub async fn start(url: &str, codec: Option<VideoCodec>, audio: bool, first: u64) -> LiveFeed {
+        LiveFeed::start_with(url, codec, audio, first, false).await
     }
 
-    /// As [`Feed::start`]; with `honor_pli` a keyframe request makes the next frame a keyframe,
-    /// as browsers' encoders do.
+    /// As [`LiveFeed::start`]; with `honor_pli` a keyframe request makes the next frame a
+    /// keyframe, as browsers' encoders do.
     pub async fn start_with(
         url: &str,
         codec: Option<VideoCodec>,
         audio: bool,
         first: u64,
         honor_pli: bool,
-    ) -> Feed {
+    ) -> LiveFeed {
         let publisher = Peer::publish(url, opts(codec, audio))
             .await
             .expect("publish accepted");
@@ -100,38 +103,29 @@ impl Feed {
             .wait_connected(Duration::from_secs(10))
             .await
             .expect("publisher connects");
+        let mut feed = Feed::new(codec, audio)
+            .with_fps(FPS as u32)
+            .with_gop(GOP)
+            .with_sizes(VIDEO_BYTES, VIDEO_BYTES)
+            .with_first(first);
+        feed.honor_keyframe_requests = honor_pli;
         let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let (s, n) = (stop.clone(), sent.clone());
+        let stopped = stop.clone();
         let task = tokio::spawn(async move {
-            let mut video = tokio::time::interval(Duration::from_millis(1000 / FPS));
-            let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
-            let mut i = first;
-            let mut a = first;
-            let mut requests = publisher.keyframe_requests();
-            while !s.load(Ordering::SeqCst) {
-                tokio::select! {
-                    _ = video.tick() => {
-                        if let Some(c) = codec {
-                            let asked = publisher.keyframe_requests();
-                            let key = (i - first) % GOP == 0 || (honor_pli && asked > requests);
-                            requests = asked;
-                            let frame = expected_video(c, i, key);
-                            let t = (i * 90_000 / FPS) as u32;
-                            let _ = publisher.send_frame(MediaKind::Video, t, frame);
-                            n.store(i, Ordering::SeqCst);
-                        }
-                        i += 1;
-                    }
-                    _ = audio_tick.tick(), if audio => {
-                        let _ = publisher.send_frame(MediaKind::Audio, (a * 960) as u32, media::opus_frame(a));
-                        a += 1;
-                    }
+            feed.start(Instant::now());
+            while !stopped.load(Ordering::SeqCst) {
+                let requests = publisher.keyframe_requests();
+                while let Some(f) = feed.take_due(Instant::now(), requests) {
+                    // Refused writes are counted in the publisher's stats.
+                    let _ = publisher.send_frame(f.kind, f.rtp_time, f.data);
                 }
+                let tick = Instant::now() + FEED_TICK;
+                let wake = feed.next_due().map_or(tick, |t| t.min(tick));
+                tokio::time::sleep_until(wake.into()).await;
             }
             publisher
         });
-        Feed { stop, sent, task }
+        LiveFeed { stop, task }
     }
 
     /// Stops sending and returns the publisher (still connected).

@@ -143,8 +143,8 @@ pub fn opus_frame(index: u64) -> Vec<u8> {
 
 /// Read back the index embedded by the generators; `None` if `data` is not one
 /// of our frames.
-pub fn frame_index(codec: Codec, data: &[u8]) -> Option<u64> {
-    match codec {
+pub fn frame_index(codec: impl Into<Codec>, data: &[u8]) -> Option<u64> {
+    match codec.into() {
         Codec::H264 => {
             let nal =
                 h264_nals(data).find(|n| matches!(n.first().map(|b| b & 0x1f), Some(1 | 5)))?;
@@ -171,8 +171,8 @@ pub fn frame_index(codec: Codec, data: &[u8]) -> Option<u64> {
 ///
 /// H.264: has an IDR slice or SPS; VP8: bit 0 of the frame tag is 0;
 /// VP9: frame_type KEY; AV1: starts a sequence; audio: always.
-pub fn is_keyframe(codec: Codec, data: &[u8]) -> bool {
-    match codec {
+pub fn is_keyframe(codec: impl Into<Codec>, data: &[u8]) -> bool {
+    match codec.into() {
         Codec::H264 => h264_nals(data).any(|n| matches!(n.first().map(|b| b & 0x1f), Some(5 | 7))),
         Codec::Vp8 => data.first().is_some_and(|b| b & 1 == 0),
         Codec::Vp9 => vp9_is_keyframe(data),

@@ -1,0 +1,505 @@
+//! [`PeerCore`]: the `Rtc` of a test peer and everything done with it, without IO.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::media::{
+    Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt,
+};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::RawPacket;
+use str0m::stats::{MediaEgressStats, MediaIngressStats};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+use super::{
+    kind_of, slot, LinkState, PeerError, PeerOptions, PeerStats, ReceivedFrame, RtcpLog, VideoCodec,
+};
+use crate::sdp::{restart_offer, Fragment};
+use crate::session::Role;
+
+/// Timeout rounds a graceful close may take to drain RTCP BYE and DTLS close_notify.
+const CLOSE_ROUNDS: usize = 10;
+
+/// A WHIP publisher or WHEP viewer: a str0m `Rtc` in frame mode with full ICE and one host
+/// candidate, driven by whoever owns it.
+///
+/// The owner hands in datagrams and timeouts with the time they happen at, and after every
+/// call sends what [`PeerCore::transmits`] yields and calls [`PeerCore::handle_timeout`] by
+/// [`PeerCore::timeout`]. Every method that changes the `Rtc` drains `poll_output` until
+/// `Output::Timeout` before it returns, as str0m requires, so the owner never has to.
+pub struct PeerCore {
+    rtc: Rtc,
+    role: Role,
+    opts: PeerOptions,
+    /// Mids of the [video, audio] tracks, once offered.
+    mids: [Option<Mid>; 2],
+    /// Payload type and clock of each kind's writes, looked up on the first write.
+    write_params: [Option<(Pt, Frequency)>; 2],
+    /// The offer (initial or ICE restart) waiting for its answer.
+    pending: Option<SdpPendingOffer>,
+    /// The answer the session runs on; an ICE restart rewrites it.
+    answer_sdp: String,
+    transmits: Vec<Transmit>,
+    timeout: Option<Instant>,
+    state: LinkState,
+    connected_at: Option<Instant>,
+    frames: Vec<ReceivedFrame>,
+    stats: PeerStats,
+    rtcp_in: RtcpLog,
+    rtcp_out: RtcpLog,
+    egress: Vec<MediaEgressStats>,
+    ingress: Vec<MediaIngressStats>,
+}
+
+impl PeerCore {
+    /// The `Rtc` configuration `opts` asks for: full ICE (the gateway is ICE-lite), exactly
+    /// the offered codecs. An owner may add to it (a shared DTLS certificate) before
+    /// [`PeerCore::new`].
+    pub fn rtc_config(opts: &PeerOptions) -> RtcConfig {
+        let mut cfg = Rtc::builder()
+            .set_ice_lite(false)
+            .set_stats_interval(opts.stats_interval)
+            .enable_raw_packets(opts.raw_packets)
+            .clear_codecs();
+        cfg = match opts.video {
+            Some(VideoCodec::H264) => cfg.enable_h264(true),
+            Some(VideoCodec::Vp8) => cfg.enable_vp8(true),
+            Some(VideoCodec::Vp9) => cfg.enable_vp9(true),
+            Some(VideoCodec::Av1) => cfg.enable_av1(true),
+            None => cfg,
+        };
+        if opts.audio {
+            cfg = cfg.enable_opus(true, false);
+        }
+        cfg
+    }
+
+    /// A peer on `config` (from [`PeerCore::rtc_config`] of `opts`); [`PeerCore::offer`] next.
+    pub fn new(role: Role, opts: PeerOptions, config: RtcConfig, now: Instant) -> PeerCore {
+        PeerCore {
+            rtc: config.build(now),
+            role,
+            opts,
+            mids: [None, None],
+            write_params: [None, None],
+            pending: None,
+            answer_sdp: String::new(),
+            transmits: Vec::new(),
+            timeout: None,
+            state: LinkState::Connecting,
+            connected_at: None,
+            frames: Vec::new(),
+            stats: PeerStats::default(),
+            rtcp_in: RtcpLog::default(),
+            rtcp_out: RtcpLog::default(),
+            egress: Vec::new(),
+            ingress: Vec::new(),
+        }
+    }
+
+    /// Adds `local` as the only (host) candidate and the tracks of the options (sendonly for a
+    /// publisher, recvonly for a viewer), and returns the SDP offer to POST.
+    pub fn offer(&mut self, now: Instant, local: SocketAddr) -> Result<String, PeerError> {
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| PeerError::Candidate(e.to_string()))?;
+        self.rtc.add_local_candidate(candidate);
+        self.drain(now);
+        let dir = match self.role {
+            Role::Publish => Direction::SendOnly,
+            Role::Play => Direction::RecvOnly,
+        };
+        // Drawn from fastrand, which the simulation seeds, so a replayed run offers the same.
+        let stream_id = format!("wishcast-{:016x}", fastrand::u64(..));
+        let mut api = self.rtc.sdp_api();
+        let video = self
+            .opts
+            .video
+            .map(|_| api.add_media(MediaKind::Video, dir, Some(stream_id.clone()), None, None));
+        let audio = self
+            .opts
+            .audio
+            .then(|| api.add_media(MediaKind::Audio, dir, Some(stream_id.clone()), None, None));
+        let applied = api.apply();
+        self.drain(now);
+        let (offer, pending) = applied.ok_or(PeerError::NoOffer)?;
+        self.mids = [video, audio];
+        self.pending = Some(pending);
+        Ok(offer.to_sdp_string())
+    }
+
+    /// Applies the endpoint's answer to the offer; ICE and DTLS then run.
+    pub fn accept_answer(&mut self, now: Instant, answer_sdp: &str) -> Result<(), PeerError> {
+        self.apply_answer(now, answer_sdp.to_string())
+    }
+
+    /// Starts an ICE restart: new local credentials, returned as the fragment to PATCH.
+    pub fn begin_restart(&mut self, now: Instant) -> Result<Fragment, PeerError> {
+        let mut api = self.rtc.sdp_api();
+        let creds = api.ice_restart(true);
+        let applied = api.apply();
+        self.drain(now);
+        let (offer, pending) = applied.ok_or(PeerError::NoOffer)?;
+        self.pending = Some(pending);
+        let candidates = offer
+            .to_sdp_string()
+            .lines()
+            .filter_map(|l| l.trim_end().strip_prefix("a="))
+            .filter(|l| l.starts_with("candidate:"))
+            .map(str::to_string)
+            .collect();
+        Ok(Fragment {
+            ufrag: Some(creds.ufrag),
+            pwd: Some(creds.pass),
+            candidates,
+            end_of_candidates: true,
+        })
+    }
+
+    /// Finishes an ICE restart with the endpoint's fragment: the answer the session runs on,
+    /// with the new remote credentials and candidates, answers the pending restart offer.
+    pub fn finish_restart(&mut self, now: Instant, remote: &Fragment) -> Result<(), PeerError> {
+        if self.pending.is_none() {
+            return Err(PeerError::NoPendingOffer);
+        }
+        let sdp = restart_offer(&self.answer_sdp, remote);
+        self.apply_answer(now, sdp)
+    }
+
+    fn apply_answer(&mut self, now: Instant, sdp: String) -> Result<(), PeerError> {
+        let pending = self.pending.take().ok_or(PeerError::NoPendingOffer)?;
+        let answer =
+            SdpAnswer::from_sdp_string(&sdp).map_err(|e| PeerError::Answer(e.to_string()))?;
+        let accepted = self.rtc.sdp_api().accept_answer(pending, answer);
+        self.drain(now);
+        accepted?;
+        self.answer_sdp = sdp;
+        Ok(())
+    }
+
+    /// A datagram from `source` to the peer's `destination`. Returns false if it is nothing
+    /// str0m reads (not STUN, DTLS, RTP or RTCP); such datagrams, and every datagram to a closed
+    /// peer, are ignored. One str0m refuses is counted ([`PeerStats::input_errors`]), not fatal:
+    /// a stray or damaged datagram must not end a session, as on the gateway.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        if self.is_closed() {
+            return true;
+        }
+        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, data) else {
+            return false;
+        };
+        if let Err(e) = self.rtc.handle_input(Input::Receive(now, receive)) {
+            tracing::debug!("peer datagram from {source} refused: {e}");
+            self.stats.input_errors += 1;
+        }
+        self.drain(now);
+        true
+    }
+
+    /// Time moved to `now` (at or after [`PeerCore::timeout`]); a failure ends the peer.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            self.end(format!("str0m: {e}"));
+            return;
+        }
+        self.drain(now);
+    }
+
+    /// Publisher: writes one encoded frame of `kind`; str0m packetizes it. `rtp_time` is in
+    /// the codec clock. Failures are also counted ([`PeerStats::write_errors`]).
+    pub fn write(
+        &mut self,
+        now: Instant,
+        kind: MediaKind,
+        rtp_time: u64,
+        data: impl Into<Arc<[u8]>>,
+    ) -> Result<(), PeerError> {
+        let written = self.try_write(now, kind, rtp_time, data.into());
+        if written.is_err() {
+            self.stats.write_errors += 1;
+        }
+        self.drain(now);
+        written
+    }
+
+    fn try_write(
+        &mut self,
+        now: Instant,
+        kind: MediaKind,
+        rtp_time: u64,
+        data: Arc<[u8]>,
+    ) -> Result<(), PeerError> {
+        if let LinkState::Closed(reason) = &self.state {
+            return Err(PeerError::Closed(reason.clone()));
+        }
+        let mid = self.mids[slot(kind)].ok_or(PeerError::NoTrack(kind))?;
+        // Before ICE + DTLS str0m would drop the frame without a word.
+        if !self.rtc.is_connected() {
+            return Err(PeerError::NotConnected);
+        }
+        let (pt, clock) = match self.write_params[slot(kind)] {
+            Some(p) => p,
+            None => {
+                let writer = self.rtc.writer(mid).ok_or(PeerError::NoTrack(kind))?;
+                // The answer may list several profiles; the first negotiated one is used.
+                let params = writer
+                    .payload_params()
+                    .next()
+                    .ok_or(PeerError::NoPayloadType(kind))?;
+                let p = (params.pt(), params.spec().clock_rate);
+                self.write_params[slot(kind)] = Some(p);
+                p
+            }
+        };
+        let writer = self.rtc.writer(mid).ok_or(PeerError::NoTrack(kind))?;
+        writer.write(pt, now, MediaTime::new(rtp_time, clock), data)?;
+        Ok(())
+    }
+
+    /// Viewer: asks the sender for a keyframe (PLI or FIR) on the video track.
+    pub fn request_keyframe(
+        &mut self,
+        now: Instant,
+        kind: KeyframeRequestKind,
+    ) -> Result<(), PeerError> {
+        let mid = self.mids[0].ok_or(PeerError::NoTrack(MediaKind::Video))?;
+        let requested = match self.rtc.writer(mid) {
+            Some(mut writer) => writer.request_keyframe(None, kind).map_err(PeerError::from),
+            None => Err(PeerError::NoTrack(MediaKind::Video)),
+        };
+        self.drain(now);
+        requested
+    }
+
+    /// Ends the session gracefully: RTCP BYE and DTLS close_notify go to
+    /// [`PeerCore::transmits`], then the peer is closed.
+    pub fn close(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        if let Err(e) = self.rtc.close() {
+            self.end(format!("str0m: {e}"));
+            return;
+        }
+        self.drain(now);
+        for _ in 0..CLOSE_ROUNDS {
+            if self.is_closed() {
+                return;
+            }
+            self.handle_timeout(now);
+        }
+        self.end("closed".into());
+    }
+
+    /// Takes the peer out without a word to the remote (deleted, killed, failed): it handles
+    /// nothing more and has no timeout. The first reason stays.
+    pub fn end(&mut self, reason: String) {
+        if !self.is_closed() {
+            self.state = LinkState::Closed(reason);
+            self.timeout = None;
+        }
+    }
+
+    /// Datagrams to send, oldest first.
+    pub fn transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
+        self.transmits.drain(..)
+    }
+
+    /// When [`PeerCore::handle_timeout`] is due next; `None` once closed.
+    pub fn timeout(&self) -> Option<Instant> {
+        self.timeout
+    }
+
+    /// Polls str0m until it has nothing more than a timeout, handling its events.
+    fn drain(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.timeout = Some(t);
+                    break;
+                }
+                Ok(Output::Transmit(t)) => self.transmits.push(t),
+                Ok(Output::Event(e)) => self.on_event(now, e),
+                Err(e) => {
+                    self.end(format!("str0m: {e}"));
+                    return;
+                }
+            }
+        }
+        if !self.rtc.is_alive() {
+            self.end("session closed".into());
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Connected => {
+                self.connected_at.get_or_insert(now);
+                self.state = LinkState::Connected;
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.state = LinkState::Disconnected;
+            }
+            // Recovery after a disconnect does not repeat Event::Connected.
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) if self.state == LinkState::Disconnected && self.rtc.is_connected() => {
+                self.state = LinkState::Connected;
+            }
+            Event::MediaData(d) => self.on_media(now, d),
+            Event::KeyframeRequest(_) => self.stats.keyframe_requests += 1,
+            Event::RawPacket(p) => match *p {
+                RawPacket::RtcpRx(r) => self.rtcp_in.record(now, &r),
+                RawPacket::RtcpTx(r) => self.rtcp_out.record(now, &r),
+                _ => {}
+            },
+            Event::MediaEgressStats(s) => {
+                self.egress.retain(|e| e.mid != s.mid);
+                self.egress.push(s);
+            }
+            Event::MediaIngressStats(s) => {
+                self.ingress.retain(|e| e.mid != s.mid);
+                self.ingress.push(s);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_media(&mut self, now: Instant, d: MediaData) {
+        let codec = d.params.spec().codec;
+        let kind = kind_of(codec);
+        match kind {
+            MediaKind::Video => {
+                self.stats.video_frames += 1;
+                if !d.contiguous {
+                    self.stats.discontinuities += 1;
+                }
+            }
+            MediaKind::Audio => self.stats.audio_frames += 1,
+        }
+        self.stats.bytes_received += d.data.len() as u64;
+        if self.opts.record_frames {
+            self.frames.push(ReceivedFrame {
+                at: now,
+                kind,
+                codec,
+                mid: d.mid,
+                rtp_time: d.time.numer(),
+                contiguous: d.contiguous,
+                keyframe: d.is_keyframe(),
+                data: d.data,
+            });
+        }
+    }
+
+    // ---- inspection ---------------------------------------------------------------------------
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn options(&self) -> &PeerOptions {
+        &self.opts
+    }
+
+    pub fn state(&self) -> &LinkState {
+        &self.state
+    }
+
+    /// ICE and DTLS are up and ICE is not disconnected.
+    pub fn is_connected(&self) -> bool {
+        self.state == LinkState::Connected
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, LinkState::Closed(_))
+    }
+
+    /// When `Event::Connected` came (ICE + DTLS done), if it did.
+    pub fn connected_at(&self) -> Option<Instant> {
+        self.connected_at
+    }
+
+    /// The answer the session runs on (after an ICE restart, rewritten with its credentials).
+    pub fn answer_sdp(&self) -> &str {
+        &self.answer_sdp
+    }
+
+    /// The mid of the `kind` track, if the peer offered one.
+    pub fn mid(&self, kind: MediaKind) -> Option<Mid> {
+        self.mids[slot(kind)]
+    }
+
+    pub fn stats(&self) -> PeerStats {
+        self.stats
+    }
+
+    /// Received frames kept so far (with [`PeerOptions::record_frames`]), in arrival order.
+    pub fn frames(&self) -> &[ReceivedFrame] {
+        &self.frames
+    }
+
+    /// Takes the frames kept so far, for an owner that hands them on.
+    pub fn take_frames(&mut self) -> std::vec::Drain<'_, ReceivedFrame> {
+        self.frames.drain(..)
+    }
+
+    /// Recorded video frames, in arrival order.
+    pub fn received_video(&self) -> impl Iterator<Item = &ReceivedFrame> {
+        self.frames.iter().filter(|f| f.kind == MediaKind::Video)
+    }
+
+    /// Recorded audio frames, in arrival order.
+    pub fn received_audio(&self) -> impl Iterator<Item = &ReceivedFrame> {
+        self.frames.iter().filter(|f| f.kind == MediaKind::Audio)
+    }
+
+    /// RTCP feedback received, decrypted (needs [`PeerOptions::raw_packets`]).
+    pub fn rtcp_in(&self) -> &RtcpLog {
+        &self.rtcp_in
+    }
+
+    /// RTCP feedback sent, decrypted (needs [`PeerOptions::raw_packets`]).
+    pub fn rtcp_out(&self) -> &RtcpLog {
+        &self.rtcp_out
+    }
+
+    /// The latest egress statistics per mid (needs [`PeerOptions::stats_interval`]).
+    pub fn egress(&self) -> &[MediaEgressStats] {
+        &self.egress
+    }
+
+    /// The latest ingress statistics per mid (needs [`PeerOptions::stats_interval`]).
+    pub fn ingress(&self) -> &[MediaIngressStats] {
+        &self.ingress
+    }
+
+    /// The negotiated payload types: (pt, kind, whether it is RTX), for telling what an RTP
+    /// header on the wire carries.
+    pub fn payload_types(&self) -> Vec<(u8, MediaKind, bool)> {
+        self.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .flat_map(|p| {
+                let kind = kind_of(p.spec().codec);
+                let main = (*p.pt(), kind, false);
+                let rtx = p.resend().map(|r| (*r, kind, true));
+                std::iter::once(main).chain(rtx)
+            })
+            .collect()
+    }
+}
