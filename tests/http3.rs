@@ -112,6 +112,22 @@ async fn whip_and_whep_over_http3_with_media_patch_and_delete() {
     let before = viewer.etag().map(str::to_string);
     viewer.restart_ice().await.expect("ICE restart over HTTP/3");
     assert_ne!(viewer.etag().map(str::to_string), before);
+    // Media keeps flowing on the restarted ICE session, over real UDP.
+    let mut after = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while after < 10 && Instant::now() < deadline {
+        send(i);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(33)).await;
+        while let Some(f) = viewer.try_next_frame() {
+            if f.kind == str0m::media::MediaKind::Video {
+                let n = media::frame_index(f.codec, &f.data).expect("index");
+                assert!(n >= got.len() as u64, "frame {n} is new");
+                after += 1;
+            }
+        }
+    }
+    assert!(after >= 10, "frames arrive after the ICE restart: {after}");
     assert_eq!(viewer.delete().await.expect("DELETE"), 200);
     assert_eq!(publisher.delete().await.expect("DELETE"), 200);
     assert_eq!(gw.session_count(), 0);

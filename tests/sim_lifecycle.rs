@@ -162,3 +162,65 @@ fn a_late_joiner_gets_gapless_audio_and_video() {
         }
     }
 }
+
+/// Twenty PLIs from four viewers (on both shards) within 100 ms reach the publisher as one at
+/// once, then at most one per 500 ms interval, plus the one held back (RFC 4585 §3.5.4's
+/// rate limit, `media.keyframe_request_interval_ms`).
+#[test]
+fn viewer_keyframe_requests_reach_the_publisher_coalesced() {
+    let (mut sim, p, viewers) = stream_with_viewers(4);
+    sim.run_for(Duration::from_millis(700));
+    sim.stop_feed(p);
+    let since = sim.now();
+    let plis = |sim: &Sim| {
+        sim.peer(p)
+            .rtcp_in()
+            .plis
+            .iter()
+            .filter(|t| **t >= since)
+            .count()
+    };
+    for _ in 0..5 {
+        for v in &viewers {
+            sim.request_keyframe(*v).expect("PLI");
+        }
+        sim.run_for(Duration::from_millis(20));
+    }
+    let burst = sim.now() - since;
+    sim.run_for(Duration::from_millis(800));
+    let got = plis(&sim);
+    let allowed = 2 + burst.as_millis() as usize / 500;
+    assert!(
+        (1..=allowed).contains(&got),
+        "20 viewer PLIs in {burst:?} reach the publisher as 1..={allowed}: {got}"
+    );
+}
+
+/// RFC 9725 §4.3.3: after an ICE restart both sides run on the new credentials; media keeps
+/// flowing and consent keeps being refreshed well past the consent timeout.
+#[test]
+fn ice_restart_keeps_media_and_consent_alive() {
+    let (mut sim, p, viewers) = stream_with_viewers(1);
+    let v = viewers[0];
+    let first_etag = sim.peer(v).etag.clone();
+    sim.restart_ice(v).expect("ICE restart accepted");
+    assert_ne!(sim.peer(v).etag, first_etag, "new ETag after the restart");
+    let consent = Config::default().timeouts.consent();
+    let since = sim.now();
+    sim.run_for(consent + Duration::from_secs(5));
+    assert!(sim.peer(v).is_connected());
+    assert_eq!(
+        sim.hub.session_count(),
+        2,
+        "consent held on the new credentials"
+    );
+    let feed = sim.feed(p).expect("feed");
+    let got = video_since(&sim, feed, v, since);
+    let expected = (consent.as_secs() + 5) * 30;
+    assert!(
+        got.len() as u64 + 3 >= expected,
+        "media continues after the restart: {} of {expected} frames",
+        got.len()
+    );
+    assert!(got.windows(2).all(|w| w[1].0 == w[0].0 + 1), "without gaps");
+}

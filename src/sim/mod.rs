@@ -448,6 +448,16 @@ impl Sim {
             (p.shard, p.session)
         };
         let fragment = Fragment::parse(fragment)?;
+        self.send_patch(shard, session, fragment, if_match)
+    }
+
+    fn send_patch(
+        &mut self,
+        shard: usize,
+        session: SessionId,
+        fragment: Fragment,
+        if_match: Option<&str>,
+    ) -> Result<Patched, SimError> {
         let (reply, mut rx) = oneshot::channel();
         let cmd = Command::Patch {
             id: session,
@@ -458,6 +468,40 @@ impl Sim {
         self.engine_call(shard, |e, now| e.handle_command(now, cmd));
         let r = rx.try_recv().map_err(|_| SimError::NoReply)?;
         r.map_err(SimError::Session)
+    }
+
+    /// An ICE restart as a WHIP/WHEP client does it (RFC 9725 §4.3.3): the peer's new
+    /// credentials PATCHed with `If-Match: "*"`, the gateway's fragment applied, the new ETag
+    /// kept.
+    pub fn restart_ice(&mut self, id: PeerId) -> Result<(), SimError> {
+        let now = self.now;
+        let (shard, session) = (self.peers[id.0].shard, self.peers[id.0].session);
+        let local = self.peers[id.0]
+            .core
+            .begin_restart(now)
+            .map_err(|e| SimError::Peer(id, e))?;
+        self.flush_peer(id.0);
+        let Patched::Restarted { fragment, etag } =
+            self.send_patch(shard, session, local, Some("*"))?
+        else {
+            return Err(SimError::NotRestarted);
+        };
+        let remote = Fragment::parse(&fragment)?;
+        let peer = &mut self.peers[id.0];
+        peer.etag = etag;
+        let finished = peer.core.finish_restart(now, &remote);
+        self.flush_peer(id.0);
+        finished.map_err(|e| SimError::Peer(id, e))
+    }
+
+    /// A viewer asks for a keyframe with a PLI, as a decoder that lost its picture does.
+    pub fn request_keyframe(&mut self, id: PeerId) -> Result<(), SimError> {
+        let now = self.now;
+        let asked = self.peers[id.0]
+            .core
+            .request_keyframe(now, str0m::media::KeyframeRequestKind::Pli);
+        self.flush_peer(id.0);
+        asked.map_err(|e| SimError::Peer(id, e))
     }
 
     /// Takes a peer off the network without telling the gateway (a vanished client).

@@ -18,6 +18,8 @@ pub enum SimError {
     Session(#[from] SessionError),
     #[error("the shard did not reply to the command")]
     NoReply,
+    #[error("the gateway answered an ICE restart as a trickle")]
+    NotRestarted,
 }
 
 /// A str0m peer on the simulated network.
