@@ -28,8 +28,12 @@ for arg in "$@"; do
     esac
 done
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# Like cargo, read a relative CARGO_TARGET_DIR against the working directory.
-[ -n "$DIR" ] || DIR="${CARGO_TARGET_DIR:-$(cd "$HERE/../.." && pwd)/target}/tmp/interop"
+# Like cargo, read a relative CARGO_TARGET_DIR against the working directory. The default is
+# the "interop" folder of cargo's target tmpdir (CARGO_TARGET_TMPDIR), where the test looks.
+if [ -z "$DIR" ]; then
+    DIR="${CARGO_TARGET_DIR:-$(cd "$HERE/../.." && pwd)/target}/tmp"
+    DIR="$DIR/interop"
+fi
 log() { echo "setup: $*" >&2; }
 
 # What --check found missing; without --check, each of these is installed instead.
