@@ -27,7 +27,7 @@ mod token;
 mod webhook;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use crate::config::AuthError;
 pub use authorizer::{Action, Authorizer, Decision};

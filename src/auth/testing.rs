@@ -13,9 +13,9 @@ use serde_json::Value;
 use super::{Action, Authorizer, Decision};
 use crate::config::AuthConfig;
 
-pub(super) const SECRET: &str = "0123456789abcdef0123456789abcdef-hs256";
+pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef-hs256";
 
-pub(super) fn parse(text: &str) -> AuthConfig {
+pub(crate) fn parse(text: &str) -> AuthConfig {
     toml::from_str(text).expect("auth config parses")
 }
 
@@ -23,7 +23,7 @@ pub(super) fn authorizer(text: &str) -> Authorizer {
     Authorizer::new(&parse(text)).expect("valid auth config")
 }
 
-pub(super) const STATIC: &str = r#"
+pub(crate) const STATIC: &str = r#"
         enabled = true
         admin_tokens = ["root-token"]
         [[streams]]

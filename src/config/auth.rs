@@ -327,27 +327,7 @@ impl fmt::Debug for WebhookConfig {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef-hs256";
-
-    const STATIC: &str = r#"
-        enabled = true
-        admin_tokens = ["root-token"]
-        [[streams]]
-        pattern = "class-*"
-        publish_tokens = ["teacher"]
-        play_tokens = ["student"]
-        [[streams]]
-        pattern = "class-?"
-        publish_tokens = ["shadowed"]
-        [[streams]]
-        pattern = "lobby"
-        publish_tokens = ["host"]
-        public_play = true
-    "#;
-
-    fn parse(text: &str) -> AuthConfig {
-        toml::from_str(text).expect("auth config parses")
-    }
+    use crate::auth::testing::{parse, SECRET, STATIC};
 
     #[test]
     fn invalid_settings_are_named() {
