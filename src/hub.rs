@@ -84,8 +84,6 @@ pub struct Placement {
     pub stream: Arc<str>,
     /// The stream's publisher (for WHIP, the new session itself).
     pub publisher: Option<PublisherEntry>,
-    /// Shards with viewers of the stream now (bit per shard).
-    pub viewer_shards: u64,
 }
 
 /// Why a session cannot be registered.
@@ -212,12 +210,10 @@ impl Hub {
                 }
             }
         }
-        let viewer_shards = st.streams.get(stream).map_or(0, |s| s.viewer_shards);
         Ok(Placement {
             shard,
             stream: key,
             publisher,
-            viewer_shards,
         })
     }
 

@@ -63,7 +63,6 @@ pub fn admit(
         stream: placed.stream.clone(),
         role,
         offer_sdp,
-        viewer_shards: placed.viewer_shards,
         reply: tx,
     }));
     Ok(Admitted {

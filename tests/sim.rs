@@ -516,3 +516,35 @@ fn an_overfilled_shard_queue_drops_media_and_the_viewer_recovers() {
         tail[59]
     );
 }
+
+/// A viewer on another shard subscribes while the publisher's session is registered but its
+/// `Create` is still on the way to its shard: the publisher's shard must keep that
+/// subscription when the session arrives, and the viewer gets the stream.
+#[test]
+fn a_subscription_made_while_the_publisher_is_being_created_is_kept() {
+    let mut sim = Sim::new(Config::default(), 2);
+    let p = sim
+        .add_peer_held(
+            wishcast::session::Role::Publish,
+            "s",
+            PeerOptions::with_video(VideoCodec::H264),
+        )
+        .expect("publisher registered");
+    let v = sim
+        .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("viewer");
+    assert_ne!(sim.peer(p).shard, sim.peer(v).shard);
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.peer(v).is_connected()));
+    sim.release(p).expect("the publisher's session is created");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
+    sim.start_feed(
+        p,
+        Feed::new(Some(VideoCodec::H264), true).with_max_frames(30),
+    );
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        checked_video(&sim, p, v),
+        upto(30),
+        "the viewer gets the stream"
+    );
+}

@@ -57,10 +57,6 @@ pub struct CreateSession {
     pub stream: Arc<str>,
     pub role: Role,
     pub offer_sdp: String,
-    /// Publisher: the shards that already have viewers of the stream (bit per shard), read
-    /// from the hub when the session was registered. Shards that gain viewers later send
-    /// [`PeerMsg::Subscribe`].
-    pub viewer_shards: u64,
     pub reply: oneshot::Sender<Result<Created, SessionError>>,
 }
 
@@ -241,6 +237,10 @@ pub enum HubUpdate {
     /// Session `id` ended on shard `shard`. For a publisher, the other shards with viewers of
     /// its stream are sent [`PeerMsg::PublisherLeft`].
     Removed { id: SessionId, shard: usize },
+    /// A publisher of `stream` started on shard `shard`: it is sent a [`PeerMsg::Subscribe`]
+    /// for each other shard that has viewers of the stream now. Read when the session exists,
+    /// not when it was registered: a shard that subscribed in between has told it already.
+    PublisherStarted { stream: Arc<str>, shard: usize },
     /// A viewer on shard `shard` wants a keyframe and the publisher is elsewhere: its shard is
     /// sent [`PeerMsg::KeyframeRequest`].
     KeyframeWanted { stream: Arc<str>, shard: usize },
@@ -281,6 +281,20 @@ impl HubUpdate {
                         publisher: id,
                     };
                     out.push((k, msg));
+                }
+                out
+            }
+            HubUpdate::PublisherStarted { stream, shard } => {
+                let mut others = hub.viewer_shards(&stream) & !(1u64 << shard);
+                let mut out = Vec::new();
+                while others != 0 {
+                    let k = others.trailing_zeros() as usize;
+                    others &= others - 1;
+                    let msg = PeerMsg::Subscribe {
+                        stream: stream.clone(),
+                        shard: k,
+                    };
+                    out.push((shard, msg));
                 }
                 out
             }

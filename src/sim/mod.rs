@@ -144,6 +144,8 @@ pub struct Sim {
     held: BinaryHeap<Reverse<HeldMessage>>,
     held_per_shard: Vec<usize>,
     message_stats: MessageStats,
+    /// `Create` commands held back by [`Sim::add_peer_held`], by peer index.
+    held_creates: Vec<(usize, signalling::Admitted)>,
     /// Delayed messages each shard's queue holds at most (default: the configured
     /// `media.shard_queue_packets`, as the real channel is bounded).
     pub message_capacity: usize,
@@ -211,6 +213,7 @@ impl Sim {
             peer_timers: BinaryHeap::new(),
             messages: VecDeque::new(),
             message_rule: None,
+            held_creates: Vec::new(),
             message_counts: vec![0; shards * shards],
             held: BinaryHeap::new(),
             held_per_shard: vec![0; shards],
@@ -344,6 +347,45 @@ impl Sim {
         stream: &str,
         opts: PeerOptions,
     ) -> Result<PeerId, SimError> {
+        self.add_peer_with(role, stream, opts, false)
+    }
+
+    /// [`Sim::add_peer`] with the shard's `Create` command held back until [`Sim::release`]:
+    /// the session is registered in the hub, as the HTTP handler has it while its command is on
+    /// the way to the shard, so a test can put other events in between.
+    pub fn add_peer_held(
+        &mut self,
+        role: Role,
+        stream: &str,
+        opts: PeerOptions,
+    ) -> Result<PeerId, SimError> {
+        self.add_peer_with(role, stream, opts, true)
+    }
+
+    /// Delivers the held `Create` command of `id` ([`Sim::add_peer_held`]) to its shard.
+    pub fn release(&mut self, id: PeerId) -> Result<(), SimError> {
+        let at = self
+            .held_creates
+            .iter()
+            .position(|(i, _)| *i == id.0)
+            .ok_or(SimError::NoReply)?;
+        let (index, admitted) = self.held_creates.swap_remove(at);
+        let created = self.create(index, admitted);
+        if let Err(e) = &created {
+            self.peers[index].core.end(e.to_string());
+            let addr = self.peers[index].addr;
+            self.addrs.remove(&addr);
+        }
+        created
+    }
+
+    fn add_peer_with(
+        &mut self,
+        role: Role,
+        stream: &str,
+        opts: PeerOptions,
+        hold: bool,
+    ) -> Result<PeerId, SimError> {
         let index = self.peers.len();
         let id = PeerId(index);
         let addr = peer_addr(index);
@@ -353,7 +395,7 @@ impl Sim {
         let core = PeerCore::new(role, opts, config, self.now);
         self.peers.push(Peer::new(id, stream, session, addr, core));
         self.addrs.insert(addr, Node::Peer(id));
-        match self.set_up(index, role, stream) {
+        match self.set_up(index, role, stream, hold) {
             Ok(()) => {
                 self.flush_peer(index);
                 Ok(id)
@@ -375,7 +417,13 @@ impl Sim {
         }
     }
 
-    fn set_up(&mut self, index: usize, role: Role, stream: &str) -> Result<(), SimError> {
+    fn set_up(
+        &mut self,
+        index: usize,
+        role: Role,
+        stream: &str,
+        hold: bool,
+    ) -> Result<(), SimError> {
         let offer_sdp = self.make_offer(index)?;
         let id = self.peers[index].session;
         // The same steps as a POST to the endpoint (crate::signalling).
@@ -384,9 +432,20 @@ impl Sim {
                 AdmitError::Offer(e) => SimError::Offer(e),
                 AdmitError::Claim(e) => SimError::Claim(e),
             })?;
-        let shard = admitted.shard;
-        self.peers[index].shard = shard;
+        self.peers[index].shard = admitted.shard;
         self.peers[index].stream = admitted.stream.clone();
+        if hold {
+            self.held_creates.push((index, admitted));
+            return Ok(());
+        }
+        self.create(index, admitted)
+    }
+
+    /// The shard's half of [`Sim::set_up`]: `Create`, its answer applied to the peer.
+    fn create(&mut self, index: usize, admitted: signalling::Admitted) -> Result<(), SimError> {
+        let (id, shard) = (admitted.id, admitted.shard);
+        let role = self.peers[index].core.role();
+        let stream = admitted.stream.clone();
         let (cmd, mut rx) = (admitted.command, admitted.reply);
         self.engine_call(shard, |e, now| e.handle_command(now, cmd));
         let created = match rx.try_recv() {
@@ -400,7 +459,7 @@ impl Sim {
                 return Err(SimError::NoReply);
             }
         };
-        signalling::created(&self.hub, role, stream, id, &created);
+        signalling::created(&self.hub, role, &stream, id, &created);
         let now = self.now;
         let peer = &mut self.peers[index];
         peer.etag = created.etag;

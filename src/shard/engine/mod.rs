@@ -173,7 +173,6 @@ impl Engine {
                     stream: c.stream,
                     role: c.role,
                     offer_sdp: c.offer_sdp,
-                    viewer_shards: c.viewer_shards,
                 };
                 // On failure the control plane releases the hub entry it registered.
                 let span = session_span(c.id, &c.stream, c.role);

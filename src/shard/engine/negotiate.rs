@@ -35,7 +35,6 @@ impl Engine {
             stream,
             role,
             offer_sdp,
-            viewer_shards,
         } = c;
         let shape = Offer::parse(&offer_sdp)?;
         let parsed = self.faults.isolate(Site::Offer, Some(id), || {
@@ -111,11 +110,13 @@ impl Engine {
         self.demux.set_ufrag(id, None, ufrag);
         self.sessions.insert(id, session);
         if role == Role::Publish {
-            // The publisher's shard starts with the shards that already have viewers waiting.
-            let index = self.index;
-            let local = self.local_stream(&stream);
-            local.subscribers = viewer_shards & !(1 << index);
-            local.publisher = Some(id);
+            // The shards that already have viewers waiting subscribe through the hub; any that
+            // subscribed since the session was registered have already.
+            self.local_stream(&stream).publisher = Some(id);
+            self.outbox.hub.push(HubUpdate::PublisherStarted {
+                stream: stream.clone(),
+                shard: self.index,
+            });
         }
         self.drive(now, id);
         info!(shard = self.index, "session created");

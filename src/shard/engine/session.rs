@@ -8,7 +8,6 @@ pub(super) struct NewSession {
     pub(super) stream: Arc<str>,
     pub(super) role: Role,
     pub(super) offer_sdp: String,
-    pub(super) viewer_shards: u64,
 }
 
 pub(super) struct Session {
