@@ -74,7 +74,13 @@ pub struct HubState {
     pub per_shard: Vec<usize>,
     pub publishers: usize,
     pub viewers: usize,
+    /// The latest sessions their peers closed themselves, oldest first, at most
+    /// [`CLOSED_REMEMBERED`]: their DELETE may arrive just after.
+    pub closed: std::collections::VecDeque<(SessionId, SessionEntry)>,
 }
+
+/// How many peer-closed sessions the hub remembers for their late DELETE.
+pub const CLOSED_REMEMBERED: usize = 1024;
 
 /// Where a newly registered session goes, and what its shard needs to know.
 #[derive(Clone, Debug)]
@@ -215,6 +221,29 @@ impl Hub {
             stream: key,
             publisher,
         })
+    }
+
+    /// Remembers that session `id` was closed by its peer (call before [`Hub::unregister`]).
+    pub fn remember_closed(&self, id: SessionId) {
+        let mut st = self.lock();
+        let Some(entry) = st.sessions.get(&id).cloned() else {
+            return;
+        };
+        if st.closed.len() >= CLOSED_REMEMBERED {
+            st.closed.pop_front();
+        }
+        st.closed.push_back((id, entry));
+    }
+
+    /// Whether `id` is a `role` session of `stream` that its peer closed not long ago (among
+    /// the last [`CLOSED_REMEMBERED`]); it is forgotten, so a second DELETE finds nothing.
+    pub fn take_closed(&self, id: SessionId, role: Role, stream: &str) -> bool {
+        let mut st = self.lock();
+        let at = st
+            .closed
+            .iter()
+            .position(|(c, e)| *c == id && e.role == role && *e.stream == *stream);
+        at.and_then(|at| st.closed.remove(at)).is_some()
     }
 
     /// Forgets a session; for a publisher also frees the stream's publisher slot.

@@ -549,6 +549,31 @@ async fn rfc9725_4_2_delete_is_200_and_the_session_is_gone() {
     gw.shutdown().await;
 }
 
+/// A peer that ends its session itself (DTLS close_notify, as GStreamer's whepsrc does on
+/// teardown) and then DELETEs it gets 200, however the two race; a second DELETE is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9725_4_2_delete_after_the_peer_closed_its_session_is_200() {
+    let gw = start(contract_config()).await;
+    let _publisher = live_publisher(&gw, "s").await;
+    let viewer = live_viewer(&gw, "s").await;
+    let url = viewer.location().to_string();
+    viewer.close();
+    wait_until(
+        "the shard removed the closed session",
+        Duration::from_secs(5),
+        || gw.session_count() == 1,
+    )
+    .await;
+    let r = send("DELETE", &url, &[], Vec::new()).await;
+    assert_eq!(r.status, 200, "DELETE after close_notify: {}", r.text());
+    assert_problem(
+        &send("DELETE", &url, &[], Vec::new()).await,
+        404,
+        "DELETE again",
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9725_4_2_unknown_session_urls_are_404() {
     let gw = start(contract_config()).await;

@@ -293,7 +293,15 @@ async fn session(
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = id.parse::<SessionId>().map_err(|_| ApiError::NotFound)?;
-    let entry = app.hub.session(id).ok_or(ApiError::NotFound)?;
+    let Some(entry) = app.hub.session(id) else {
+        // A peer that closed its session (DTLS close_notify) and then DELETEs it, as
+        // GStreamer's whepsrc and whipsink do on teardown, ended it either way.
+        return if method == Method::DELETE && app.hub.take_closed(id, role, &stream) {
+            Ok(StatusCode::OK.into_response())
+        } else {
+            Err(ApiError::NotFound)
+        };
+    };
     if entry.role != role || *entry.stream != *stream {
         return Err(ApiError::NotFound);
     }

@@ -234,9 +234,15 @@ pub enum HubUpdate {
         shard: usize,
         wants: bool,
     },
-    /// Session `id` ended on shard `shard`. For a publisher, the other shards with viewers of
-    /// its stream are sent [`PeerMsg::PublisherLeft`].
-    Removed { id: SessionId, shard: usize },
+    /// Session `id` ended on shard `shard`; `by_peer` when the peer itself closed it (DTLS
+    /// close_notify), so its own DELETE, racing that, still finds it ended rather than unknown.
+    /// For a publisher, the other shards with viewers of its stream are sent
+    /// [`PeerMsg::PublisherLeft`].
+    Removed {
+        id: SessionId,
+        shard: usize,
+        by_peer: bool,
+    },
     /// A publisher of `stream` started on shard `shard`: it is sent a [`PeerMsg::Subscribe`]
     /// for each other shard that has viewers of the stream now. Read when the session exists,
     /// not when it was registered: a shard that subscribed in between has told it already.
@@ -266,7 +272,10 @@ impl HubUpdate {
                 }
                 _ => Vec::new(),
             },
-            HubUpdate::Removed { id, shard } => {
+            HubUpdate::Removed { id, shard, by_peer } => {
+                if by_peer {
+                    hub.remember_closed(id);
+                }
                 let Some((stream, mut shards)) = hub.unregister(id) else {
                     return Vec::new();
                 };

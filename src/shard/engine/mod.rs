@@ -48,6 +48,8 @@ use session::{session_span, Incoming, NewSession, Session, TrackReport};
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Removal reason for a session whose str0m call panicked: its Rtc is not touched again.
 const PANIC: &str = "panic in WebRTC stack";
+/// Removal reason for a session whose peer closed it (DTLS close_notify).
+const CLOSED_BY_PEER: &str = "closed";
 
 /// A command's answer, sent by the IO layer once the pass's [`HubUpdate`]s are applied: a
 /// client that got its DELETE answered finds the directory without the session.
@@ -299,7 +301,7 @@ impl Engine {
         let mut plis = Vec::new();
         for s in self.sessions.values() {
             let reason = if !s.rtc.is_alive() {
-                Some("closed")
+                Some(CLOSED_BY_PEER)
             } else if !s.connected && now.saturating_duration_since(s.created) > connect {
                 Some("connect timeout")
             } else if now.saturating_duration_since(s.last_rx) > consent {
@@ -487,6 +489,7 @@ impl Engine {
         self.outbox.hub.push(HubUpdate::Removed {
             id,
             shard: self.index,
+            by_peer: reason == CLOSED_BY_PEER,
         });
         let stream = session.stream.clone();
         match session.role {
