@@ -91,31 +91,37 @@ struct Outgoing {
     contents: Vec<u8>,
 }
 
-/// A datagram on the wire, delivered at `at` (ties in sending order).
-struct InFlight {
-    at: Instant,
-    order: u64,
-    to: Node,
-    source: SocketAddr,
-    destination: SocketAddr,
-    contents: Vec<u8>,
+/// Something due at `at` on the simulated clock: a datagram on the wire or a delayed shard
+/// message. Ties go in the order they were scheduled, so a seed replays the same run.
+pub(super) struct Due<T> {
+    pub(super) at: Instant,
+    pub(super) order: u64,
+    pub(super) item: T,
 }
 
-impl PartialEq for InFlight {
+impl<T> PartialEq for Due<T> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.order) == (other.at, other.order)
     }
 }
-impl Eq for InFlight {}
-impl PartialOrd for InFlight {
+impl<T> Eq for Due<T> {}
+impl<T> PartialOrd for Due<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for InFlight {
+impl<T> Ord for Due<T> {
     fn cmp(&self, other: &Self) -> Ordering {
         (self.at, self.order).cmp(&(other.at, other.order))
     }
+}
+
+/// A datagram on the wire.
+struct InFlight {
+    to: Node,
+    source: SocketAddr,
+    destination: SocketAddr,
+    contents: Vec<u8>,
 }
 
 type DropRule = Box<dyn FnMut(&Datagram<'_>) -> bool>;
@@ -134,14 +140,14 @@ pub struct Sim {
     /// Peers with a running feed.
     feeds: Vec<usize>,
     addrs: HashMap<SocketAddr, Node>,
-    in_flight: BinaryHeap<Reverse<InFlight>>,
+    in_flight: BinaryHeap<Reverse<Due<InFlight>>>,
     peer_timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Messages between shards not yet handed over: (from, to, message).
     messages: VecDeque<(usize, usize, PeerMsg)>,
     message_rule: Option<MessageRule>,
     /// Messages sent so far per (from, to) pair, for [`ShardMessage::nth`].
     message_counts: Vec<u64>,
-    held: BinaryHeap<Reverse<HeldMessage>>,
+    held: BinaryHeap<Reverse<Due<HeldMessage>>>,
     held_per_shard: Vec<usize>,
     message_stats: MessageStats,
     /// `Create` commands held back by [`Sim::add_peer_held`], by peer index.
@@ -623,7 +629,7 @@ impl Sim {
                 .is_some_and(|Reverse(f)| f.at <= self.now)
             {
                 if let Some(Reverse(f)) = self.in_flight.pop() {
-                    self.deliver(f);
+                    self.deliver(f.item);
                     progressed = true;
                 }
             }
@@ -882,13 +888,15 @@ impl Sim {
             }
         }
         self.order += 1;
-        self.in_flight.push(Reverse(InFlight {
+        self.in_flight.push(Reverse(Due {
             at: now + self.latency + extra,
             order: self.order,
-            to,
-            source: o.source,
-            destination: o.destination,
-            contents: o.contents,
+            item: InFlight {
+                to,
+                source: o.source,
+                destination: o.destination,
+                contents: o.contents,
+            },
         }));
     }
 

@@ -70,29 +70,10 @@ pub enum Fate {
 
 pub(super) type MessageRule = Box<dyn FnMut(&ShardMessage<'_>) -> Fate>;
 
-/// A delayed message, delivered at `at` (ties in sending order).
+/// A delayed message for shard `to`.
 pub(super) struct HeldMessage {
-    pub(super) at: Instant,
-    pub(super) order: u64,
     pub(super) to: usize,
     pub(super) msg: PeerMsg,
-}
-
-impl PartialEq for HeldMessage {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.order) == (other.at, other.order)
-    }
-}
-impl Eq for HeldMessage {}
-impl PartialOrd for HeldMessage {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for HeldMessage {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.order).cmp(&(other.at, other.order))
-    }
 }
 
 /// What the shard channels did.
@@ -156,11 +137,10 @@ impl Sim {
                     self.held_per_shard[to] += 1;
                     self.message_stats.delayed += 1;
                     self.order += 1;
-                    self.held.push(Reverse(HeldMessage {
+                    self.held.push(Reverse(Due {
                         at: now + d,
                         order: self.order,
-                        to,
-                        msg,
+                        item: HeldMessage { to, msg },
                     }));
                 }
                 _ => self.hand_over(to, msg),
@@ -185,8 +165,9 @@ impl Sim {
             let Some(Reverse(h)) = self.held.pop() else {
                 break;
             };
-            self.held_per_shard[h.to] -= 1;
-            self.hand_over(h.to, h.msg);
+            let HeldMessage { to, msg } = h.item;
+            self.held_per_shard[to] -= 1;
+            self.hand_over(to, msg);
             self.pump_messages();
             any = true;
         }
