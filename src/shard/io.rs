@@ -24,6 +24,14 @@ use crate::hub::Hub;
 /// Datagrams read per receive call (recvmmsg where available).
 const BATCH: usize = 32;
 const BUF: usize = 2048;
+/// Receive calls per wake-up at most. The shard then sends what the datagrams caused and
+/// looks at its commands before reading again. Reading for as long as the socket had data
+/// never ended under overload: the outbox grew without bound (every publisher packet is a
+/// transmit per viewer) and commands, DELETE among them, went unanswered. What the shard
+/// cannot read waits in the kernel's socket buffer, which drops when full.
+const MAX_BATCHES_PER_WAKE: usize = 8;
+/// Transmits waiting in the outbox after which reading stops for this wake-up.
+const MAX_QUEUED_TRANSMITS: usize = 16_384;
 /// Requested socket buffer sizes, bytes.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -152,7 +160,7 @@ pub fn run(
                     if ready.is_err() {
                         continue;
                     }
-                    receive(&mut engine, &socket, &state, &mut bufs, &mut metas);
+                    receive(&mut engine, &socket, &state, &mut bufs, &mut metas, MAX_BATCHES_PER_WAKE);
                 }
                 msg = chans.messages.recv() => {
                     woke = Instant::now();
@@ -177,14 +185,20 @@ pub fn run(
     });
 }
 
+/// Reads and handles at most `max_batches` batches of datagrams (fewer once the outbox holds
+/// [`MAX_QUEUED_TRANSMITS`]), so one wake-up is bounded work and bounded memory.
 fn receive(
     engine: &mut Engine,
     socket: &UdpSocket,
     state: &UdpSocketState,
     bufs: &mut [[u8; BUF]],
     metas: &mut [RecvMeta],
+    max_batches: usize,
 ) {
-    loop {
+    for _ in 0..max_batches {
+        if engine.outbox.transmits.len() >= MAX_QUEUED_TRANSMITS {
+            return;
+        }
         let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let got = socket.try_io(Interest::READABLE, || {
             state.recv(UdpSockRef::from(socket), &mut slices, metas)
@@ -368,4 +382,44 @@ impl SharedCounters {
 /// Binds a shard's socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     std::net::UdpSocket::bind(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One wake-up reads a bounded number of batches, however much is waiting: the rest
+    /// stays in the socket for the next one.
+    #[tokio::test]
+    async fn a_wake_up_reads_a_bounded_number_of_batches() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let state = UdpSocketState::new(UdpSockRef::from(&socket)).expect("state");
+        let config = Arc::new(crate::Config::default());
+        let mut engine = Engine::new(0, config, vec![addr], Instant::now(), 1);
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+        const SENT: u64 = 200;
+        for i in 0..SENT {
+            // Alternating sizes, so the kernel does not coalesce them (GRO).
+            let junk = vec![0x80u8; 20 + (i % 2) as usize];
+            sender.send_to(&junk, addr).expect("send");
+        }
+        socket.readable().await.expect("readable");
+        let mut bufs = vec![[0u8; BUF]; BATCH];
+        let mut metas = vec![RecvMeta::default(); BATCH];
+        receive(&mut engine, &socket, &state, &mut bufs, &mut metas, 2);
+        let first = engine.counters.datagrams_in;
+        assert!(
+            first > 0 && first <= 2 * BATCH as u64 && first < SENT,
+            "one bounded wake-up read {first} of {SENT}"
+        );
+        while engine.counters.datagrams_in < SENT {
+            socket.readable().await.expect("readable");
+            receive(&mut engine, &socket, &state, &mut bufs, &mut metas, 2);
+        }
+        assert_eq!(
+            engine.counters.datagrams_in, SENT,
+            "the rest waited in the socket"
+        );
+    }
 }
