@@ -333,9 +333,13 @@ impl Drop for Driver {
     }
 }
 
-/// A gateway with bearer tokens required to publish and to play any stream.
+/// A gateway with bearer tokens required to publish and to play any stream, and the real
+/// consent timeout: RFC 7675 has peers check consent every 5 s on average (libnice, under
+/// GStreamer, does), so the 3 s the other socket tests use can expire a healthy viewer between
+/// two checks when its RTCP is sparse.
 async fn gateway() -> Gateway {
     let mut c = common::test_config(2);
+    c.timeouts.consent_secs = wishcast::Config::default().timeouts.consent_secs;
     c.auth = toml::from_str(&format!(
         "enabled = true\n[[streams]]\npattern = \"*\"\npublish_tokens = [\"{PUBLISH_TOKEN}\"]\n\
          play_tokens = [\"{PLAY_TOKEN}\"]\n"
