@@ -276,36 +276,31 @@ impl HubUpdate {
                 if by_peer {
                     hub.remember_closed(id);
                 }
-                let Some((stream, mut shards)) = hub.unregister(id) else {
+                let Some((stream, shards)) = hub.unregister(id) else {
                     return Vec::new();
                 };
                 // The publisher's own shard has already told its viewers.
-                shards &= !(1u64 << shard);
-                let mut out = Vec::new();
-                while shards != 0 {
-                    let k = shards.trailing_zeros() as usize;
-                    shards &= shards - 1;
-                    let msg = PeerMsg::PublisherLeft {
-                        stream: stream.clone(),
-                        publisher: id,
-                    };
-                    out.push((k, msg));
-                }
-                out
+                shards_in(shards & !(1u64 << shard))
+                    .map(|k| {
+                        let msg = PeerMsg::PublisherLeft {
+                            stream: stream.clone(),
+                            publisher: id,
+                        };
+                        (k, msg)
+                    })
+                    .collect()
             }
             HubUpdate::PublisherStarted { stream, shard } => {
-                let mut others = hub.viewer_shards(&stream) & !(1u64 << shard);
-                let mut out = Vec::new();
-                while others != 0 {
-                    let k = others.trailing_zeros() as usize;
-                    others &= others - 1;
-                    let msg = PeerMsg::Subscribe {
-                        stream: stream.clone(),
-                        shard: k,
-                    };
-                    out.push((shard, msg));
-                }
-                out
+                let others = hub.viewer_shards(&stream) & !(1u64 << shard);
+                shards_in(others)
+                    .map(|k| {
+                        let msg = PeerMsg::Subscribe {
+                            stream: stream.clone(),
+                            shard: k,
+                        };
+                        (shard, msg)
+                    })
+                    .collect()
             }
             HubUpdate::KeyframeWanted { stream, shard } => match hub.publisher_shard(&stream) {
                 Some(p) if p != shard => vec![(p, PeerMsg::KeyframeRequest { stream })],
@@ -315,10 +310,33 @@ impl HubUpdate {
     }
 }
 
+/// The shard numbers in a set of shards (bit k for shard k), lowest first.
+pub fn shards_in(mut set: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (set != 0).then(|| {
+            let k = set.trailing_zeros() as usize;
+            set &= set - 1;
+            k
+        })
+    })
+}
+
 /// A datagram to send.
 #[derive(Debug)]
 pub struct Transmit {
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub contents: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_in_lists_the_set_bits_lowest_first() {
+        assert_eq!(shards_in(0).count(), 0);
+        assert_eq!(shards_in(0b1010_0001).collect::<Vec<_>>(), vec![0, 5, 7]);
+        assert_eq!(shards_in(1 << 63).collect::<Vec<_>>(), vec![63]);
+    }
 }

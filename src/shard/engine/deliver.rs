@@ -64,10 +64,7 @@ impl Engine {
             .get(&stream)
             .map(|l| l.subscribers)
             .unwrap_or(0);
-        let mut rest = subscribers;
-        while rest != 0 {
-            let shard = rest.trailing_zeros() as usize;
-            rest &= rest - 1;
+        for shard in crate::shard::shards_in(subscribers) {
             self.outbox.messages.push((
                 shard,
                 PeerMsg::Media {
