@@ -121,6 +121,9 @@ mod tests {
             stats: crate::shard::counters::Counters {
                 nacks_received: 4,
                 packets_retransmitted: 7,
+                panics: 2,
+                datagrams_unknown_source: 5,
+                datagrams_invalid: 1,
                 ..Default::default()
             },
             ..Snapshot::default()
@@ -131,6 +134,11 @@ mod tests {
         ), "{text}");
         assert!(
             text.contains("wishcast_sessions{kind=\"play\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("wishcast_str0m_panics_total 2"), "{text}");
+        assert!(
+            text.contains("wishcast_datagrams_dropped_total 6"),
             "{text}"
         );
         assert!(text.contains("wishcast_nacks_received_total 4"), "{text}");
