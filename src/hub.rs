@@ -72,6 +72,8 @@ pub struct HubState {
     pub sessions: HashMap<SessionId, SessionEntry>,
     /// Sessions per shard, for choosing where a new one goes.
     pub per_shard: Vec<usize>,
+    /// Per shard: the fraction of the last measurement window its thread was busy.
+    pub load: Vec<f64>,
     pub publishers: usize,
     pub viewers: usize,
     /// The latest sessions their peers closed themselves, oldest first, at most
@@ -98,6 +100,8 @@ pub enum ClaimError {
     PublisherExists,
     NoPublisher,
     Full,
+    /// Every shard's measured load is at or above `limits.max_shard_load`.
+    Overloaded,
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +114,7 @@ impl Hub {
         Hub {
             state: Mutex::new(HubState {
                 per_shard: vec![0; shards],
+                load: vec![0.0; shards],
                 ..HubState::default()
             }),
         }
@@ -160,13 +165,16 @@ impl Hub {
         if full {
             return Err(ClaimError::Full);
         }
+        // The shard with the fewest sessions among those with room by their measured load.
+        let max_load = limits.max_shard_load;
         let shard = st
             .per_shard
             .iter()
             .enumerate()
+            .filter(|(i, _)| max_load >= 1.0 || st.load.get(*i).copied().unwrap_or(0.0) < max_load)
             .min_by_key(|(_, n)| **n)
             .map(|(i, _)| i)
-            .unwrap_or(0);
+            .ok_or(ClaimError::Overloaded)?;
         let key: Arc<str> = match st.streams.get_key_value(stream) {
             Some((k, _)) => k.clone(),
             None => Arc::from(stream),
@@ -221,6 +229,18 @@ impl Hub {
             stream: key,
             publisher,
         })
+    }
+
+    /// Records shard `shard`'s measured load (busy fraction of its last window).
+    pub fn set_load(&self, shard: usize, load: f64) {
+        if let Some(l) = self.lock().load.get_mut(shard) {
+            *l = load;
+        }
+    }
+
+    /// Every shard's last measured load.
+    pub fn loads(&self) -> Vec<f64> {
+        self.lock().load.clone()
     }
 
     /// Remembers that session `id` was closed by its peer (call before [`Hub::unregister`]).

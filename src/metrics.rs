@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub stats: crate::shard::counters::Counters,
     /// Per shard: seconds its thread spent working (not waiting).
     pub shard_busy_secs: Vec<f64>,
+    /// Per shard: the fraction of the last measurement window its thread was busy (0 to 1),
+    /// what admission control and load shedding go by.
+    pub shard_load: Vec<f64>,
     /// Times to first frame (201 to first video packet sent) since the last scrape.
     pub first_frames: Vec<f64>,
 }
@@ -96,8 +99,13 @@ impl Metrics {
             counter!("wishcast_nacks_sent_total").absolute(s.nacks_sent);
             counter!("wishcast_plis_received_total").absolute(s.plis_received);
             counter!("wishcast_plis_sent_total").absolute(s.plis_sent);
+            counter!("wishcast_shard_media_dropped_total").absolute(s.shard_media_dropped);
+            counter!("wishcast_sessions_shed_total").absolute(s.sessions_shed);
             for (k, busy) in snap.shard_busy_secs.iter().enumerate() {
                 gauge!("wishcast_shard_busy_seconds_total", "shard" => k.to_string()).set(*busy);
+            }
+            for (k, load) in snap.shard_load.iter().enumerate() {
+                gauge!("wishcast_shard_load", "shard" => k.to_string()).set(*load);
             }
             for t in &snap.first_frames {
                 histogram!("wishcast_time_to_first_frame_seconds").record(*t);

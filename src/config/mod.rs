@@ -127,6 +127,17 @@ pub struct LimitsConfig {
     pub posts_per_minute_per_ip: u32,
     /// POSTs one client IP may make in a burst above that rate.
     pub post_burst_per_ip: u32,
+    /// Admission control: a shard whose thread was busy this fraction of its last measurement
+    /// window (0.5 s) takes no new session; when every shard is that busy, POSTs get 503 +
+    /// Retry-After. 1 or more turns it off.
+    pub max_shard_load: f64,
+    /// Load shedding: a shard busy at least this fraction for `shed_after_secs` closes its
+    /// newest viewers (DTLS close_notify, a few per window) until it is below again, so the
+    /// others keep the whole stream instead of every viewer losing packets. 1 or more turns
+    /// it off.
+    pub shed_shard_load: f64,
+    /// How long a shard must stay at `shed_shard_load` before it sheds viewers, in seconds.
+    pub shed_after_secs: f64,
 }
 
 impl Default for LimitsConfig {
@@ -138,6 +149,9 @@ impl Default for LimitsConfig {
             max_viewers_per_stream: 10_000,
             posts_per_minute_per_ip: 120,
             post_burst_per_ip: 30,
+            max_shard_load: 0.85,
+            shed_shard_load: 0.97,
+            shed_after_secs: 2.0,
         }
     }
 }

@@ -26,6 +26,8 @@ pub enum ApiError {
     NoPublisher(String, u32),
     #[error("the gateway is at its session limit; retry later")]
     Full(u32),
+    #[error("the media shards are too busy to take a new session; retry later")]
+    Overloaded(u32),
     #[error("too many new sessions from this address; retry in {0} s")]
     TooManyRequests(u32),
     #[error("invalid stream name {0:?}: use 1-128 letters, digits, '-', '_' or '.'")]
@@ -66,7 +68,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Body(_) | ApiError::BadStreamName(_) => StatusCode::BAD_REQUEST,
             ApiError::PublisherExists(_) | ApiError::NoPublisher(..) => StatusCode::CONFLICT,
-            ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Full(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -96,6 +98,7 @@ impl ApiError {
             ApiError::PublisherExists(_) => "publisher-exists",
             ApiError::NoPublisher(..) => "no-publisher",
             ApiError::Full(_) => "session-limit",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::TooManyRequests(_) => "rate-limited",
             ApiError::NotFound | ApiError::Session(S::NotFound) => "no-such-session",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
@@ -138,6 +141,7 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::NoPublisher(_, secs)
             | ApiError::Full(secs)
+            | ApiError::Overloaded(secs)
             | ApiError::TooManyRequests(secs) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
             }

@@ -220,6 +220,7 @@ async fn endpoint(
                 ApiError::NoPublisher(stream.clone(), retry)
             }
             AdmitError::Claim(ClaimError::Full) => ApiError::Full(retry),
+            AdmitError::Claim(ClaimError::Overloaded) => ApiError::Overloaded(retry),
         })?;
     let created = match ask(&app, admitted.shard, admitted.command, admitted.reply).await {
         Ok(c) => c,

@@ -53,6 +53,7 @@ impl Ops {
             streams: streams.len(),
             stats,
             shard_busy_secs,
+            shard_load: self.hub.loads(),
             first_frames,
         }
     }

@@ -59,6 +59,10 @@ counters! {
     plis_sent,
     /// Packets sent again from viewers' resend buffers.
     packets_retransmitted,
+    /// Media packets for another shard dropped because its queue was full.
+    shard_media_dropped,
+    /// Viewers this shard closed because it stayed overloaded (newest first).
+    sessions_shed,
 }
 
 impl Counters {

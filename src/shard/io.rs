@@ -8,7 +8,7 @@ use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
@@ -32,6 +32,8 @@ const BUF: usize = 2048;
 const MAX_BATCHES_PER_WAKE: usize = 8;
 /// Transmits waiting in the outbox after which reading stops for this wake-up.
 const MAX_QUEUED_TRANSMITS: usize = 16_384;
+/// How often the shard measures its load (busy fraction) for admission control and shedding.
+const LOAD_WINDOW: Duration = Duration::from_millis(500);
 /// Requested socket buffer sizes, bytes.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -39,27 +41,37 @@ const SOCKET_BUFFER: usize = 4 << 20;
 #[derive(Clone)]
 pub struct ShardLink {
     pub commands: mpsc::UnboundedSender<Command>,
-    /// Media and other shard-to-shard messages; bounded so a stalled shard sheds load instead
-    /// of growing without limit.
-    pub messages: mpsc::Sender<PeerMsg>,
+    /// Shard-to-shard control (subscriptions, GOP hand-over, publisher left, keyframe
+    /// requests): never dropped, because a lost one leaves a shard's viewers black with nothing
+    /// to repair it. It stays small: one message per subscription change or publisher change,
+    /// and keyframe requests coalesced per stream by the sending shard.
+    pub control: mpsc::UnboundedSender<PeerMsg>,
+    /// Media packets for the shard's viewers; bounded, so a stalled shard drops (and counts)
+    /// packets instead of growing without limit. A viewer repairs a gap with a NACK or waits
+    /// for a keyframe.
+    pub media: mpsc::Sender<PeerMsg>,
 }
 
 pub struct ShardChannels {
     pub commands: mpsc::UnboundedReceiver<Command>,
-    pub messages: mpsc::Receiver<PeerMsg>,
+    pub control: mpsc::UnboundedReceiver<PeerMsg>,
+    pub media: mpsc::Receiver<PeerMsg>,
 }
 
 pub fn channels(queue: usize) -> (ShardLink, ShardChannels) {
     let (ctx, crx) = mpsc::unbounded_channel();
-    let (mtx, mrx) = mpsc::channel(queue);
+    let (ktx, krx) = mpsc::unbounded_channel();
+    let (mtx, mrx) = mpsc::channel(queue.max(1));
     (
         ShardLink {
             commands: ctx,
-            messages: mtx,
+            control: ktx,
+            media: mtx,
         },
         ShardChannels {
             commands: crx,
-            messages: mrx,
+            control: krx,
+            media: mrx,
         },
     )
 }
@@ -130,18 +142,31 @@ pub fn run(
         let mut metas = vec![RecvMeta::default(); BATCH];
         let mut out = Sender {
             hub,
-            dropped_messages: 0,
             set_source_ip,
             gso_buf: Vec::new(),
         };
         let mut woke = Instant::now();
+        let mut window = (woke, 0u64);
         loop {
             out.flush(&mut engine, &socket, &state, &peers).await;
             counters.publish(&engine.counters);
             counters.take_first_frames(&mut engine.first_frames);
-            counters
-                .busy_ns
-                .fetch_add(woke.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let now = Instant::now();
+            let worked = now.saturating_duration_since(woke).as_nanos() as u64;
+            let busy = counters.busy_ns.fetch_add(worked, Ordering::Relaxed) + worked;
+            let span = now.saturating_duration_since(window.0);
+            if span >= LOAD_WINDOW {
+                let load = (busy - window.1) as f64 / span.as_nanos() as f64;
+                let load = load.clamp(0.0, 1.0);
+                out.hub.set_load(engine.index(), load);
+                window = (now, busy);
+                engine.handle_load(now, load);
+                if engine.outbox.has_output() {
+                    // Sessions were shed: their goodbyes and hub updates leave now.
+                    woke = now;
+                    continue;
+                }
+            }
             let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
             tokio::select! {
                 biased;
@@ -155,6 +180,15 @@ pub fn run(
                         break;
                     }
                 }
+                msg = chans.control.recv() => {
+                    woke = Instant::now();
+                    let Some(msg) = msg else { break };
+                    let now = Instant::now();
+                    engine.handle_message(now, msg);
+                    while let Ok(m) = chans.control.try_recv() {
+                        engine.handle_message(now, m);
+                    }
+                }
                 ready = socket.readable() => {
                     woke = Instant::now();
                     if ready.is_err() {
@@ -162,14 +196,14 @@ pub fn run(
                     }
                     receive(&mut engine, &socket, &state, &mut bufs, &mut metas, MAX_BATCHES_PER_WAKE);
                 }
-                msg = chans.messages.recv() => {
+                msg = chans.media.recv() => {
                     woke = Instant::now();
                     let Some(msg) = msg else { break };
                     let now = Instant::now();
                     engine.handle_message(now, msg);
-                    // Take what else is queued in the same pass.
+                    // Take what else is queued in the same pass, a bounded amount.
                     for _ in 0..256 {
-                        match chans.messages.try_recv() {
+                        match chans.media.try_recv() {
                             Ok(m) => engine.handle_message(now, m),
                             Err(_) => break,
                         }
@@ -226,7 +260,6 @@ fn receive(
 /// Sends what the engine left in its outbox.
 struct Sender {
     hub: Arc<Hub>,
-    dropped_messages: u64,
     /// Send from the candidate's IP (wildcard bind, several local IPs): ICE only accepts a
     /// reply from the address the request went to. Off behind 1:1 NAT, where that IP is not
     /// local.
@@ -253,14 +286,14 @@ impl Sender {
             let Some(peer) = peers.get(shard) else {
                 continue;
             };
-            if peer.messages.try_send(msg).is_err() {
-                self.dropped_messages += 1;
-                if self.dropped_messages.is_power_of_two() {
-                    warn!(
-                        shard,
-                        dropped = self.dropped_messages,
-                        "shard queue full: media dropped"
-                    );
+            if !matches!(msg, PeerMsg::Media { .. }) {
+                // Fails only when the receiving shard has stopped.
+                let _ = peer.control.send(msg);
+            } else if peer.media.try_send(msg).is_err() {
+                engine.counters.shard_media_dropped += 1;
+                let dropped = engine.counters.shard_media_dropped;
+                if dropped.is_power_of_two() {
+                    warn!(shard, dropped, "shard queue full: media dropped");
                 }
             }
         }
@@ -421,5 +454,77 @@ mod tests {
             engine.counters.datagrams_in, SENT,
             "the rest waited in the socket"
         );
+    }
+
+    fn media(seq: u64) -> PeerMsg {
+        let codecs = str0m::format::CodecConfig::new_with_defaults();
+        let params = *codecs
+            .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+            .expect("VP8 in str0m's defaults");
+        PeerMsg::Media {
+            stream: Arc::from("s"),
+            pkt: crate::fanout::MediaPacket {
+                publisher: crate::session::SessionId(1),
+                kind: crate::sdp::Kind::Video,
+                params,
+                seq,
+                time: 0,
+                marker: false,
+                keyframe: false,
+                payload: Arc::from(&[0u8; 4][..]),
+                received: Instant::now(),
+            },
+        }
+    }
+
+    /// With the receiving shard's media queue full, further media is dropped and counted, and
+    /// control messages behind it still arrive, in order.
+    #[tokio::test]
+    async fn a_full_media_queue_drops_media_but_never_control() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let state = UdpSocketState::new(UdpSockRef::from(&socket)).expect("state");
+        let config = Arc::new(crate::Config::default());
+        let addr = socket.local_addr().expect("addr");
+        let mut engine = Engine::new(0, config, vec![addr], Instant::now(), 1);
+        let (link, mut chans) = channels(2);
+        let stream: Arc<str> = Arc::from("s");
+        let mut out = Sender {
+            hub: Arc::new(Hub::new(2)),
+            set_source_ip: false,
+            gso_buf: Vec::new(),
+        };
+        for seq in 0..5 {
+            engine.outbox.messages.push((1, media(seq)));
+        }
+        engine.outbox.messages.push((
+            1,
+            PeerMsg::Subscribe {
+                stream: stream.clone(),
+                shard: 0,
+            },
+        ));
+        engine
+            .outbox
+            .messages
+            .push((1, PeerMsg::KeyframeRequest { stream }));
+        let peers = vec![link.clone(), link];
+        out.flush(&mut engine, &socket, &state, &peers).await;
+        assert_eq!(engine.counters.shard_media_dropped, 3, "room for 2 of 5");
+        let mut got = Vec::new();
+        while let Ok(m) = chans.media.try_recv() {
+            got.push(m);
+        }
+        assert!(
+            matches!(got[..], [PeerMsg::Media { .. }, PeerMsg::Media { .. }]),
+            "{got:?}"
+        );
+        assert!(matches!(
+            chans.control.try_recv(),
+            Ok(PeerMsg::Subscribe { shard: 0, .. })
+        ));
+        assert!(matches!(
+            chans.control.try_recv(),
+            Ok(PeerMsg::KeyframeRequest { .. })
+        ));
     }
 }

@@ -9,8 +9,9 @@
 //!   sharing one [`Hub`] and one [`Config`]. The engines' [`HubUpdate`](crate::shard::HubUpdate)s
 //!   are applied to the hub as the IO layer does, and messages between shards ([`PeerMsg`]) are
 //!   handed over at once, in order, unless [`Sim::set_message_rule`] drops or delays them
-//!   ([`Fate`]); a delayed message waits in a queue of [`Sim::message_capacity`] per shard, and
-//!   overflows it as the real bounded channel does.
+//!   ([`Fate`]); a delayed media message waits in a queue of [`Sim::message_capacity`] per
+//!   shard, and overflows it as the real bounded media channel does; control messages, as on
+//!   the real control channel, are never dropped for want of room.
 //! - **Peers:** str0m `Rtc`s in frame mode, each on its own address (`127.1.x.y:40000`). A publisher
 //!   writes whole frames with `Writer::write` (optionally from a [`Feed`]); a viewer records the
 //!   `Event::MediaData` frames it receives ([`Peer::frames`](crate::peer::PeerCore::frames)).
@@ -152,8 +153,8 @@ pub struct Sim {
     message_stats: MessageStats,
     /// `Create` commands held back by [`Sim::add_peer_held`], by peer index.
     held_creates: Vec<(usize, signalling::Admitted)>,
-    /// Delayed messages each shard's queue holds at most (default: the configured
-    /// `media.shard_queue_packets`, as the real channel is bounded).
+    /// Delayed media messages each shard's queue holds at most (default: the configured
+    /// `media.shard_queue_packets`, as the real media channel is bounded).
     pub message_capacity: usize,
     /// Everything that went over the wire and between shards, when [`Sim::record_log`] is on.
     log: Option<Vec<u8>>,
@@ -256,6 +257,21 @@ impl Sim {
 
     pub fn engine(&self, shard: usize) -> &Engine {
         &self.engines[shard]
+    }
+
+    /// The stream directory the engines share.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Reports shard `shard` busy `load` (0 to 1) now, as its IO layer does after each
+    /// measurement window: the hub's admission control sees it, and the engine may shed.
+    pub fn set_load(&mut self, shard: usize, load: f64) {
+        self.hub.set_load(shard, load);
+        let now = self.now;
+        self.engines[shard].handle_load(now, load);
+        self.collect_engine(shard);
+        self.pump_messages();
     }
 
     /// Engine `shard`, for what a test changes in it (such as [`Engine::faults`]).

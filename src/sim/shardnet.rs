@@ -1,7 +1,8 @@
 //! The simulated channels between shards: each [`PeerMsg`] can be delivered at once, delayed
 //! (so messages reorder), or dropped, by a rule that sees it as a [`ShardMessage`]; and each
-//! shard's queue holds at most [`Sim::message_capacity`] delayed messages, as the real bounded
-//! channel does, so a rule that holds messages back can overfill it.
+//! shard's media queue holds at most [`Sim::message_capacity`] delayed packets, as the real
+//! bounded media channel does, so a rule that holds media back can overfill it. Control
+//! messages go on the real unbounded control channel, so they never overflow here either.
 
 use super::*;
 
@@ -82,7 +83,7 @@ pub struct MessageStats {
     pub delivered: u64,
     /// Dropped by the rule.
     pub dropped: u64,
-    /// Dropped because the receiving shard's queue was full.
+    /// Media dropped because the receiving shard's media queue was full.
     pub overflowed: u64,
     pub delayed: u64,
 }
@@ -130,11 +131,14 @@ impl Sim {
             match fate {
                 Fate::Drop => self.message_stats.dropped += 1,
                 Fate::Delay(d) if d > Duration::ZERO => {
-                    if self.held_per_shard[to] >= self.message_capacity {
+                    let media = !kind.is_control();
+                    if media && self.held_per_shard[to] >= self.message_capacity {
                         self.message_stats.overflowed += 1;
                         continue;
                     }
-                    self.held_per_shard[to] += 1;
+                    if media {
+                        self.held_per_shard[to] += 1;
+                    }
                     self.message_stats.delayed += 1;
                     self.order += 1;
                     self.held.push(Reverse(Due {
@@ -166,7 +170,9 @@ impl Sim {
                 break;
             };
             let HeldMessage { to, msg } = h.item;
-            self.held_per_shard[to] -= 1;
+            if !MessageKind::of(&msg).is_control() {
+                self.held_per_shard[to] -= 1;
+            }
             self.hand_over(to, msg);
             self.pump_messages();
             any = true;

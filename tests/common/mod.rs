@@ -25,6 +25,11 @@ pub fn test_config(shards: usize) -> Config {
     c.media.shards = shards;
     c.timeouts.consent_secs = 3.0;
     c.timeouts.connect_secs = 5.0;
+    // Debug builds on a shared two-core runner can keep a shard busy for seconds; load-based
+    // admission and shedding are tested on their own (tests/overload*.rs), not left to
+    // refuse sessions in tests of something else.
+    c.limits.max_shard_load = 1.0;
+    c.limits.shed_shard_load = 1.0;
     c
 }
 

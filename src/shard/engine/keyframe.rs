@@ -8,11 +8,41 @@ impl Engine {
     pub(super) fn ask_keyframe(&mut self, now: Instant, stream: &Arc<str>) {
         if let Some(id) = self.local_publisher(stream) {
             self.request_keyframe(now, id);
-        } else {
-            self.outbox.hub.push(HubUpdate::KeyframeWanted {
-                stream: stream.clone(),
-                shard: self.index,
-            });
+            return;
+        }
+        // The publisher is on another shard: at most one request per interval goes there
+        // (the control channel is never lossy, so it must not be floodable); one inside the
+        // interval is held and sent when it ends.
+        let interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
+        let Some(local) = self.streams.get_mut(stream) else {
+            return;
+        };
+        if local
+            .remote_keyframe_at
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
+            local.remote_keyframe_pending = true;
+            return;
+        }
+        local.remote_keyframe_at = Some(now);
+        local.remote_keyframe_pending = false;
+        self.outbox.hub.push(HubUpdate::KeyframeWanted {
+            stream: stream.clone(),
+            shard: self.index,
+        });
+    }
+
+    /// Sends the held requests for remote publishers whose interval has ended.
+    pub(super) fn flush_remote_keyframe_requests(&mut self, now: Instant) {
+        let mut due: Vec<Arc<str>> = self
+            .streams
+            .iter()
+            .filter(|(_, l)| l.remote_keyframe_pending)
+            .map(|(name, _)| name.clone())
+            .collect();
+        due.sort();
+        for stream in due {
+            self.ask_keyframe(now, &stream);
         }
     }
 

@@ -46,6 +46,8 @@ use session::{session_span, Incoming, NewSession, Session, TrackReport};
 
 /// How often sessions are checked for connect and consent timeouts and held keyframe requests.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Each overloaded window sheds one in this many of the shard's viewers (at least one).
+const SHED_PER_WINDOW_DIVISOR: usize = 32;
 /// Removal reason for a session whose str0m call panicked: its Rtc is not touched again.
 const PANIC: &str = "panic in WebRTC stack";
 /// Removal reason for a session whose peer closed it (DTLS close_notify).
@@ -66,6 +68,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Something is waiting to be taken out.
+    pub fn has_output(&self) -> bool {
+        !(self.transmits.is_empty()
+            && self.messages.is_empty()
+            && self.hub.is_empty()
+            && self.replies.is_empty())
+    }
+
     fn reply<T: Send + 'static>(&mut self, to: tokio::sync::oneshot::Sender<T>, value: T) {
         self.replies.push(Box::new(move || {
             let _ = to.send(value);
@@ -83,6 +93,10 @@ struct LocalStream {
     subscribed: bool,
     /// The stream's publisher, when it is on this shard.
     publisher: Option<SessionId>,
+    /// When this shard last asked another shard's publisher for a keyframe, and whether a
+    /// request is held until the interval ends.
+    remote_keyframe_at: Option<Instant>,
+    remote_keyframe_pending: bool,
 }
 
 pub struct Engine {
@@ -109,6 +123,8 @@ pub struct Engine {
     pub first_frames: Vec<f64>,
     /// Panics to inject into str0m calls, for tests of their containment.
     pub faults: Faults,
+    /// Since when the measured load has been at or above `limits.shed_shard_load`.
+    overloaded_since: Option<Instant>,
     pub outbox: Outbox,
     events: Vec<Event>,
 }
@@ -135,6 +151,7 @@ impl Engine {
             sessions: HashMap::new(),
             demux: Demux::default(),
             faults: Faults::default(),
+            overloaded_since: None,
             viewer_scratch: Vec::new(),
             first_frames: Vec::new(),
             timers: BinaryHeap::new(),
@@ -146,6 +163,11 @@ impl Engine {
             outbox: Outbox::default(),
             events: Vec::new(),
         }
+    }
+
+    /// This shard's number.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     pub fn session_count(&self) -> usize {
@@ -249,6 +271,8 @@ impl Engine {
                 subscribers: 0,
                 subscribed: false,
                 publisher: None,
+                remote_keyframe_at: None,
+                remote_keyframe_pending: false,
             })
     }
 
@@ -324,6 +348,40 @@ impl Engine {
         }
         for id in plis {
             self.request_keyframe(now, id);
+        }
+        self.flush_remote_keyframe_requests(now);
+    }
+
+    // ---- load ----------------------------------------------------------------------------------
+
+    /// The IO layer measured this shard busy `load` (0 to 1) over its last window. Staying at
+    /// `limits.shed_shard_load` for `limits.shed_after_secs` sheds the newest viewers, a few
+    /// per window: with more viewers than the core can serve, every viewer would otherwise
+    /// lose packets (the socket drops what the shard cannot read); shedding some keeps the
+    /// stream whole for the rest, and the shed ones get a clean close they can retry on.
+    pub fn handle_load(&mut self, now: Instant, load: f64) {
+        let limits = &self.config.limits;
+        if limits.shed_shard_load >= 1.0 || load < limits.shed_shard_load {
+            self.overloaded_since = None;
+            return;
+        }
+        let since = *self.overloaded_since.get_or_insert(now);
+        let after = Duration::from_secs_f64(limits.shed_after_secs.max(0.0));
+        if now.saturating_duration_since(since) < after {
+            return;
+        }
+        let mut viewers: Vec<(Instant, SessionId)> = self
+            .sessions
+            .values()
+            .filter(|s| s.role == Role::Play)
+            .map(|s| (s.created, s.id))
+            .collect();
+        // Newest first; ids break ties, so a seed replays the same choice.
+        viewers.sort_by(|a, b| b.cmp(a));
+        let shed = viewers.len().div_ceil(SHED_PER_WINDOW_DIVISOR);
+        for (_, id) in viewers.into_iter().take(shed) {
+            self.counters.sessions_shed += 1;
+            self.remove(now, id, "overload: shed");
         }
     }
 
