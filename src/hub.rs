@@ -74,11 +74,26 @@ pub struct HubState {
     pub per_shard: Vec<usize>,
     /// Per shard: the fraction of the last measurement window its thread was busy.
     pub load: Vec<f64>,
+    /// Per shard: its sessions when `load` was measured, and sessions placed on it since.
+    /// Admission predicts a shard's load from these, so a burst of joins inside one window
+    /// cannot overshoot the threshold before the next measurement shows their cost.
+    pub sessions_at_load: Vec<usize>,
+    pub placed_since_load: Vec<usize>,
     pub publishers: usize,
     pub viewers: usize,
     /// The latest sessions their peers closed themselves, oldest first, at most
     /// [`CLOSED_REMEMBERED`]: their DELETE may arrive just after.
     pub closed: std::collections::VecDeque<(SessionId, SessionEntry)>,
+}
+
+impl HubState {
+    /// Shard `k`'s load as measured, plus what the sessions placed on it since will add, at
+    /// the measured cost per session.
+    fn predicted_load(&self, k: usize) -> f64 {
+        let load = self.load.get(k).copied().unwrap_or(0.0);
+        let per_session = load / self.sessions_at_load.get(k).copied().unwrap_or(0).max(1) as f64;
+        load + per_session * self.placed_since_load.get(k).copied().unwrap_or(0) as f64
+    }
 }
 
 /// How many peer-closed sessions the hub remembers for their late DELETE.
@@ -115,6 +130,8 @@ impl Hub {
             state: Mutex::new(HubState {
                 per_shard: vec![0; shards],
                 load: vec![0.0; shards],
+                sessions_at_load: vec![0; shards],
+                placed_since_load: vec![0; shards],
                 ..HubState::default()
             }),
         }
@@ -165,13 +182,13 @@ impl Hub {
         if full {
             return Err(ClaimError::Full);
         }
-        // The shard with the fewest sessions among those with room by their measured load.
+        // The shard with the fewest sessions among those with room by their predicted load.
         let max_load = limits.max_shard_load;
         let shard = st
             .per_shard
             .iter()
             .enumerate()
-            .filter(|(i, _)| max_load >= 1.0 || st.load.get(*i).copied().unwrap_or(0.0) < max_load)
+            .filter(|(i, _)| max_load >= 1.0 || st.predicted_load(*i) < max_load)
             .min_by_key(|(_, n)| **n)
             .map(|(i, _)| i)
             .ok_or(ClaimError::Overloaded)?;
@@ -215,6 +232,7 @@ impl Hub {
             },
         );
         st.per_shard[shard] += 1;
+        st.placed_since_load[shard] += 1;
         match role {
             Role::Publish => st.publishers += 1,
             Role::Play => {
@@ -233,8 +251,12 @@ impl Hub {
 
     /// Records shard `shard`'s measured load (busy fraction of its last window).
     pub fn set_load(&self, shard: usize, load: f64) {
-        if let Some(l) = self.lock().load.get_mut(shard) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if let (Some(l), Some(&n)) = (st.load.get_mut(shard), st.per_shard.get(shard)) {
             *l = load;
+            st.sessions_at_load[shard] = n;
+            st.placed_since_load[shard] = 0;
         }
     }
 

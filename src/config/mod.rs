@@ -132,9 +132,9 @@ pub struct LimitsConfig {
     /// Retry-After. 1 or more turns it off.
     pub max_shard_load: f64,
     /// Load shedding: a shard busy at least this fraction for `shed_after_secs` closes its
-    /// newest viewers (DTLS close_notify, a few per window) until it is below again, so the
-    /// others keep the whole stream instead of every viewer losing packets. 1 or more turns
-    /// it off.
+    /// newest viewers (DTLS close_notify, one in 32 per 0.5 s window) until it is below
+    /// `max_shard_load` and 90 % of this, so the others keep the whole stream instead of every viewer losing
+    /// packets. 1 or more turns it off.
     pub shed_shard_load: f64,
     /// How long a shard must stay at `shed_shard_load` before it sheds viewers, in seconds.
     pub shed_after_secs: f64,

@@ -125,6 +125,8 @@ pub struct Engine {
     pub faults: Faults,
     /// Since when the measured load has been at or above `limits.shed_shard_load`.
     overloaded_since: Option<Instant>,
+    /// Shedding viewers until the load is below the admission threshold.
+    shedding: bool,
     pub outbox: Outbox,
     events: Vec<Event>,
 }
@@ -152,6 +154,7 @@ impl Engine {
             demux: Demux::default(),
             faults: Faults::default(),
             overloaded_since: None,
+            shedding: false,
             viewer_scratch: Vec::new(),
             first_frames: Vec::new(),
             timers: BinaryHeap::new(),
@@ -355,21 +358,28 @@ impl Engine {
     // ---- load ----------------------------------------------------------------------------------
 
     /// The IO layer measured this shard busy `load` (0 to 1) over its last window. Staying at
-    /// `limits.shed_shard_load` for `limits.shed_after_secs` sheds the newest viewers, a few
-    /// per window: with more viewers than the core can serve, every viewer would otherwise
-    /// lose packets (the socket drops what the shard cannot read); shedding some keeps the
-    /// stream whole for the rest, and the shed ones get a clean close they can retry on.
+    /// `limits.shed_shard_load` for `limits.shed_after_secs` starts shedding the newest
+    /// viewers, a few per window, until the load is below `limits.max_shard_load` (the
+    /// admission threshold, so shedding and admission do not fight) and 90 % of the shedding
+    /// threshold. With more viewers than
+    /// the core can serve, every viewer would otherwise lose packets (the socket drops what
+    /// the shard cannot read); shedding some keeps the stream whole for the rest, and the
+    /// shed ones get a clean close they can retry on, elsewhere or later.
     pub fn handle_load(&mut self, now: Instant, load: f64) {
         let limits = &self.config.limits;
-        if limits.shed_shard_load >= 1.0 || load < limits.shed_shard_load {
+        let shed_at = limits.shed_shard_load;
+        let resume_below = limits.max_shard_load.min(0.9 * shed_at);
+        if shed_at >= 1.0 || (load < shed_at && !(self.shedding && load >= resume_below)) {
             self.overloaded_since = None;
+            self.shedding = false;
             return;
         }
         let since = *self.overloaded_since.get_or_insert(now);
         let after = Duration::from_secs_f64(limits.shed_after_secs.max(0.0));
-        if now.saturating_duration_since(since) < after {
+        if !self.shedding && now.saturating_duration_since(since) < after {
             return;
         }
+        self.shedding = true;
         let mut viewers: Vec<(Instant, SessionId)> = self
             .sessions
             .values()
