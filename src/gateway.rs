@@ -95,21 +95,28 @@ impl Gateway {
             let candidates: Vec<SocketAddr> =
                 ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
             media_addrs.extend(candidates.iter().copied());
-            let engine = Engine::new(
-                k,
-                config.clone(),
-                candidates,
-                Instant::now(),
-                rand::random(),
-            );
-            let hub = hub.clone();
-            let peers = links.as_ref().clone();
-            let shared = counters[k].clone();
-            let set_source_ip =
-                config.media.bind_ip.is_unspecified() && config.media.public_ips.is_empty();
+            let engine_config = config.clone();
+            let new_engine = move |seed| {
+                Engine::new(
+                    k,
+                    engine_config.clone(),
+                    candidates.clone(),
+                    Instant::now(),
+                    seed,
+                )
+            };
+            let parts = io::ShardParts {
+                socket,
+                chans,
+                peers: links.as_ref().clone(),
+                hub: hub.clone(),
+                counters: counters[k].clone(),
+                set_source_ip: config.media.bind_ip.is_unspecified()
+                    && config.media.public_ips.is_empty(),
+            };
             let t = std::thread::Builder::new()
                 .name(format!("wishcast-shard-{k}"))
-                .spawn(move || io::run(engine, socket, chans, peers, hub, shared, set_source_ip))
+                .spawn(move || io::supervise(new_engine, parts))
                 .map_err(StartError::Thread)?;
             threads.push(t);
         }
@@ -241,6 +248,14 @@ impl Gateway {
             s.add(&c.load());
         }
         s
+    }
+
+    /// Makes shard `k` panic outside any session's isolation, for tests of its restart.
+    #[cfg(feature = "testkit")]
+    pub fn crash_shard(&self, k: usize) {
+        if let Some(link) = self.shards.get(k) {
+            let _ = link.commands.send(crate::shard::Command::Crash);
+        }
     }
 
     /// Stops accepting requests (in-flight ones get the drain deadline), ends every session with

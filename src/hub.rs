@@ -249,6 +249,32 @@ impl Hub {
         })
     }
 
+    /// The sessions on shard `shard`, in id order.
+    pub fn sessions_on(&self, shard: usize) -> Vec<SessionId> {
+        let mut ids: Vec<SessionId> = self
+            .lock()
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.shard == shard)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The streams shard `shard` has viewers of, by name.
+    pub fn streams_watched_by(&self, shard: usize) -> Vec<Arc<str>> {
+        let mut names: Vec<Arc<str>> = self
+            .lock()
+            .streams
+            .iter()
+            .filter(|(_, s)| s.viewer_shards & (1 << shard) != 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Records shard `shard`'s measured load (busy fraction of its last window).
     pub fn set_load(&self, shard: usize, load: f64) {
         let mut st = self.lock();

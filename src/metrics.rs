@@ -101,6 +101,7 @@ impl Metrics {
             counter!("wishcast_plis_sent_total").absolute(s.plis_sent);
             counter!("wishcast_shard_media_dropped_total").absolute(s.shard_media_dropped);
             counter!("wishcast_sessions_shed_total").absolute(s.sessions_shed);
+            counter!("wishcast_shard_restarts_total").absolute(s.shard_restarts);
             for (k, busy) in snap.shard_busy_secs.iter().enumerate() {
                 gauge!("wishcast_shard_busy_seconds_total", "shard" => k.to_string()).set(*busy);
             }

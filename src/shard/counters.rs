@@ -63,6 +63,9 @@ counters! {
     shard_media_dropped,
     /// Viewers this shard closed because it stayed overloaded (newest first).
     sessions_shed,
+    /// Times the shard's thread panicked outside a session's isolation and was restarted
+    /// with a fresh engine (its sessions lost).
+    shard_restarts,
 }
 
 impl Counters {

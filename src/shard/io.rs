@@ -76,17 +76,78 @@ pub fn channels(queue: usize) -> (ShardLink, ShardChannels) {
     )
 }
 
-/// Runs the shard until it gets [`Command::Shutdown`] or every sender is gone. The engine's
-/// [`HubUpdate`](super::HubUpdate)s are applied to `hub` here, outside the engine.
-pub fn run(
-    mut engine: Engine,
-    socket: std::net::UdpSocket,
-    mut chans: ShardChannels,
-    peers: Vec<ShardLink>,
-    hub: Arc<Hub>,
-    counters: Arc<SharedCounters>,
-    set_source_ip: bool,
-) {
+/// What a shard thread runs on, kept across restarts.
+pub struct ShardParts {
+    pub socket: std::net::UdpSocket,
+    pub chans: ShardChannels,
+    pub peers: Vec<ShardLink>,
+    pub hub: Arc<Hub>,
+    pub counters: Arc<SharedCounters>,
+    /// See [`Sender::set_source_ip`].
+    pub set_source_ip: bool,
+}
+
+/// Runs a shard until it gets [`Command::Shutdown`] or every sender is gone, restarting it
+/// with a fresh engine from `new_engine` (given a seed) when it panics. The panicking engine's
+/// sessions are lost (their `Rtc` state went with it): the directory forgets them, the other
+/// shards are told what that changes (a publisher gone, a shard no longer watching), and
+/// their peers time out on consent and reconnect. The socket, the channels and the counters
+/// carry on, so commands already queued are served and no other shard notices beyond that.
+pub fn supervise(mut new_engine: impl FnMut(u64) -> Engine, mut parts: ShardParts) {
+    let mut seed = rand::random::<u64>();
+    loop {
+        let mut engine = new_engine(seed);
+        let index = engine.index();
+        // Counting goes on from where the previous engine left it.
+        engine.counters = parts.counters.load();
+        let ran =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(engine, &mut parts)));
+        let Err(panic) = ran else {
+            return;
+        };
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let lost = parts.hub.sessions_on(index);
+        error!(
+            shard = index,
+            panic = %what,
+            sessions_lost = lost.len(),
+            "shard panicked; restarting it with no sessions"
+        );
+        let mut c = parts.counters.load();
+        c.shard_restarts += 1;
+        parts.counters.publish(&c);
+        for (k, msg) in super::forget_shard(&parts.hub, index) {
+            if let Some(peer) = parts.peers.get(k) {
+                let _ = peer.control.send(msg);
+            }
+        }
+        seed = seed.wrapping_add(1);
+    }
+}
+
+/// Runs one engine on `parts` until shutdown (or a panic, which unwinds to [`supervise`]).
+/// The engine's [`HubUpdate`](super::HubUpdate)s are applied to the hub here, outside it.
+fn run(mut engine: Engine, parts: &mut ShardParts) {
+    let ShardParts {
+        socket,
+        chans,
+        peers,
+        hub,
+        counters,
+        set_source_ip,
+    } = parts;
+    let (peers, counters, set_source_ip) = (&peers[..], &**counters, *set_source_ip);
+    let socket = match socket.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "shard socket");
+            return;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -141,14 +202,14 @@ pub fn run(
         let mut bufs = vec![[0u8; BUF]; BATCH];
         let mut metas = vec![RecvMeta::default(); BATCH];
         let mut out = Sender {
-            hub,
+            hub: hub.clone(),
             set_source_ip,
             gso_buf: Vec::new(),
         };
         let mut woke = Instant::now();
         let mut window = (woke, 0u64);
         loop {
-            out.flush(&mut engine, &socket, &state, &peers).await;
+            out.flush(&mut engine, &socket, &state, peers).await;
             counters.publish(&engine.counters);
             counters.take_first_frames(&mut engine.first_frames);
             let now = Instant::now();
@@ -176,7 +237,7 @@ pub fn run(
                     let stop = matches!(cmd, Command::Shutdown);
                     engine.handle_command(Instant::now(), cmd);
                     if stop {
-                        out.flush(&mut engine, &socket, &state, &peers).await;
+                        out.flush(&mut engine, &socket, &state, peers).await;
                         break;
                     }
                 }

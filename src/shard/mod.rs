@@ -84,6 +84,9 @@ pub enum Command {
         reply: oneshot::Sender<Vec<(Arc<str>, StreamTotals)>>,
     },
     Shutdown,
+    /// Panics the shard outside any per-session isolation, for tests of its supervision.
+    #[cfg(feature = "testkit")]
+    Crash,
 }
 
 /// One session as the API shows it. Bytes, packets, bit rates, NACKs and PLIs come from str0m's
@@ -308,6 +311,31 @@ impl HubUpdate {
             },
         }
     }
+}
+
+/// Makes the directory forget every session of shard `shard` (whose engine was lost) and
+/// returns the messages that tells the other shards: [`PeerMsg::PublisherLeft`] for its
+/// publishers' viewers elsewhere, [`PeerMsg::Unsubscribe`] for streams it watched. The same
+/// [`HubUpdate`]s an engine would have sent had it removed them itself.
+pub fn forget_shard(hub: &Hub, shard: usize) -> Vec<(usize, PeerMsg)> {
+    let mut msgs = Vec::new();
+    for stream in hub.streams_watched_by(shard) {
+        let update = HubUpdate::Watch {
+            stream,
+            shard,
+            wants: false,
+        };
+        msgs.extend(update.apply(hub));
+    }
+    for id in hub.sessions_on(shard) {
+        let update = HubUpdate::Removed {
+            id,
+            shard,
+            by_peer: false,
+        };
+        msgs.extend(update.apply(hub));
+    }
+    msgs
 }
 
 /// The shard numbers in a set of shards (bit k for shard k), lowest first.

@@ -251,6 +251,8 @@ impl Engine {
                 totals.sort_by(|a, b| a.0.cmp(&b.0));
                 self.outbox.reply(reply, totals);
             }
+            #[cfg(feature = "testkit")]
+            Command::Crash => panic!("shard crash requested by a test"),
             Command::Shutdown => {
                 let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
                 ids.sort();
