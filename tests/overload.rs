@@ -23,7 +23,7 @@ use wishcast::session::Role;
 
 const CHEAP_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// More viewers than this are never started, however fast the machine.
-const MAX_VIEWERS: usize = 1200;
+const MAX_VIEWERS: usize = 1500;
 
 /// An nftables table that drops RTP and RTCP to [`CHEAP_IP`]; removed on drop.
 struct MediaDrop {
@@ -93,7 +93,9 @@ impl GatewayProcess {
         )
         .expect("write config");
         let log = std::fs::File::create(dir.join(format!("overload-{name}.log"))).expect("log");
-        let bin = env!("CARGO_BIN_EXE_wishcast");
+        let bin = std::env::var("WISHCAST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_wishcast").to_string());
+        let bin = bin.as_str();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut cmd = if cpus > 1 && which("taskset") {
             let mut c = Command::new("taskset");
@@ -268,6 +270,10 @@ async fn join_until_refused(url: &str, max: usize) -> (Vec<Peer>, Option<ClientE
     (viewers, None)
 }
 
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
@@ -398,12 +404,12 @@ async fn overload_is_refused_then_shed_and_memory_stays_bounded() {
         Sampled::start(&whep_url).await,
         Sampled::start(&whep_url).await,
     ];
-    let target = (admitted * 2).clamp(50, MAX_VIEWERS);
+    let target = env_number("OVERLOAD_VIEWERS").unwrap_or((admitted * 2).clamp(50, MAX_VIEWERS));
     let (viewers, refusal) = join_until_refused(&whep_url, target).await;
     assert!(refusal.is_none(), "admission is off: {refusal:?}");
     let joined = Instant::now();
     let mut rss = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..env_number("OVERLOAD_SECS").unwrap_or(20).max(6) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         rss.push(gw.rss());
     }
