@@ -254,7 +254,7 @@ impl Gateway {
     #[cfg(feature = "testkit")]
     pub fn crash_shard(&self, k: usize) {
         if let Some(link) = self.shards.get(k) {
-            let _ = link.commands.send(crate::shard::Command::Crash);
+            let _ = link.commands.try_send(crate::shard::Command::Crash);
         }
     }
 
@@ -267,7 +267,9 @@ impl Gateway {
             let _ = task.await;
         }
         for link in self.shards.iter() {
-            let _ = link.commands.send(Command::Shutdown);
+            // Waits for room: the shard reads its commands first.
+            let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, link.commands.send(Command::Shutdown))
+                .await;
         }
         let threads = self.threads;
         let join = tokio::task::spawn_blocking(move || {

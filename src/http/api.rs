@@ -92,7 +92,7 @@ pub async fn stream_list(app: &AppState) -> Vec<StreamListItem> {
         let (tx, rx) = oneshot::channel();
         if link
             .commands
-            .send(Command::StreamTotals { reply: tx })
+            .try_send(Command::StreamTotals { reply: tx })
             .is_ok()
         {
             pending.push(rx);
@@ -147,7 +147,7 @@ async fn stream(
             stream: key.clone(),
             reply: tx,
         };
-        if link.commands.send(cmd).is_ok() {
+        if link.commands.try_send(cmd).is_ok() {
             pending.push(rx);
         }
     }

@@ -360,7 +360,7 @@ pub(crate) async fn ask<T>(
 ) -> Result<T, SessionError> {
     let link = app.shards.get(shard).ok_or(SessionError::Unavailable)?;
     link.commands
-        .send(cmd)
+        .try_send(cmd)
         .map_err(|_| SessionError::Unavailable)?;
     match tokio::time::timeout(SHARD_REPLY, rx).await {
         Ok(Ok(r)) => r,

@@ -32,6 +32,8 @@ const BUF: usize = 2048;
 const MAX_BATCHES_PER_WAKE: usize = 8;
 /// Transmits waiting in the outbox after which reading stops for this wake-up.
 const MAX_QUEUED_TRANSMITS: usize = 16_384;
+/// Signalling commands waiting for a shard at most; more get 503 (shard unavailable).
+const COMMAND_QUEUE: usize = 1024;
 /// How often the shard measures its load (busy fraction) for admission control and shedding.
 const LOAD_WINDOW: Duration = Duration::from_millis(500);
 /// Requested socket buffer sizes, bytes.
@@ -40,7 +42,9 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// How to reach a shard from outside its thread.
 #[derive(Clone)]
 pub struct ShardLink {
-    pub commands: mpsc::UnboundedSender<Command>,
+    /// Requests from signalling; bounded, so a stuck shard makes HTTP answer 503 at once
+    /// instead of queueing requests (and their memory) behind it.
+    pub commands: mpsc::Sender<Command>,
     /// Shard-to-shard control (subscriptions, GOP hand-over, publisher left, keyframe
     /// requests): never dropped, because a lost one leaves a shard's viewers black with nothing
     /// to repair it. It stays small: one message per subscription change or publisher change,
@@ -53,13 +57,13 @@ pub struct ShardLink {
 }
 
 pub struct ShardChannels {
-    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub commands: mpsc::Receiver<Command>,
     pub control: mpsc::UnboundedReceiver<PeerMsg>,
     pub media: mpsc::Receiver<PeerMsg>,
 }
 
 pub fn channels(queue: usize) -> (ShardLink, ShardChannels) {
-    let (ctx, crx) = mpsc::unbounded_channel();
+    let (ctx, crx) = mpsc::channel(COMMAND_QUEUE);
     let (ktx, krx) = mpsc::unbounded_channel();
     let (mtx, mrx) = mpsc::channel(queue.max(1));
     (
