@@ -73,17 +73,23 @@ pub enum Pushed {
 
 /// The video packets of one stream since its last keyframe, kept by every shard that has viewers of it
 /// (and by the publisher's shard, which hands it to shards that subscribe later).
+///
+/// Packets come in arrival order, which after a loss is not sequence order: a retransmission
+/// arrives after packets sent later, and may be the keyframe's first packet. Frames are told
+/// apart by RTP timestamp and ordered by sequence number, so a late packet neither splits the
+/// frame it belongs to nor moves the start of the cache.
 #[derive(Debug)]
 pub struct StreamCache {
     packets: Vec<Arc<MediaPacket>>,
-    /// Index in `packets` where the current video frame starts.
-    frame_start: usize,
-    frame_time: Option<u32>,
-    /// `packets` begins with a keyframe and holds everything since.
-    has_keyframe: bool,
-    /// The keyframe of the current frame was already seen (several packets may carry it).
-    frame_is_key: bool,
-    /// Keep whole GOPs (the GOP cache) or only the current frame.
+    /// Timestamp and first sequence number of the newest video frame (by sequence number).
+    frame: Option<(u32, u64)>,
+    /// The same for the frame before it: a late keyframe packet can belong to that one.
+    previous_frame: Option<(u32, u64)>,
+    /// The keyframe `packets` starts with: its timestamp and first sequence number.
+    key: Option<(u32, u64)>,
+    /// Highest video sequence number seen.
+    max_seq: Option<u64>,
+    /// Keep whole GOPs (the GOP cache) or only the frames a late keyframe packet may need.
     keep_gop: bool,
     max_packets: usize,
     pub publisher: Option<SessionId>,
@@ -93,10 +99,10 @@ impl StreamCache {
     pub fn new(keep_gop: bool, max_packets: usize) -> StreamCache {
         StreamCache {
             packets: Vec::new(),
-            frame_start: 0,
-            frame_time: None,
-            has_keyframe: false,
-            frame_is_key: false,
+            frame: None,
+            previous_frame: None,
+            key: None,
+            max_seq: None,
             keep_gop,
             max_packets,
             publisher: None,
@@ -106,10 +112,10 @@ impl StreamCache {
     /// Forgets everything: the publisher left, the next one starts from its own keyframe.
     pub fn reset(&mut self) {
         self.packets.clear();
-        self.frame_start = 0;
-        self.frame_time = None;
-        self.has_keyframe = false;
-        self.frame_is_key = false;
+        self.frame = None;
+        self.previous_frame = None;
+        self.key = None;
+        self.max_seq = None;
         self.publisher = None;
     }
 
@@ -124,28 +130,65 @@ impl StreamCache {
             // overflows (audio has no retransmission; video is recovered by NACK).
             return Pushed::Packet;
         }
-        if pkt.kind == Kind::Video && self.frame_time != Some(pkt.time) {
-            self.frame_time = Some(pkt.time);
-            self.frame_is_key = false;
-            if !self.keep_gop || !self.has_keyframe {
-                // Nothing before this frame can start a viewer: drop it.
-                self.packets.clear();
+        let newest = self.max_seq.is_none_or(|m| pkt.seq > m);
+        if newest {
+            self.max_seq = Some(pkt.seq);
+            if self.frame.is_none_or(|(t, _)| t != pkt.time) {
+                self.previous_frame = self.frame;
+                self.frame = Some((pkt.time, pkt.seq));
+                if !self.keep_gop || self.key.is_none() {
+                    // Nothing before the previous frame can start a viewer: drop it.
+                    if let Some((_, first)) = self.previous_frame {
+                        self.packets.retain(|p| p.seq >= first);
+                    }
+                }
             }
-            self.frame_start = self.packets.len();
+        } else {
+            // A late packet may be the new first packet of its frame.
+            for f in [&mut self.frame, &mut self.previous_frame] {
+                if let Some((t, first)) = f {
+                    if *t == pkt.time && pkt.seq < *first {
+                        *first = pkt.seq;
+                    }
+                }
+            }
+        }
+        if let Some((t, first)) = self.key {
+            if pkt.seq < first {
+                if t == pkt.time {
+                    // The keyframe's own first packet, retransmitted: joiners start on it.
+                    self.key = Some((t, pkt.seq));
+                    self.packets.insert(0, pkt);
+                }
+                // Otherwise late, from before the cached keyframe: no joiner needs it.
+                return Pushed::Packet;
+            }
         }
         if self.packets.len() >= self.max_packets {
             // A GOP longer than the cache: stop caching until the next keyframe.
             self.packets.clear();
-            self.frame_start = 0;
-            self.has_keyframe = false;
+            self.key = None;
         }
-        let starts_keyframe = pkt.kind == Kind::Video && pkt.keyframe && !self.frame_is_key;
+        let starts_keyframe = pkt.kind == Kind::Video
+            && pkt.keyframe
+            && self
+                .key
+                .is_none_or(|(t, first)| t != pkt.time && pkt.seq > first);
+        let time = pkt.time;
         self.packets.push(pkt);
         if starts_keyframe {
-            self.frame_is_key = true;
-            self.packets.drain(..self.frame_start);
-            self.frame_start = 0;
-            self.has_keyframe = true;
+            // The frame starts at its lowest sequence number seen so far (an H264 SPS/PPS
+            // packet precedes the IDR with the same timestamp).
+            let first = self
+                .packets
+                .iter()
+                .filter(|p| p.time == time)
+                .map(|p| p.seq)
+                .min()
+                .unwrap_or(0);
+            self.packets.retain(|p| p.seq >= first);
+            self.packets.sort_by_key(|p| p.seq);
+            self.key = Some((time, first));
             return Pushed::KeyframeStart;
         }
         Pushed::Packet
@@ -154,12 +197,13 @@ impl StreamCache {
     /// The cached packets from the last keyframe on, if the cache holds one (the GOP a new viewer
     /// starts with).
     pub fn gop(&self) -> Option<&[Arc<MediaPacket>]> {
-        (self.has_keyframe && self.keep_gop).then_some(&self.packets[..])
+        (self.key.is_some() && self.keep_gop).then_some(&self.packets[..])
     }
 
-    /// The packets of the current frame (after [`Pushed::KeyframeStart`]: the keyframe so far).
+    /// After [`Pushed::KeyframeStart`]: the keyframe so far, in sequence order, and any packet
+    /// of a later frame that arrived before it.
     pub fn frame(&self) -> &[Arc<MediaPacket>] {
-        &self.packets[self.frame_start..]
+        &self.packets
     }
 
     /// Everything cached, for handing to a shard that subscribes.
@@ -361,12 +405,56 @@ mod tests {
     }
 
     #[test]
-    fn without_gop_cache_only_the_current_frame_is_kept() {
+    fn without_gop_cache_only_the_last_two_frames_are_kept() {
         let mut c = StreamCache::new(false, 100);
         c.push(pkt(1, Kind::Video, 1, 100, true));
         c.push(pkt(1, Kind::Video, 2, 200, false));
+        c.push(pkt(1, Kind::Video, 3, 300, false));
         assert!(c.gop().is_none());
-        assert_eq!(c.all().len(), 1);
+        let seqs: Vec<u64> = c.all().iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, vec![2, 3]);
+    }
+
+    fn seqs(c: &StreamCache) -> Vec<u64> {
+        c.gop().expect("gop").iter().map(|p| p.seq).collect()
+    }
+
+    #[test]
+    fn a_late_packet_of_the_keyframe_joins_its_frame() {
+        let mut c = StreamCache::new(true, 100);
+        c.push(pkt(1, Kind::Video, 1, 100, true));
+        // Frame 200: SPS (seq 2) lost, IDR start 3, rest 4; then frame 300 begins.
+        c.push(pkt(1, Kind::Video, 3, 200, true));
+        c.push(pkt(1, Kind::Video, 4, 200, false));
+        c.push(pkt(1, Kind::Video, 5, 300, false));
+        assert_eq!(seqs(&c), vec![3, 4, 5]);
+        // The retransmitted SPS comes first for later joiners.
+        assert_eq!(c.push(pkt(1, Kind::Video, 2, 200, false)), Pushed::Packet);
+        assert_eq!(seqs(&c), vec![2, 3, 4, 5]);
+        // A late packet of the GOP before is not cached.
+        c.push(pkt(1, Kind::Video, 1, 100, false));
+        assert_eq!(seqs(&c), vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_retransmitted_keyframe_start_after_the_next_frame_keeps_the_whole_keyframe() {
+        let mut c = StreamCache::new(true, 100);
+        c.push(pkt(1, Kind::Video, 1, 100, true));
+        c.push(pkt(1, Kind::Video, 2, 100, false));
+        // Keyframe 200: SPS 3, IDR start 4 (lost), IDR rest 5; delta 300: 6, then the RTX of 4.
+        c.push(pkt(1, Kind::Video, 3, 200, false));
+        c.push(pkt(1, Kind::Video, 5, 200, false));
+        c.push(pkt(1, Kind::Video, 6, 300, false));
+        assert_eq!(
+            c.push(pkt(1, Kind::Video, 4, 200, true)),
+            Pushed::KeyframeStart
+        );
+        assert_eq!(seqs(&c), vec![3, 4, 5, 6], "from the SPS on, in order");
+        assert_eq!(c.frame().first().map(|p| p.seq), Some(3));
+        // A second IDR packet of the same frame does not start it again.
+        assert_eq!(c.push(pkt(1, Kind::Video, 7, 200, true)), Pushed::Packet);
+        c.push(pkt(1, Kind::Video, 8, 300, false));
+        assert_eq!(seqs(&c), vec![3, 4, 5, 6, 7, 8]);
     }
 
     #[test]

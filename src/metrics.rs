@@ -91,6 +91,7 @@ impl Metrics {
             counter!("wishcast_packets_forwarded_total").absolute(s.packets_forwarded);
             counter!("wishcast_packets_without_codec_total").absolute(s.packets_no_codec);
             counter!("wishcast_keyframe_requests_total").absolute(s.keyframe_requests_sent);
+            counter!("wishcast_unrepaired_losses_total").absolute(s.unrepaired_losses);
             counter!("wishcast_gop_cache_hits_total").absolute(s.gop_cache_hits);
             counter!("wishcast_sessions_expired_total").absolute(s.sessions_expired);
             counter!("wishcast_str0m_panics_total").absolute(s.panics);

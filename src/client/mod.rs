@@ -6,6 +6,7 @@
 
 pub mod h3;
 pub mod http;
+pub mod impair;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -46,6 +47,8 @@ pub struct ClientOptions {
     /// Signalling (POST, PATCH, DELETE) over HTTP/3 through this client, for `https://` URLs
     /// of a gateway's QUIC listener; plain HTTP/1.1 if `None`.
     pub h3: Option<Arc<h3::H3Client>>,
+    /// Reach the endpoint's media candidates through this relay (delay and reordering).
+    pub relay: Option<Arc<impair::Relay>>,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +65,7 @@ impl From<PeerOptions> for ClientOptions {
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             bearer: None,
             h3: None,
+            relay: None,
         }
     }
 }
@@ -238,8 +242,13 @@ impl Peer {
             .ok_or_else(|| ClientError::Protocol("201 without Location header".into()))?;
         let location = http::resolve_url(endpoint_url, location)?;
         let etag = resp.header("etag").map(str::to_string);
-        let answer_sdp = String::from_utf8(resp.body)
+        let mut answer_sdp = String::from_utf8(resp.body)
             .map_err(|_| ClientError::Sdp("answer is not UTF-8".into()))?;
+        if let Some(relay) = &opts.relay {
+            answer_sdp = relay
+                .rewrite_candidates(&answer_sdp)
+                .map_err(|e| ClientError::Io(std::io::Error::other(e.to_string())))?;
+        }
         core.accept_answer(Instant::now(), &answer_sdp)?;
 
         let (state_tx, state_rx) = watch::channel(LinkState::Connecting);

@@ -19,6 +19,10 @@ use super::{
 use crate::sdp::{restart_offer, Fragment};
 use crate::session::Role;
 
+/// A publisher's resend buffer: str0m's default size and age.
+const RTX_CACHE_PACKETS: usize = 2000;
+const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Timeout rounds a graceful close may take to drain RTCP BYE and DTLS close_notify.
 const CLOSE_ROUNDS: usize = 10;
 
@@ -51,6 +55,11 @@ pub struct PeerCore {
     rtcp_out: RtcpLog,
     egress: Vec<MediaEgressStats>,
     ingress: Vec<MediaIngressStats>,
+    /// Viewer: a keyframe started its video since the last gap (it can decode).
+    decodable: bool,
+    /// Viewer: when it last asked for a keyframe itself, and whether it wants to now.
+    last_keyframe_request: Option<Instant>,
+    keyframe_wanted: bool,
 }
 
 impl PeerCore {
@@ -96,6 +105,9 @@ impl PeerCore {
             rtcp_out: RtcpLog::default(),
             egress: Vec::new(),
             ingress: Vec::new(),
+            decodable: false,
+            last_keyframe_request: None,
+            keyframe_wanted: false,
         }
     }
 
@@ -258,6 +270,11 @@ impl PeerCore {
                     .ok_or(PeerError::NoPayloadType(kind))?;
                 let p = (params.pt(), params.spec().clock_rate);
                 self.write_params[slot(kind)] = Some(p);
+                // Resend whatever is NACKed, as browsers do: str0m's default caps resends
+                // at 15 % of the bytes sent, which under heavy loss leaves losses unrepaired.
+                if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                }
                 p
             }
         };
@@ -279,6 +296,31 @@ impl PeerCore {
         };
         self.drain(now);
         requested
+    }
+
+    /// A decoder with nothing to decode asks for a keyframe, at most once per
+    /// [`super::KEYFRAME_REQUEST_GAP`]; true if it did (a mutation: drain after it).
+    fn request_keyframe_for_decoder(&mut self, now: Instant) -> bool {
+        if self
+            .last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < super::KEYFRAME_REQUEST_GAP)
+        {
+            return false;
+        }
+        let Some(mid) = self.mids[0] else {
+            return false;
+        };
+        let Some(mut writer) = self.rtc.writer(mid) else {
+            return false;
+        };
+        if writer
+            .request_keyframe(None, KeyframeRequestKind::Pli)
+            .is_err()
+        {
+            return false;
+        }
+        self.last_keyframe_request = Some(now);
+        true
     }
 
     /// Ends the session gracefully: RTCP BYE and DTLS close_notify go to
@@ -341,6 +383,11 @@ impl PeerCore {
         }
         if !self.rtc.is_alive() {
             self.end("session closed".into());
+            return;
+        }
+        if std::mem::take(&mut self.keyframe_wanted) && self.request_keyframe_for_decoder(now) {
+            // The request is a mutation: drain again.
+            self.drain(now);
         }
     }
 
@@ -387,6 +434,12 @@ impl PeerCore {
                 if !d.contiguous {
                     self.stats.discontinuities += 1;
                 }
+                if d.is_keyframe() {
+                    self.decodable = true;
+                } else if !d.contiguous {
+                    self.decodable = false;
+                }
+                self.keyframe_wanted |= !self.decodable && self.opts.request_keyframes;
             }
             MediaKind::Audio => self.stats.audio_frames += 1,
         }

@@ -88,7 +88,14 @@ pub struct PeerOptions {
     pub raw_packets: bool,
     /// str0m statistics events every so often ([`PeerCore::egress`], [`PeerCore::ingress`]).
     pub stats_interval: Option<Duration>,
+    /// Viewer: ask for a keyframe (PLI) when video cannot be decoded, as a browser does:
+    /// a frame after a gap that was not repaired, or video that did not start on a
+    /// keyframe. At most one request per [`KEYFRAME_REQUEST_GAP`].
+    pub request_keyframes: bool,
 }
+
+/// Least time between a viewer's own keyframe requests ([`PeerOptions::request_keyframes`]).
+pub const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(300);
 
 impl Default for PeerOptions {
     /// H264 + Opus, recording frames and RTCP.
@@ -99,6 +106,7 @@ impl Default for PeerOptions {
             record_frames: true,
             raw_packets: true,
             stats_interval: None,
+            request_keyframes: false,
         }
     }
 }
@@ -120,6 +128,7 @@ impl PeerOptions {
             record_frames: false,
             raw_packets: false,
             stats_interval: None,
+            request_keyframes: false,
         }
     }
 }

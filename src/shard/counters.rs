@@ -42,6 +42,9 @@ counters! {
     packets_no_codec,
     /// Keyframe requests handed to str0m; it may merge several in one instant into one PLI.
     keyframe_requests_sent,
+    /// Publishers' video packets given up on: not repaired by NACK in time, so a keyframe
+    /// was asked for instead.
+    unrepaired_losses,
     /// Viewers started from the GOP cache.
     gop_cache_hits,
     /// Sessions removed for a connect or consent timeout, or because str0m closed them.

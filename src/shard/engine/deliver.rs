@@ -13,13 +13,14 @@ impl Engine {
         }
         let ssrc = rtp.header.ssrc;
         let seq = *rtp.seq_no;
-        let kind = match s.ssrcs.iter_mut().find(|x| x.ssrc == ssrc) {
-            Some(x) => {
-                x.received += 1;
-                x.max_seq = x.max_seq.max(seq);
-                x.first_seq = x.first_seq.min(seq);
-                x.kind
-            }
+        let pt = rtp.header.payload_type;
+        let Some(params) = s.rtc.codec_config().find(|p| p.pt() == pt).copied() else {
+            self.counters.packets_no_codec += 1;
+            return;
+        };
+        let known = s.ssrcs.iter().position(|x| x.ssrc == ssrc);
+        let kind = match known {
+            Some(i) => s.ssrcs[i].kind,
             None => {
                 let Some(mid) = s.rtc.direct_api().stream_rx(&ssrc).map(|rx| rx.mid()) else {
                     return;
@@ -27,25 +28,35 @@ impl Engine {
                 let Some(kind) = s.mids.iter().find(|(m, _)| *m == mid).map(|(_, k)| *k) else {
                     return;
                 };
-                s.ssrcs.push(Incoming {
-                    ssrc,
-                    kind,
-                    first_seq: seq,
-                    max_seq: seq,
-                    received: 1,
-                });
                 kind
             }
         };
-        let pt = rtp.header.payload_type;
-        let Some(params) = s.rtc.codec_config().find(|p| p.pt() == pt).copied() else {
-            self.counters.packets_no_codec += 1;
-            return;
-        };
         let keyframe = kind == Kind::Video && is_keyframe(params.spec().codec, &rtp.payload);
-        if keyframe {
-            // A held request is answered: sending it now would cost a needless keyframe.
+        let unrepaired = match known {
+            Some(i) => s.ssrcs[i].record(seq, keyframe, now),
+            None => {
+                s.ssrcs.push(Incoming::new(ssrc, kind, seq));
+                false
+            }
+        };
+        if keyframe && s.keyframe_after.is_none_or(|after| seq > after) {
+            // A held or repeated request is answered: sending it now would cost a needless
+            // keyframe.
             s.pli_pending = false;
+            s.keyframe_after = None;
+        }
+        if unrepaired {
+            // A frame the viewers cannot decode, and neither the frames after it: only a
+            // keyframe ends that.
+            let newest = s
+                .ssrcs
+                .iter()
+                .filter(|x| x.kind == Kind::Video)
+                .map(|x| x.max_seq)
+                .max()
+                .unwrap_or(seq);
+            s.keyframe_after = Some(newest);
+            self.counters.unrepaired_losses += 1;
         }
         let pkt = MediaPacket {
             publisher: id,
@@ -74,6 +85,9 @@ impl Engine {
             ));
         }
         self.deliver(now, &stream, Arc::new(pkt));
+        if unrepaired {
+            self.request_keyframe(now, id);
+        }
     }
 
     /// A packet of `stream` reaches this shard: cache it and write it to the local viewers.

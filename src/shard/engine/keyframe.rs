@@ -76,7 +76,9 @@ impl Engine {
         };
         rx.request_keyframe(KeyframeRequestKind::Pli);
         s.last_pli = Some(now);
-        s.pli_pending = false;
+        // After a loss that was not repaired, ask again each interval until the keyframe
+        // comes: the PLI or the keyframe may be lost as well.
+        s.pli_pending = s.keyframe_after.is_some();
         self.counters.keyframe_requests_sent += 1;
         self.drive(now, id);
     }

@@ -105,6 +105,7 @@ impl Engine {
             packets_written: 0,
             last_pli: None,
             pli_pending: false,
+            keyframe_after: None,
         };
         let etag = session.etag.clone();
         self.demux.set_ufrag(id, None, ufrag);

@@ -1,5 +1,7 @@
 //! One session as its shard keeps it: the str0m `Rtc` and what the gateway tracks beside it.
 
+use std::collections::VecDeque;
+
 use super::*;
 
 /// A [`super::CreateSession`] without its reply channel.
@@ -58,6 +60,9 @@ pub(super) struct Session {
     /// Publisher: when the last PLI went out, and whether one is held back.
     pub(super) last_pli: Option<Instant>,
     pub(super) pli_pending: bool,
+    /// Publisher: a loss could not be repaired, so a keyframe newer than this sequence number
+    /// is wanted; the PLI is repeated each interval until one arrives (a PLI can be lost too).
+    pub(super) keyframe_after: Option<u64>,
 }
 
 /// A publisher's incoming RTP stream: its kind, and what RFC 3550 §A.3 needs to count the
@@ -68,9 +73,75 @@ pub(super) struct Incoming {
     pub(super) first_seq: u64,
     pub(super) max_seq: u64,
     pub(super) received: u64,
+    /// Video: sequence numbers not received yet, oldest first, with when they were missed.
+    pub(super) missing: VecDeque<(u64, Instant)>,
 }
 
+/// How long a lost video packet may take to be repaired by NACK and retransmission before
+/// the gateway asks for a keyframe instead. str0m retries a NACK every RTT + 5 ms (100 ms
+/// while the RTT is unknown), at most 5 times; 300 ms leaves room for three tries at 100 ms,
+/// and for the keyframe to reach the viewers within a second of the loss.
+pub(super) const REPAIR_DEADLINE: Duration = Duration::from_millis(300);
+
+/// str0m NACKs a packet only while fewer than this many newer ones have arrived
+/// (`MAX_MISORDER` in its NACK register); past that it is never delivered.
+const NACK_WINDOW: u64 = 100;
+
+/// Missing packets tracked per stream; more means a burst no NACK will repair.
+const MAX_MISSING: usize = 256;
+
 impl Incoming {
+    pub(super) fn new(ssrc: Ssrc, kind: Kind, seq: u64) -> Incoming {
+        Incoming {
+            ssrc,
+            kind,
+            first_seq: seq,
+            max_seq: seq,
+            received: 1,
+            missing: VecDeque::new(),
+        }
+    }
+
+    /// Counts packet `seq`, received at `now`, and notes the gap before it (video only).
+    /// Returns true if a packet can no longer be repaired in time: the caller wants a keyframe.
+    pub(super) fn record(&mut self, seq: u64, keyframe: bool, now: Instant) -> bool {
+        self.received += 1;
+        let mut lost = false;
+        if seq > self.max_seq {
+            if self.kind == Kind::Video {
+                let gap = seq - self.max_seq - 1;
+                if gap >= NACK_WINDOW {
+                    lost = true;
+                } else {
+                    self.missing
+                        .extend((self.max_seq + 1..seq).map(|s| (s, now)));
+                }
+            }
+            self.max_seq = seq;
+        } else if let Ok(i) = self.missing.binary_search_by_key(&seq, |m| m.0) {
+            // Repaired by a retransmission, or only reordered.
+            self.missing.remove(i);
+        }
+        self.first_seq = self.first_seq.min(seq);
+        if keyframe {
+            // What was lost before a keyframe no longer matters to a decoder.
+            while self.missing.front().is_some_and(|m| m.0 < seq) {
+                self.missing.pop_front();
+            }
+        }
+        while let Some(&(s, since)) = self.missing.front() {
+            let given_up = now.saturating_duration_since(since) >= REPAIR_DEADLINE
+                || self.max_seq - s >= NACK_WINDOW
+                || self.missing.len() > MAX_MISSING;
+            if !given_up {
+                break;
+            }
+            self.missing.pop_front();
+            lost = true;
+        }
+        lost
+    }
+
     /// Expected minus received; retransmitted and duplicate packets count as received.
     pub(super) fn lost(&self) -> u64 {
         (self.max_seq - self.first_seq + 1).saturating_sub(self.received)

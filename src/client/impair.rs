@@ -1,0 +1,402 @@
+//! Bad networks on loopback, for tests and the loss matrix: real kernel packet loss from an
+//! iptables `statistic` rule, and jitter from a userspace UDP relay.
+//!
+//! The kernel here has no netem, so delay cannot come from `tc`; the [`Relay`] delays each
+//! datagram by its own random time instead, which also reorders them, as jitter on a real path
+//! does.
+
+use std::collections::BinaryHeap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Why a network impairment could not be set up. Tests skip on it rather than fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ImpairError {
+    #[error("iptables needs root (running as uid {0})")]
+    NotRoot(u32),
+    #[error("iptables is not installed: {0}")]
+    NoIptables(String),
+    #[error("iptables {args}: {stderr}")]
+    Iptables { args: String, stderr: String },
+    #[error("relay socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Random loss of every UDP datagram from or to one address, by an iptables rule in a chain
+/// of its own; removed on drop, whatever the test did.
+///
+/// Peers that should suffer bind `addr` (any 127.x.y.z works on Linux loopback); the rest of
+/// the machine's traffic does not match.
+#[derive(Debug)]
+pub struct IptablesLoss {
+    chain: String,
+    jumps: Vec<Vec<String>>,
+}
+
+impl IptablesLoss {
+    /// Drops each UDP datagram sent from or to `addr` with probability `probability`.
+    /// `chain` names the rule's chain (at most 28 characters; one per concurrent test).
+    pub fn new(chain: &str, addr: IpAddr, probability: f64) -> Result<IptablesLoss, ImpairError> {
+        use std::os::unix::fs::MetadataExt;
+        // The owner of /proc/self is the process's effective user.
+        let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+        if uid != 0 {
+            return Err(ImpairError::NotRoot(uid));
+        }
+        if let Err(e) = Command::new("iptables").arg("--version").output() {
+            return Err(ImpairError::NoIptables(e.to_string()));
+        }
+        let addr = addr.to_string();
+        let mut loss = IptablesLoss {
+            chain: chain.to_string(),
+            jumps: vec![
+                vec!["-p", "udp", "-s", &addr],
+                vec!["-p", "udp", "-d", &addr],
+            ]
+            .into_iter()
+            .map(|v| v.into_iter().map(String::from).collect())
+            .collect(),
+        };
+        // A run killed before its drop leaves its chain behind: start clean.
+        loss.remove();
+        iptables(&["-N", chain])?;
+        let p = format!("{probability:.4}");
+        iptables(&[
+            "-A",
+            chain,
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ])?;
+        // Loopback datagrams pass OUTPUT once: one chance of loss per datagram.
+        for jump in &loss.jumps {
+            let mut args = vec!["-I", "OUTPUT"];
+            args.extend(jump.iter().map(String::as_str));
+            args.extend(["-j", chain]);
+            iptables(&args)?;
+        }
+        Ok(loss)
+    }
+
+    /// Datagrams the rule dropped so far.
+    pub fn dropped(&self) -> u64 {
+        let Ok(out) = Command::new("iptables")
+            .args(["-w", "-L", &self.chain, "-v", "-n", "-x"])
+            .output()
+        else {
+            return 0;
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("DROP"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn remove(&mut self) {
+        for jump in &self.jumps {
+            let mut args = vec!["-D", "OUTPUT"];
+            args.extend(jump.iter().map(String::as_str));
+            args.extend(["-j", &self.chain]);
+            // Each rule may have been inserted more than once by killed runs.
+            while iptables(&args).is_ok() {}
+        }
+        let _ = iptables(&["-F", &self.chain]);
+        let _ = iptables(&["-X", &self.chain]);
+    }
+}
+
+impl Drop for IptablesLoss {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn iptables(args: &[&str]) -> Result<(), ImpairError> {
+    // -w: other users of the machine may hold the xtables lock for a moment.
+    let out = Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .map_err(|e| ImpairError::NoIptables(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ImpairError::Iptables {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// A UDP relay that delays every datagram by a random time up to `max_delay`, both ways.
+///
+/// Give it to a client ([`super::ClientOptions::relay`]): the client then reaches each of the
+/// gateway's candidates through a link of its own, a front socket the client sends to and a
+/// back socket that sends to the gateway, so the gateway sees the back socket as the client's
+/// address. Links end when the relay is dropped.
+pub struct Relay {
+    max_delay: Duration,
+    bind_ip: IpAddr,
+    shared: Arc<RelayShared>,
+    scheduler: Option<JoinHandle<()>>,
+    links: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct RelayShared {
+    stop: AtomicBool,
+    queue: Mutex<BinaryHeap<Due>>,
+    wake: Condvar,
+    seed: AtomicU64,
+    relayed: AtomicU64,
+}
+
+/// A datagram waiting for its time.
+struct Due {
+    at: Instant,
+    order: u64,
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    /// Earliest first in a max-heap.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.order).cmp(&(self.at, self.order))
+    }
+}
+
+/// How long a link's receive waits before it looks at the stop flag.
+const LINK_POLL: Duration = Duration::from_millis(50);
+
+impl Relay {
+    /// A relay on `bind_ip` delaying each datagram by a uniform random 0..=`max_delay`,
+    /// drawn from `seed`.
+    pub fn new(bind_ip: IpAddr, max_delay: Duration, seed: u64) -> Relay {
+        let shared = Arc::new(RelayShared {
+            stop: AtomicBool::new(false),
+            queue: Mutex::new(BinaryHeap::new()),
+            wake: Condvar::new(),
+            seed: AtomicU64::new(seed),
+            relayed: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let scheduler = std::thread::Builder::new()
+            .name("relay-send".into())
+            .spawn(move || s.send_loop())
+            .ok();
+        Relay {
+            max_delay,
+            bind_ip,
+            shared,
+            scheduler,
+            links: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Datagrams relayed so far, both ways.
+    pub fn relayed(&self) -> u64 {
+        self.shared.relayed.load(Ordering::Relaxed)
+    }
+
+    /// A new link to `target`: returns the front address a client sends to instead.
+    pub fn link(&self, target: SocketAddr) -> Result<SocketAddr, ImpairError> {
+        let front = Arc::new(UdpSocket::bind(SocketAddr::new(self.bind_ip, 0))?);
+        let back = Arc::new(UdpSocket::bind(SocketAddr::new(self.bind_ip, 0))?);
+        front.set_read_timeout(Some(LINK_POLL))?;
+        back.set_read_timeout(Some(LINK_POLL))?;
+        let front_addr = front.local_addr()?;
+        // The client's address, learned from its first datagram.
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        let seed = self.shared.seed.fetch_add(0x9e37_79b9, Ordering::Relaxed);
+        let max = self.max_delay;
+        let mut threads = Vec::new();
+        {
+            let (shared, front, back, client) = (
+                self.shared.clone(),
+                front.clone(),
+                back.clone(),
+                client.clone(),
+            );
+            let mut rng = fastrand::Rng::with_seed(seed);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("relay-in".into())
+                    .spawn(move || {
+                        shared.receive_loop(&front, |from| {
+                            *client.lock().unwrap_or_else(|p| p.into_inner()) = Some(from);
+                            Some((back.clone(), target, delay(&mut rng, max)))
+                        })
+                    })?,
+            );
+        }
+        {
+            let shared = self.shared.clone();
+            let mut rng = fastrand::Rng::with_seed(seed ^ 0x5555);
+            threads.push(std::thread::Builder::new().name("relay-out".into()).spawn(
+                move || {
+                    shared.receive_loop(&back, |_| {
+                        let to = (*client.lock().unwrap_or_else(|p| p.into_inner()))?;
+                        Some((front.clone(), to, delay(&mut rng, max)))
+                    })
+                },
+            )?);
+        }
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(threads);
+        Ok(front_addr)
+    }
+
+    /// `sdp` with every candidate's address replaced by a new link's front address.
+    pub fn rewrite_candidates(&self, sdp: &str) -> Result<String, ImpairError> {
+        let mut out = String::with_capacity(sdp.len());
+        for line in sdp.split_inclusive('\n') {
+            let body = line.trim_end_matches(['\r', '\n']);
+            let ending = &line[body.len()..];
+            let fields: Vec<&str> = body.split(' ').collect();
+            let target = body
+                .starts_with("a=candidate:")
+                .then(|| fields.get(4)?.parse::<IpAddr>().ok())
+                .flatten()
+                .and_then(|ip| Some(SocketAddr::new(ip, fields.get(5)?.parse().ok()?)));
+            match target {
+                Some(target) => {
+                    let front = self.link(target)?;
+                    let mut fields = fields;
+                    let (ip, port) = (front.ip().to_string(), front.port().to_string());
+                    fields[4] = &ip;
+                    fields[5] = &port;
+                    out.push_str(&fields.join(" "));
+                    out.push_str(ending);
+                }
+                None => out.push_str(line),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("max_delay", &self.max_delay)
+            .field("bind_ip", &self.bind_ip)
+            .finish()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+        if let Some(t) = self.scheduler.take() {
+            let _ = t.join();
+        }
+        for t in self
+            .links
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+fn delay(rng: &mut fastrand::Rng, max: Duration) -> Duration {
+    let micros = max.as_micros() as u64;
+    Duration::from_micros(rng.u64(0..=micros))
+}
+
+type Route = (Arc<UdpSocket>, SocketAddr, Duration);
+
+impl RelayShared {
+    /// Reads `socket` until stopped; `route` says where each datagram goes and after how long.
+    fn receive_loop(&self, socket: &UdpSocket, mut route: impl FnMut(SocketAddr) -> Option<Route>) {
+        let mut buf = vec![0u8; 65536];
+        let mut order = 0u64;
+        while !self.stop.load(Ordering::SeqCst) {
+            let (n, from) = match socket.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    continue
+                }
+                // ICMP port unreachable from a peer that left: keep relaying for the rest.
+                Err(_) => continue,
+            };
+            let Some((out, to, after)) = route(from) else {
+                continue;
+            };
+            order += 1;
+            let due = Due {
+                at: Instant::now() + after,
+                order,
+                socket: out,
+                to,
+                data: buf[..n].to_vec(),
+            };
+            self.queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(due);
+            self.wake.notify_one();
+        }
+    }
+
+    fn send_loop(&self) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        while !self.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            match queue.peek() {
+                Some(d) if d.at <= now => {
+                    if let Some(d) = queue.pop() {
+                        // Sent outside the lock: a full socket buffer must not hold the queue.
+                        drop(queue);
+                        let _ = d.socket.send_to(&d.data, d.to);
+                        self.relayed.fetch_add(1, Ordering::Relaxed);
+                        queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+                Some(d) => {
+                    let wait = d.at - now;
+                    queue = self
+                        .wake
+                        .wait_timeout(queue, wait)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+                None => {
+                    queue = self
+                        .wake
+                        .wait_timeout(queue, LINK_POLL)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+            }
+        }
+    }
+}
