@@ -111,6 +111,7 @@ pub mod auth;
 #[cfg(any(test, feature = "testkit"))]
 pub mod client;
 pub mod config;
+pub mod dtls;
 pub mod fanout;
 pub mod gateway;
 pub mod http;

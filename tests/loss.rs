@@ -64,6 +64,8 @@ struct ViewerReport {
     first_is_key: bool,
     /// Frames before the first keyframe (undecodable).
     before_keyframe: u64,
+    /// Frames received again after a restart from the GOP cache.
+    repeated: u64,
     /// Frame latency, encoder clock to arrival, per received frame.
     latencies: Vec<Duration>,
 }
@@ -286,6 +288,11 @@ async fn watch(
                 r.before_keyframe += 1;
                 continue;
             }
+        }
+        if frames.last().is_some_and(|l| i <= l.0) {
+            // Sent again: the gateway restarted this viewer from its GOP cache.
+            r.repeated += 1;
+            continue;
         }
         let due = started + Duration::from_secs(1) * i as u32 / FPS;
         r.latencies.push(f.at.saturating_duration_since(due));

@@ -23,6 +23,9 @@ use crate::session::Role;
 const RTX_CACHE_PACKETS: usize = 2000;
 const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// First retransmission of an unanswered ICE check.
+const STUN_INITIAL_RTO: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Timeout rounds a graceful close may take to drain RTCP BYE and DTLS close_notify.
 const CLOSE_ROUNDS: usize = 10;
 
@@ -68,6 +71,8 @@ impl PeerCore {
     /// [`PeerCore::new`].
     pub fn rtc_config(opts: &PeerOptions) -> RtcConfig {
         let mut cfg = Rtc::builder()
+            // Browsers retry lost DTLS flights long before RFC 6347's 1 s.
+            .set_crypto_provider(crate::dtls::crypto_provider())
             .set_ice_lite(false)
             .set_stats_interval(opts.stats_interval)
             .enable_raw_packets(opts.raw_packets)
@@ -82,6 +87,9 @@ impl PeerCore {
         if opts.audio {
             cfg = cfg.enable_opus(true, false);
         }
+        // Browsers check a pair that has not answered every 48 ms or so (libwebrtc's weak
+        // ping interval); str0m starts at 250 ms, doubling.
+        cfg.set_initial_stun_rto(STUN_INITIAL_RTO);
         cfg
     }
 

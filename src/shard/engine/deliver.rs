@@ -115,11 +115,10 @@ impl Engine {
                     .and_then(|s| s.tracks.iter().find(|(_, t)| t.kind == pkt.kind))
                     .is_some_and(|(_, t)| t.waiting_keyframe);
             if starts_waiting {
-                // Start on the whole keyframe, including its packets before this one (SPS/PPS).
-                self.start_track_with_next(v, Kind::Video);
-                for p in frame.iter().filter(|p| p.kind == Kind::Video) {
-                    self.forward(now, v, p);
-                }
+                // Start on the whole keyframe, including its packets before this one (SPS/PPS),
+                // through the replay path, which sends its first packet with care.
+                let video = frame.iter().filter(|p| p.kind == Kind::Video).cloned();
+                self.start_from_cache(now, v, video.collect());
             } else {
                 self.forward(now, v, &pkt);
             }
@@ -210,6 +209,7 @@ impl Engine {
         s.packets_written += 1;
         if pkt.kind == Kind::Video && !s.first_video_sent {
             s.first_video_sent = true;
+            s.video_started = Some(now);
             let secs = now.saturating_duration_since(s.created).as_secs_f64();
             self.first_frames.push(secs);
         }

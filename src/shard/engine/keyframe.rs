@@ -3,7 +3,51 @@
 
 use super::*;
 
+/// A viewer's keyframe request this soon after its video started is taken as a start it
+/// could not decode, and answered from the GOP cache.
+const START_WINDOW: Duration = Duration::from_secs(2);
+
 impl Engine {
+    /// A viewer asked for a keyframe (PLI or FIR).
+    ///
+    /// Right after its start that usually means the start itself failed: under loss, its
+    /// first packets can arrive before its DTLS keys do (the gateway's last handshake flight
+    /// was lost), and a receiver never asks for packets older than the first it decrypted. The
+    /// GOP cache then holds the keyframe it missed: the viewer starts again on it, as if a new
+    /// publisher began, with sequence numbers and timestamps continuing its own. That costs
+    /// the other viewers nothing. Once per viewer; any other request goes to the publisher.
+    pub(super) fn on_keyframe_request(&mut self, now: Instant, id: SessionId) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        let stream = s.stream.clone();
+        let just_started = s.role == Role::Play
+            && !s.restarted
+            && s.video_started
+                .is_some_and(|t| now.saturating_duration_since(t) < START_WINDOW);
+        let gop = self
+            .streams
+            .get(&stream)
+            .and_then(|l| l.cache.gop())
+            .map(|g| g.to_vec());
+        match gop {
+            Some(gop) if just_started => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.restarted = true;
+                    s.backlog.clear();
+                    for (_, t) in &mut s.tracks {
+                        if t.kind == Kind::Video {
+                            t.publisher_left();
+                        }
+                    }
+                }
+                self.counters.gop_cache_hits += 1;
+                self.start_from_cache(now, id, gop);
+            }
+            _ => self.ask_keyframe(now, &stream),
+        }
+    }
+
     /// Routes a keyframe request to the stream's publisher, wherever it is.
     pub(super) fn ask_keyframe(&mut self, now: Instant, stream: &Arc<str>) {
         if let Some(id) = self.local_publisher(stream) {

@@ -515,12 +515,7 @@ impl Engine {
             @ (Event::PeerStats(_) | Event::MediaIngressStats(_) | Event::MediaEgressStats(_)) => {
                 self.on_stats(id, e)
             }
-            Event::KeyframeRequest(_) => {
-                let Some(stream) = self.sessions.get(&id).map(|s| s.stream.clone()) else {
-                    return;
-                };
-                self.ask_keyframe(now, &stream);
-            }
+            Event::KeyframeRequest(_) => self.on_keyframe_request(now, id),
             _ => {}
         }
     }

@@ -6,6 +6,7 @@ use super::*;
 impl Engine {
     pub(super) fn rtc_config(&self) -> RtcConfig {
         let mut cfg = Rtc::builder()
+            .set_crypto_provider(crate::dtls::crypto_provider())
             .set_rtp_mode(true)
             .set_ice_lite(self.config.media.ice_lite)
             .clear_codecs()
@@ -106,6 +107,9 @@ impl Engine {
             last_pli: None,
             pli_pending: false,
             keyframe_after: None,
+            lead_in: 0,
+            video_started: None,
+            restarted: false,
         };
         let etag = session.etag.clone();
         self.demux.set_ufrag(id, None, ufrag);

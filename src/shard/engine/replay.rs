@@ -97,6 +97,9 @@ impl Engine {
     ) {
         self.start_track_with_next(id, Kind::Video);
         if let Some(s) = self.sessions.get_mut(&id) {
+            if s.backlog.is_empty() {
+                s.lead_in = LEAD_IN;
+            }
             s.backlog.extend(gop);
         }
         // The first share (the keyframe, as far as the budget goes) leaves now, the rest on
@@ -125,6 +128,15 @@ impl Engine {
         let budget = (self.config.media.gop_replay_kbps as usize * 1000 / 8)
             * REPLAY_TICK.as_micros() as usize
             / 1_000_000;
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if s.lead_in > 0 {
+                s.lead_in -= 1;
+                if let Some(first) = s.backlog.front().cloned() {
+                    self.write_to_viewer(now, id, &first);
+                    return true;
+                }
+            }
+        }
         let mut sent = 0;
         while sent < budget.max(1) {
             let Some(pkt) = self
@@ -145,3 +157,10 @@ impl Engine {
 
 /// How often paced GOP-cache replays send their next share.
 const REPLAY_TICK: Duration = Duration::from_millis(5);
+
+/// A viewer's first video packet goes out on this many replay ticks before the rest of its
+/// start, which sends it once more. Its receiver counts sequence numbers from the first packet that
+/// arrives and never asks for older ones: were that first packet lost, or overtaken by the
+/// next, the keyframe (its SPS and PPS, say) would stay incomplete until the next one. A
+/// copy repeats the same packet, sequence number and all, so a receiver drops the extras.
+const LEAD_IN: u8 = 3;

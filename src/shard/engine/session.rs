@@ -57,6 +57,13 @@ pub(super) struct Session {
     /// Viewer catching up from the GOP cache: packets not yet sent, paced so the burst does not
     /// overflow the viewer's path or socket; live packets queue behind them.
     pub(super) backlog: std::collections::VecDeque<Arc<MediaPacket>>,
+    /// Replay ticks left on which the backlog's first packet is sent again before the rest
+    /// (see `replay::LEAD_IN`).
+    pub(super) lead_in: u8,
+    /// Viewer: when its video started, and whether a keyframe request of its own was already
+    /// answered by starting it again from the GOP cache (once per viewer).
+    pub(super) video_started: Option<Instant>,
+    pub(super) restarted: bool,
     /// Publisher: when the last PLI went out, and whether one is held back.
     pub(super) last_pli: Option<Instant>,
     pub(super) pli_pending: bool,
