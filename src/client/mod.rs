@@ -132,6 +132,8 @@ enum Command {
     Stop {
         graceful: bool,
     },
+    /// Stop reading the socket and sending, until stopped.
+    Freeze,
 }
 
 /// State shared between the IO loop and the handle, copied from the core after every step.
@@ -519,6 +521,12 @@ impl Peer {
         self.join();
     }
 
+    /// Stop reading the socket and sending anything, consent answers included, until the
+    /// peer is dropped: a hung client whose socket buffer fills up.
+    pub fn freeze(&self) -> Result<(), ClientError> {
+        self.command(Command::Freeze)
+    }
+
     /// Stop the IO loop abruptly: no DELETE, no BYE, no close_notify (a
     /// crashed client). Returns once the loop has stopped sending.
     pub fn kill(mut self) {
@@ -726,6 +734,13 @@ impl IoLoop {
                 Flow::Continue
             }
             Command::Stop { graceful: false } => Flow::Exit("stopped".into()),
+            Command::Freeze => loop {
+                // Only a stop (or the handle going away) ends it; the socket is left unread.
+                match self.commands.recv() {
+                    Ok(Command::Stop { .. }) | Err(_) => return Flow::Exit("frozen".into()),
+                    Ok(_) => {}
+                }
+            },
             Command::Stop { graceful: true } => {
                 self.core.close(Instant::now());
                 Flow::Exit("closed".into())
