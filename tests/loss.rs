@@ -275,7 +275,12 @@ async fn watch(
         };
         let key = media::is_keyframe(f.codec, &f.data);
         if f.data[..] != media::video_frame(codec, i, key, frame_bytes)[..] {
-            r.corrupt += 1;
+            if frames.is_empty() {
+                // A start without its SPS/PPS: a decoder shows nothing yet.
+                r.before_keyframe += 1;
+            } else {
+                r.corrupt += 1;
+            }
             continue;
         }
         if frames.is_empty() {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
 use str0m::media::{
     Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt,
 };
@@ -442,7 +443,11 @@ impl PeerCore {
                 if !d.contiguous {
                     self.stats.discontinuities += 1;
                 }
-                if d.is_keyframe() {
+                // An H264 decoder starts only on an IDR with its SPS and PPS before it.
+                let starts = d.is_keyframe()
+                    && (codec != Codec::H264
+                        || super::media::h264_nals(&d.data).any(|n| n.first() == Some(&0x67)));
+                if starts {
                     self.decodable = true;
                 } else if !d.contiguous {
                     self.decodable = false;

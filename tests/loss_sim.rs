@@ -1,0 +1,167 @@
+//! Loss on the simulated network, deterministic counterparts of `tests/loss.rs`: a packet the
+//! publisher's leg loses for good ends in a keyframe request, and random loss with jitter on
+//! either leg leaves no viewer without a keyframe for more than a second of media.
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use wishcast::peer::VideoCodec;
+use wishcast::sim::{is_keyframe, Feed, PeerId, PeerOptions, Sim, Way};
+use wishcast::Config;
+
+const FPS: u64 = 30;
+
+/// A publisher and `n` viewers of "s" on one shard, connected.
+fn stream(n: usize, seed: u64) -> (Sim, PeerId, Vec<PeerId>) {
+    let mut sim = Sim::with_seed(Config::default(), 1, seed);
+    let p = sim
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("publisher accepted");
+    let viewers: Vec<PeerId> = (0..n)
+        .map(|_| {
+            let opts = PeerOptions {
+                request_keyframes: true,
+                ..PeerOptions::with_video(VideoCodec::H264)
+            };
+            sim.add_viewer("s", opts).expect("viewer accepted")
+        })
+        .collect();
+    assert!(
+        sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == n + 1),
+        "ICE + DTLS complete"
+    );
+    (sim, p, viewers)
+}
+
+/// The viewer's video frame indices after its first keyframe, each checked byte for byte,
+/// with whether it was a keyframe; repeats (a restart from the GOP cache) left out.
+fn frames(sim: &Sim, p: PeerId, v: PeerId) -> Vec<(u64, bool)> {
+    let feed = sim.feed(p).expect("feed");
+    let mut out: Vec<(u64, bool)> = Vec::new();
+    for f in sim.peer(v).received_video() {
+        let checked = feed.check_video(&f.data);
+        if out.is_empty() && (checked.is_err() || !is_keyframe(VideoCodec::H264, &f.data)) {
+            // Before a decodable keyframe (a start that lost its SPS, say): nothing to show.
+            continue;
+        }
+        let i = checked.expect("intact");
+        let key = is_keyframe(VideoCodec::H264, &f.data);
+        if out.last().is_none_or(|l| i > l.0) {
+            out.push((i, key));
+        }
+    }
+    out
+}
+
+/// The longest run, in frames, from a missing frame to the next keyframe.
+fn worst_gap(frames: &[(u64, bool)]) -> u64 {
+    let mut worst = 0;
+    for w in frames.windows(2) {
+        if w[1].0 > w[0].0 + 1 {
+            let missing = w[0].0 + 1;
+            let key = frames
+                .iter()
+                .find(|f| f.0 > missing && f.1)
+                .map_or(u64::MAX, |f| f.0);
+            worst = worst.max(key - missing);
+        }
+    }
+    worst
+}
+
+/// The publisher's 46th video packet is lost and so is every retransmission: NACK cannot
+/// repair it, so the gateway asks for a keyframe, and the viewer gets one well within a
+/// second instead of waiting for the encoder's next (there is none: GOP 0).
+#[test]
+fn an_unrepairable_loss_upstream_ends_in_a_keyframe_request() {
+    let (mut sim, p, viewers) = stream(1, 1);
+    let v = viewers[0];
+    sim.set_drop(move |d| {
+        let Some(rtp) = d.rtp() else { return false };
+        d.way == Way::ToGateway && d.peer == p && (rtp.rtx || (d.is_video_media() && rtp.nth == 45))
+    });
+    sim.start_feed(
+        p,
+        Feed::new(Some(VideoCodec::H264), true)
+            .with_gop(0)
+            .with_max_frames(90),
+    );
+    sim.run_for(Duration::from_secs(4));
+
+    assert!(
+        sim.engine(0).counters.unrepaired_losses >= 1,
+        "the gateway gave up on the packet"
+    );
+    let feed = sim.feed(p).expect("feed");
+    assert!(
+        feed.keyframes.len() >= 2,
+        "a keyframe was asked for: {:?}",
+        feed.keyframes
+    );
+    let got = frames(&sim, p, v);
+    let gaps = got.windows(2).filter(|w| w[1].0 > w[0].0 + 1).count();
+    assert_eq!(gaps, 1, "one gap: {got:?}");
+    let worst = worst_gap(&got);
+    assert!(worst <= FPS / 2, "keyframe {worst} frames after the loss");
+    assert_eq!(got.last().map(|f| f.0), Some(89), "to the last frame");
+}
+
+/// A small deterministic generator for the rules (the test owns its randomness).
+fn lcg(seed: u64) -> impl FnMut() -> u64 {
+    let state = Cell::new(seed);
+    move || {
+        let s = state
+            .get()
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state.set(s);
+        s >> 33
+    }
+}
+
+/// 5 % random loss and 0-50 ms random delay on one leg, both ways, for 10 s of a 2-s-GOP
+/// stream: every gap any viewer sees is closed by a keyframe within a second of media.
+fn random_loss_and_jitter(way_of: fn(PeerId, PeerId) -> bool, seed: u64) {
+    let (mut sim, p, viewers) = stream(3, seed);
+    let mut rand = lcg(seed);
+    sim.set_drop(move |d| way_of(d.peer, p) && rand() % 100 < 5);
+    let mut rand = lcg(seed ^ 0xabcd);
+    sim.set_delay(move |d| {
+        if way_of(d.peer, p) {
+            Duration::from_micros(rand() % 50_000)
+        } else {
+            Duration::ZERO
+        }
+    });
+    sim.start_feed(
+        p,
+        Feed::new(Some(VideoCodec::H264), true)
+            .with_gop(2 * FPS)
+            .with_sizes(8000, 8000)
+            .with_max_frames(10 * FPS),
+    );
+    sim.run_for(Duration::from_secs(11));
+    for &v in &viewers {
+        let got = frames(&sim, p, v);
+        assert!(
+            got.len() as u64 > 8 * FPS,
+            "viewer {v:?} kept receiving: {}",
+            got.len()
+        );
+        let worst = worst_gap(&got);
+        assert!(
+            worst <= FPS,
+            "viewer {v:?}: a gap of {worst} frames before a keyframe"
+        );
+    }
+}
+
+#[test]
+fn publisher_leg_random_loss_and_jitter_recovers_within_a_second() {
+    random_loss_and_jitter(|peer, publisher| peer == publisher, 7);
+}
+
+#[test]
+fn viewer_leg_random_loss_and_jitter_recovers_within_a_second() {
+    random_loss_and_jitter(|peer, publisher| peer != publisher, 8);
+}
