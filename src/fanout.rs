@@ -145,11 +145,12 @@ impl StreamCache {
             }
         } else {
             // A late packet may be the new first packet of its frame.
-            for f in [&mut self.frame, &mut self.previous_frame] {
-                if let Some((t, first)) = f {
-                    if *t == pkt.time && pkt.seq < *first {
-                        *first = pkt.seq;
-                    }
+            for (t, first) in [&mut self.frame, &mut self.previous_frame]
+                .into_iter()
+                .flatten()
+            {
+                if *t == pkt.time && pkt.seq < *first {
+                    *first = pkt.seq;
                 }
             }
         }
