@@ -74,6 +74,7 @@ async fn main() -> std::process::ExitCode {
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: the configuration cannot be reloaded"))
         .ok();
+    trim_heap_periodically();
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -165,6 +166,33 @@ async fn serve_until_stopped(
                     .and_then(|c| gateway.reload(c));
                 wishcast::reload::log_reload(&result);
             }
+        }
+    }
+}
+
+/// How often freed heap memory is handed back to the kernel.
+const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// glibc's malloc keeps what sessions free in its per-thread arenas, fragmented, and gives
+/// little of it back by itself: after 2,000 viewers joined and left, RSS stood at 87 MB with
+/// 2 MB of heap in use, and it kept growing with more churn. `malloc_trim` every few seconds
+/// returns the free pages (RSS about 32 MB, flat from 2,000 to 6,000 cycles), as well as
+/// jemalloc with background decay did, without a C allocator to build or its extra threads.
+/// Figures and commands: `scripts/soak-churn.sh` and the README.
+fn trim_heap_periodically() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new()
+            .name("wishcast-trim".into())
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_INTERVAL);
+                // SAFETY: malloc_trim takes the arenas' locks and only releases free memory.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no heap trimming thread: freed memory stays with the process");
         }
     }
 }
