@@ -215,10 +215,11 @@ impl Gateway {
         })
     }
 
-    /// Applies a new configuration's tokens and other `[auth]` rules, `[limits]`, ICE servers
-    /// and `http.retry_after_secs` to the requests that follow; live sessions are not touched.
-    /// Options that need a restart are listed in the result and keep their running values. On
-    /// an error (an invalid configuration, an unreadable key file) nothing changes.
+    /// Applies a new configuration's tokens and other `[auth]` rules, `[limits]` (but the shard
+    /// load thresholds), ICE servers and `http.retry_after_secs` to the requests that follow;
+    /// live sessions are not touched. Options that need a restart are listed in the result and
+    /// keep their running values. On an error (an invalid configuration, an unreadable key
+    /// file) nothing changes.
     pub fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
         self.live.reload(config)
     }

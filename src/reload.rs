@@ -1,6 +1,7 @@
 //! Changing the configuration of a running gateway (SIGHUP): bearer tokens and the rest of
-//! `[auth]`, `[limits]`, `[[ice_servers]]` and `http.retry_after_secs` take effect for the next
-//! request; sessions already up are not touched.
+//! `[auth]`, `[limits]` (but the shard load thresholds), `[[ice_servers]]` and
+//! `http.retry_after_secs` take effect for the next request; sessions already up are not
+//! touched.
 //!
 //! Each request reads the current value once from a [`Live`] cell, so a reload in the middle
 //! of a request never mixes two configurations. Everything else (listeners, ports, shards,
@@ -93,7 +94,7 @@ impl Reloadable {
         if json(&old.auth) != json(&new.auth) {
             applied.push("auth");
         }
-        if json(&old.limits) != json(&new.limits) {
+        if live_limits(&old.limits) != live_limits(&new.limits) {
             applied.push("limits");
         }
         if json(&old.ice_servers) != json(&new.ice_servers) {
@@ -117,7 +118,13 @@ impl Reloadable {
         );
         let mut merged = (*old).clone();
         merged.auth = new.auth;
-        merged.limits = new.limits;
+        merged.limits = crate::config::LimitsConfig {
+            // The shards read these from the configuration they started with.
+            max_shard_load: old.limits.max_shard_load,
+            shed_shard_load: old.limits.shed_shard_load,
+            shed_after_secs: old.limits.shed_after_secs,
+            ..new.limits
+        };
         merged.ice_servers = new.ice_servers;
         merged.http.retry_after_secs = new.http.retry_after_secs;
         if rate_changed {
@@ -167,6 +174,21 @@ fn post_rate(config: &Config) -> Option<Arc<PostRate>> {
     )
 }
 
+/// `[limits]` keys the shards read from the configuration they started with: a reload leaves
+/// them as they run.
+const FIXED_LIMITS: [&str; 3] = ["max_shard_load", "shed_shard_load", "shed_after_secs"];
+
+/// The live part of `[limits]`, for comparing.
+fn live_limits(limits: &crate::config::LimitsConfig) -> Option<serde_json::Value> {
+    let mut v = json(limits)?;
+    if let Some(map) = v.as_object_mut() {
+        for key in FIXED_LIMITS {
+            map.remove(key);
+        }
+    }
+    Some(v)
+}
+
 /// Options outside the live parts whose value differs, as `section.key`.
 fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
@@ -176,14 +198,19 @@ fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     };
     let mut changed = Vec::new();
     for (section, old_value) in &old {
-        if matches!(section.as_str(), "auth" | "limits" | "ice_servers") {
+        if matches!(section.as_str(), "auth" | "ice_servers") {
             continue;
         }
         let new_value = new.get(section).unwrap_or(&serde_json::Value::Null);
         match (old_value, new_value) {
             (serde_json::Value::Object(o), serde_json::Value::Object(n)) => {
                 for (key, v) in o {
-                    if section == "http" && key == "retry_after_secs" {
+                    let live = match section.as_str() {
+                        "http" => key == "retry_after_secs",
+                        "limits" => !FIXED_LIMITS.contains(&key.as_str()),
+                        _ => false,
+                    };
+                    if live {
                         continue;
                     }
                     if n.get(key) != Some(v) {
@@ -224,6 +251,11 @@ mod tests {
             .expect("reload");
         assert_eq!(done.applied, vec!["limits", "ice_servers"]);
         assert_eq!(done.need_restart, vec!["media.shards"]);
+        let mut load = (*r.config.get()).clone();
+        load.limits.shed_shard_load = 0.5;
+        let done = r.reload(load).expect("reload");
+        assert_eq!(done.need_restart, vec!["limits.shed_shard_load"]);
+        assert!(done.applied.is_empty());
         let now = r.config.get();
         assert_eq!(now.limits.max_viewers, 5);
         assert_eq!(now.ice_servers.len(), 1);
