@@ -21,4 +21,4 @@ profile=()
 if [ "${SOAK_PROFILE:-dev}" = release ]; then
     profile=(--release)
 fi
-cargo test "${profile[@]}" --test churn -- --nocapture --test-threads 1
+cargo test "${profile[@]}" --test churn -- --include-ignored --nocapture --test-threads 1

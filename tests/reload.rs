@@ -19,7 +19,8 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 
 fn config(publish: &str, play: &str, max_viewers: usize) -> String {
     format!(
-        "{}\n[limits]\nposts_per_minute_per_ip = 0\nmax_viewers_per_stream = {max_viewers}\n\n\
+        "{}\n[limits]\nposts_per_minute_per_ip = 0\nmax_shard_load = 1.0\n\
+         max_viewers_per_stream = {max_viewers}\n\n\
          [auth]\nenabled = true\n\n\
          [[auth.streams]]\npattern = \"*\"\npublish_tokens = [\"{publish}\"]\nplay_tokens = [\"{play}\"]\n",
         process::base_config(1, 5.0)
@@ -33,13 +34,28 @@ fn with_token(token: &str) -> ClientOptions {
     }
 }
 
-/// The HTTP status of a WHEP POST with `token`, or 201 with the viewer.
-async fn play(gw: &Gateway, token: &str) -> Result<Peer, u16> {
+/// A refusal: the HTTP status and the problem type's last segment (`session-limit`).
+type Refusal = (u16, String);
+
+/// A viewer from a WHEP POST with `token`, or the refusal.
+async fn play(gw: &Gateway, token: &str) -> Result<Peer, Refusal> {
     match Peer::play(&gw.url(&format!("/whep/{STREAM}")), with_token(token)).await {
         Ok(v) => Ok(v),
-        Err(ClientError::Http { status, .. }) => Err(status),
+        Err(ClientError::Http { status, body }) => {
+            let problem: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let kind = problem["type"].as_str().unwrap_or("").rsplit('/').next();
+            Err((status, kind.unwrap_or("").to_string()))
+        }
         Err(e) => panic!("WHEP POST: {e}"),
     }
+}
+
+fn unauthorized() -> Option<Refusal> {
+    Some((401, "invalid-token".into()))
+}
+
+fn at_limit() -> Option<Refusal> {
+    Some((503, "session-limit".into()))
 }
 
 /// Waits for the log line of the reload that follows position `from`.
@@ -116,11 +132,11 @@ async fn sighup_applies_new_tokens_and_limits_and_live_sessions_play_on() {
     assert!(frames_within(&mut viewer, Duration::from_secs(2)).await > 0);
     assert_eq!(
         play(&gw, "play-2").await.err(),
-        Some(401),
+        unauthorized(),
         "not a token yet"
     );
 
-    // New tokens, one viewer per stream, another STUN server.
+    // New tokens and one viewer per stream.
     let mark = gw.output_count();
     gw.rewrite_config(&config("pub-2", "play-2", 1));
     gw.signal(libc::SIGHUP);
@@ -135,10 +151,10 @@ async fn sighup_applies_new_tokens_and_limits_and_live_sessions_play_on() {
     );
     assert!(viewer.is_connected());
     // The old token is refused, the new one is recognised, and the lower limit holds.
-    assert_eq!(play(&gw, "play-1").await.err(), Some(401));
+    assert_eq!(play(&gw, "play-1").await.err(), unauthorized());
     assert_eq!(
         play(&gw, "play-2").await.err(),
-        Some(503),
+        at_limit(),
         "one viewer per stream now, and one is playing"
     );
     let location = viewer.location().to_string();
@@ -160,7 +176,7 @@ async fn sighup_applies_new_tokens_and_limits_and_live_sessions_play_on() {
     assert!(line.contains("configuration not reloaded"), "{line}");
     assert_eq!(
         play(&gw, "play-2").await.err(),
-        Some(503),
+        at_limit(),
         "the limit of 1 stays"
     );
     assert!(frames_within(&mut second, Duration::from_secs(1)).await > 0);
