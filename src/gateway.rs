@@ -12,6 +12,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::http::{router, serve, AppState};
 use crate::hub::Hub;
+use crate::reload::{ReloadError, Reloadable, Reloaded};
 use crate::shard::counters::Counters;
 use crate::shard::engine::Engine;
 use crate::shard::io::{self, ShardLink, SharedCounters};
@@ -59,6 +60,7 @@ pub struct Gateway {
     http_tasks: Vec<tokio::task::JoinHandle<()>>,
     identity: Option<Identity>,
     h3_addr: Option<SocketAddr>,
+    live: Reloadable,
 }
 
 impl Gateway {
@@ -134,8 +136,10 @@ impl Gateway {
                 addr: listen,
                 source,
             })?;
+        // The parts a reload may change, read per request.
+        let live = Reloadable::new((*config).clone())?;
         let state = AppState {
-            config: config.clone(),
+            config: live.config.clone(),
             hub: hub.clone(),
             shards: links.clone(),
         };
@@ -152,25 +156,19 @@ impl Gateway {
         // sessions per client address (outside auth, so a flood costs no webhook call), and the
         // request counter, so refusals are counted too; CORS around all of it, so browsers can
         // read every answer, refusals included.
-        let authorizer = Arc::new(crate::auth::Authorizer::new(&config.auth)?);
         let mut app = crate::auth::layer(
             app.merge(crate::http::ops::routes(ops)),
-            authorizer,
+            live.auth.clone(),
             hub.clone(),
         );
         // The browser pages are public (their API calls carry the token), so they join outside
         // auth; merged into the guarded router, whose fallback (unknown paths) stays guarded.
         app = crate::web::routes().merge(app);
-        if let Some(rate) = crate::http::limits::PostRate::new(
-            config.limits.posts_per_minute_per_ip,
-            config.limits.post_burst_per_ip,
-        ) {
-            app = app.layer(axum::middleware::from_fn_with_state(
-                rate,
-                crate::http::limits::limit_posts,
-            ));
-        }
         let app = app
+            .layer(axum::middleware::from_fn_with_state(
+                live.post_rate.clone(),
+                crate::reload::limit_posts,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 metrics,
                 crate::http::ops::track,
@@ -213,7 +211,17 @@ impl Gateway {
             http_tasks,
             identity,
             h3_addr,
+            live,
         })
+    }
+
+    /// Applies a new configuration's tokens and other `[auth]` rules, `[limits]` (but the shard
+    /// load thresholds), ICE servers and `http.retry_after_secs` to the requests that follow;
+    /// live sessions are not touched. Options that need a restart are listed in the result and
+    /// keep their running values. On an error (an invalid configuration, an unreadable key
+    /// file) nothing changes.
+    pub fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
+        self.live.reload(config)
     }
 
     /// Where signalling is served.

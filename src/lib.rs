@@ -120,6 +120,7 @@ pub mod hub;
 pub mod metrics;
 #[cfg(any(test, feature = "testkit"))]
 pub mod peer;
+pub mod reload;
 pub mod sdp;
 pub mod session;
 pub mod shard;

@@ -16,20 +16,20 @@ use super::token::{same, token_hash};
 use super::{Action, Authorizer, Decision};
 use crate::http::error::ApiError;
 use crate::hub::Hub;
+use crate::reload::Live;
 use crate::session::SessionId;
 
 /// What the middleware needs to decide: the rules, and the sessions' owners.
 #[derive(Clone)]
 pub struct Guard {
-    pub auth: Arc<Authorizer>,
+    /// Read once per request: a reload (SIGHUP) swaps the rules for the next ones.
+    pub auth: Arc<Live<Authorizer>>,
     pub hub: Arc<Hub>,
 }
 
-/// Puts [`require`] in front of every route. With auth off the router is returned as it is.
-pub fn layer(router: Router, auth: Arc<Authorizer>, hub: Arc<Hub>) -> Router {
-    if !auth.enabled() {
-        return router;
-    }
+/// Puts [`require`] in front of every route. It is there with auth off too, since a reload
+/// may turn auth on.
+pub fn layer(router: Router, auth: Arc<Live<Authorizer>>, hub: Arc<Hub>) -> Router {
     router.layer(axum::middleware::from_fn_with_state(
         Guard { auth, hub },
         require,
@@ -97,6 +97,10 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 /// The middleware: lets a request through only with the right it needs, and records the hash of
 /// the token that created a session so only that token (or an admin) may control it.
 pub async fn require(State(guard): State<Guard>, req: Request, next: Next) -> Response {
+    let auth = guard.auth.get();
+    if !auth.enabled() {
+        return next.run(req).await;
+    }
     let method = req.method().clone();
     let need = need(&method, req.uri().path());
     let token = bearer(req.headers());
@@ -104,7 +108,6 @@ pub async fn require(State(guard): State<Guard>, req: Request, next: Next) -> Re
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let auth = &guard.auth;
     match need {
         Need::Open => next.run(req).await,
         Need::Admin => {
@@ -287,7 +290,7 @@ mod tests {
             )
             .route("/api/streams", any(|| async { StatusCode::OK }))
             .route("/healthz", any(|| async { StatusCode::OK }));
-        let auth = Arc::new(authorizer(auth));
+        let auth = Arc::new(Live::new(authorizer(auth)));
         // CORS around auth, as the gateway stacks them.
         let app =
             layer(router, auth, hub.clone()).layer(axum::middleware::from_fn(crate::http::cors));

@@ -33,7 +33,8 @@ use error::ApiError;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// Read once per request: a reload (SIGHUP) swaps it for the next ones.
+    pub config: Arc<crate::reload::Live<Config>>,
     pub hub: Arc<Hub>,
     pub shards: Arc<Vec<ShardLink>>,
 }
@@ -205,13 +206,14 @@ async fn endpoint(
         }
     }
     check_content_type(&headers, SDP)?;
-    let body = read_body(body, &headers, app.config.http.max_body_bytes).await?;
+    let config = app.config.get();
+    let body = read_body(body, &headers, config.http.max_body_bytes).await?;
     let offer_sdp = String::from_utf8(body)
         .map_err(|_| SessionError::Offer(OfferError::Malformed("not UTF-8".into())))?;
     let id = SessionId::random();
-    let retry = app.config.http.retry_after_secs;
-    let admitted = signalling::admit(&app.hub, &app.config, id, role, &stream, &offer_sdp)
-        .map_err(|e| match e {
+    let retry = config.http.retry_after_secs;
+    let admitted = signalling::admit(&app.hub, &config, id, role, &stream, &offer_sdp).map_err(
+        |e| match e {
             AdmitError::Offer(e) => ApiError::Session(SessionError::Offer(e)),
             AdmitError::Claim(ClaimError::PublisherExists) => {
                 ApiError::PublisherExists(stream.clone())
@@ -221,7 +223,8 @@ async fn endpoint(
             }
             AdmitError::Claim(ClaimError::Full) => ApiError::Full(retry),
             AdmitError::Claim(ClaimError::Overloaded) => ApiError::Overloaded(retry),
-        })?;
+        },
+    )?;
     let created = match ask(&app, admitted.shard, admitted.command, admitted.reply).await {
         Ok(c) => c,
         Err(e) => {
@@ -245,7 +248,7 @@ async fn endpoint(
     if let Ok(v) = HeaderValue::from_str(&created.etag) {
         h.insert(header::ETAG, v);
     }
-    for link in ice_server_links(&app.config) {
+    for link in ice_server_links(&config) {
         if let Ok(v) = HeaderValue::from_str(&link) {
             h.append(header::LINK, v);
         }
@@ -316,7 +319,7 @@ async fn session(
         }
         Method::PATCH => {
             check_content_type(&headers, SDPFRAG)?;
-            let body = read_body(body, &headers, app.config.http.max_body_bytes).await?;
+            let body = read_body(body, &headers, app.config.get().http.max_body_bytes).await?;
             let text = String::from_utf8(body)
                 .map_err(|_| SessionError::Offer(OfferError::Malformed("not UTF-8".into())))?;
             let fragment = Fragment::parse(&text).map_err(SessionError::Offer)?;

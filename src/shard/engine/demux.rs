@@ -29,11 +29,17 @@ pub(super) enum Route {
 
 impl Demux {
     pub(super) fn route(&self, source: SocketAddr, data: &[u8]) -> Route {
+        let by_ufrag = stun::local_ufrag(data).and_then(|u| self.by_ufrag.get(u));
         if let Some(id) = self.by_addr.get(&source) {
-            return Route::Known(*id);
+            // A request for another session from a learned address: a new client on the
+            // address of one that vanished (a reused port, a NAT mapping kept). The old session
+            // must not swallow the new one's checks until its consent expires.
+            return match by_ufrag {
+                Some(other) if other != id => Route::Unlearned(*other),
+                _ => Route::Known(*id),
+            };
         }
-        stun::local_ufrag(data)
-            .and_then(|u| self.by_ufrag.get(u))
+        by_ufrag
             .or_else(|| self.checked.get(&source))
             .map_or(Route::Unknown, |id| Route::Unlearned(*id))
     }
@@ -66,13 +72,18 @@ impl Demux {
         self.by_ufrag.insert(ufrag, id);
     }
 
-    /// Forgets session `id`, its addresses `addrs` and its ufrag.
+    /// Forgets session `id`, its addresses `addrs` and its ufrag; an address another session
+    /// has learned since stays that session's.
     pub(super) fn remove(&mut self, id: SessionId, addrs: &[SocketAddr], ufrag: &str) {
         for a in addrs {
-            self.by_addr.remove(a);
+            if self.by_addr.get(a) == Some(&id) {
+                self.by_addr.remove(a);
+            }
         }
         self.checked.retain(|_, s| *s != id);
-        self.by_ufrag.remove(ufrag);
+        if self.by_ufrag.get(ufrag) == Some(&id) {
+            self.by_ufrag.remove(ufrag);
+        }
     }
 }
 
@@ -198,6 +209,29 @@ mod tests {
             d.route(peer, &stun::binding_request("ours:theirs")),
             Route::Unknown
         );
+    }
+
+    #[test]
+    fn a_new_session_on_a_vanished_peers_address_gets_its_checks() {
+        let mut d = Demux::default();
+        let peer = "192.0.2.4:5000".parse().expect("addr");
+        let (old, new) = (SessionId(4), SessionId(5));
+        d.set_ufrag(old, None, "old".into());
+        d.learn(peer, old);
+        d.set_ufrag(new, None, "new".into());
+        assert_eq!(d.route(peer, b"\x80media"), Route::Known(old));
+        assert_eq!(
+            d.route(peer, &stun::binding_request("old:x")),
+            Route::Known(old)
+        );
+        assert_eq!(
+            d.route(peer, &stun::binding_request("new:y")),
+            Route::Unlearned(new)
+        );
+        d.learn(peer, new);
+        // The old session expiring does not take the address from the new one.
+        d.remove(old, &[peer], "old");
+        assert_eq!(d.route(peer, b"\x80media"), Route::Known(new));
     }
 
     #[test]
