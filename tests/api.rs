@@ -239,8 +239,10 @@ async fn stream_detail_and_kicks() {
     for v in list {
         let out = v["packets_out"].as_u64().unwrap_or(0);
         let resent = v["packets_retransmitted"].as_u64().unwrap_or(0);
+        // A viewer's start sends its first video packet 3 more times (the same packet, so
+        // the receiver drops the copies), which str0m counts as sent.
         assert!(
-            out > 0 && out - resent <= packets_in,
+            out > 0 && out - resent <= packets_in + 3,
             "{v} vs {packets_in} in"
         );
     }
