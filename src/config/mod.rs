@@ -36,6 +36,14 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Seconds advised in `Retry-After` on 409 (WHEP before a publisher) and 503 (limits).
     pub retry_after_secs: u32,
+    /// An HTTP/1 connection whose request line and headers have not all arrived this long after
+    /// it opened (or after its previous response) is closed: a slow client cannot hold a
+    /// connection by trickling its headers.
+    pub header_read_timeout_secs: f64,
+    /// A request not answered this long after its headers arrived (its body still coming, say)
+    /// gets 408 and its HTTP/1 connection is closed. Longer than the 10 s a handler waits for a
+    /// shard, so a busy shard still answers 503.
+    pub request_timeout_secs: f64,
 }
 
 impl Default for HttpConfig {
@@ -44,7 +52,18 @@ impl Default for HttpConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080),
             max_body_bytes: 64 * 1024,
             retry_after_secs: 2,
+            header_read_timeout_secs: 10.0,
+            request_timeout_secs: 30.0,
         }
+    }
+}
+
+impl HttpConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_read_timeout_secs.max(0.1).min(86_400.0))
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_timeout_secs.max(0.1).min(86_400.0))
     }
 }
 
@@ -385,6 +404,19 @@ impl Config {
         }
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes: must be at least 1024");
+        }
+        for (name, secs) in [
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+            ),
+            ("http.request_timeout_secs", self.http.request_timeout_secs),
+        ] {
+            if !(0.1..=86_400.0).contains(&secs) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: must be from 0.1 to 86400 seconds"
+                )));
+            }
         }
         self.auth.validate()?;
         for s in &self.ice_servers {

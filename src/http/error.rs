@@ -30,6 +30,9 @@ pub enum ApiError {
     Overloaded(u32),
     #[error("too many new sessions from this address; retry in {0} s")]
     TooManyRequests(u32),
+    /// The request (its body, say) did not arrive in time; the seconds it had.
+    #[error("the request did not complete within {0} s; send it at once")]
+    RequestTimeout(f64),
     #[error("invalid stream name {0:?}: use 1-128 letters, digits, '-', '_' or '.'")]
     BadStreamName(String),
     #[error("no such session")]
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::PublisherExists(_) | ApiError::NoPublisher(..) => StatusCode::CONFLICT,
             ApiError::Full(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -100,6 +104,7 @@ impl ApiError {
             ApiError::Full(_) => "session-limit",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::TooManyRequests(_) => "rate-limited",
+            ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::NotFound | ApiError::Session(S::NotFound) => "no-such-session",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::Unauthorized {

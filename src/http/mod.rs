@@ -104,6 +104,45 @@ pub async fn cors(req: Request, next: Next) -> Response {
     res
 }
 
+/// Answers 408 to a request not answered within `limit` of its headers: a body trickled in, or
+/// never finished, cannot hold a handler. Over HTTP/1 the connection is closed as well, since
+/// the rest of that body would still be on it; HTTP/2 and HTTP/3 end just the stream.
+pub async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let http1 = req.version() <= axum::http::Version::HTTP_11;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            let mut res = ApiError::RequestTimeout(limit.as_secs_f64()).into_response();
+            if http1 {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
+        }
+    }
+}
+
+/// Releases a registered session's hub entry if its handler is dropped (by
+/// [`request_timeout`], or a client gone) before the shard's answer was taken.
+struct Registered<'a> {
+    hub: &'a Hub,
+    id: Option<SessionId>,
+}
+
+impl Registered<'_> {
+    fn keep(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            signalling::abandoned(self.hub, id);
+        }
+    }
+}
+
 fn options_response(endpoint: bool) -> Response {
     let allow = if endpoint {
         ENDPOINT_METHODS
@@ -225,13 +264,13 @@ async fn endpoint(
             AdmitError::Claim(ClaimError::Overloaded) => ApiError::Overloaded(retry),
         },
     )?;
-    let created = match ask(&app, admitted.shard, admitted.command, admitted.reply).await {
-        Ok(c) => c,
-        Err(e) => {
-            signalling::abandoned(&app.hub, id);
-            return Err(e.into());
-        }
+    let registered = Registered {
+        hub: &app.hub,
+        id: Some(id),
     };
+    // On an error the guard releases the hub entry.
+    let created = ask(&app, admitted.shard, admitted.command, admitted.reply).await?;
+    registered.keep();
     signalling::created(&app.hub, role, &stream, id, &created);
     let prefix = if role == Role::Publish {
         "whip"
