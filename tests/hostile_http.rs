@@ -293,3 +293,35 @@ async fn a_post_flood_from_one_address_is_refused_without_shard_work() {
     feed.stop().await;
     gw.shutdown().await;
 }
+
+/// Found by the `http` fuzz target: a path no route serves was an empty 404, and a path
+/// segment that is not UTF-8 a plain-text 400. Both are problem+json now, like every refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_and_undecodable_paths_get_problem_json() {
+    let gw = start(test_config(1)).await;
+    for (method, path, status, kind) in [
+        ("POST", "/whip/", 404, "no-such-resource"),
+        ("POST", "/whep/a/b/c", 404, "no-such-resource"),
+        ("GET", "/nothing-here", 404, "no-such-resource"),
+        ("POST", "/whip/%FF", 400, "bad-path"),
+        ("PATCH", "/whep/live/%C3%28", 400, "bad-path"),
+        ("GET", "/api/streams/%FF", 400, "bad-path"),
+    ] {
+        let r = request(
+            method,
+            &format!("http://{}{path}", gw.http_addr()),
+            &[("content-type", "application/sdp")],
+            b"v=0\r\n".to_vec(),
+        )
+        .await
+        .expect("request");
+        assert_eq!(r.status, status, "{method} {path}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/problem+json"),
+            "{method} {path}"
+        );
+        assert!(r.text().contains(kind), "{method} {path}: {}", r.text());
+    }
+    gw.shutdown().await;
+}

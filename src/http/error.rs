@@ -37,6 +37,12 @@ pub enum ApiError {
     BadStreamName(String),
     #[error("no such session")]
     NotFound,
+    /// A path no route serves.
+    #[error("no such resource")]
+    NoRoute,
+    /// A path segment that is not valid percent-encoded UTF-8.
+    #[error("the path cannot be read: {0}")]
+    BadPath(String),
     /// `allow`: the methods the resource supports, sent in `Allow` (RFC 9110 §15.5.6).
     #[error("method not allowed; this resource supports {allow}")]
     MethodNotAllowed { allow: &'static str },
@@ -74,7 +80,8 @@ impl ApiError {
             ApiError::Full(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::BadPath(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -106,6 +113,8 @@ impl ApiError {
             ApiError::TooManyRequests(_) => "rate-limited",
             ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::NotFound | ApiError::Session(S::NotFound) => "no-such-session",
+            ApiError::NoRoute => "no-such-resource",
+            ApiError::BadPath(_) => "bad-path",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::Unauthorized {
                 invalid_token: false,

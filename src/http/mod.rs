@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -69,7 +69,34 @@ pub fn router(state: AppState) -> Router {
         .route("/whep/{stream}", any(endpoint_method_not_allowed))
         .route("/whip/{stream}/{id}", any(session_method_not_allowed))
         .route("/whep/{stream}/{id}", any(session_method_not_allowed))
+        .fallback(no_route)
         .with_state(state)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+/// The path's parameters, as axum's `Path` reads them, with a segment that is not valid
+/// percent-encoded UTF-8 refused as problem+json like every other bad request.
+pub struct Segments<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Segments<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| Segments(t))
+            .map_err(|e| ApiError::BadPath(e.body_text()))
+    }
 }
 
 async fn endpoint_method_not_allowed() -> ApiError {
@@ -174,7 +201,7 @@ fn options_response(endpoint: bool) -> Response {
 
 async fn whip_endpoint(
     State(app): State<AppState>,
-    Path(stream): Path<String>,
+    Segments(stream): Segments<String>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -184,7 +211,7 @@ async fn whip_endpoint(
 
 async fn whep_endpoint(
     State(app): State<AppState>,
-    Path(stream): Path<String>,
+    Segments(stream): Segments<String>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -194,7 +221,7 @@ async fn whep_endpoint(
 
 async fn whip_session(
     State(app): State<AppState>,
-    Path((stream, id)): Path<(String, String)>,
+    Segments((stream, id)): Segments<(String, String)>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -204,7 +231,7 @@ async fn whip_session(
 
 async fn whep_session(
     State(app): State<AppState>,
-    Path((stream, id)): Path<(String, String)>,
+    Segments((stream, id)): Segments<(String, String)>,
     method: Method,
     headers: HeaderMap,
     body: Body,
