@@ -103,10 +103,20 @@ fn set_up() -> Live {
         c.set(c.get() + 1);
         c.get()
     });
+    let live = live();
     if n.is_power_of_two() {
-        eprintln!("datagrams: sessions set up {n} times");
+        let r = &live.rec;
+        let count = |l: &[Vec<Vec<u8>>; 2]| [l[0].len(), l[1].len()];
+        eprintln!(
+            "datagrams: sessions set up {n} times; recorded (publisher, viewer): stun {:?}, \
+             dtls {:?}, rtp {:?}, rtcp {:?}",
+            count(&r.stun),
+            count(&r.dtls),
+            count(&r.rtp),
+            count(&r.rtcp)
+        );
     }
-    live()
+    live
 }
 
 #[derive(Arbitrary, Debug)]

@@ -60,11 +60,16 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub fn header_read_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.header_read_timeout_secs.max(0.1).min(86_400.0))
+        bounded_secs(self.header_read_timeout_secs)
     }
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.request_timeout_secs.max(0.1).min(86_400.0))
+        bounded_secs(self.request_timeout_secs)
     }
+}
+
+/// `secs` from 0.1 s to a day; NaN (which `validate` refuses) as the least, never a panic.
+fn bounded_secs(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.clamp(0.1, 86_400.0)).unwrap_or(Duration::from_millis(100))
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -689,6 +694,33 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::from_toml_str("[media]\nshardz = 2\n").expect_err("unknown key");
         assert!(e.to_string().contains("shardz"), "{e}");
+    }
+
+    #[test]
+    fn http_timeouts_out_of_range_are_refused_by_name() {
+        for (text, key) in [
+            (
+                "[http]\nheader_read_timeout_secs = 0.0\n",
+                "header_read_timeout_secs",
+            ),
+            (
+                "[http]\nrequest_timeout_secs = nan\n",
+                "request_timeout_secs",
+            ),
+            (
+                "[http]\nrequest_timeout_secs = 1e9\n",
+                "request_timeout_secs",
+            ),
+        ] {
+            let e = Config::from_toml_str(text).expect_err(text);
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let ok = Config::from_toml_str("[http]\nheader_read_timeout_secs = 2.5\n").expect("ok");
+        assert_eq!(ok.http.header_read_timeout(), Duration::from_millis(2500));
+        // Built in code, past validation: still a duration, never a panic.
+        let mut c = Config::default();
+        c.http.request_timeout_secs = f64::NAN;
+        assert_eq!(c.http.request_timeout(), Duration::from_millis(100));
     }
 
     /// A secret written with the wrong type, in the file or in the environment: the error
