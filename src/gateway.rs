@@ -61,6 +61,7 @@ pub struct Gateway {
     identity: Option<Identity>,
     h3_addr: Option<SocketAddr>,
     live: Reloadable,
+    router: axum::Router,
 }
 
 impl Gateway {
@@ -153,9 +154,10 @@ impl Gateway {
             shards: links.clone(),
         });
         // Inside out: bearer auth (it lets CORS preflights and health through), the rate of new
-        // sessions per client address (outside auth, so a flood costs no webhook call), and the
-        // request counter, so refusals are counted too; CORS around all of it, so browsers can
-        // read every answer, refusals included.
+        // sessions per client address (outside auth, so a flood costs no webhook call), the
+        // request timeout (a body sent slowly gets 408), and the request counter, so refusals
+        // are counted too; CORS around all of it, so browsers can read every answer, refusals
+        // included.
         let mut app = crate::auth::layer(
             app.merge(crate::http::ops::routes(ops)),
             live.auth.clone(),
@@ -170,18 +172,28 @@ impl Gateway {
                 crate::reload::limit_posts,
             ))
             .layer(axum::middleware::from_fn_with_state(
+                config.http.request_timeout(),
+                crate::http::request_timeout,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
                 metrics,
                 crate::http::ops::track,
             ))
             .layer(axum::middleware::from_fn(crate::http::cors));
+        let in_process = app.clone();
         let (stop_http, stopped) = watch::channel(false);
         let identity = tls_identity(&config)?;
         let mut http_tasks = Vec::new();
         let mut h3_addr = None;
+        let serve_opts = serve::ServeOptions {
+            header_read: config.http.header_read_timeout(),
+            drain: Duration::from_secs(config.http3.shutdown_drain_secs),
+        };
         match &identity {
-            None => http_tasks.push(tokio::spawn(serve::serve_plain(listener, app, stopped))),
+            None => http_tasks.push(tokio::spawn(serve::serve_plain(
+                listener, app, stopped, serve_opts,
+            ))),
             Some(id) => {
-                let drain = Duration::from_secs(config.http3.shutdown_drain_secs);
                 let app = if config.http3.enabled {
                     serve::with_alt_svc(app, http_addr.port())
                 } else {
@@ -195,7 +207,7 @@ impl Gateway {
                 }
                 let tls = id.server_config(tls::ALPN_TCP)?;
                 http_tasks.push(tokio::spawn(serve::serve_tls(
-                    listener, tls, app, stopped, drain,
+                    listener, tls, app, stopped, serve_opts,
                 )));
             }
         }
@@ -212,6 +224,7 @@ impl Gateway {
             identity,
             h3_addr,
             live,
+            router: in_process,
         })
     }
 
@@ -237,6 +250,13 @@ impl Gateway {
     /// Where HTTP/3 is served (UDP), if it is.
     pub fn h3_addr(&self) -> Option<SocketAddr> {
         self.h3_addr
+    }
+
+    /// The HTTP service with all its middleware, as the listeners serve it (without `Alt-Svc`),
+    /// for driving requests in-process: a request needs a `ConnectInfo<SocketAddr>` extension
+    /// for the per-address limits to see it.
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
     }
 
     /// Every announced media address (host candidates of all shards).

@@ -36,6 +36,14 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Seconds advised in `Retry-After` on 409 (WHEP before a publisher) and 503 (limits).
     pub retry_after_secs: u32,
+    /// An HTTP/1 connection whose request line and headers have not all arrived this long after
+    /// it opened (or after its previous response) is closed: a slow client cannot hold a
+    /// connection by trickling its headers.
+    pub header_read_timeout_secs: f64,
+    /// A request not answered this long after its headers arrived (its body still coming, say)
+    /// gets 408 and its HTTP/1 connection is closed. Longer than the 10 s a handler waits for a
+    /// shard, so a busy shard still answers 503.
+    pub request_timeout_secs: f64,
 }
 
 impl Default for HttpConfig {
@@ -44,8 +52,24 @@ impl Default for HttpConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080),
             max_body_bytes: 64 * 1024,
             retry_after_secs: 2,
+            header_read_timeout_secs: 10.0,
+            request_timeout_secs: 30.0,
         }
     }
+}
+
+impl HttpConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        bounded_secs(self.header_read_timeout_secs)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        bounded_secs(self.request_timeout_secs)
+    }
+}
+
+/// `secs` from 0.1 s to a day; NaN (which `validate` refuses) as the least, never a panic.
+fn bounded_secs(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.clamp(0.1, 86_400.0)).unwrap_or(Duration::from_millis(100))
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -386,6 +410,19 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes: must be at least 1024");
         }
+        for (name, secs) in [
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+            ),
+            ("http.request_timeout_secs", self.http.request_timeout_secs),
+        ] {
+            if !(0.1..=86_400.0).contains(&secs) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: must be from 0.1 to 86400 seconds"
+                )));
+            }
+        }
         self.auth.validate()?;
         for s in &self.ice_servers {
             let scheme = s.url.split(':').next().unwrap_or("");
@@ -657,6 +694,33 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::from_toml_str("[media]\nshardz = 2\n").expect_err("unknown key");
         assert!(e.to_string().contains("shardz"), "{e}");
+    }
+
+    #[test]
+    fn http_timeouts_out_of_range_are_refused_by_name() {
+        for (text, key) in [
+            (
+                "[http]\nheader_read_timeout_secs = 0.0\n",
+                "header_read_timeout_secs",
+            ),
+            (
+                "[http]\nrequest_timeout_secs = nan\n",
+                "request_timeout_secs",
+            ),
+            (
+                "[http]\nrequest_timeout_secs = 1e9\n",
+                "request_timeout_secs",
+            ),
+        ] {
+            let e = Config::from_toml_str(text).expect_err(text);
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let ok = Config::from_toml_str("[http]\nheader_read_timeout_secs = 2.5\n").expect("ok");
+        assert_eq!(ok.http.header_read_timeout(), Duration::from_millis(2500));
+        // Built in code, past validation: still a duration, never a panic.
+        let mut c = Config::default();
+        c.http.request_timeout_secs = f64::NAN;
+        assert_eq!(c.http.request_timeout(), Duration::from_millis(100));
     }
 
     /// A secret written with the wrong type, in the file or in the environment: the error

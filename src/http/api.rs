@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, Segments};
 use crate::hub::StreamSummary;
 use crate::session::SessionId;
 use crate::shard::{Command, SessionStats, StreamTotals, Traffic};
@@ -137,7 +137,7 @@ struct StreamView {
 /// statistics, gathered from every shard.
 async fn stream(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    Segments(name): Segments<String>,
 ) -> Result<Json<StreamView>, ApiError> {
     let (key, summary) = app.hub.stream(&name).ok_or(ApiError::NotFound)?;
     let mut pending = Vec::with_capacity(app.shards.len());
@@ -180,7 +180,7 @@ async fn stream(
 /// `DELETE /api/streams/{stream}`: ends the publisher's session; viewers stay and wait.
 async fn kick_publisher(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    Segments(name): Segments<String>,
 ) -> Result<StatusCode, ApiError> {
     let publisher = {
         let st = app.hub.lock();
@@ -195,7 +195,7 @@ async fn kick_publisher(
 /// `DELETE /api/sessions/{id}`: ends one session, publisher or viewer.
 async fn kick_session(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: SessionId = id.parse().map_err(|_| ApiError::NotFound)?;
     let entry = app.hub.session(id).ok_or(ApiError::NotFound)?;

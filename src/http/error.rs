@@ -30,10 +30,19 @@ pub enum ApiError {
     Overloaded(u32),
     #[error("too many new sessions from this address; retry in {0} s")]
     TooManyRequests(u32),
+    /// The request (its body, say) did not arrive in time; the seconds it had.
+    #[error("the request did not complete within {0} s; send it at once")]
+    RequestTimeout(f64),
     #[error("invalid stream name {0:?}: use 1-128 letters, digits, '-', '_' or '.'")]
     BadStreamName(String),
     #[error("no such session")]
     NotFound,
+    /// A path no route serves.
+    #[error("no such resource")]
+    NoRoute,
+    /// A path segment that is not valid percent-encoded UTF-8.
+    #[error("the path cannot be read: {0}")]
+    BadPath(String),
     /// `allow`: the methods the resource supports, sent in `Allow` (RFC 9110 §15.5.6).
     #[error("method not allowed; this resource supports {allow}")]
     MethodNotAllowed { allow: &'static str },
@@ -70,7 +79,9 @@ impl ApiError {
             ApiError::PublisherExists(_) | ApiError::NoPublisher(..) => StatusCode::CONFLICT,
             ApiError::Full(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::BadPath(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -100,7 +111,10 @@ impl ApiError {
             ApiError::Full(_) => "session-limit",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::TooManyRequests(_) => "rate-limited",
+            ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::NotFound | ApiError::Session(S::NotFound) => "no-such-session",
+            ApiError::NoRoute => "no-such-resource",
+            ApiError::BadPath(_) => "bad-path",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::Unauthorized {
                 invalid_token: false,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -69,7 +69,34 @@ pub fn router(state: AppState) -> Router {
         .route("/whep/{stream}", any(endpoint_method_not_allowed))
         .route("/whip/{stream}/{id}", any(session_method_not_allowed))
         .route("/whep/{stream}/{id}", any(session_method_not_allowed))
+        .fallback(no_route)
         .with_state(state)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+/// The path's parameters, as axum's `Path` reads them, with a segment that is not valid
+/// percent-encoded UTF-8 refused as problem+json like every other bad request.
+pub struct Segments<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Segments<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| Segments(t))
+            .map_err(|e| ApiError::BadPath(e.body_text()))
+    }
 }
 
 async fn endpoint_method_not_allowed() -> ApiError {
@@ -104,6 +131,45 @@ pub async fn cors(req: Request, next: Next) -> Response {
     res
 }
 
+/// Answers 408 to a request not answered within `limit` of its headers: a body trickled in, or
+/// never finished, cannot hold a handler. Over HTTP/1 the connection is closed as well, since
+/// the rest of that body would still be on it; HTTP/2 and HTTP/3 end just the stream.
+pub async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let http1 = req.version() <= axum::http::Version::HTTP_11;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            let mut res = ApiError::RequestTimeout(limit.as_secs_f64()).into_response();
+            if http1 {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
+        }
+    }
+}
+
+/// Releases a registered session's hub entry if its handler is dropped (by
+/// [`request_timeout`], or a client gone) before the shard's answer was taken.
+struct Registered<'a> {
+    hub: &'a Hub,
+    id: Option<SessionId>,
+}
+
+impl Registered<'_> {
+    fn keep(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            signalling::abandoned(self.hub, id);
+        }
+    }
+}
+
 fn options_response(endpoint: bool) -> Response {
     let allow = if endpoint {
         ENDPOINT_METHODS
@@ -135,7 +201,7 @@ fn options_response(endpoint: bool) -> Response {
 
 async fn whip_endpoint(
     State(app): State<AppState>,
-    Path(stream): Path<String>,
+    Segments(stream): Segments<String>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -145,7 +211,7 @@ async fn whip_endpoint(
 
 async fn whep_endpoint(
     State(app): State<AppState>,
-    Path(stream): Path<String>,
+    Segments(stream): Segments<String>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -155,7 +221,7 @@ async fn whep_endpoint(
 
 async fn whip_session(
     State(app): State<AppState>,
-    Path((stream, id)): Path<(String, String)>,
+    Segments((stream, id)): Segments<(String, String)>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -165,7 +231,7 @@ async fn whip_session(
 
 async fn whep_session(
     State(app): State<AppState>,
-    Path((stream, id)): Path<(String, String)>,
+    Segments((stream, id)): Segments<(String, String)>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -225,13 +291,13 @@ async fn endpoint(
             AdmitError::Claim(ClaimError::Overloaded) => ApiError::Overloaded(retry),
         },
     )?;
-    let created = match ask(&app, admitted.shard, admitted.command, admitted.reply).await {
-        Ok(c) => c,
-        Err(e) => {
-            signalling::abandoned(&app.hub, id);
-            return Err(e.into());
-        }
+    let registered = Registered {
+        hub: &app.hub,
+        id: Some(id),
     };
+    // On an error the guard releases the hub entry.
+    let created = ask(&app, admitted.shard, admitted.command, admitted.reply).await?;
+    registered.keep();
     signalling::created(&app.hub, role, &stream, id, &created);
     let prefix = if role == Role::Publish {
         "whip"

@@ -575,6 +575,16 @@ impl Sim {
         finished.map_err(|e| SimError::Peer(id, e))
     }
 
+    /// Hands `contents` to shard `shard` now, as if it had arrived from `source` (a peer's own
+    /// address, say), and puts what the shard sends in reply on the wire: for crafted datagrams
+    /// inside a live session.
+    pub fn inject(&mut self, shard: usize, source: SocketAddr, contents: &[u8]) {
+        let ip = engine_addr(shard).ip();
+        self.engine_call(shard, |e, now| {
+            e.handle_datagram(now, source, Some(ip), contents)
+        });
+    }
+
     /// A viewer asks for a keyframe with a PLI, as a decoder that lost its picture does.
     pub fn request_keyframe(&mut self, id: PeerId) -> Result<(), SimError> {
         let now = self.now;
