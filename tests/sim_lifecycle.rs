@@ -224,3 +224,41 @@ fn ice_restart_keeps_media_and_consent_alive() {
     );
     assert!(got.windows(2).all(|w| w[1].0 == w[0].0 + 1), "without gaps");
 }
+
+/// Many publisher restarts in a row, with viewers on both shards: each viewer plays every new
+/// publisher from a whole keyframe (SPS and PPS included), in the session it started with.
+#[test]
+fn many_publisher_restarts_start_every_viewer_on_a_whole_keyframe() {
+    let (mut sim, mut p, viewers) = stream_with_viewers(4);
+    for r in 1..=30u64 {
+        sim.delete(p).expect("DELETE the publisher");
+        sim.run_for(Duration::from_millis(50 + 37 * (r % 7)));
+        p = sim
+            .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
+            .expect("a new publisher");
+        assert!(sim.run_until_true(Duration::from_secs(5), |s| s.peer(p).is_connected()));
+        let since = sim.now();
+        sim.start_feed(
+            p,
+            Feed::new(Some(VideoCodec::H264), true).with_first(r * 1_000_000),
+        );
+        sim.run_for(Duration::from_millis(1500));
+        for v in &viewers {
+            let feed = sim.feed(p).expect("feed");
+            let first = sim
+                .peer(*v)
+                .received_video()
+                .filter(|f| f.at > since)
+                .find(|f| media_index(&f.data) >= r * 1_000_000)
+                .map(|f| feed.check_video(&f.data));
+            match first {
+                Some(Ok(_)) => {}
+                other => panic!("restart {r}, viewer {v:?}: first frame {other:?}"),
+            }
+        }
+    }
+}
+
+fn media_index(data: &[u8]) -> u64 {
+    wishcast::peer::media::frame_index(VideoCodec::H264, data).unwrap_or(0)
+}
