@@ -323,8 +323,6 @@ async fn viewer_ids(gw: &Gateway) -> Vec<String> {
 /// The publisher goes and a new one comes, again and again, while viewers stay attached:
 /// each viewer plays every new publisher from a keyframe, in the session it started with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails in about one run of three: a viewer's first frame of a new publisher can lack \
-            the keyframe's first 24 bytes (SPS and PPS); scripts/soak-churn.sh runs it"]
 async fn publisher_restarts_keep_viewers_playing_in_their_sessions() {
     let plan = Plan::from_env();
     let gw = Gateway::start(&config(), "warn");

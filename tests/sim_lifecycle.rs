@@ -262,3 +262,50 @@ fn many_publisher_restarts_start_every_viewer_on_a_whole_keyframe() {
 fn media_index(data: &[u8]) -> u64 {
     wishcast::peer::media::frame_index(VideoCodec::H264, data).unwrap_or(0)
 }
+
+/// The publisher is replaced while a viewer that just joined is still being sent the old
+/// publisher's GOP: the new publisher's first keyframe reaches that viewer whole, SPS and PPS
+/// included, rather than queued behind the rest of the old replay.
+#[test]
+fn a_publisher_replaced_during_a_viewers_gop_replay_starts_it_on_a_whole_keyframe() {
+    let mut sim = Sim::new(Config::default(), 1);
+    let p = sim
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("publisher");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 1));
+    // A long GOP of big frames: about 2 MB cached, over a second of replay at 16 Mbit/s.
+    let big = |first| {
+        Feed::new(Some(VideoCodec::H264), false)
+            .with_gop(120)
+            .with_sizes(30_000, 20_000)
+            .with_first(first)
+    };
+    sim.start_feed(p, big(0));
+    sim.run_for(Duration::from_millis(3500));
+    let v = sim
+        .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("viewer");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.peer(v).is_connected()));
+    sim.run_for(Duration::from_millis(100));
+    assert!(
+        sim.peer(v).received_video().count() < 60,
+        "the replay is still under way"
+    );
+    sim.delete(p).expect("DELETE the publisher");
+    let next = sim
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("a new publisher");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.peer(next).is_connected()));
+    sim.start_feed(next, big(1_000_000));
+    sim.run_for(Duration::from_secs(2));
+    let feed = sim.feed(next).expect("feed");
+    let first = sim
+        .peer(v)
+        .received_video()
+        .find(|f| media_index(&f.data) >= 1_000_000)
+        .map(|f| feed.check_video(&f.data));
+    assert!(
+        matches!(first, Some(Ok(1_000_000))),
+        "the new publisher's first keyframe arrives whole: {first:?}"
+    );
+}

@@ -440,6 +440,11 @@ impl Engine {
         let viewers = local.viewers.clone();
         for v in viewers {
             if let Some(s) = self.sessions.get_mut(&v) {
+                // A GOP replay still under way is the old publisher's: were the new one's
+                // packets queued behind it, its first keyframe would start after its own
+                // SPS/PPS had been dropped as coming before a keyframe.
+                s.backlog.clear();
+                s.lead_in = 0;
                 for (_, t) in &mut s.tracks {
                     t.publisher_left();
                 }
