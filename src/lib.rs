@@ -117,6 +117,7 @@ pub mod gateway;
 pub mod http;
 pub mod http3;
 pub mod hub;
+pub mod live;
 pub mod metrics;
 #[cfg(any(test, feature = "testkit"))]
 pub mod peer;

@@ -8,7 +8,7 @@
 //! media, timeouts, TLS, HTTP/3) is fixed when the sockets and shard threads start: a reload
 //! that changes it says so in the log and keeps the running value.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -18,34 +18,7 @@ use tracing::{info, warn};
 use crate::auth::{AuthError, Authorizer};
 use crate::config::Config;
 use crate::http::limits::PostRate;
-
-/// A value that can be swapped while readers hold the one they took.
-#[derive(Debug)]
-pub struct Live<T> {
-    current: RwLock<Arc<T>>,
-}
-
-impl<T> Live<T> {
-    pub fn new(value: T) -> Live<T> {
-        Live {
-            current: RwLock::new(Arc::new(value)),
-        }
-    }
-
-    /// The current value; a later [`Live::set`] does not change what this returned.
-    pub fn get(&self) -> Arc<T> {
-        // A writer cannot panic while holding the lock (it only swaps an Arc), so a poisoned
-        // lock still holds a whole value.
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn set(&self, value: Arc<T>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = value;
-    }
-}
+pub use crate::live::Live;
 
 /// Why a new configuration was not applied; the running one stays.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ use super::token::{same, token_hash};
 use super::{Action, Authorizer, Decision};
 use crate::http::error::ApiError;
 use crate::hub::Hub;
-use crate::reload::Live;
+use crate::live::Live;
 use crate::session::SessionId;
 
 /// What the middleware needs to decide: the rules, and the sessions' owners.

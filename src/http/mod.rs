@@ -34,7 +34,7 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     /// Read once per request: a reload (SIGHUP) swaps it for the next ones.
-    pub config: Arc<crate::reload::Live<Config>>,
+    pub config: Arc<crate::live::Live<Config>>,
     pub hub: Arc<Hub>,
     pub shards: Arc<Vec<ShardLink>>,
 }
