@@ -12,7 +12,6 @@
 mod common;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -197,21 +196,7 @@ async fn run(cell: Cell) -> Option<Report> {
     let mut feed = Feed::at_bitrate(codec, cell.bitrate, FPS).with_gop(cell.gop_secs * 30);
     feed.honor_keyframe_requests = true;
     let started = Instant::now();
-    feed.start(started);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    let sender = tokio::spawn(async move {
-        while !stopped.load(Ordering::SeqCst) {
-            let requests = publisher.keyframe_requests();
-            while let Some(f) = feed.take_due(Instant::now(), requests) {
-                let _ = publisher.send_frame(f.kind, f.rtp_time, f.data);
-            }
-            let tick = Instant::now() + Duration::from_millis(10);
-            let wake = feed.next_due().map_or(tick, |t| t.min(tick));
-            tokio::time::sleep_until(wake.into()).await;
-        }
-        publisher
-    });
+    let sender = LiveFeed::run(publisher, feed);
 
     let end = started + Duration::from_secs(cell.seconds);
     let mut tasks = Vec::new();
@@ -232,8 +217,7 @@ async fn run(cell: Cell) -> Option<Report> {
     for t in tasks {
         viewers.push(t.await.expect("viewer task"));
     }
-    stop.store(true, Ordering::SeqCst);
-    let publisher = sender.await.expect("sender");
+    let publisher = sender.stop().await;
     let keyframe_requests = publisher.keyframe_requests();
     let dropped = loss.as_ref().map_or(0, IptablesLoss::dropped);
     let sessions_after = gw.session_count();

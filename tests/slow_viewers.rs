@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -54,21 +52,9 @@ async fn stalled_and_vanished_viewers_expire_without_delaying_the_others() {
         .wait_connected(Duration::from_secs(10))
         .await
         .expect("publisher connects");
-    let mut feed = Feed::at_bitrate(codec, 2_500_000, FPS);
+    let feed = Feed::at_bitrate(codec, 2_500_000, FPS);
     let started = Instant::now();
-    feed.start(started);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    let sender = tokio::spawn(async move {
-        while !stopped.load(Ordering::SeqCst) {
-            let requests = publisher.keyframe_requests();
-            while let Some(f) = feed.take_due(Instant::now(), requests) {
-                let _ = publisher.send_frame(f.kind, f.rtp_time, f.data);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        publisher
-    });
+    let sender = LiveFeed::run(publisher, feed);
 
     let healthy = watching(&whep(&gw, "s"), Some(codec), true, 4).await;
     let stalled = watching(&whep(&gw, "s"), Some(codec), true, 1).await;
@@ -144,7 +130,6 @@ async fn stalled_and_vanished_viewers_expire_without_delaying_the_others() {
         removed_after
     );
     drop(stalled);
-    stop.store(true, Ordering::SeqCst);
-    drop(sender.await.expect("sender"));
+    drop(sender.stop().await);
     gw.shutdown().await;
 }

@@ -114,10 +114,16 @@ impl LiveFeed {
             .with_sizes(VIDEO_BYTES, VIDEO_BYTES)
             .with_first(first);
         feed.honor_keyframe_requests = honor_pli;
+        LiveFeed::run(publisher, feed)
+    }
+
+    /// Starts `feed` now and sends its frames through the connected `publisher` as they fall
+    /// due, until stopped.
+    pub fn run(publisher: Peer, mut feed: Feed) -> LiveFeed {
+        feed.start(Instant::now());
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
-            feed.start(Instant::now());
             while !stopped.load(Ordering::SeqCst) {
                 let requests = publisher.keyframe_requests();
                 while let Some(f) = feed.take_due(Instant::now(), requests) {
