@@ -10,29 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use wishcast::client::{Peer, ReceivedFrame, VideoCodec};
-use wishcast::peer::media;
 
 const H264: Option<VideoCodec> = Some(VideoCodec::H264);
 
-/// The next video frame, checked byte for byte against what the publisher generated.
 async fn next_video(v: &mut Peer) -> (u64, bool, ReceivedFrame) {
-    loop {
-        let f = v
-            .next_frame(Duration::from_secs(5))
-            .await
-            .expect("a frame within 5 s");
-        if f.kind != str0m::media::MediaKind::Video {
-            continue;
-        }
-        let i = media::frame_index(f.codec, &f.data).expect("frame index");
-        let key = media::is_keyframe(f.codec, &f.data);
-        assert_eq!(
-            f.data[..],
-            expected_video(VideoCodec::H264, i, key)[..],
-            "frame {i} intact"
-        );
-        return (i, key, f);
-    }
+    next_checked_video(v, VideoCodec::H264).await
 }
 
 /// Joins `joins` viewers one after another at staggered points of the GOP and returns the time

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wishcast::client::{Peer, PeerOptions, VideoCodec};
+use wishcast::client::{Peer, PeerOptions, ReceivedFrame, VideoCodec};
 use wishcast::peer::{media, Feed};
 use wishcast::{Config, Gateway};
 
@@ -68,6 +68,28 @@ pub async fn watching(url: &str, codec: Option<VideoCodec>, audio: bool, n: usiz
         viewers.push(v);
     }
     viewers
+}
+
+/// `v`'s next video frame within 5 s, checked byte for byte against what the test publisher
+/// generated: its index, whether it is a keyframe, and the frame.
+pub async fn next_checked_video(v: &mut Peer, codec: VideoCodec) -> (u64, bool, ReceivedFrame) {
+    loop {
+        let f = v
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("a frame within 5 s");
+        if f.kind != str0m::media::MediaKind::Video {
+            continue;
+        }
+        let i = media::frame_index(f.codec, &f.data).expect("frame index");
+        let key = media::is_keyframe(f.codec, &f.data);
+        assert_eq!(
+            f.data[..],
+            expected_video(codec, i, key)[..],
+            "frame {i} intact"
+        );
+        return (i, key, f);
+    }
 }
 
 /// The video frame with index `i` as the test publisher generates it (`key`: as a keyframe).
