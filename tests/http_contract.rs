@@ -442,6 +442,25 @@ async fn rfc9725_4_4_4_setup_active_is_accepted() {
     gw.shutdown().await;
 }
 
+/// RFC 5763 §5 recommends the answerer take `active`: the gateway is the DTLS client and its
+/// own retransmission schedule drives the handshake (every media test here runs on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc5763_5_an_actpass_offer_is_answered_active() {
+    let gw = start(contract_config()).await;
+    let r = post_sdp(&whip(&gw, "s"), &offer(Direction::SendOnly)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let answer = r.text();
+    let sections = media_sections(&answer);
+    assert!(!sections.is_empty());
+    for s in sections {
+        assert!(
+            s.contains(&"a=setup:active") && !s.contains(&"a=setup:passive"),
+            "the gateway answers actpass with active: {answer}"
+        );
+    }
+    gw.shutdown().await;
+}
+
 // ---- 409, 413, 503 ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

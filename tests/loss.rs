@@ -49,6 +49,9 @@ struct Cell {
 struct ViewerReport {
     /// From the start of its POST to its first keyframe (the first picture).
     ttff: Option<Duration>,
+    /// From the POST until ICE connected, and until DTLS finished after it.
+    ice: Option<Duration>,
+    dtls: Option<Duration>,
     /// Frames between its first and last received frame.
     expected: u64,
     lost: u64,
@@ -89,13 +92,19 @@ impl Report {
     }
 
     fn ttffs(&self) -> Vec<Duration> {
-        let mut t: Vec<Duration> = self.viewers.iter().filter_map(|v| v.ttff).collect();
+        self.sorted(|v| v.ttff)
+    }
+
+    fn sorted(&self, f: impl Fn(&ViewerReport) -> Option<Duration>) -> Vec<Duration> {
+        let mut t: Vec<Duration> = self.viewers.iter().filter_map(f).collect();
         t.sort();
         t
     }
 
     fn summary(&self, cell: &Cell) -> String {
         let t = self.ttffs();
+        let ice = self.sorted(|v| v.ice);
+        let dtls = self.sorted(|v| v.dtls);
         let worst_frames = self.viewers.iter().map(|v| v.worst_gap_frames).max();
         let worst_wall = self.viewers.iter().map(|v| v.worst_gap_wall).max();
         let mut lat: Vec<Duration> = self
@@ -106,7 +115,7 @@ impl Report {
         lat.sort();
         format!(
             "leg={:?} loss={:.0}% jitter={}ms viewers={} secs={}: frames lost {:.3}%, \
-             ttff p50 {} ms p99 {} ms, worst gap to keyframe {} frames / {} ms, \
+             ttff p50 {} ms p99 {} ms (ICE p50 {} p99 {}, DTLS done p50 {} p99 {}), worst gap to keyframe {} frames / {} ms, \
              latency p50 {} ms p99 {} ms, datagrams dropped {}, PLIs at publisher {}, \
              started on a delta frame {}, unclosed gaps {}",
             cell.leg,
@@ -117,6 +126,10 @@ impl Report {
             self.frames_lost_pct(),
             ms(pct(&t, 50)),
             ms(pct(&t, 99)),
+            ms(pct(&ice, 50)),
+            ms(pct(&ice, 99)),
+            ms(pct(&dtls, 50)),
+            ms(pct(&dtls, 99)),
             worst_frames.unwrap_or(0),
             ms(worst_wall),
             ms(pct(&lat, 50)),
@@ -293,6 +306,13 @@ async fn watch(
         r.latencies.push(f.at.saturating_duration_since(due));
         frames.push((i, f.at, key));
     }
+    let stats = v.stats();
+    r.ice = stats
+        .ice_connected_at
+        .map(|t| t.saturating_duration_since(posted));
+    r.dtls = stats
+        .connected_at
+        .map(|t| t.saturating_duration_since(posted));
     drop(v);
     let Some(&(first, _, _)) = frames.first() else {
         return r;
@@ -391,12 +411,13 @@ async fn heavy_loss_degrades_without_stalls(tag: u8, leg: Leg) {
         return;
     };
     eprintln!("{}", report.summary(&c));
-    // DTLS under 20 % loss can take longer than the run for a viewer (its retransmission
-    // timeout doubles); such a viewer must still have its session, and every viewer that
-    // got video must have played intact frames to the end.
-    let playing: Vec<_> = report.viewers.iter().filter(|v| v.ttff.is_some()).collect();
-    assert!(!playing.is_empty(), "viewers connect and get video");
-    for (n, v) in playing.into_iter().enumerate() {
+    // The handshake's flights are repeated at most 100 ms apart for their first 3 s
+    // (`wishcast::dtls`), so every viewer connects well within the run.
+    for (n, v) in report.viewers.iter().enumerate() {
+        assert!(
+            v.ttff.is_some(),
+            "viewer {n} connected and got video: {v:?}"
+        );
         assert_eq!(v.corrupt, 0, "viewer {n}: frames intact");
         assert_eq!(v.unclosed, 0, "viewer {n}: every gap closed by a keyframe");
         assert!(

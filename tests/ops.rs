@@ -139,7 +139,8 @@ async fn healthz_and_readyz_answer() {
 }
 
 /// Loss on both legs of the in-memory network: the viewer NACKs and the gateway answers from
-/// its resend buffer; the gateway NACKs the publisher. The shard's counters (what
+/// its resend buffer; the gateway NACKs the publisher, whose resends of the 46th packet are
+/// lost too, so the gateway asks it for a keyframe. The shard's counters (what
 /// `/metrics` exports) equal the feedback the peers sent and received on the wire.
 #[test]
 fn nack_and_pli_counters_equal_the_feedback_on_the_wire() {
@@ -159,8 +160,9 @@ fn nack_and_pli_counters_equal_the_feedback_on_the_wire() {
         let lost = d
             .rtp()
             .is_some_and(|r| d.is_video_media() && [20, 21, 45].contains(&r.nth));
-        lost && ((d.way == Way::FromGateway && d.peer == v)
-            || (d.way == Way::ToGateway && d.peer == p))
+        let upstream = d.way == Way::ToGateway && d.peer == p;
+        let resent = upstream && d.rtp().is_some_and(|r| r.rtx);
+        resent || lost && ((d.way == Way::FromGateway && d.peer == v) || upstream)
     });
     sim.start_feed(p, sim::Feed::new(Some(codec), true).with_max_frames(60));
     sim.run_for(Duration::from_millis(2500));

@@ -370,10 +370,10 @@ impl std::io::Write for Captured {
     }
 }
 
-/// The gateway is the DTLS server and picks the SRTP profile: with peers offering all of
-/// str0m's profiles it chooses AEAD-AES-GCM (about a third of AES-CM-HMAC-SHA1's cost per
-/// packet with aws-lc-rs), never AES_CM_128_HMAC_SHA1_80. str0m only logs the choice, so the
-/// test reads its log.
+/// SRTP runs on AEAD-AES-GCM (about a third of AES-CM-HMAC-SHA1's cost per packet with
+/// aws-lc-rs), never AES_CM_128_HMAC_SHA1_80, when the peer supports it. The gateway is the
+/// DTLS client (it answers `a=setup:active`) and offers GCM first; the peer, the DTLS server,
+/// picks. str0m only logs the choice, so the test reads its log.
 #[test]
 fn srtp_uses_aead_aes_gcm() {
     let logs = Captured::default();
@@ -384,7 +384,10 @@ fn srtp_uses_aead_aes_gcm() {
         .with_ansi(false)
         .finish();
     tracing::subscriber::with_default(subscriber, || {
-        let _ = pair(VideoCodec::Vp8);
+        let (mut sim, _, _) = pair(VideoCodec::Vp8);
+        // The peers are connected once they have sent their last flight; the gateway takes
+        // its keys when that flight arrives.
+        sim.run_for(Duration::from_millis(200));
     });
     let text =
         String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(|p| p.into_inner())).to_string();

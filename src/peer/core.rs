@@ -404,6 +404,7 @@ impl PeerCore {
         match event {
             Event::Connected => {
                 self.connected_at.get_or_insert(now);
+                self.stats.connected_at.get_or_insert(now);
                 self.state = LinkState::Connected;
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -414,6 +415,11 @@ impl PeerCore {
                 IceConnectionState::Connected | IceConnectionState::Completed,
             ) if self.state == LinkState::Disconnected && self.rtc.is_connected() => {
                 self.state = LinkState::Connected;
+            }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => {
+                self.stats.ice_connected_at.get_or_insert(now);
             }
             Event::MediaData(d) => self.on_media(now, d),
             Event::KeyframeRequest(_) => self.stats.keyframe_requests += 1,

@@ -164,7 +164,7 @@ pub enum LinkState {
     Closed(String),
 }
 
-/// Traffic counters of a peer.
+/// Traffic counters of a peer, and when its connection came up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerStats {
     pub video_frames: u64,
@@ -180,6 +180,9 @@ pub struct PeerStats {
     pub input_errors: u64,
     /// `Event::KeyframeRequest`s: PLI/FIR from the remote, coalesced by str0m per poll.
     pub keyframe_requests: u64,
+    /// When ICE first connected, and when DTLS finished after it (`Event::Connected`).
+    pub ice_connected_at: Option<std::time::Instant>,
+    pub connected_at: Option<std::time::Instant>,
 }
 
 impl PeerStats {

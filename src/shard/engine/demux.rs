@@ -169,6 +169,9 @@ impl Engine {
                 return;
             }
         }
+        if !session.held_candidates.is_empty() {
+            self.release_candidates(now, id);
+        }
         self.drive(now, id);
     }
 

@@ -112,9 +112,12 @@ impl Engine {
             s.pli_pending = false;
             return;
         };
+        // No video has arrived yet: try again on the next housekeeping round. (A stream
+        // declared by the offer's a=ssrc exists before its first packet, but a PLI sent then
+        // can reach an encoder that has not started and be lost on it.)
+        let receiving = s.ssrcs.iter().any(|i| i.kind == Kind::Video);
         let mut api = s.rtc.direct_api();
-        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
-            // No video has arrived yet: try again on the next housekeeping round.
+        let Some(rx) = api.stream_rx_by_mid(mid, None).filter(|_| receiving) else {
             s.pli_pending = s.connected;
             return;
         };

@@ -328,7 +328,13 @@ impl Engine {
         let consent = self.config.timeouts.consent();
         let mut expired = Vec::new();
         let mut plis = Vec::new();
+        let mut held = Vec::new();
         for s in self.sessions.values() {
+            if !s.held_candidates.is_empty()
+                && now.saturating_duration_since(s.created) >= negotiate::CANDIDATE_HOLD
+            {
+                held.push(s.id);
+            }
             let reason = if !s.rtc.is_alive() {
                 Some(CLOSED_BY_PEER)
             } else if !s.connected && now.saturating_duration_since(s.created) > connect {
@@ -347,6 +353,11 @@ impl Engine {
         // In id order, not the map's: a seed must replay the same run.
         expired.sort();
         plis.sort();
+        held.sort();
+        for id in held {
+            self.release_candidates(now, id);
+            self.drive(now, id);
+        }
         for (id, reason) in expired {
             self.counters.sessions_expired += 1;
             self.remove(now, id, reason);

@@ -26,6 +26,8 @@ pub(super) struct Session {
     pub(super) etag: String,
     pub(super) ufrag: String,
     pub(super) addrs: Vec<SocketAddr>,
+    /// The offer's candidates, given to str0m on the peer's first datagram.
+    pub(super) held_candidates: Vec<String>,
     pub(super) created: Instant,
     pub(super) last_rx: Instant,
     pub(super) connected: bool,
