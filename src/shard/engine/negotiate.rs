@@ -4,7 +4,7 @@
 use super::*;
 
 /// Longest wait for the peer's first datagram before the gateway checks the offer's
-/// candidates itself (see [`for_str0m`]): about when the peer has the answer.
+/// candidates itself (see [`prepare_offer`]): about when the peer has the answer.
 pub(super) const CANDIDATE_HOLD: Duration = Duration::from_millis(200);
 /// First retransmission of an unanswered ICE check (see [`Engine::rtc_config`]).
 const STUN_INITIAL_RTO: Duration = Duration::from_millis(50);
@@ -53,7 +53,7 @@ impl Engine {
             offer_sdp,
         } = c;
         let shape = Offer::parse(&offer_sdp)?;
-        let (given, held_candidates) = for_str0m(&offer_sdp);
+        let (given, held_candidates) = prepare_offer(&offer_sdp);
         let parsed = self
             .faults
             .isolate(Site::Offer, Some(id), || SdpOffer::from_sdp_string(&given));
@@ -312,7 +312,7 @@ fn answer_fragment(answer: &SdpAnswer, creds: &str0m::IceCreds, lite: bool) -> S
 /// the peer's first datagram arrives (its own first check has already taught str0m its
 /// address, as a peer-reflexive candidate), or [`CANDIDATE_HOLD`] after the offer if none
 /// has: a gateway behind NAT needs its own checks to open the way for the peer's.
-fn for_str0m(offer: &str) -> (String, Vec<String>) {
+fn prepare_offer(offer: &str) -> (String, Vec<String>) {
     let mut held = Vec::new();
     let mut out = String::with_capacity(offer.len());
     for line in offer.split_inclusive('\n') {
@@ -334,7 +334,7 @@ fn for_str0m(offer: &str) -> (String, Vec<String>) {
 
 impl Engine {
     /// Hands a session the candidates its offer carried, once the peer has shown it has the
-    /// answer (see [`for_str0m`]).
+    /// answer (see [`prepare_offer`]).
     pub(super) fn release_candidates(&mut self, now: Instant, id: SessionId) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
