@@ -613,6 +613,12 @@ async fn signal(
 /// Local address the OS would use to reach the endpoint host.
 fn route_ip(endpoint_url: &str, unspecified: IpAddr) -> Result<IpAddr, ClientError> {
     let (host, port) = http::host_port(endpoint_url)?;
+    // An IPv6 endpoint is reached from an IPv6 address whatever family the wildcard named.
+    let unspecified = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(_)) if unspecified.is_ipv4() => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        Ok(IpAddr::V4(_)) if unspecified.is_ipv6() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        _ => unspecified,
+    };
     let probe = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
     probe.connect((host.as_str(), port))?;
     Ok(probe.local_addr()?.ip())
