@@ -125,12 +125,10 @@ impl Gateway {
         }
 
         let listen = config.http.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| StartError::BindHttp {
-                addr: listen,
-                source,
-            })?;
+        let listener = listen_tcp(listen).map_err(|source| StartError::BindHttp {
+            addr: listen,
+            source,
+        })?;
         let http_addr = listener
             .local_addr()
             .map_err(|source| StartError::BindHttp {
@@ -311,6 +309,22 @@ impl Gateway {
     }
 }
 
+/// The signalling listener; on `[::]` it takes IPv4 too, whatever the system's default for
+/// new sockets (`net.ipv6.bindv6only`) says.
+fn listen_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        socket.set_only_v6(false)?;
+    }
+    // As std's and tokio's listeners do: a restart can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
 /// The configured certificate, a generated one, or none (plain HTTP).
 fn tls_identity(config: &Config) -> Result<Option<Identity>, StartError> {
     let tls = &config.tls;
@@ -352,7 +366,8 @@ fn start_h3(
 }
 
 /// The IPs to announce as host candidates: configured public IPs, else the bound IP, else every
-/// interface address of the bound family (loopback last, and only if configured).
+/// interface address of the bound family, of both on a dual-stack `::` (loopback last, and
+/// only if configured).
 fn candidate_ips(config: &Config) -> Result<Vec<IpAddr>, StartError> {
     if !config.media.public_ips.is_empty() {
         return Ok(config.media.public_ips.clone());
@@ -361,13 +376,14 @@ fn candidate_ips(config: &Config) -> Result<Vec<IpAddr>, StartError> {
     if !bind.is_unspecified() {
         return Ok(vec![bind]);
     }
+    let dual = config.media.dual_stack();
     let filter = &config.media.interfaces;
     let mut ips: Vec<IpAddr> = Vec::new();
     let mut loopback: Vec<IpAddr> = Vec::new();
     if let Ok(ifaces) = if_addrs::get_if_addrs() {
         for iface in ifaces {
             let ip = iface.ip();
-            if ip.is_ipv4() != bind.is_ipv4() {
+            if !dual && ip.is_ipv4() != bind.is_ipv4() {
                 continue;
             }
             if !filter.is_empty()
@@ -397,11 +413,12 @@ fn candidate_ips(config: &Config) -> Result<Vec<IpAddr>, StartError> {
         return Err(StartError::NoInterface(filter.join(", ")));
     }
     if ips.is_empty() {
-        ips.push(if bind.is_ipv4() {
-            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-        } else {
-            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
-        });
+        if bind.is_ipv4() || dual {
+            ips.push(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        }
+        if bind.is_ipv6() {
+            ips.push(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
+        }
     }
     ips.dedup();
     Ok(ips)
@@ -426,5 +443,23 @@ mod tests {
         assert!(err.to_string().contains("nosuchif*"), "{err}");
         let all = candidate_ips(&wildcard(&[])).expect("no filter");
         assert!(all.contains(&IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+    }
+
+    #[test]
+    fn a_dual_stack_bind_announces_both_families() {
+        let mut c = wildcard(&["lo"]);
+        c.media.bind_ip = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        let ips = candidate_ips(&c).expect("lo matches");
+        assert!(
+            ips.contains(&IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            "{ips:?}"
+        );
+        // Without IPv6 on the machine there is no ::1 to announce.
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            assert!(
+                ips.contains(&IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+                "{ips:?}"
+            );
+        }
     }
 }

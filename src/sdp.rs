@@ -65,6 +65,8 @@ pub enum Setup {
 pub struct Offer {
     pub sections: Vec<Section>,
     pub setup: Setup,
+    /// The offer has a session-level `a=group:BUNDLE` (RFC 8843).
+    pub bundled: bool,
 }
 
 /// Why an offer cannot be served; mapped to 400 or 422 by the HTTP layer.
@@ -98,6 +100,15 @@ pub enum OfferError {
     },
     #[error("a=setup:passive asks the gateway to be the DTLS client; offer actpass (or active)")]
     PassiveSetup,
+    #[error(
+        "the offer has {0} m-sections but no a=group:BUNDLE; a session here has one transport, \
+         so several m-sections must be bundled (RFC 9725 §4.4.1, RFC 8843)"
+    )]
+    Unbundled(usize),
+    #[error(
+        "the offer's only m-section has no a=mid (RFC 5888), which the gateway needs to answer it"
+    )]
+    NoMid,
 }
 
 /// Codecs the gateway forwards, by SDP name.
@@ -112,6 +123,7 @@ impl Offer {
         let mut session_setup = Setup::Missing;
         let mut setup = Setup::Missing;
         let mut saw_version = false;
+        let mut bundled = false;
         for raw in sdp.lines() {
             let line = raw.trim_end_matches('\r');
             if line.is_empty() {
@@ -155,6 +167,9 @@ impl Offer {
                     };
                     let current = sections.last_mut();
                     match (name, dir, current) {
+                        ("group", _, None) => {
+                            bundled |= arg.split_whitespace().next() == Some("BUNDLE");
+                        }
                         (_, Some(d), Some(s)) => s.dir = d,
                         (_, Some(d), None) => session_dir = d,
                         ("mid", _, Some(s)) => s.mid = Some(arg.trim().to_string()),
@@ -216,7 +231,11 @@ impl Offer {
         if setup == Setup::Missing {
             setup = session_setup;
         }
-        Ok(Offer { sections, setup })
+        Ok(Offer {
+            sections,
+            setup,
+            bundled,
+        })
     }
 
     /// Checks the rules of RFC 9725 §4.4 (and WHEP §4.5) that the gateway enforces.
@@ -265,6 +284,17 @@ impl Offer {
         if audio + video == 0 {
             return Err(OfferError::NoMedia);
         }
+        if !self.bundled {
+            // One m-section needs no group (GStreamer's webrtcbin offers a single track so);
+            // several unbundled ones would each need a transport of their own.
+            let live = self.live().count();
+            if live > 1 {
+                return Err(OfferError::Unbundled(live));
+            }
+            if self.live().all(|s| s.mid.is_none()) {
+                return Err(OfferError::NoMid);
+            }
+        }
         if self.setup == Setup::Passive {
             return Err(OfferError::PassiveSetup);
         }
@@ -286,6 +316,37 @@ impl Offer {
             .iter()
             .filter(|s| !s.port_zero)
             .any(|s| s.h264_pts.iter().any(|pt| s.mode1_pts.contains(pt)))
+    }
+
+    /// The m-sections that are not rejected (port 0 without `a=bundle-only`).
+    fn live(&self) -> impl Iterator<Item = &Section> {
+        self.sections.iter().filter(|s| !s.port_zero)
+    }
+
+    /// The offer as str0m takes it. str0m negotiates one BUNDLE transport and refuses an offer
+    /// without a group ("Session attribute a=group missing"); an offer of one m-section
+    /// without one gets a group of that section, which changes nothing on the wire: one
+    /// m-section is one transport either way. The answer to it must not carry the group
+    /// (see [`strip_bundle_group`]).
+    pub fn for_str0m<'a>(&self, sdp: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.bundled {
+            return std::borrow::Cow::Borrowed(sdp);
+        }
+        let Some(mid) = self.live().find_map(|s| s.mid.as_deref()) else {
+            return std::borrow::Cow::Borrowed(sdp);
+        };
+        let mut out = String::with_capacity(sdp.len() + 24);
+        let mut added = false;
+        for line in sdp.split_inclusive('\n') {
+            if !added && line.starts_with("m=") {
+                out.push_str("a=group:BUNDLE ");
+                out.push_str(mid);
+                out.push_str("\r\n");
+                added = true;
+            }
+            out.push_str(line);
+        }
+        std::borrow::Cow::Owned(out)
     }
 
     pub fn has(&self, kind: Kind) -> bool {
@@ -417,6 +478,15 @@ pub fn restart_offer(original: &str, frag: &Fragment) -> String {
     out
 }
 
+/// An answer without its `a=group:BUNDLE` lines, for an offer that had none: RFC 8843 §7.3
+/// lets an answer put an m-section in a BUNDLE group only if the offer asked for it there.
+pub fn strip_bundle_group(answer: &str) -> String {
+    answer
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("a=group:BUNDLE"))
+        .collect()
+}
+
 /// Opus as RFC 7587 §7 writes it: `opus/48000/2`. Some peers (GStreamer's `whepsrc` with its
 /// default caps) leave out the channel count, which str0m then cannot match; the meaning is not
 /// in doubt, so the offer is completed rather than refused.
@@ -496,6 +566,55 @@ mod tests {
         assert_eq!(
             Offer::parse(&passive).expect("parse").check(Role::Publish),
             Err(OfferError::PassiveSetup)
+        );
+    }
+
+    #[test]
+    fn one_m_section_without_group_gets_one_for_str0m_and_several_are_refused() {
+        let video_only = OFFER
+            .replace("a=group:BUNDLE 0 1\r\n", "")
+            .split("m=audio")
+            .next()
+            .expect("video part")
+            .to_string();
+        let o = Offer::parse(&video_only).expect("parse");
+        assert!(!o.bundled);
+        assert_eq!(o.check(Role::Publish), Ok(()));
+        let grouped = o.for_str0m(&video_only);
+        assert_eq!(
+            grouped,
+            video_only.replacen("m=video", "a=group:BUNDLE 0\r\nm=video", 1),
+            "the group goes at the end of the session part, nothing else changes"
+        );
+        assert!(Offer::parse(&grouped).expect("parse").bundled);
+        assert!(matches!(
+            Offer::parse(OFFER).expect("parse").for_str0m(OFFER),
+            std::borrow::Cow::Borrowed(_)
+        ));
+
+        let both = OFFER.replace("a=group:BUNDLE 0 1\r\n", "");
+        let o = Offer::parse(&both).expect("parse");
+        assert_eq!(o.check(Role::Publish), Err(OfferError::Unbundled(2)));
+        // A rejected second section (port 0, not bundle-only) leaves one to serve.
+        let rejected = both.replace("m=audio 9 ", "m=audio 0 ");
+        let o = Offer::parse(&rejected).expect("parse");
+        assert_eq!(o.check(Role::Publish), Ok(()));
+        assert!(o
+            .for_str0m(&rejected)
+            .contains("a=group:BUNDLE 0\r\nm=video"));
+
+        let no_mid = video_only.replace("a=mid:0\r\n", "");
+        let o = Offer::parse(&no_mid).expect("parse");
+        assert_eq!(o.check(Role::Publish), Err(OfferError::NoMid));
+    }
+
+    #[test]
+    fn the_group_leaves_an_answer_and_nothing_else_does() {
+        let answer = "v=0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=msid-semantic: WMS x\r\n\
+                      m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n";
+        assert_eq!(
+            strip_bundle_group(answer),
+            answer.replace("a=group:BUNDLE 0\r\n", "")
         );
     }
 

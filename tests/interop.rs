@@ -4,8 +4,10 @@
 //! Viewers: Chromium (through `/watch/...`), aiortc, GStreamer `whepsrc`. For H264 and for VP8, each
 //! publisher feeds all three viewers at once, so every publisher × viewer pair is a cell. A cell
 //! passes when the viewer decoded frames of the publisher's size in the publisher's codec within
-//! a few seconds, Opus packets arrived, and its DELETE was answered 200. Each publisher's DELETE
-//! must end its session on the gateway. Every request carries a bearer token, as OBS sends one.
+//! a few seconds, Opus packets arrived, and its DELETE was answered 200. GStreamer also
+//! publishes H264 video alone to every viewer, offered as webrtcbin offers one track by itself:
+//! without a BUNDLE group. Each publisher's DELETE must end its session on the gateway. Every
+//! request carries a bearer token, as OBS sends one.
 //!
 //! The peers are driven by the scripts in `tests/interop/` (protocol in its README), installed by
 //! `tests/interop/setup.sh` into `interop/` in cargo's target tmpdir: Debian packages (as root), a
@@ -362,32 +364,44 @@ struct Cell {
 /// Publishes `codec` from `publisher`, lets every viewer kind watch at once, checks each cell,
 /// then stops the publisher and checks the gateway ended its session.
 async fn matrix_row(publisher: PeerKind, codec: &'static str) {
+    matrix_row_with(publisher, codec, false).await;
+}
+
+/// As [`matrix_row`]; with `video_only` the publisher sends no audio and offers its one track
+/// the way the peer does by itself (`--video-only` in tests/interop/README.md).
+async fn matrix_row_with(publisher: PeerKind, codec: &'static str, video_only: bool) {
     if !peers_installed(&format!("{} publishing {codec}", publisher.name())) {
         return;
     }
     let _serial = SERIAL.lock().await;
     let gw = gateway().await;
-    let stream = format!("{}-{codec}", publisher.name());
+    let only = if video_only { "-video-only" } else { "" };
+    let stream = format!("{}-{codec}{only}", publisher.name());
     let base = format!("http://{}", gw.http_addr());
 
+    let mut args: Vec<String> = vec![
+        "publish".into(),
+        "--url".into(),
+        format!("{base}/whip/{stream}"),
+        "--codec".into(),
+        codec.into(),
+        "--token".into(),
+        PUBLISH_TOKEN.into(),
+    ];
+    if video_only {
+        args.push("--video-only".into());
+    }
     let mut pubd = Driver::spawn(
         publisher,
-        format!("{} publishing {codec}", publisher.name()),
-        &[
-            "publish".into(),
-            "--url".into(),
-            format!("{base}/whip/{stream}"),
-            "--codec".into(),
-            codec.into(),
-            "--token".into(),
-            PUBLISH_TOKEN.into(),
-        ],
+        format!("{} publishing {codec}{only}", publisher.name()),
+        &args,
     );
     let published = pubd.expect("publishing", Duration::from_secs(60));
     let width = published["width"].as_u64().unwrap_or(0);
     let height = published["height"].as_u64().unwrap_or(0);
     let audio = published["audio"].as_bool().unwrap_or(false);
     assert!(width > 0 && height > 0, "publisher size: {published}");
+    assert_eq!(audio, !video_only, "publisher audio: {published}");
     assert_eq!(published["codec"], codec, "publisher codec: {published}");
 
     let mut viewers: Vec<(PeerKind, Driver)> = PeerKind::ALL
@@ -522,4 +536,10 @@ async fn gstreamer_publishes_h264_to_every_viewer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gstreamer_publishes_vp8_to_every_viewer() {
     matrix_row(PeerKind::Gstreamer, "vp8").await;
+}
+
+/// webrtcbin with its default bundle policy offers one video track without a BUNDLE group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_publishes_video_only_without_bundle_group_to_every_viewer() {
+    matrix_row_with(PeerKind::Gstreamer, "h264", true).await;
 }

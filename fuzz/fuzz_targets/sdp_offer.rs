@@ -48,6 +48,10 @@ fuzz_target!(|data: &[u8]| {
                     // What the gateway answers is SDP its own reader accepts.
                     let answer = Offer::parse(&created.answer).expect("the answer parses");
                     assert!(!answer.sections.is_empty());
+                    // RFC 8843 §7.3: the answer has a BUNDLE group exactly when the offer had.
+                    if let Ok(o) = &parsed {
+                        assert_eq!(answer.bundled, o.bundled, "BUNDLE group in the answer");
+                    }
                     shard.delete(id).expect("a created session can be deleted");
                 }
                 Err(CreateError::Admit(_)) | Err(CreateError::Shard(_)) => {}

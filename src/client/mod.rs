@@ -49,6 +49,11 @@ pub struct ClientOptions {
     pub h3: Option<Arc<h3::H3Client>>,
     /// Reach the endpoint's media candidates through this relay (delay and reordering).
     pub relay: Option<Arc<impair::Relay>>,
+    /// Offer without `a=group:BUNDLE`, as GStreamer's webrtcbin offers a single track. The
+    /// peer's str0m wants a group in the answer, which must have none (RFC 8843 §7.3): it
+    /// reads the answer with a group of its m-section added, while [`Peer::answer_sdp`]
+    /// keeps the answer as it came.
+    pub unbundled: bool,
 }
 
 impl Default for ClientOptions {
@@ -66,6 +71,7 @@ impl From<PeerOptions> for ClientOptions {
             bearer: None,
             h3: None,
             relay: None,
+            unbundled: false,
         }
     }
 }
@@ -216,7 +222,10 @@ impl Peer {
 
         let config = PeerCore::rtc_config(&opts.peer);
         let mut core = PeerCore::new(role, opts.peer, config, Instant::now());
-        let offer = core.offer(Instant::now(), local_addr)?;
+        let mut offer = core.offer(Instant::now(), local_addr)?;
+        if opts.unbundled {
+            offer = crate::sdp::strip_bundle_group(&offer);
+        }
 
         let mut headers = vec![("content-type", "application/sdp".to_string())];
         if let Some(token) = &opts.bearer {
@@ -251,7 +260,10 @@ impl Peer {
                 .rewrite_candidates(&answer_sdp)
                 .map_err(|e| ClientError::Io(std::io::Error::other(e.to_string())))?;
         }
-        core.accept_answer(Instant::now(), &answer_sdp)?;
+        let grouped = crate::sdp::Offer::parse(&answer_sdp)
+            .map(|a| a.for_str0m(&answer_sdp).into_owned())
+            .map_err(|e| ClientError::Sdp(e.to_string()))?;
+        core.accept_answer(Instant::now(), &grouped)?;
 
         let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
         let shared = Arc::new(Shared {
@@ -601,6 +613,12 @@ async fn signal(
 /// Local address the OS would use to reach the endpoint host.
 fn route_ip(endpoint_url: &str, unspecified: IpAddr) -> Result<IpAddr, ClientError> {
     let (host, port) = http::host_port(endpoint_url)?;
+    // An IPv6 endpoint is reached from an IPv6 address whatever family the wildcard named.
+    let unspecified = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(_)) if unspecified.is_ipv4() => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        Ok(IpAddr::V4(_)) if unspecified.is_ipv6() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        _ => unspecified,
+    };
     let probe = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
     probe.connect((host.as_str(), port))?;
     Ok(probe.local_addr()?.ip())

@@ -30,7 +30,8 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address of the HTTP signalling listener (WHIP, WHEP, session resources).
+    /// Address of the HTTP signalling listener (WHIP, WHEP, session resources); `[::]:port`
+    /// listens on IPv4 and IPv6.
     pub listen: SocketAddr,
     /// Largest accepted request body (SDP offers, sdpfrags), in bytes; larger gets 413.
     pub max_body_bytes: usize,
@@ -75,7 +76,8 @@ fn bounded_secs(secs: f64) -> Duration {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
-    /// IP the shards' UDP sockets bind to.
+    /// IP the shards' UDP sockets bind to. `::` binds both families on one socket per shard
+    /// (dual-stack) and announces IPv4 and IPv6 host candidates; `0.0.0.0` is IPv4 only.
     pub bind_ip: IpAddr,
     /// First UDP port; shard `k` binds `udp_base_port + k`. 0 picks free ports (tests).
     pub udp_base_port: u16,
@@ -113,6 +115,13 @@ pub struct MediaConfig {
     /// Queue of media packets between shards; a full queue drops packets (and counts them)
     /// rather than blocking the sending shard.
     pub shard_queue_packets: usize,
+}
+
+impl MediaConfig {
+    /// The shards' sockets take IPv4 and IPv6 (bound to `::`).
+    pub fn dual_stack(&self) -> bool {
+        self.bind_ip == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    }
 }
 
 impl Default for MediaConfig {
@@ -400,6 +409,19 @@ impl Config {
         }
         if self.media.shard_queue_packets == 0 {
             return bad("media.shard_queue_packets: must be at least 1");
+        }
+        let bind = self.media.bind_ip;
+        let dual = self.media.dual_stack();
+        if let Some(ip) = self
+            .media
+            .public_ips
+            .iter()
+            .find(|ip| !dual && ip.is_ipv4() != bind.is_ipv4())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "media.public_ips: {ip} cannot be reached on a socket bound to {bind}; \
+                 bind_ip = \"::\" serves both families"
+            )));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key: give both or neither");
@@ -694,6 +716,23 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::from_toml_str("[media]\nshardz = 2\n").expect_err("unknown key");
         assert!(e.to_string().contains("shardz"), "{e}");
+    }
+
+    #[test]
+    fn public_ips_must_be_of_a_family_the_socket_takes() {
+        let e = Config::from_toml_str(
+            "[media]\nbind_ip = \"0.0.0.0\"\npublic_ips = [\"2001:db8::7\"]\n",
+        )
+        .expect_err("IPv6 on an IPv4 socket");
+        assert!(
+            e.to_string().contains("media.public_ips: 2001:db8::7"),
+            "{e}"
+        );
+        let dual = Config::from_toml_str(
+            "[media]\nbind_ip = \"::\"\npublic_ips = [\"203.0.113.7\", \"2001:db8::7\"]\n",
+        )
+        .expect("both families on a dual-stack socket");
+        assert!(dual.media.dual_stack());
     }
 
     #[test]

@@ -76,14 +76,18 @@ async fn serve_connection<I>(
     }
 }
 
-/// The next connection, or `None` once `stop` turns true.
+/// The next connection, or `None` once `stop` turns true. An IPv4 client of a dual-stack
+/// listener is known by its IPv4 address, as over HTTP/3, so its rate limit and what auth
+/// hooks see do not depend on which listener it came through.
 async fn accept(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<std::io::Result<(tokio::net::TcpStream, SocketAddr)>> {
     tokio::select! {
         _ = stop.wait_for(|s| *s) => None,
-        accepted = listener.accept() => Some(accepted),
+        accepted = listener.accept() => Some(accepted.map(|(tcp, remote)| {
+            (tcp, SocketAddr::new(remote.ip().to_canonical(), remote.port()))
+        })),
     }
 }
 

@@ -5,7 +5,7 @@
 //! transmits, so a burst of packets costs one pass.
 
 use std::io::IoSliceMut;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -208,6 +208,7 @@ fn run(mut engine: Engine, parts: &mut ShardParts) {
         let mut out = Sender {
             hub: hub.clone(),
             set_source_ip,
+            v6_socket: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
             gso_buf: Vec::new(),
         };
         let mut woke = Instant::now();
@@ -329,6 +330,8 @@ struct Sender {
     /// reply from the address the request went to. Off behind 1:1 NAT, where that IP is not
     /// local.
     set_source_ip: bool,
+    /// The socket is of the IPv6 family: IPv4 destinations go out as IPv4-mapped addresses.
+    v6_socket: bool,
     gso_buf: Vec<u8>,
 }
 
@@ -385,9 +388,10 @@ impl Sender {
                 j += 1;
             }
             let src_ip = self.set_source_ip.then(|| first.source.ip());
+            let destination = on_socket(first.destination, self.v6_socket);
             if j - i == 1 {
                 let tx = quinn_udp::Transmit {
-                    destination: first.destination,
+                    destination,
                     ecn: None,
                     contents: &first.contents,
                     segment_size: None,
@@ -400,7 +404,7 @@ impl Sender {
                     self.gso_buf.extend_from_slice(&t.contents);
                 }
                 let tx = quinn_udp::Transmit {
-                    destination: first.destination,
+                    destination,
                     ecn: None,
                     contents: &self.gso_buf,
                     segment_size: Some(size),
@@ -477,9 +481,28 @@ impl SharedCounters {
     }
 }
 
-/// Binds a shard's socket.
+/// Binds a shard's socket; on the IPv6 wildcard `::` it takes IPv4 too (dual-stack), whatever
+/// the system's default for new sockets says. IPv4 peers then appear as `::ffff:a.b.c.d`.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    std::net::UdpSocket::bind(addr)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Where to send `to` from a socket of the IPv6 family: an IPv4 peer as its IPv4-mapped
+/// address, as a dual-stack socket knows it. The engine speaks plain IPv4 addresses; Linux
+/// also takes those on an IPv6 socket, the BSDs and macOS only the mapped form.
+fn on_socket(to: SocketAddr, v6_socket: bool) -> SocketAddr {
+    match to {
+        SocketAddr::V4(v4) if v6_socket => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        _ => to,
+    }
 }
 
 #[cfg(test)]
@@ -556,6 +579,7 @@ mod tests {
         let mut out = Sender {
             hub: Arc::new(Hub::new(2)),
             set_source_ip: false,
+            v6_socket: false,
             gso_buf: Vec::new(),
         };
         for seq in 0..5 {

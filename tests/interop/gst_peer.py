@@ -290,21 +290,29 @@ class Publisher(Peer):
             )
         else:
             video_enc = "vp8enc deadline=1 keyframe-max-dist=60 ! rtpvp8pay pt=96"
+        self.audio = not args.video_only
         desc = (
             f"whipsink name=whip whip-endpoint={quote(args.url)}{token_prop(args)}"
             f" timeout={HTTP_TIMEOUT_S}"
             f" videotestsrc is-live=true pattern=ball"
             f" ! video/x-raw,width={WIDTH},height={HEIGHT},framerate={FPS}/1"
             f" ! videoconvert ! queue ! {video_enc} name=vpay ! queue ! whip.sink_0"
-            " audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample"
-            " ! opusenc ! rtpopuspay pt=97 ! queue ! whip.sink_1"
         )
+        if self.audio:
+            desc += (
+                " audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample"
+                " ! opusenc ! rtpopuspay pt=97 ! queue ! whip.sink_1"
+            )
         info(desc)
         self.pipeline = Gst.parse_launch(desc)
         self.connected = False
         self.published = False
         self.stopping = False
         webrtcbin = find_webrtcbin(self.pipeline.get_by_name("whip"))
+        if args.video_only:
+            # whipsink asks webrtcbin for max-bundle, which groups even a single track;
+            # webrtcbin's own default, as applications that embed it get, offers no group.
+            webrtcbin.set_property("bundle-policy", GstWebRTC.WebRTCBundlePolicy.NONE)
         EcdsaCertificate().apply(self.pipeline, webrtcbin)
         use_loopback_if_needed(webrtcbin, args.url)
         webrtcbin.connect("notify::connection-state", self.on_connection_state)
@@ -335,7 +343,7 @@ class Publisher(Peer):
 
     def on_publishing(self):
         if not self.stopping:
-            emit("publishing", width=WIDTH, height=HEIGHT, audio=True, codec=self.args.codec)
+            emit("publishing", width=WIDTH, height=HEIGHT, audio=self.audio, codec=self.args.codec)
         return False
 
     def on_connect_timeout(self):

@@ -19,6 +19,12 @@ def parse_args(description):
     p.add_argument("--seconds", type=float)
     p.add_argument("--token")
     p.add_argument("--screenshot", help="accepted and ignored: browser only")
+    p.add_argument(
+        "--video-only",
+        action="store_true",
+        help="publish: video without audio, offered as the peer offers a single track "
+        "(GStreamer: webrtcbin's own bundle-policy, which puts no BUNDLE group in the offer)",
+    )
     args = p.parse_args()
     if args.mode == "publish" and not args.codec:
         p.error("publish needs --codec")

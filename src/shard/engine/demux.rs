@@ -98,7 +98,11 @@ impl Engine {
         data: &[u8],
     ) {
         self.counters.datagrams_in += 1;
-        let destination = self.destination(dst_ip);
+        // On a dual-stack socket an IPv4 peer appears as ::ffff:a.b.c.d, and so does the
+        // address it sent to. Its candidates, str0m's pairs, the demux and the figures all
+        // know it by its IPv4 address.
+        let source = canonical(source);
+        let destination = self.destination(dst_ip.map(|ip| ip.to_canonical()), source);
         let parsed = self.faults.isolate(Site::Parse, None, || {
             Receive::new(Protocol::Udp, source, destination, data)
         });
@@ -175,19 +179,31 @@ impl Engine {
         self.drive(now, id);
     }
 
-    /// The announced candidate a datagram was sent to: str0m only accepts STUN addressed to one
-    /// of its host candidates, so behind NAT the public address stands in for the local one.
-    pub(super) fn destination(&self, dst_ip: Option<IpAddr>) -> SocketAddr {
-        let first = self.candidates[0];
-        match dst_ip {
-            Some(ip) => self
-                .candidates
+    /// The announced candidate a datagram from `source` was sent to: str0m only accepts STUN
+    /// addressed to one of its host candidates, so behind NAT the public address stands in for
+    /// the local one, the first of the source's address family.
+    pub(super) fn destination(&self, dst_ip: Option<IpAddr>, source: SocketAddr) -> SocketAddr {
+        let exact = dst_ip.and_then(|ip| self.candidates.iter().find(|c| c.ip() == ip));
+        let same_family = || {
+            self.candidates
                 .iter()
-                .find(|c| c.ip() == ip)
-                .copied()
-                .unwrap_or(first),
-            None => first,
-        }
+                .find(|c| c.is_ipv4() == source.is_ipv4())
+        };
+        exact
+            .or_else(same_family)
+            .copied()
+            .unwrap_or(self.candidates[0])
+    }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it stands for.
+pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
     }
 }
 
@@ -245,6 +261,14 @@ mod tests {
         assert_eq!(d.route(peer, b"answer"), Route::Unlearned(id));
         d.connected(id);
         assert_eq!(d.route(peer, b"answer"), Route::Unknown);
+    }
+
+    #[test]
+    fn mapped_addresses_are_their_ipv4_addresses() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.5]:5000".parse().expect("addr");
+        assert_eq!(canonical(mapped), "192.0.2.5:5000".parse().expect("addr"));
+        let v6: SocketAddr = "[2001:db8::5]:5000".parse().expect("addr");
+        assert_eq!(canonical(v6), v6);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::fanout::{is_keyframe, MediaPacket, Pushed, StreamCache, TrackRewriter};
-use crate::sdp::{restart_offer, Fragment, Kind, Offer, OfferError};
+use crate::sdp::{restart_offer, strip_bundle_group, Fragment, Kind, Offer, OfferError};
 use crate::session::{Role, SessionId};
 use crate::stun;
 use demux::Demux;

@@ -53,6 +53,8 @@ impl Engine {
             offer_sdp,
         } = c;
         let shape = Offer::parse(&offer_sdp)?;
+        // Kept as str0m read it: an ICE restart re-offers it.
+        let offer_sdp = shape.for_str0m(&offer_sdp).into_owned();
         let (given, held_candidates) = prepare_offer(&offer_sdp);
         let parsed = self
             .faults
@@ -77,7 +79,10 @@ impl Engine {
             Some(answer) => answer.map_err(|e| SessionError::Negotiation(e.to_string()))?,
             None => return Err(self.stack_failed()),
         };
-        let answer_sdp = answer.to_sdp_string();
+        let mut answer_sdp = answer.to_sdp_string();
+        if !shape.bundled {
+            answer_sdp = strip_bundle_group(&answer_sdp);
+        }
         check_answer(&shape, &answer_sdp)?;
         let mids: Vec<(Mid, Kind)> = shape
             .sections
