@@ -42,6 +42,8 @@ struct Cell {
     bitrate: u64,
     /// Keyframe interval of the encoder, in seconds; it also honours keyframe requests.
     gop_secs: u64,
+    /// The gateway runs ICE-lite (`media.ice_lite`) instead of full ICE.
+    ice_lite: bool,
 }
 
 /// What one viewer saw.
@@ -193,7 +195,9 @@ async fn run(cell: Cell) -> Option<Report> {
         ..ClientOptions::from(peer)
     };
 
-    let gw = start(test_config(2)).await;
+    let mut config = test_config(2);
+    config.media.ice_lite = cell.ice_lite;
+    let gw = start(config).await;
     let codec = VideoCodec::H264;
     let publisher = Peer::publish(
         &whip(&gw, "s"),
@@ -351,6 +355,7 @@ fn cell(tag: u8, leg: Leg, loss: f64) -> Cell {
         seconds: 12,
         bitrate: 2_500_000,
         gop_secs: 4,
+        ice_lite: false,
     }
 }
 
@@ -440,7 +445,7 @@ async fn viewer_leg_20_percent_loss_degrades_without_stalls() {
 
 /// One cell of the loss matrix, set by the environment (see `scripts/loss-matrix.sh`):
 /// `LOSS_LEG` (publisher|viewers), `LOSS_PCT`, `LOSS_JITTER_MS`, `LOSS_VIEWERS`,
-/// `LOSS_SECS`. Prints one `MATRIX` line.
+/// `LOSS_SECS`, `LOSS_ICE_LITE` (1: the gateway runs ICE-lite). Prints one `MATRIX` line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run by scripts/loss-matrix.sh"]
 async fn matrix_cell() {
@@ -458,6 +463,7 @@ async fn matrix_cell() {
         seconds: env("LOSS_SECS", "20").parse().unwrap_or(20),
         bitrate: 2_500_000,
         gop_secs: 2,
+        ice_lite: env("LOSS_ICE_LITE", "0") == "1",
     };
     let Some(report) = run(c.clone()).await else {
         return;
