@@ -7,6 +7,7 @@
 pub mod h3;
 pub mod http;
 pub mod impair;
+pub mod load;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
