@@ -73,6 +73,7 @@ fn check(r: &LoadReport, sink: &str) {
     }
     assert!(r.ttff_ms_p50 <= r.ttff_ms_p99 && r.latency_ms_p50 <= r.latency_ms_p99);
     assert!(r.kib_per_viewer.is_some() && r.joins_per_s > 0.0);
+    assert!(r.cpu_wait_cores.is_some() && r.sampled_socket_drops.is_some());
     let json: serde_json::Value = serde_json::from_str(&r.json()).expect("one JSON line");
     assert_eq!(json["connected"], VIEWERS);
     assert_eq!(json["frames_lost"], 0);

@@ -203,6 +203,36 @@ fn drop_media_at_socket(_: &UdpSocket) -> std::io::Result<()> {
     Err(std::io::Error::other("BPF socket filters need Linux"))
 }
 
+/// A receive buffer of several seconds of a stream, so a sampled viewer whose thread waits for
+/// a CPU loses nothing: beyond `net.core.rmem_max` where the process may (root), else up to it.
+#[cfg(unix)]
+fn large_receive_buffer(socket: &UdpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    let set = |option| {
+        // SAFETY: `size` outlives the call, which copies it.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) == 0 || set(libc::SO_RCVBUF) == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(unix))]
+fn large_receive_buffer(_: &UdpSocket) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Asks for a 1-byte receive buffer: the kernel raises it to its minimum, a few datagrams.
 #[cfg(unix)]
 fn smallest_receive_buffer(socket: &UdpSocket) -> std::io::Result<()> {
@@ -257,6 +287,9 @@ pub struct ProcUsage {
     pub cpu: Duration,
     /// `VmRSS`, KiB.
     pub rss_kib: u64,
+    /// Time its threads were runnable but waiting for a CPU (`/proc/PID/task/*/schedstat`):
+    /// on a shared machine, how much other work took its core.
+    pub run_delay: Duration,
 }
 
 impl ProcUsage {
@@ -281,8 +314,56 @@ impl ProcUsage {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .ok_or_else(|| bad("VmRSS"))?;
-        Ok(ProcUsage { cpu, rss_kib })
+        Ok(ProcUsage {
+            cpu,
+            rss_kib,
+            run_delay: run_delay(pid),
+        })
     }
+}
+
+/// The summed run-queue wait of a process's threads; zero where the kernel keeps none.
+fn run_delay(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
+
+/// Datagrams the kernel dropped at the local UDP socket `local` because its buffer was full
+/// (the `drops` column of `/proc/net/udp`); `None` if it is not listed.
+fn udp_socket_drops(local: SocketAddr) -> Option<u64> {
+    let (table, address) = match local.ip() {
+        IpAddr::V4(ip) => (
+            "/proc/net/udp",
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(ip.octets()),
+                local.port()
+            ),
+        ),
+        IpAddr::V6(ip) => {
+            let words: String = ip
+                .octets()
+                .chunks(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect();
+            ("/proc/net/udp6", format!("{words}:{:04X}", local.port()))
+        }
+    };
+    let text = std::fs::read_to_string(table).ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        if fields.get(1) != Some(&address.as_str()) {
+            return None;
+        }
+        fields.last()?.parse().ok()
+    })
 }
 
 /// `USER_HZ`, the unit of the times in `/proc/PID/stat`.
@@ -474,17 +555,11 @@ async fn start_blocking(
     url: &str,
     opts: &ClientOptions,
     name: &str,
+    prepare: impl FnOnce(&UdpSocket) -> std::io::Result<()>,
     body: impl FnOnce(Blocking, Arc<AtomicU8>, watch::Sender<Status>) + Send + 'static,
-) -> Result<
-    (
-        SessionUrl,
-        Arc<AtomicU8>,
-        watch::Receiver<Status>,
-        JoinHandle<()>,
-    ),
-    ClientError,
-> {
+) -> Result<BlockingHandle, ClientError> {
     let socket = bind_socket(url, opts.bind_ip)?;
+    prepare(&socket)?;
     let local = socket.local_addr()?;
     let Negotiated { core, location, .. } = negotiate(role, url, opts, local).await?;
     let (tx, rx) = status_channel();
@@ -499,7 +574,22 @@ async fn start_blocking(
     let thread = std::thread::Builder::new()
         .name(format!("{name}-{}", local.port()))
         .spawn(move || body(peer, c, tx))?;
-    Ok((SessionUrl::new(location, opts), control, rx, thread))
+    Ok(BlockingHandle {
+        url: SessionUrl::new(location, opts),
+        local,
+        control,
+        status: rx,
+        thread,
+    })
+}
+
+/// What the handle of a blocking peer keeps.
+struct BlockingHandle {
+    url: SessionUrl,
+    local: SocketAddr,
+    control: Arc<AtomicU8>,
+    status: watch::Receiver<Status>,
+    thread: JoinHandle<()>,
 }
 
 /// When the publisher wrote each video frame, by frame index.
@@ -565,17 +655,21 @@ impl Publisher {
     ) -> Result<Publisher, ClientError> {
         let sent = Arc::new(SentFrames::default());
         let s = sent.clone();
-        let (url, control, status, thread) =
-            start_blocking(Role::Publish, url, &opts, "publisher", move |p, c, tx| {
-                publish(p, feed, &s, &c, &tx)
-            })
-            .await?;
-        Ok(Publisher {
+        let h = start_blocking(
+            Role::Publish,
             url,
+            &opts,
+            "publisher",
+            |_| Ok(()),
+            move |p, c, tx| publish(p, feed, &s, &c, &tx),
+        )
+        .await?;
+        Ok(Publisher {
+            url: h.url,
             sent,
-            control,
-            status,
-            thread: Some(thread),
+            control: h.control,
+            status: h.status,
+            thread: Some(h.thread),
         })
     }
 
@@ -662,6 +756,7 @@ pub struct SampledLog {
 /// against what the load publisher (a [`Feed`] of `frame_bytes` frames) generated.
 pub struct SampledViewer {
     url: SessionUrl,
+    local: SocketAddr,
     /// Just before the POST.
     started: Instant,
     log: Arc<Mutex<SampledLog>>,
@@ -686,18 +781,23 @@ impl SampledViewer {
         opts.peer.raw_packets = false;
         let log = Arc::new(Mutex::new(SampledLog::default()));
         let l = log.clone();
-        let (url, control, status, thread) =
-            start_blocking(Role::Play, url, &opts, "sampled", move |p, c, tx| {
-                sample(p, codec, frame_bytes, &l, &c, &tx)
-            })
-            .await?;
-        Ok(SampledViewer {
+        let h = start_blocking(
+            Role::Play,
             url,
+            &opts,
+            "sampled",
+            large_receive_buffer,
+            move |p, c, tx| sample(p, codec, frame_bytes, &l, &c, &tx),
+        )
+        .await?;
+        Ok(SampledViewer {
+            url: h.url,
+            local: h.local,
             started,
             log,
-            control,
-            status,
-            thread: Some(thread),
+            control: h.control,
+            status: h.status,
+            thread: Some(h.thread),
         })
     }
 
@@ -737,6 +837,12 @@ impl SampledViewer {
 
     pub fn is_closed(&self) -> bool {
         matches!(self.status.borrow().state, LinkState::Closed(_))
+    }
+
+    /// Datagrams its socket dropped because this process did not read them in time: loss on
+    /// the load side, not the server's.
+    pub fn socket_drops(&self) -> Option<u64> {
+        udp_socket_drops(self.local)
     }
 
     /// DELETEs the session, then closes it; returns the DELETE's status.
@@ -1195,6 +1301,9 @@ pub struct LoadReport {
     pub connect_ms_p99: Option<f64>,
     /// The server's CPU time over the steady phase, per second.
     pub cpu_cores: Option<f64>,
+    /// Time the server's threads waited for a CPU in the steady phase, per second: above a
+    /// few hundredths, other work on its core skews the run.
+    pub cpu_wait_cores: Option<f64>,
     /// Server CPU time per packet per viewer: CPU / (packets per viewer per s × viewers × s).
     pub us_per_packet_viewer: Option<f64>,
     /// Server memory with the publisher and no viewer, at the end of the steady phase, at
@@ -1207,6 +1316,8 @@ pub struct LoadReport {
     pub kib_per_viewer: Option<f64>,
     /// This process's CPU over the steady phase, per second.
     pub load_cpu_cores: Option<f64>,
+    /// Datagrams the sampled viewers' sockets dropped unread (the load side fell behind).
+    pub sampled_socket_drops: Option<u64>,
     /// RTP and RTCP datagrams that reached a cheap viewer's user space, per viewer per second.
     pub media_read_per_viewer_s: f64,
     /// Datagrams the kernel dropped at sockets (filters, full buffers) in this network
@@ -1236,7 +1347,8 @@ fn mib(kib: u64) -> f64 {
 }
 
 impl LoadReport {
-    /// A table for people: one header, one row, then a line of details.
+    /// A table for people: one header, one row, then a line of details. `wait` is the
+    /// server's wait for a CPU ([`LoadReport::cpu_wait_cores`]).
     pub fn table(&self) -> String {
         fn f(v: Option<f64>, digits: usize) -> String {
             v.map_or("-".into(), |v| format!("{v:.digits$}"))
@@ -1245,11 +1357,12 @@ impl LoadReport {
             format!("{} / {}", f(a, 0), f(b, 0))
         }
         let header = format!(
-            "{:>7} {:>9} {:>7} {:>9} {:>8} {:>10} {:>11} {:>11} {:>11} {:>8}",
+            "{:>7} {:>9} {:>7} {:>9} {:>5} {:>8} {:>8} {:>10} {:>11} {:>11} {:>8}",
             "viewers",
             "connected",
             "lost %",
             "CPU cores",
+            "wait",
             "µs/pkt/v",
             "RSS MiB",
             "KiB/viewer",
@@ -1258,11 +1371,12 @@ impl LoadReport {
             "joins/s"
         );
         let row = format!(
-            "{:>7} {:>9} {:>7} {:>9} {:>8} {:>10} {:>11} {:>11} {:>11} {:>8}",
+            "{:>7} {:>9} {:>7} {:>9} {:>5} {:>8} {:>8} {:>10} {:>11} {:>11} {:>8}",
             self.viewers,
             self.connected,
             f(self.lost_pct, 2),
             f(self.cpu_cores, 2),
+            f(self.cpu_wait_cores, 2),
             f(self.us_per_packet_viewer, 2),
             f(self.rss_mib, 1),
             f(self.kib_per_viewer, 0),
@@ -1278,7 +1392,8 @@ impl LoadReport {
         let details = format!(
             "sink {}; sampled {} ({} of {} frames lost, {} corrupt, {} packets/s each); \
              refused [{}], failed {}, closed {}; connect p50/p99 {} ms; RSS base {} MiB, peak \
-             {} MiB, after {} MiB; load tool {} cores",
+             {} MiB, after {} MiB; load tool {} cores, its \
+             sampled sockets dropped {}",
             self.sink,
             self.sampled,
             self.frames_lost,
@@ -1293,6 +1408,8 @@ impl LoadReport {
             f(self.rss_peak_mib, 1),
             f(self.rss_after_mib, 1),
             f(self.load_cpu_cores, 2),
+            self.sampled_socket_drops
+                .map_or("-".to_string(), |d| d.to_string()),
         );
         format!("{header}\n{row}\n{details}")
     }
@@ -1524,6 +1641,13 @@ pub async fn run(c: &LoadConfig) -> Result<LoadReport, String> {
             (Some(a), Some(b)) => Some(b.cpu.saturating_sub(a.cpu).as_secs_f64() / secs),
             _ => None,
         },
+        cpu_wait_cores: match (gw0, gw1) {
+            (Some(a), Some(b)) => {
+                Some(b.run_delay.saturating_sub(a.run_delay).as_secs_f64() / secs)
+            }
+            _ => None,
+        },
+        sampled_socket_drops: sampled().map(SampledViewer::socket_drops).sum(),
         media_read_per_viewer_s: per_cheap(Some(read0), Some(read1)).unwrap_or(0.0),
         socket_drops_per_viewer_s: per_cheap(drops0, drops1),
         nft_drops_per_viewer_s: per_cheap(nft0, nft1),
@@ -1605,6 +1729,14 @@ mod tests {
         let r = s.between(t + Duration::from_millis(15), t + Duration::from_millis(40));
         assert_eq!(r, 7..9);
         assert_eq!(s.count(), 10);
+    }
+
+    #[test]
+    fn socket_drops_and_usage_are_read_from_proc() {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        assert_eq!(udp_socket_drops(s.local_addr().expect("addr")), Some(0));
+        let me = ProcUsage::read(std::process::id()).expect("own usage");
+        assert!(me.rss_kib > 0);
     }
 
     /// The socket filter drops what looks like RTP or RTCP and keeps STUN and DTLS.
