@@ -1,73 +1,31 @@
 //! Past saturation over real sockets: the gateway binary with one shard, pinned to one core,
 //! one 2.4 Mbit/s stream, and more viewers than that core can serve.
 //!
-//! Most viewers are cheap: they bind 127.0.0.2, where an nftables rule the test installs drops
-//! RTP and RTCP (first two bits 0b10) before the socket, so they complete ICE and DTLS and
-//! answer consent checks but cost the test process nothing per packet. A few sampled viewers
-//! on 127.0.0.1 decrypt and check every frame. The rule needs root and `nft`; without them the
-//! test says so and passes, unless `WISHCAST_NETADMIN=require` (CI) makes that a failure.
+//! Most viewers are cheap ([`CheapViewer`]): they bind 127.0.0.2, where an nftables rule the
+//! test installs ([`MediaDrop`]) drops RTP and RTCP (first two bits 0b10) before the socket, so
+//! they complete ICE and DTLS and answer consent checks but cost the test process nothing per
+//! packet. A few sampled viewers ([`SampledViewer`]) on 127.0.0.1 decrypt and check every
+//! frame. These are the load tool's viewers (`wishcast::client::load`). The rule needs root and
+//! `nft`; without them the test says so and passes, unless `WISHCAST_NETADMIN=require` (CI)
+//! makes that a failure.
 
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use str0m::media::MediaKind;
 use wishcast::client::http::request;
-use wishcast::client::{ClientError, ClientOptions, Peer, VideoCodec};
-use wishcast::peer::{media, PeerCore};
+use wishcast::client::load::{CheapViewer, MediaDrop, SampledViewer, Sink, CHEAP_IP};
+use wishcast::client::{ClientError, ClientOptions, PeerOptions, VideoCodec};
+use wishcast::peer::PeerCore;
 use wishcast::session::Role;
 
-const CHEAP_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// More viewers than this are never started, however fast the machine.
 const MAX_VIEWERS: usize = 1500;
-
-/// An nftables table that drops RTP and RTCP to [`CHEAP_IP`]; removed on drop.
-struct MediaDrop {
-    table: String,
-}
-
-impl MediaDrop {
-    fn install() -> Result<MediaDrop, String> {
-        let table = format!("wishcast_overload_{}", std::process::id());
-        let rules = format!(
-            "table inet {table} {{\n  chain input {{\n    type filter hook input priority raw; policy accept;\n    \
-             ip daddr {CHEAP_IP} meta l4proto udp @th,64,2 2 drop\n  }}\n}}\n"
-        );
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("nft: {e}"))?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .ok_or("nft stdin")?
-            .write_all(rules.as_bytes())
-            .map_err(|e| format!("nft: {e}"))?;
-        let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "nft refused the rule: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(MediaDrop { table })
-    }
-}
-
-impl Drop for MediaDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.table])
-            .status();
-    }
-}
 
 /// The gateway binary, pinned to CPU 0 when there is more than one, killed on drop.
 struct GatewayProcess {
@@ -171,67 +129,21 @@ fn which(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A decrypting viewer's video frames: (frame index, arrival), checked intact.
-struct Sampled {
-    frames: Arc<Mutex<Vec<(u64, Instant)>>>,
-    closed: Arc<Mutex<bool>>,
-    task: tokio::task::JoinHandle<Peer>,
+/// A viewer that decrypts and checks every frame, connected.
+async fn sampled_viewer(url: &str) -> SampledViewer {
+    let v = SampledViewer::start(url, opts(Some(VideoCodec::H264), true).into(), VIDEO_BYTES)
+        .await
+        .expect("sampled viewer accepted");
+    v.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("sampled viewer connects");
+    v
 }
 
-impl Sampled {
-    async fn start(url: &str) -> Sampled {
-        let codec = VideoCodec::H264;
-        let mut peer = Peer::play(url, opts(Some(codec), true))
-            .await
-            .expect("sampled viewer accepted");
-        peer.wait_connected(Duration::from_secs(10))
-            .await
-            .expect("sampled viewer connects");
-        let frames = Arc::new(Mutex::new(Vec::new()));
-        let closed = Arc::new(Mutex::new(false));
-        let (f, c) = (frames.clone(), closed.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                match peer.next_frame(Duration::from_secs(1)).await {
-                    Some(frame) if frame.kind == MediaKind::Video => {
-                        let i = media::frame_index(frame.codec, &frame.data).expect("index");
-                        let key = media::is_keyframe(frame.codec, &frame.data);
-                        assert_eq!(
-                            frame.data[..],
-                            expected_video(codec, i, key)[..],
-                            "frame {i} intact"
-                        );
-                        f.lock().expect("frames").push((i, Instant::now()));
-                    }
-                    Some(_) => {}
-                    None if peer.state() == wishcast::client::LinkState::Connected => {}
-                    None => {
-                        *c.lock().expect("closed") = true;
-                        return peer;
-                    }
-                }
-            }
-        });
-        Sampled {
-            frames,
-            closed,
-            task,
-        }
-    }
-
-    fn since(&self, t: Instant) -> Vec<(u64, Instant)> {
-        let f = self.frames.lock().expect("frames");
-        f.iter().filter(|(_, at)| *at >= t).copied().collect()
-    }
-
-    fn is_closed(&self) -> bool {
-        *self.closed.lock().expect("closed")
-    }
-}
-
-impl Drop for Sampled {
-    fn drop(&mut self) {
-        self.task.abort();
+/// Every frame a sampled viewer got was the publisher's, byte for byte.
+fn assert_intact(sampled: &[SampledViewer]) {
+    for (k, s) in sampled.iter().enumerate() {
+        assert_eq!(s.log().corrupt, 0, "sampled viewer {k}: every frame intact");
     }
 }
 
@@ -250,17 +162,19 @@ fn gaps(got: &[(u64, Instant)]) -> (u64, Duration) {
 }
 
 fn cheap() -> ClientOptions {
-    let mut o = ClientOptions::from(opts(Some(VideoCodec::H264), true));
+    let mut o = ClientOptions::from(PeerOptions::sink(VideoCodec::H264));
     o.bind_ip = IpAddr::V4(CHEAP_IP);
     o
 }
 
 /// Starts cheap viewers until the gateway refuses one or `max` run; returns them and the
 /// refusal, if any.
-async fn join_until_refused(url: &str, max: usize) -> (Vec<Peer>, Option<ClientError>) {
+async fn join_until_refused(url: &str, max: usize) -> (Vec<CheapViewer>, Option<ClientError>) {
     let mut viewers = Vec::new();
+    // Media that got past the rule; nothing here reads it.
+    let media_read = Arc::new(AtomicU64::new(0));
     while viewers.len() < max {
-        match Peer::play(url, cheap()).await {
+        match CheapViewer::start(url, cheap(), Sink::Nft, media_read.clone()).await {
             Ok(v) => viewers.push(v),
             Err(e) => return (viewers, Some(e)),
         }
@@ -281,7 +195,7 @@ fn mib(bytes: u64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_then_shed_and_memory_stays_bounded() {
     let required = std::env::var("WISHCAST_NETADMIN").is_ok_and(|v| v == "require");
-    let _rule = match MediaDrop::install() {
+    let _rule = match MediaDrop::install(IpAddr::V4(CHEAP_IP)) {
         Ok(r) => r,
         Err(e) if !required => {
             eprintln!("skipped: the cheap viewers need an nftables rule ({e}); run as root");
@@ -308,8 +222,8 @@ async fn overload_is_refused_then_shed_and_memory_stays_bounded() {
     let whep_url = gw.url("/whep/s");
     let feed = LiveFeed::start(&whip_url, Some(VideoCodec::H264), true, 0).await;
     let sampled = [
-        Sampled::start(&whep_url).await,
-        Sampled::start(&whep_url).await,
+        sampled_viewer(&whep_url).await,
+        sampled_viewer(&whep_url).await,
     ];
     let (viewers, refusal) = join_until_refused(&whep_url, MAX_VIEWERS).await;
     let admitted = viewers.len();
@@ -370,7 +284,7 @@ async fn overload_is_refused_then_shed_and_memory_stays_bounded() {
         mib(rss0),
     );
     for (k, s) in sampled.iter().enumerate() {
-        let got = s.since(t0);
+        let got = s.frames_since(t0);
         let (missing, longest) = gaps(&got);
         assert!(
             got.len() > 150
@@ -403,6 +317,7 @@ async fn overload_is_refused_then_shed_and_memory_stays_bounded() {
         mib(rss1)
     );
     drop(viewers);
+    assert_intact(&sampled);
     drop(sampled);
     feed.stop().await;
     drop(gw);
@@ -413,8 +328,8 @@ async fn overload_is_refused_then_shed_and_memory_stays_bounded() {
     let whep_url = gw.url("/whep/s");
     let feed = LiveFeed::start(&whip_url, Some(VideoCodec::H264), true, 0).await;
     let sampled = [
-        Sampled::start(&whep_url).await,
-        Sampled::start(&whep_url).await,
+        sampled_viewer(&whep_url).await,
+        sampled_viewer(&whep_url).await,
     ];
     // Join in batches until the media alone (a second after the batch's handshakes) keeps
     // the shard saturated, then a quarter more: past what the core can serve.
@@ -477,7 +392,7 @@ async fn overload_is_refused_then_shed_and_memory_stays_bounded() {
         if s.is_closed() {
             continue;
         }
-        let got = s.since(tail);
+        let got = s.frames_since(tail);
         let (missing, longest) = gaps(&got);
         eprintln!(
             "sampled viewer {k}, last 3 s: {} frames, {missing} missing, longest gap {longest:?}",
@@ -491,6 +406,7 @@ async fn overload_is_refused_then_shed_and_memory_stays_bounded() {
             joined.elapsed()
         );
     }
+    assert_intact(&sampled);
     feed.stop().await;
 }
 

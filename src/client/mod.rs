@@ -7,6 +7,7 @@
 pub mod h3;
 pub mod http;
 pub mod impair;
+pub mod load;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -212,58 +213,15 @@ impl Peer {
                 "options request neither video nor audio".into(),
             ));
         }
-        let bind_ip = if opts.bind_ip.is_unspecified() {
-            route_ip(endpoint_url, opts.bind_ip)?
-        } else {
-            opts.bind_ip
-        };
-        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
+        let socket = bind_socket(endpoint_url, opts.bind_ip)?;
         let local_addr = socket.local_addr()?;
-
-        let config = PeerCore::rtc_config(&opts.peer);
-        let mut core = PeerCore::new(role, opts.peer, config, Instant::now());
-        let mut offer = core.offer(Instant::now(), local_addr)?;
-        if opts.unbundled {
-            offer = crate::sdp::strip_bundle_group(&offer);
-        }
-
-        let mut headers = vec![("content-type", "application/sdp".to_string())];
-        if let Some(token) = &opts.bearer {
-            headers.push(("authorization", format!("Bearer {token}")));
-        }
-        let header_refs: Vec<(&str, &str)> =
-            headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let resp = signal(
-            opts.h3.as_deref(),
-            "POST",
-            endpoint_url,
-            &header_refs,
-            offer.into_bytes(),
-        )
-        .await?;
-        let posted_at = Instant::now();
-        if resp.status != 201 {
-            return Err(ClientError::Http {
-                status: resp.status,
-                body: resp.text(),
-            });
-        }
-        let location = resp
-            .header("location")
-            .ok_or_else(|| ClientError::Protocol("201 without Location header".into()))?;
-        let location = http::resolve_url(endpoint_url, location)?;
-        let etag = resp.header("etag").map(str::to_string);
-        let mut answer_sdp = String::from_utf8(resp.body)
-            .map_err(|_| ClientError::Sdp("answer is not UTF-8".into()))?;
-        if let Some(relay) = &opts.relay {
-            answer_sdp = relay
-                .rewrite_candidates(&answer_sdp)
-                .map_err(|e| ClientError::Io(std::io::Error::other(e.to_string())))?;
-        }
-        let grouped = crate::sdp::Offer::parse(&answer_sdp)
-            .map(|a| a.for_str0m(&answer_sdp).into_owned())
-            .map_err(|e| ClientError::Sdp(e.to_string()))?;
-        core.accept_answer(Instant::now(), &grouped)?;
+        let Negotiated {
+            core,
+            location,
+            etag,
+            answer_sdp,
+            posted_at,
+        } = negotiate(role, endpoint_url, &opts, local_addr).await?;
 
         let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
         let shared = Arc::new(Shared {
@@ -608,6 +566,88 @@ async fn signal(
         Some(client) => client.request(method, url, headers, body).await,
         None => http::request(method, url, headers, body).await,
     }
+}
+
+/// A UDP socket on `bind_ip`, or on the address routing to the endpoint's host if that is
+/// unspecified, because a host candidate cannot be a wildcard.
+pub(crate) fn bind_socket(endpoint_url: &str, bind_ip: IpAddr) -> Result<UdpSocket, ClientError> {
+    let ip = if bind_ip.is_unspecified() {
+        route_ip(endpoint_url, bind_ip)?
+    } else {
+        bind_ip
+    };
+    Ok(UdpSocket::bind(SocketAddr::new(ip, 0))?)
+}
+
+/// A session the endpoint accepted: the core with the answer applied, and what the 201 said.
+pub(crate) struct Negotiated {
+    pub core: PeerCore,
+    /// Absolute session URL.
+    pub location: String,
+    pub etag: Option<String>,
+    pub answer_sdp: String,
+    /// When the 201 arrived.
+    pub posted_at: Instant,
+}
+
+/// POSTs the offer of `opts` for a peer on `local_addr` to `endpoint_url` and applies the
+/// 201's answer; ICE and DTLS are then up to whoever drives the core.
+pub(crate) async fn negotiate(
+    role: Role,
+    endpoint_url: &str,
+    opts: &ClientOptions,
+    local_addr: SocketAddr,
+) -> Result<Negotiated, ClientError> {
+    let config = PeerCore::rtc_config(&opts.peer);
+    let mut core = PeerCore::new(role, opts.peer.clone(), config, Instant::now());
+    let mut offer = core.offer(Instant::now(), local_addr)?;
+    if opts.unbundled {
+        offer = crate::sdp::strip_bundle_group(&offer);
+    }
+
+    let mut headers = vec![("content-type", "application/sdp".to_string())];
+    if let Some(token) = &opts.bearer {
+        headers.push(("authorization", format!("Bearer {token}")));
+    }
+    let header_refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let resp = signal(
+        opts.h3.as_deref(),
+        "POST",
+        endpoint_url,
+        &header_refs,
+        offer.into_bytes(),
+    )
+    .await?;
+    let posted_at = Instant::now();
+    if resp.status != 201 {
+        return Err(ClientError::Http {
+            status: resp.status,
+            body: resp.text(),
+        });
+    }
+    let location = resp
+        .header("location")
+        .ok_or_else(|| ClientError::Protocol("201 without Location header".into()))?;
+    let location = http::resolve_url(endpoint_url, location)?;
+    let etag = resp.header("etag").map(str::to_string);
+    let mut answer_sdp =
+        String::from_utf8(resp.body).map_err(|_| ClientError::Sdp("answer is not UTF-8".into()))?;
+    if let Some(relay) = &opts.relay {
+        answer_sdp = relay
+            .rewrite_candidates(&answer_sdp)
+            .map_err(|e| ClientError::Io(std::io::Error::other(e.to_string())))?;
+    }
+    let grouped = crate::sdp::Offer::parse(&answer_sdp)
+        .map(|a| a.for_str0m(&answer_sdp).into_owned())
+        .map_err(|e| ClientError::Sdp(e.to_string()))?;
+    core.accept_answer(Instant::now(), &grouped)?;
+    Ok(Negotiated {
+        core,
+        location,
+        etag,
+        answer_sdp,
+        posted_at,
+    })
 }
 
 /// Local address the OS would use to reach the endpoint host.
