@@ -526,6 +526,12 @@ impl Engine {
                         .in_scope(|| debug!("ICE disconnected; consent decides removal"));
                 }
             }
+            Event::IceConnectionStateChange(state) => {
+                if let Some(s) = self.sessions.get(&id) {
+                    let ms = now.saturating_duration_since(s.created).as_millis() as u64;
+                    s.span.in_scope(|| debug!(?state, ms, "ICE state"));
+                }
+            }
             Event::RtpPacket(rtp) => self.on_rtp(now, id, rtp),
             e
             @ (Event::PeerStats(_) | Event::MediaIngressStats(_) | Event::MediaEgressStats(_)) => {
@@ -545,7 +551,8 @@ impl Engine {
         // Its peer's addresses are learned now.
         self.demux.connected(id);
         let stream = session.stream.clone();
-        session.span.in_scope(|| info!("connected"));
+        let ms = now.saturating_duration_since(session.created).as_millis() as u64;
+        session.span.in_scope(|| info!(ms, "connected"));
         match session.role {
             // Encoders often lose their first keyframe to the handshake: ask at once.
             Role::Publish => self.request_keyframe(now, id),
