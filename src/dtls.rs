@@ -1,19 +1,38 @@
-//! DTLS with handshake timers for lossy paths: str0m's own DTLS (dimpl on AWS-LC), with this
-//! module's retransmission schedule for handshake flights.
+//! DTLS for every session: OpenSSL for the gateway and the UDP test kit ([`crypto_provider`]),
+//! dimpl on a clock of its own for the simulation ([`simulation_crypto_provider`]). Both send
+//! a lost handshake flight again on a schedule for lossy paths.
 //!
-//! dimpl follows RFC 6347 §4.2.4.1: a lost flight is sent again after a timeout that doubles
-//! each time. Under 20 % random loss a flight of several datagrams fails about every second
-//! try, so the doubling, not the loss, sets the tail: seven failures in a row (about one
-//! flight in a hundred) wait 50 ms × 127 = 6.4 s even from a 50 ms start.
-//! Here a flight is sent again after [`FLIGHT_START_RTO`], doubling up to [`FLIGHT_MAX_RTO`],
-//! for the first [`FLIGHT_FAST_FOR`] of the flight, then every [`FLIGHT_SLOW_RTO`] until the
-//! handshake's deadline, [`HANDSHAKE_TIMEOUT`] after its first flight.
+//! **Why OpenSSL.** RFC 8827 §6.5 asks WebRTC endpoints for ECDHE_RSA as well as ECDHE_ECDSA
+//! with AES-128-GCM. str0m's own DTLS, dimpl 0.9, does ECDSA only (suites, signature
+//! algorithms and its crypto provider's verifier alike), and GStreamer 1.22's webrtcbin signs
+//! with RSA. The certificate type shows only inside the handshake, after the gateway's
+//! ClientHello, so one DTLS must do both: OpenSSL ([`ssl`]), with our own certificate ECDSA
+//! P-256. SRTP stays on str0m's crypto provider (AWS-LC), so media costs the same.
 //!
-//! dimpl has no setting for a ceiling, so the wrapper runs dimpl on its own clock: the clock
-//! stands just short of dimpl's flight timer until this schedule says the flight is due, then
-//! steps onto it. dimpl's own timer starts at 1 ns, so the clock seldom has to jump ahead.
-//! Outside the handshake the clock keeps pace with real time at a fixed offset. Both the
-//! gateway and the test peers use it.
+//! **Why dimpl stays for the simulation.** OpenSSL times its flights on the system clock, and
+//! the simulation runs on a fake one; its str0m peers are all ECDSA.
+//!
+//! **The schedule.** dimpl follows RFC 6347 §4.2.4.1, and OpenSSL too by default: a lost
+//! flight is sent again after a timeout that doubles each time. Under 20 % random loss a flight
+//! of several datagrams fails about every second try, so the doubling, not the loss, sets the
+//! tail: seven failures in a row (about one flight in a hundred) wait 50 ms × 127 = 6.4 s even
+//! from a 50 ms start. Here a flight is sent again after [`FLIGHT_START_RTO`], then every
+//! [`FLIGHT_MAX_RTO`]:
+//! - on OpenSSL, for 9 retransmissions, then every [`FLIGHT_SLOW_RTO`] up to OpenSSL's limit
+//!   of [`SSL_FLIGHT_RETRANSMITS`] ([`ssl_flight_delay`]); an unanswered flight fails 8.85 s
+//!   after it was first sent;
+//! - on dimpl, for the first [`FLIGHT_FAST_FOR`] of the flight, then every [`FLIGHT_SLOW_RTO`]
+//!   until the handshake's deadline, [`HANDSHAKE_TIMEOUT`] after its first flight
+//!   ([`flight_delay`]).
+//!
+//! dimpl has no setting for a ceiling, so the wrapper below runs dimpl on its own clock: the
+//! clock stands just short of dimpl's flight timer until this schedule says the flight is due,
+//! then steps onto it. dimpl's own timer starts at 1 ns, so the clock seldom has to jump ahead.
+//! Outside the handshake the clock keeps pace with real time at a fixed offset.
+
+mod ssl;
+
+pub use ssl::{ssl_flight_delay, SSL_FLIGHT_RETRANSMITS, SSL_QUICK_RETRANSMITS};
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -55,8 +74,23 @@ pub fn flight_delay(sends: u32, age: Duration) -> Duration {
         .min(FLIGHT_MAX_RTO)
 }
 
-/// str0m's default crypto (AWS-LC) with this module's DTLS; one per process.
+/// str0m's default crypto (AWS-LC) with DTLS on OpenSSL, for RSA and ECDSA peers; one per
+/// process. The gateway's sessions and the UDP test kit's peers use it.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            Arc::new(CryptoProvider {
+                dtls_provider: &ssl::OPENSSL_DTLS,
+                ..str0m::crypto::from_feature_flags()
+            })
+        })
+        .clone()
+}
+
+/// str0m's default crypto with dimpl on its own clock: DTLS for peers with ECDSA
+/// certificates, timed by whatever clock str0m is given (the simulation's fake one).
+pub fn simulation_crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| {
@@ -66,6 +100,29 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
             })
         })
         .clone()
+}
+
+/// A self-signed DTLS certificate with an RSA-2048 key, as GStreamer 1.22's webrtcbin makes
+/// (for test peers: `RtcConfig::set_dtls_cert`).
+pub fn rsa_certificate() -> DtlsCert {
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .expect("an RSA key");
+    self_signed(key)
+}
+
+/// A self-signed DTLS certificate with an ECDSA P-256 key, the kind browsers and str0m make.
+pub fn ecdsa_certificate() -> DtlsCert {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("an EC key");
+    self_signed(key)
+}
+
+fn self_signed(key: rcgen::KeyPair) -> DtlsCert {
+    let params = rcgen::CertificateParams::new(vec!["wishcast".to_string()]).expect("params");
+    let cert = params.self_signed(&key).expect("a certificate");
+    DtlsCert {
+        certificate: cert.der().to_vec(),
+        private_key: key.serialize_der(),
+    }
 }
 
 #[derive(Debug)]

@@ -55,6 +55,9 @@ pub struct ClientOptions {
     /// reads the answer with a group of its m-section added, while [`Peer::answer_sdp`]
     /// keeps the answer as it came.
     pub unbundled: bool,
+    /// The peer's DTLS certificate, e.g. [`crate::dtls::rsa_certificate`] to connect as
+    /// GStreamer's webrtcbin does; str0m makes an ECDSA one if `None`.
+    pub dtls_cert: Option<str0m::config::DtlsCert>,
 }
 
 impl Default for ClientOptions {
@@ -73,6 +76,7 @@ impl From<PeerOptions> for ClientOptions {
             h3: None,
             relay: None,
             unbundled: false,
+            dtls_cert: None,
         }
     }
 }
@@ -598,7 +602,10 @@ pub(crate) async fn negotiate(
     opts: &ClientOptions,
     local_addr: SocketAddr,
 ) -> Result<Negotiated, ClientError> {
-    let config = PeerCore::rtc_config(&opts.peer);
+    let mut config = PeerCore::rtc_config(&opts.peer);
+    if let Some(cert) = &opts.dtls_cert {
+        config = config.set_dtls_cert(cert.clone());
+    }
     let mut core = PeerCore::new(role, opts.peer.clone(), config, Instant::now());
     let mut offer = core.offer(Instant::now(), local_addr)?;
     if opts.unbundled {

@@ -193,13 +193,16 @@ impl Sim {
             .map(|k| {
                 let addr = engine_addr(k);
                 addrs.insert(addr, Node::Engine(k));
-                Engine::new(
+                let mut engine = Engine::new(
                     k,
                     config.clone(),
                     vec![addr],
                     now,
                     seed.wrapping_add(k as u64),
-                )
+                );
+                // OpenSSL's DTLS, the gateway's, times its flights on the system clock.
+                engine.set_crypto_provider(crate::dtls::simulation_crypto_provider());
+                engine
             })
             .collect();
         let dtls_cert = str0m::crypto::from_feature_flags()
@@ -431,7 +434,8 @@ impl Sim {
     }
 
     fn peer_config(&self, opts: &PeerOptions) -> RtcConfig {
-        let cfg = PeerCore::rtc_config(opts);
+        let cfg = PeerCore::rtc_config(opts)
+            .set_crypto_provider(crate::dtls::simulation_crypto_provider());
         // Every peer shares the simulation's certificate instead of generating its own.
         match &self.dtls_cert {
             Some(cert) => cfg.set_dtls_cert(cert.clone()),

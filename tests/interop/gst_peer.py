@@ -5,9 +5,8 @@ Speaks the driver protocol of tests/interop/README.md: JSON events, one per line
 logs on stderr. Runs with the system Python and PyGObject (python3-gi); whipsink and whepsrc
 come from gst-plugin-webrtchttp, found through GST_PLUGIN_PATH (tests/interop/setup.sh builds it).
 
-GStreamer 1.22's webrtcbin makes an RSA-2048 DTLS certificate; WebRTC endpoints need only support
-ECDSA P-256 (RFC 8827), and the gateway does only that. The driver therefore gives webrtcbin an
-ECDSA certificate, made with the openssl command: see EcdsaCertificate.
+webrtcbin keeps the RSA-2048 DTLS certificate GStreamer 1.22 makes for it: the gateway accepts
+RSA peers (RFC 8827 §6.5), so the driver leaves the certificate alone, as gst-launch-1.0 would.
 
 libnice, webrtcbin's ICE agent, leaves loopback addresses out of its candidates; a gateway on
 127.0.0.1 (as in the tests) is then unreachable. For a loopback gateway the driver names the
@@ -18,14 +17,10 @@ DELETE when they go from PAUSED to READY and only log its status. This driver re
 and the moment whepsrc sends its POST, from their debug log.
 """
 
-import base64
-import hashlib
 import os
 import re
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -116,67 +111,6 @@ def walk(bin_):
             found = []
         else:
             return found
-
-
-class EcdsaCertificate:
-    """A self-signed ECDSA P-256 certificate for webrtcbin's DTLS, in place of its RSA one.
-
-    webrtcbin 1.22 takes its certificate from the "pem" property (certificate and private key) of
-    each transport's dtlssrtpdec, which it creates while it makes the offer. Setting "pem" as soon
-    as the element is added, before it leaves the NULL state, is enough for the handshake.
-
-    The offer's a=fingerprint needs one more step: webrtcbin 1.22 hashes every base64 line of
-    that PEM, the private key's too, so with a PEM of one's own the fingerprint does not match
-    the certificate. The offer is corrected when it is set as the local description, before
-    whipsink/whepsrc read that description to send it.
-    """
-
-    def __init__(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            key, cert = os.path.join(tmp, "key.pem"), os.path.join(tmp, "cert.pem")
-            done = subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "ec",
-                 "-pkeyopt", "ec_paramgen_curve:prime256v1", "-sha256", "-nodes",
-                 "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=gst_peer"],
-                capture_output=True, text=True,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"openssl could not make a certificate: {done.stderr.strip()}")
-            with open(cert) as f:
-                cert_pem = f.read()
-            with open(key) as f:
-                key_pem = f.read()
-        self.pem = cert_pem + key_pem
-        body = re.search(r"-----BEGIN CERTIFICATE-----(.*?)-----END", cert_pem, re.S)
-        digest = hashlib.sha256(base64.b64decode("".join(body.group(1).split()))).digest()
-        self.fingerprint = "sha-256 " + ":".join(f"{b:02X}" for b in digest)
-
-    def apply(self, pipeline, webrtcbin):
-        pipeline.connect("deep-element-added", self._on_element_added)
-        webrtcbin.connect("set-local-description", self._on_set_local_description)
-
-    def _on_element_added(self, _bin, _sub_bin, element):
-        factory = element.get_factory()
-        if factory is not None and factory.get_name() == "dtlssrtpdec":
-            element.set_property("pem", self.pem)
-
-    def _on_set_local_description(self, webrtcbin, desc, promise):
-        # The handler sees a copy of the description; it sets a corrected one in its place.
-        sdp = desc.sdp
-        changed = False
-        for i in range(sdp.medias_len()):
-            media = sdp.get_media(i)
-            for j in range(media.attributes_len()):
-                attr = media.get_attribute(j)
-                if attr.key == "fingerprint" and attr.value != self.fingerprint:
-                    media.remove_attribute(j)
-                    media.add_attribute("fingerprint", self.fingerprint)
-                    changed = True
-                    break
-        if changed:
-            webrtcbin.stop_emission_by_name("set-local-description")
-            fixed = GstWebRTC.WebRTCSessionDescription.new(desc.type, sdp)
-            webrtcbin.emit("set-local-description", fixed, promise)
 
 
 _KEEP_ALIVE = []
@@ -313,7 +247,6 @@ class Publisher(Peer):
             # whipsink asks webrtcbin for max-bundle, which groups even a single track;
             # webrtcbin's own default, as applications that embed it get, offers no group.
             webrtcbin.set_property("bundle-policy", GstWebRTC.WebRTCBundlePolicy.NONE)
-        EcdsaCertificate().apply(self.pipeline, webrtcbin)
         use_loopback_if_needed(webrtcbin, args.url)
         webrtcbin.connect("notify::connection-state", self.on_connection_state)
         # Media flows once a video packet leaves the payloader after the connection is up.
@@ -407,7 +340,6 @@ class Viewer(Peer):
             self.whep.set_property("auth-token", args.token)
         self.pipeline.add(self.whep)
         self.webrtcbin = find_webrtcbin(self.whep)
-        EcdsaCertificate().apply(self.pipeline, self.webrtcbin)
         use_loopback_if_needed(self.webrtcbin, args.url)
         self.whep.connect("pad-added", self.on_pad_added)
         self.frames = 0

@@ -59,9 +59,9 @@ fi
 
 # --- Debian packages -------------------------------------------------------------------------
 # fonts-liberation: a recommend of Chromium's that --no-install-recommends would drop; pages and
-# screenshots need some font. openssl: gst_peer.py makes its ECDSA DTLS certificate with it.
+# screenshots need some font.
 PACKAGES=(
-    ca-certificates curl pkg-config build-essential openssl
+    ca-certificates curl pkg-config build-essential
     chromium fonts-liberation
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice

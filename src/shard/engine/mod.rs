@@ -108,6 +108,8 @@ pub struct Engine {
     /// Announced host candidates (what clients send to), all on this shard's port.
     candidates: Vec<SocketAddr>,
     dtls_cert: Option<str0m::config::DtlsCert>,
+    /// str0m's crypto for new sessions: DTLS on OpenSSL (see `crate::dtls`).
+    crypto: Arc<str0m::crypto::CryptoProvider>,
     sessions: HashMap<SessionId, Session>,
     demux: Demux,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
@@ -150,6 +152,7 @@ impl Engine {
             rng: StdRng::seed_from_u64(seed),
             candidates,
             dtls_cert,
+            crypto: crate::dtls::crypto_provider(),
             sessions: HashMap::new(),
             demux: Demux::default(),
             faults: Faults::default(),
@@ -166,6 +169,12 @@ impl Engine {
             outbox: Outbox::default(),
             events: Vec::new(),
         }
+    }
+
+    /// str0m's crypto for the sessions created from now on. The simulation gives its own,
+    /// whose DTLS runs on the simulated clock (`crate::dtls::simulation_crypto_provider`).
+    pub fn set_crypto_provider(&mut self, crypto: Arc<str0m::crypto::CryptoProvider>) {
+        self.crypto = crypto;
     }
 
     /// This shard's number.

@@ -14,7 +14,7 @@ const STUN_MAX_RTO: Duration = Duration::from_secs(1);
 impl Engine {
     pub(super) fn rtc_config(&self) -> RtcConfig {
         let mut cfg = Rtc::builder()
-            .set_crypto_provider(crate::dtls::crypto_provider())
+            .set_crypto_provider(self.crypto.clone())
             .set_rtp_mode(true)
             .set_ice_lite(self.config.media.ice_lite)
             .clear_codecs()
