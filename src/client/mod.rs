@@ -58,6 +58,10 @@ pub struct ClientOptions {
     /// The peer's DTLS certificate, e.g. [`crate::dtls::rsa_certificate`] to connect as
     /// GStreamer's webrtcbin does; str0m makes an ECDSA one if `None`.
     pub dtls_cert: Option<str0m::config::DtlsCert>,
+    /// Offer `a=setup:active` instead of `actpass`, so that the peer is the DTLS client
+    /// (RFC 5763 §5) and signs its CertificateVerify; str0m reads the `passive` answer
+    /// the same either way.
+    pub dtls_active: bool,
 }
 
 impl Default for ClientOptions {
@@ -77,6 +81,7 @@ impl From<PeerOptions> for ClientOptions {
             relay: None,
             unbundled: false,
             dtls_cert: None,
+            dtls_active: false,
         }
     }
 }
@@ -172,6 +177,7 @@ pub struct Peer {
     role: Role,
     location: String,
     etag: Option<String>,
+    offer_sdp: String,
     answer_sdp: String,
     posted_at: Instant,
     bearer: Option<String>,
@@ -223,6 +229,7 @@ impl Peer {
             core,
             location,
             etag,
+            offer_sdp,
             answer_sdp,
             posted_at,
         } = negotiate(role, endpoint_url, &opts, local_addr).await?;
@@ -253,6 +260,7 @@ impl Peer {
             role,
             location,
             etag,
+            offer_sdp,
             answer_sdp,
             posted_at,
             bearer: opts.bearer,
@@ -277,6 +285,11 @@ impl Peer {
 
     pub fn etag(&self) -> Option<&str> {
         self.etag.as_deref()
+    }
+
+    /// The offer as it was POSTed.
+    pub fn offer_sdp(&self) -> &str {
+        &self.offer_sdp
     }
 
     pub fn answer_sdp(&self) -> &str {
@@ -589,6 +602,8 @@ pub(crate) struct Negotiated {
     /// Absolute session URL.
     pub location: String,
     pub etag: Option<String>,
+    /// The offer as POSTed.
+    pub offer_sdp: String,
     pub answer_sdp: String,
     /// When the 201 arrived.
     pub posted_at: Instant,
@@ -611,6 +626,9 @@ pub(crate) async fn negotiate(
     if opts.unbundled {
         offer = crate::sdp::strip_bundle_group(&offer);
     }
+    if opts.dtls_active {
+        offer = offer.replace("a=setup:actpass", "a=setup:active");
+    }
 
     let mut headers = vec![("content-type", "application/sdp".to_string())];
     if let Some(token) = &opts.bearer {
@@ -622,7 +640,7 @@ pub(crate) async fn negotiate(
         "POST",
         endpoint_url,
         &header_refs,
-        offer.into_bytes(),
+        offer.clone().into_bytes(),
     )
     .await?;
     let posted_at = Instant::now();
@@ -652,6 +670,7 @@ pub(crate) async fn negotiate(
         core,
         location,
         etag,
+        offer_sdp: offer,
         answer_sdp,
         posted_at,
     })

@@ -27,8 +27,7 @@ use foreign_types::ForeignTypeRef;
 use openssl::ex_data::Index;
 use openssl::pkey::PKey;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslRef, SslStream, SslVerifyMode,
-    SslVersion,
+    ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslRef, SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 use str0m::crypto::dtls::{
@@ -251,7 +250,9 @@ impl RefUnwindSafe for Instance {}
 
 impl std::fmt::Debug for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Instance").field("state", &self.state).finish()
+        f.debug_struct("Instance")
+            .field("state", &self.state)
+            .finish()
     }
 }
 
@@ -340,18 +341,36 @@ impl Instance {
         let ssl = self.stream.ssl();
         let cert = ssl
             .peer_certificate()
-            .ok_or_else(|| failed(CryptoOperation::VerifySignature, "handshake", "no peer certificate"))?
+            .ok_or_else(|| {
+                failed(
+                    CryptoOperation::VerifySignature,
+                    "handshake",
+                    "no peer certificate",
+                )
+            })?
             .to_der()
             .map_err(|e| failed(CryptoOperation::VerifySignature, "peer certificate", e))?;
         let profile = match ssl.selected_srtp_profile().map(|p| p.name()) {
             Some("SRTP_AEAD_AES_256_GCM") => SrtpProfile::AEAD_AES_256_GCM,
             Some("SRTP_AEAD_AES_128_GCM") => SrtpProfile::AEAD_AES_128_GCM,
             Some("SRTP_AES128_CM_SHA1_80") => SrtpProfile::AES128_CM_SHA1_80,
-            other => return Err(failed(CryptoOperation::ExtractSrtpKeyingMaterial, "SRTP profile", format!("{other:?}"))),
+            other => {
+                return Err(failed(
+                    CryptoOperation::ExtractSrtpKeyingMaterial,
+                    "SRTP profile",
+                    format!("{other:?}"),
+                ))
+            }
         };
         let mut keying = vec![0; profile.keying_material_len()];
         ssl.export_keying_material(&mut keying, SRTP_EXPORTER_LABEL, None)
-            .map_err(|e| failed(CryptoOperation::ExtractSrtpKeyingMaterial, "SRTP keying material", e))?;
+            .map_err(|e| {
+                failed(
+                    CryptoOperation::ExtractSrtpKeyingMaterial,
+                    "SRTP keying material",
+                    e,
+                )
+            })?;
         self.out.push_back(Out::PeerCert(cert));
         self.out
             .push_back(Out::Keying(KeyingMaterial::new(&keying), profile));
@@ -367,7 +386,8 @@ impl Instance {
         let mut datagram: Vec<u8> = Vec::new();
         for record in records {
             if !datagram.is_empty() && datagram.len() + record.len() > self.mtu {
-                self.out.push_back(Out::Packet(std::mem::take(&mut datagram)));
+                self.out
+                    .push_back(Out::Packet(std::mem::take(&mut datagram)));
             }
             datagram.extend_from_slice(&record);
         }
@@ -473,7 +493,9 @@ impl DtlsInstance for Instance {
         if r < 0 {
             self.state = State::Closed;
             self.collect();
-            tracing::debug!("DTLS flight unanswered after {SSL_FLIGHT_RETRANSMITS} retransmissions");
+            tracing::debug!(
+                "DTLS flight unanswered after {SSL_FLIGHT_RETRANSMITS} retransmissions"
+            );
             return Err(DtlsImplError::Timeout(dimpl::TimeoutError::Connect));
         }
         self.collect();
@@ -656,7 +678,12 @@ mod tests {
         let cert = ecdsa_certificate();
         let dimpl = |active| {
             let d = LOSSY_PATH_DTLS
-                .new_dtls(&cert, Instant::now(), DtlsVersion::Dtls12, Some(DEFAULT_MTU))
+                .new_dtls(
+                    &cert,
+                    Instant::now(),
+                    DtlsVersion::Dtls12,
+                    Some(DEFAULT_MTU),
+                )
                 .expect("dimpl");
             End::new(d, active, Instant::now())
         };
@@ -795,9 +822,7 @@ mod tests {
         took.sort();
         println!(
             "20 % loss, 100 handshakes: median {:?}, p90 {:?}, worst {:?}",
-            took[50],
-            took[90],
-            took[99]
+            took[50], took[90], took[99]
         );
     }
 }
