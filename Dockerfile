@@ -5,6 +5,7 @@
 #   docker run -p 8080:8080 -p 8189-8190:8189-8190/udp \
 #     -e WISHCAST_MEDIA__SHARDS=2 -e WISHCAST_MEDIA__PUBLIC_IPS='["203.0.113.7"]' wishcast
 FROM rust:1-bookworm AS build
+# The image has libssl-dev and pkg-config, which DTLS on OpenSSL builds against.
 WORKDIR /src
 # The release profile keeps line tables for profiling; in the image they would be most of the
 # binary's size.
@@ -15,6 +16,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > benches/fanout.rs && echo 'fn main() {}' > benches/signalling.rs \
+    && echo 'fn main() {}' > benches/dtls.rs \
     && cargo build --release --locked --bin wishcast \
     && rm -rf src benches
 COPY src src
@@ -24,6 +26,9 @@ COPY benches benches
 RUN touch src/lib.rs src/main.rs && cargo build --release --locked --bin wishcast
 
 FROM debian:bookworm-slim
+# DTLS runs on the system OpenSSL (libssl3), which the slim image lacks.
+RUN apt-get update && apt-get install -y --no-install-recommends libssl3 \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --uid 10001 --user-group --no-log-init --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin wishcast
 COPY --from=build /src/target/release/wishcast /usr/local/bin/wishcast

@@ -148,15 +148,16 @@ impl DtlsProvider for OpensslDtls {
     }
 }
 
-/// One context per certificate: sessions of one shard share its certificate, and building a
-/// context parses the certificate and key again.
+/// Contexts kept for reuse: one per shard's certificate, and a few more.
+const CONTEXTS: usize = 64;
+
+/// One context per certificate: the sessions of a shard share its certificate, and building
+/// a context parses the certificate and key again.
 fn context(cert: &DtlsCert) -> Result<SslContext, openssl::error::ErrorStack> {
-    static LAST: Mutex<Option<(Vec<u8>, SslContext)>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((der, ctx)) = &*last {
-        if *der == cert.certificate {
-            return Ok(ctx.clone());
-        }
+    static KEPT: Mutex<VecDeque<(Vec<u8>, SslContext)>> = Mutex::new(VecDeque::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, ctx)) = kept.iter().find(|(der, _)| *der == cert.certificate) {
+        return Ok(ctx.clone());
     }
     let mut b = SslContext::builder(SslMethod::dtls())?;
     b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
@@ -176,7 +177,10 @@ fn context(cert: &DtlsCert) -> Result<SslContext, openssl::error::ErrorStack> {
     );
     b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION);
     let ctx = b.build();
-    *last = Some((cert.certificate.clone(), ctx.clone()));
+    if kept.len() == CONTEXTS {
+        kept.pop_front();
+    }
+    kept.push_back((cert.certificate.clone(), ctx.clone()));
     Ok(ctx)
 }
 
