@@ -16,7 +16,8 @@
 //! `cargo bench --bench fanout` runs N = 50, 200, 1000 several times each and prints the fastest
 //! trial (the least disturbed by other load on the machine). Environment knobs for experiments:
 //! `FANOUT_VIEWERS=N` (one trial of N only), `FANOUT_ALL_FULL=1` (every viewer receives and
-//! decrypts), `FANOUT_RESEND=packets` (`media.resend_buffer_packets`).
+//! decrypts), `FANOUT_RESEND=packets` (`media.resend_buffer_packets`), `FANOUT_DTLS=dimpl` (the
+//! sessions' DTLS on dimpl, the simulation's own, instead of the gateway's OpenSSL).
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,11 @@ fn run(viewers: usize, measure: Duration, all_full: bool) -> Trial {
         config.media.resend_buffer_packets = n;
     }
     let mut sim = Sim::new(config, 1);
+    // The gateway's DTLS (OpenSSL; the bench drops no handshake datagram), or with
+    // FANOUT_DTLS=dimpl the simulation's own: SRTP is str0m's either way.
+    if std::env::var("FANOUT_DTLS").as_deref() != Ok("dimpl") {
+        sim.set_crypto_provider(wishcast::dtls::crypto_provider());
+    }
     let publisher = sim
         .add_publisher("bench", PeerOptions::sink(VideoCodec::H264))
         .expect("publisher accepted");

@@ -52,6 +52,8 @@ struct Live {
 fn live() -> Live {
     let config = Config::default();
     let mut sim = Sim::with_seed(config, 1, 11);
+    // The gateway's DTLS (OpenSSL), which the inputs reach; nothing is dropped here.
+    sim.set_crypto_provider(wishcast::dtls::crypto_provider());
     let rec = Rc::new(RefCell::new(Recorded::default()));
     let tap = rec.clone();
     sim.set_drop(move |d| {

@@ -789,8 +789,8 @@ mod tests {
             ];
             let mut wire: Vec<(Instant, usize, Vec<u8>)> = Vec::new();
             loop {
-                for i in 0..2 {
-                    for p in ends[i].drain() {
+                for (i, end) in ends.iter_mut().enumerate() {
+                    for p in end.drain() {
                         if rng.f64() >= 0.2 {
                             wire.push((Instant::now() + delay, 1 - i, p));
                         }

@@ -165,6 +165,8 @@ pub struct Sim {
     drop_rule: Option<DropRule>,
     delay_rule: Option<DelayRule>,
     dtls_cert: Option<str0m::config::DtlsCert>,
+    /// str0m's crypto for new peers and sessions (see [`Sim::set_crypto_provider`]).
+    crypto: Arc<str0m::crypto::CryptoProvider>,
     /// One-way delay of every datagram (before the delay rule's extra).
     pub latency: Duration,
     /// Datagrams addressed to nobody on the network.
@@ -237,6 +239,7 @@ impl Sim {
             drop_rule: None,
             delay_rule: None,
             dtls_cert,
+            crypto: crate::dtls::simulation_crypto_provider(),
             latency: Duration::from_millis(1),
             undeliverable: 0,
         }
@@ -275,6 +278,17 @@ impl Sim {
         self.engines[shard].handle_load(now, load);
         self.collect_engine(shard);
         self.pump_messages();
+    }
+
+    /// str0m's crypto for the peers and sessions set up from now on; by default dimpl's DTLS
+    /// on the simulated clock. The gateway's own, [`crate::dtls::crypto_provider`], times its
+    /// flights on the system clock: it suits runs that drop no handshake datagram, where a
+    /// flight sent again (if the system clock says so) is only a duplicate.
+    pub fn set_crypto_provider(&mut self, crypto: Arc<str0m::crypto::CryptoProvider>) {
+        for engine in &mut self.engines {
+            engine.set_crypto_provider(crypto.clone());
+        }
+        self.crypto = crypto;
     }
 
     /// Engine `shard`, for what a test changes in it (such as [`Engine::faults`]).
@@ -434,8 +448,7 @@ impl Sim {
     }
 
     fn peer_config(&self, opts: &PeerOptions) -> RtcConfig {
-        let cfg = PeerCore::rtc_config(opts)
-            .set_crypto_provider(crate::dtls::simulation_crypto_provider());
+        let cfg = PeerCore::rtc_config(opts).set_crypto_provider(self.crypto.clone());
         // Every peer shares the simulation's certificate instead of generating its own.
         match &self.dtls_cert {
             Some(cert) => cfg.set_dtls_cert(cert.clone()),
