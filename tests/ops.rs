@@ -192,13 +192,19 @@ async fn session_log_lines_carry_the_session_id() {
     let gw = gateway(test_config(1)).await;
     let codec = Some(VideoCodec::Vp8);
     let feed = LiveFeed::start(&whip(&gw, "logged"), codec, false, 0).await;
-    let viewer = Peer::play(&whep(&gw, "logged"), opts(codec, false))
+    let mut viewer = Peer::play(&whep(&gw, "logged"), opts(codec, false))
         .await
         .expect("play");
     viewer
         .wait_connected(Duration::from_secs(10))
         .await
         .expect("connects");
+    // The viewer, the DTLS server, is connected once it has sent its last flight; the
+    // gateway when that flight arrives, before it sends media.
+    assert!(
+        viewer.next_frame(Duration::from_secs(10)).await.is_some(),
+        "media flows"
+    );
     let id = viewer
         .location()
         .rsplit('/')
