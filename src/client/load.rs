@@ -592,6 +592,40 @@ struct BlockingHandle {
     thread: JoinHandle<()>,
 }
 
+/// A blocking peer's session and thread: DELETE then close, or killed when dropped.
+struct PeerThread {
+    url: SessionUrl,
+    control: Arc<AtomicU8>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PeerThread {
+    fn new(url: SessionUrl, control: Arc<AtomicU8>, thread: JoinHandle<()>) -> PeerThread {
+        PeerThread {
+            url,
+            control,
+            thread: Some(thread),
+        }
+    }
+
+    async fn delete(mut self) -> Result<u16, ClientError> {
+        let status = self.url.delete().await;
+        self.control.store(CLOSE, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        status
+    }
+}
+
+impl Drop for PeerThread {
+    fn drop(&mut self) {
+        let _ = self
+            .control
+            .compare_exchange(RUN, KILL, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
 /// When the publisher wrote each video frame, by frame index.
 #[derive(Debug, Default)]
 pub struct SentFrames {
@@ -639,11 +673,9 @@ impl SentFrames {
 /// A WHIP publisher sending a [`Feed`] on its own thread from the moment it connects, and
 /// keeping when it wrote each video frame.
 pub struct Publisher {
-    url: SessionUrl,
+    peer: PeerThread,
     sent: Arc<SentFrames>,
-    control: Arc<AtomicU8>,
     status: watch::Receiver<Status>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Publisher {
@@ -665,11 +697,9 @@ impl Publisher {
         )
         .await?;
         Ok(Publisher {
-            url: h.url,
+            peer: PeerThread::new(h.url, h.control, h.thread),
             sent,
-            control: h.control,
             status: h.status,
-            thread: Some(h.thread),
         })
     }
 
@@ -683,25 +713,12 @@ impl Publisher {
     }
 
     pub fn location(&self) -> &str {
-        &self.url.location
+        &self.peer.url.location
     }
 
     /// DELETEs the session, then closes it; returns the DELETE's status.
-    pub async fn delete(mut self) -> Result<u16, ClientError> {
-        let status = self.url.delete().await;
-        self.control.store(CLOSE, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-        status
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        let _ = self
-            .control
-            .compare_exchange(RUN, KILL, Ordering::SeqCst, Ordering::SeqCst);
+    pub async fn delete(self) -> Result<u16, ClientError> {
+        self.peer.delete().await
     }
 }
 
@@ -755,14 +772,12 @@ pub struct SampledLog {
 /// A WHEP viewer on its own thread that decrypts everything and checks every video frame
 /// against what the load publisher (a [`Feed`] of `frame_bytes` frames) generated.
 pub struct SampledViewer {
-    url: SessionUrl,
+    peer: PeerThread,
     local: SocketAddr,
     /// Just before the POST.
     started: Instant,
     log: Arc<Mutex<SampledLog>>,
-    control: Arc<AtomicU8>,
     status: watch::Receiver<Status>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl SampledViewer {
@@ -791,13 +806,11 @@ impl SampledViewer {
         )
         .await?;
         Ok(SampledViewer {
-            url: h.url,
+            peer: PeerThread::new(h.url, h.control, h.thread),
             local: h.local,
             started,
             log,
-            control: h.control,
             status: h.status,
-            thread: Some(h.thread),
         })
     }
 
@@ -846,21 +859,8 @@ impl SampledViewer {
     }
 
     /// DELETEs the session, then closes it; returns the DELETE's status.
-    pub async fn delete(mut self) -> Result<u16, ClientError> {
-        let status = self.url.delete().await;
-        self.control.store(CLOSE, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-        status
-    }
-}
-
-impl Drop for SampledViewer {
-    fn drop(&mut self) {
-        let _ = self
-            .control
-            .compare_exchange(RUN, KILL, Ordering::SeqCst, Ordering::SeqCst);
+    pub async fn delete(self) -> Result<u16, ClientError> {
+        self.peer.delete().await
     }
 }
 
