@@ -484,4 +484,17 @@ async fn matrix_cell() {
         report.sessions_after,
     );
     eprintln!("{}", report.summary(&c));
+    if env("LOSS_DETAIL", "0") == "1" {
+        // The slowest starts, each split into its steps (client's view).
+        let mut slow: Vec<&ViewerReport> = report.viewers.iter().collect();
+        slow.sort_by_key(|v| std::cmp::Reverse(v.ttff));
+        for v in slow.iter().take(8) {
+            eprintln!(
+                "SLOW ttff {} ms: ICE {} ms, DTLS done {} ms",
+                ms(v.ttff),
+                ms(v.ice),
+                ms(v.dtls)
+            );
+        }
+    }
 }

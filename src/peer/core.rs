@@ -19,6 +19,7 @@ use super::{
 };
 use crate::sdp::{restart_offer, Fragment};
 use crate::session::Role;
+use crate::stun::CheckCopies;
 
 /// A publisher's resend buffer: str0m's default size and age.
 const RTX_CACHE_PACKETS: usize = 2000;
@@ -50,6 +51,8 @@ pub struct PeerCore {
     /// The answer the session runs on; an ICE restart rewrites it.
     answer_sdp: String,
     transmits: Vec<Transmit>,
+    /// Copies of ICE checks until connected, as the gateway sends them (see [`CheckCopies`]).
+    check_copies: CheckCopies<()>,
     timeout: Option<Instant>,
     state: LinkState,
     connected_at: Option<Instant>,
@@ -105,6 +108,7 @@ impl PeerCore {
             pending: None,
             answer_sdp: String::new(),
             transmits: Vec::new(),
+            check_copies: CheckCopies::default(),
             timeout: None,
             state: LinkState::Connecting,
             connected_at: None,
@@ -228,6 +232,14 @@ impl PeerCore {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.is_closed() {
             return;
+        }
+        while let Some(c) = self.check_copies.pop_due(now) {
+            self.transmits.push(Transmit {
+                proto: Protocol::Udp,
+                source: c.source,
+                destination: c.destination,
+                contents: c.contents.into(),
+            });
         }
         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
             self.end(format!("str0m: {e}"));
@@ -368,7 +380,13 @@ impl PeerCore {
 
     /// When [`PeerCore::handle_timeout`] is due next; `None` once closed.
     pub fn timeout(&self) -> Option<Instant> {
-        self.timeout
+        if self.is_closed() {
+            return None;
+        }
+        match (self.timeout, self.check_copies.next()) {
+            (Some(t), Some(c)) => Some(t.min(c)),
+            (t, c) => t.or(c),
+        }
     }
 
     /// Polls str0m until it has nothing more than a timeout, handling its events.
@@ -382,7 +400,13 @@ impl PeerCore {
                     self.timeout = Some(t);
                     break;
                 }
-                Ok(Output::Transmit(t)) => self.transmits.push(t),
+                Ok(Output::Transmit(t)) => {
+                    if self.connected_at.is_none() {
+                        let copies = &mut self.check_copies;
+                        copies.schedule(now, (), t.source, t.destination, &t.contents);
+                    }
+                    self.transmits.push(t)
+                }
                 Ok(Output::Event(e)) => self.on_event(now, e),
                 Err(e) => {
                     self.end(format!("str0m: {e}"));

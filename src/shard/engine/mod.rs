@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::fanout::{is_keyframe, MediaPacket, Pushed, StreamCache, TrackRewriter};
 use crate::sdp::{restart_offer, strip_bundle_group, Fragment, Kind, Offer, OfferError};
 use crate::session::{Role, SessionId};
-use crate::stun;
+use crate::stun::{self, CheckCopies};
 use demux::Demux;
 pub use isolate::{Faults, Site};
 use session::{session_span, Incoming, NewSession, Session, TrackReport};
@@ -113,6 +113,8 @@ pub struct Engine {
     sessions: HashMap<SessionId, Session>,
     demux: Demux,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Copies of connecting sessions' ICE checks (see [`CheckCopies`]).
+    check_copies: CheckCopies<SessionId>,
     streams: HashMap<Arc<str>, LocalStream>,
     next_housekeeping: Instant,
     /// Viewers with a backlog, and when to send their next share.
@@ -161,6 +163,7 @@ impl Engine {
             viewer_scratch: Vec::new(),
             first_frames: Vec::new(),
             timers: BinaryHeap::new(),
+            check_copies: CheckCopies::default(),
             streams: HashMap::new(),
             next_housekeeping: now + HOUSEKEEPING,
             replaying: Vec::new(),
@@ -193,6 +196,9 @@ impl Engine {
             next = next.min(*t);
         }
         if let Some(t) = self.next_replay {
+            next = next.min(t);
+        }
+        if let Some(t) = self.check_copies.next() {
             next = next.min(t);
         }
         next
@@ -322,6 +328,15 @@ impl Engine {
                 }
             }
             self.drive(now, id);
+        }
+        while let Some(c) = self.check_copies.pop_due(now) {
+            if self.sessions.contains_key(&c.key) {
+                self.outbox.transmits.push(Transmit {
+                    source: c.source,
+                    destination: c.destination,
+                    contents: c.contents,
+                });
+            }
         }
         if self.next_replay.is_some_and(|t| now >= t) {
             self.replay(now);
@@ -501,14 +516,17 @@ impl Engine {
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
-                    if !session.connected {
-                        self.demux.checking(t.destination, id);
-                    }
-                    self.outbox.transmits.push(Transmit {
+                    let t = Transmit {
                         source: t.source,
                         destination: t.destination,
                         contents: t.contents.into(),
-                    })
+                    };
+                    if !session.connected {
+                        self.demux.checking(t.destination, id);
+                        let copies = &mut self.check_copies;
+                        copies.schedule(now, id, t.source, t.destination, &t.contents);
+                    }
+                    self.outbox.transmits.push(t)
                 }
                 Ok(Output::Event(e)) => events.push(e),
                 Err(e) => {
