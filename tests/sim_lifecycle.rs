@@ -75,6 +75,64 @@ fn publisher_leaves_and_returns_and_viewers_keep_their_sessions() {
     assert_eq!(sim.hub.session_count(), 5);
 }
 
+/// A publisher that does not come back: its viewers, on both shards, keep their sessions
+/// through the grace period (default 10 s), then get the stream's end (DTLS close_notify) and
+/// are removed, and the directory forgets the stream.
+#[test]
+fn viewers_get_the_streams_end_when_the_publisher_stays_away_past_the_grace_period() {
+    let (mut sim, p, viewers) = stream_with_viewers(4);
+    let grace = Config::default().timeouts.publisher_grace();
+    assert_eq!(grace, Duration::from_secs(10));
+    sim.delete(p).expect("DELETE the publisher");
+    sim.run_for(grace - Duration::from_millis(300));
+    assert_eq!(
+        sim.hub.session_count(),
+        4,
+        "the viewers wait for a publisher"
+    );
+    assert!(viewers.iter().all(|v| sim.peer(*v).is_connected()));
+    // Housekeeping runs every 100 ms.
+    assert!(sim.run_until_true(Duration::from_millis(500), |s| s.hub.session_count() == 0));
+    sim.run_for(Duration::from_millis(100));
+    for v in &viewers {
+        assert!(
+            sim.peer(*v).is_closed(),
+            "{v:?} was told the stream ended: {:?}",
+            sim.peer(*v).state()
+        );
+    }
+    let shards: std::collections::HashSet<usize> =
+        viewers.iter().map(|v| sim.peer(*v).shard).collect();
+    assert_eq!(shards.len(), 2, "viewers on both shards");
+    assert!(sim.engines().iter().all(|e| e.session_count() == 0));
+    // The stream is free: a viewer must wait for the next publisher (WHEP 409).
+    assert!(sim
+        .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
+        .is_err());
+}
+
+/// A publisher that comes back late in the grace period keeps its viewers past its end: the
+/// new publisher's media called the stream's end off on every shard.
+#[test]
+fn a_publisher_back_within_the_grace_period_keeps_its_viewers_past_it() {
+    let (mut sim, p, viewers) = stream_with_viewers(4);
+    let grace = Config::default().timeouts.publisher_grace();
+    sim.delete(p).expect("DELETE the publisher");
+    sim.run_for(grace - Duration::from_secs(2));
+    let back = sim
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("a new publisher");
+    assert!(sim.run_until_true(Duration::from_secs(1), |s| s.peer(back).is_connected()));
+    let since = sim.now();
+    sim.start_feed(back, Feed::new(Some(VideoCodec::H264), true));
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.hub.session_count(), 5, "nobody was ended");
+    for v in &viewers {
+        assert!(sim.peer(*v).is_connected());
+        plays_from_a_keyframe(&sim, back, *v, since);
+    }
+}
+
 #[test]
 fn a_vanished_publisher_is_removed_at_consent_expiry_and_can_be_replaced() {
     let (mut sim, p, viewers) = stream_with_viewers(1);

@@ -197,6 +197,10 @@ pub struct TimeoutsConfig {
     /// A session from whose peer nothing (media, RTCP, STUN) arrived this long is removed:
     /// consent freshness, RFC 7675 (30 s there).
     pub consent_secs: f64,
+    /// Viewers of a stream whose publisher left wait this long for the next publisher's
+    /// media, in the sessions they have; then they get the stream's end (RTCP BYE and DTLS
+    /// close_notify) and are removed.
+    pub publisher_grace_secs: f64,
 }
 
 impl Default for TimeoutsConfig {
@@ -204,6 +208,7 @@ impl Default for TimeoutsConfig {
         TimeoutsConfig {
             connect_secs: 20.0,
             consent_secs: 30.0,
+            publisher_grace_secs: 10.0,
         }
     }
 }
@@ -214,6 +219,11 @@ impl TimeoutsConfig {
     }
     pub fn consent(&self) -> Duration {
         Duration::from_secs_f64(self.consent_secs.max(0.1))
+    }
+    /// Up to a day; NaN (which `validate` refuses) as none, never a panic.
+    pub fn publisher_grace(&self) -> Duration {
+        Duration::try_from_secs_f64(self.publisher_grace_secs.clamp(0.0, 86_400.0))
+            .unwrap_or_default()
     }
 }
 
@@ -444,6 +454,10 @@ impl Config {
                     "{name}: must be from 0.1 to 86400 seconds"
                 )));
             }
+        }
+        let grace = self.timeouts.publisher_grace_secs;
+        if !(0.0..=86_400.0).contains(&grace) {
+            return bad("timeouts.publisher_grace_secs: must be from 0 to 86400 seconds");
         }
         self.auth.validate()?;
         for s in &self.ice_servers {

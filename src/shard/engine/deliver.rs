@@ -95,6 +95,7 @@ impl Engine {
         let Some(local) = self.streams.get_mut(stream) else {
             return;
         };
+        local.publisher_sends(pkt.publisher);
         let pushed = local.cache.push(pkt.clone());
         // Walk a copy: a viewer removed on the way (a failed write) must leave the stream's
         // list, which `remove` reads, as it really is. The buffer is reused, so no allocation.

@@ -52,6 +52,8 @@ const SHED_PER_WINDOW_DIVISOR: usize = 32;
 const PANIC: &str = "panic in WebRTC stack";
 /// Removal reason for a session whose peer closed it (DTLS close_notify).
 const CLOSED_BY_PEER: &str = "closed";
+/// Removal reason for a viewer whose publisher did not come back within the grace period.
+const STREAM_ENDED: &str = "stream ended: no publisher";
 
 /// A command's answer, sent by the IO layer once the pass's [`HubUpdate`]s are applied: a
 /// client that got its DELETE answered finds the directory without the session.
@@ -97,6 +99,19 @@ struct LocalStream {
     /// request is held until the interval ends.
     remote_keyframe_at: Option<Instant>,
     remote_keyframe_pending: bool,
+    /// The publisher that left and when: the viewers get the stream's end
+    /// `timeouts.publisher_grace_secs` after, unless another publisher comes first.
+    left: Option<(Instant, SessionId)>,
+}
+
+impl LocalStream {
+    /// Media from `publisher` reached this shard: a publisher other than the one that left
+    /// means the stream is back.
+    fn publisher_sends(&mut self, publisher: SessionId) {
+        if self.left.is_some_and(|(_, gone)| gone != publisher) {
+            self.left = None;
+        }
+    }
 }
 
 pub struct Engine {
@@ -293,6 +308,7 @@ impl Engine {
                 publisher: None,
                 remote_keyframe_at: None,
                 remote_keyframe_pending: false,
+                left: None,
             })
     }
 
@@ -390,6 +406,28 @@ impl Engine {
             self.request_keyframe(now, id);
         }
         self.flush_remote_keyframe_requests(now);
+        self.end_abandoned_streams(now);
+    }
+
+    /// Ends the viewers of each stream whose publisher left longer than the grace period ago
+    /// with no other publisher since: they get RTCP BYE and DTLS close_notify, rather than
+    /// waiting on a silent session until they give up.
+    fn end_abandoned_streams(&mut self, now: Instant) {
+        let grace = self.config.timeouts.publisher_grace();
+        let mut ended: Vec<SessionId> = Vec::new();
+        for local in self.streams.values() {
+            let expired = local
+                .left
+                .is_some_and(|(at, _)| now.saturating_duration_since(at) >= grace);
+            if expired && local.publisher.is_none() {
+                ended.extend_from_slice(&local.viewers);
+            }
+        }
+        // In id order, not the map's: a seed must replay the same run.
+        ended.sort();
+        for id in ended {
+            self.remove(now, id, STREAM_ENDED);
+        }
     }
 
     // ---- load ----------------------------------------------------------------------------------
@@ -455,7 +493,7 @@ impl Engine {
                 }
             }
             PeerMsg::PublisherLeft { stream, publisher } => {
-                self.publisher_left(&stream, publisher);
+                self.publisher_left(now, &stream, publisher);
             }
         }
     }
@@ -464,13 +502,14 @@ impl Engine {
         self.streams.get(stream).and_then(|l| l.publisher)
     }
 
-    fn publisher_left(&mut self, stream: &Arc<str>, publisher: SessionId) {
+    fn publisher_left(&mut self, now: Instant, stream: &Arc<str>, publisher: SessionId) {
         let Some(local) = self.streams.get_mut(stream) else {
             return;
         };
         if local.cache.publisher.is_some() && local.cache.publisher != Some(publisher) {
             return; // a newer publisher already sends
         }
+        local.left = Some((now, publisher));
         local.cache.reset();
         let viewers = local.viewers.clone();
         for v in viewers {
@@ -614,7 +653,7 @@ impl Engine {
                     local.subscribers = 0;
                     local.publisher = None;
                 }
-                self.publisher_left(&stream, id);
+                self.publisher_left(now, &stream, id);
             }
             Role::Play => {
                 let index = self.index;

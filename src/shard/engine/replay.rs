@@ -28,6 +28,9 @@ impl Engine {
         let Some(local) = self.streams.get_mut(&stream) else {
             return;
         };
+        if let Some(p) = packets.first() {
+            local.publisher_sends(p.publisher);
+        }
         for p in packets {
             local.cache.push(Arc::new(p));
         }
