@@ -23,7 +23,16 @@ use crate::hub::Hub;
 
 /// Datagrams read per receive call (recvmmsg where available).
 const BATCH: usize = 32;
-const BUF: usize = 2048;
+/// Bytes per receive buffer: one datagram, or with UDP GRO (which quinn-udp turns on where the
+/// kernel has it) one read of up to 64 KiB of equal-size datagrams from one sender, split by
+/// their stride. A smaller buffer truncates that read and loses all but its first datagrams.
+fn buffer_size(state: &UdpSocketState) -> usize {
+    if state.gro_segments() > 1 {
+        u16::MAX as usize
+    } else {
+        2048
+    }
+}
 /// Receive calls per wake-up at most. The shard then sends what the datagrams caused and
 /// looks at its commands before reading again. Reading for as long as the socket had data
 /// never ended under overload: the outbox grew without bound (every publisher packet is a
@@ -203,7 +212,7 @@ fn run(mut engine: Engine, parts: &mut ShardParts) {
             gro_segments = state.gro_segments(),
             "shard socket ready"
         );
-        let mut bufs = vec![[0u8; BUF]; BATCH];
+        let mut bufs = vec![vec![0u8; buffer_size(&state)]; BATCH];
         let mut metas = vec![RecvMeta::default(); BATCH];
         let mut out = Sender {
             hub: hub.clone(),
@@ -291,7 +300,7 @@ fn receive(
     engine: &mut Engine,
     socket: &UdpSocket,
     state: &UdpSocketState,
-    bufs: &mut [[u8; BUF]],
+    bufs: &mut [Vec<u8>],
     metas: &mut [RecvMeta],
     max_batches: usize,
 ) {
@@ -526,7 +535,7 @@ mod tests {
             sender.send_to(&junk, addr).expect("send");
         }
         socket.readable().await.expect("readable");
-        let mut bufs = vec![[0u8; BUF]; BATCH];
+        let mut bufs = vec![vec![0u8; buffer_size(&state)]; BATCH];
         let mut metas = vec![RecvMeta::default(); BATCH];
         receive(&mut engine, &socket, &state, &mut bufs, &mut metas, 2);
         let first = engine.counters.datagrams_in;
@@ -541,6 +550,48 @@ mod tests {
         assert_eq!(
             engine.counters.datagrams_in, SENT,
             "the rest waited in the socket"
+        );
+    }
+
+    /// A burst of equal-size datagrams that the kernel hands over as one coalesced read (a
+    /// GSO send on loopback, GRO on a NIC) arrives whole: every datagram reaches the engine.
+    #[tokio::test]
+    async fn a_coalesced_read_reaches_the_engine_as_every_datagram() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let state = UdpSocketState::new(UdpSockRef::from(&socket)).expect("state");
+        let config = Arc::new(crate::Config::default());
+        let mut engine = Engine::new(0, config, vec![addr], Instant::now(), 1);
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+        let sender_state = UdpSocketState::new(UdpSockRef::from(&sender)).expect("state");
+        const SEGMENTS: usize = 16;
+        const SIZE: usize = 1200;
+        let segments = SEGMENTS.min(sender_state.max_gso_segments());
+        // RTP-looking junk from an unknown address: counted in, then dropped.
+        let contents = vec![0x80u8; segments * SIZE];
+        let transmit = quinn_udp::Transmit {
+            destination: addr,
+            ecn: None,
+            contents: &contents,
+            segment_size: (segments > 1).then_some(SIZE),
+            src_ip: None,
+        };
+        sender_state
+            .send(UdpSockRef::from(&sender), &transmit)
+            .expect("send");
+        let mut bufs = vec![vec![0u8; buffer_size(&state)]; BATCH];
+        let mut metas = vec![RecvMeta::default(); BATCH];
+        // Until nothing more comes (a truncated read would never bring the rest).
+        let wait = Duration::from_millis(500);
+        while let Ok(ready) = tokio::time::timeout(wait, socket.readable()).await {
+            ready.expect("readable");
+            receive(&mut engine, &socket, &state, &mut bufs, &mut metas, 1);
+        }
+        assert_eq!(engine.counters.datagrams_in, segments as u64);
+        assert_eq!(
+            engine.counters.datagrams_unknown_source + engine.counters.datagrams_invalid,
+            segments as u64,
+            "each a whole datagram"
         );
     }
 
