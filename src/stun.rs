@@ -63,7 +63,9 @@ const CHECK_COPY_CAPACITY: usize = 16_384;
 ///
 /// So until it is connected, a session sends each binding request and success response
 /// [`CHECK_COPIES`] more times, [`CHECK_COPY_SPACING`] apart: a STUN retransmission with the
-/// same transaction id (RFC 8489 §6.2.1). The other end answers each request that arrives,
+/// same transaction id (RFC 8489 §6.2.1). The gateway copies only what goes to an address
+/// the peer has sent a valid check from, so an unreachable or made-up candidate in an offer
+/// gets no more from it than before. The other end answers each request that arrives,
 /// and a client takes the first answer and ignores the rest. With two copies a check's round
 /// trip at 20 % loss each way fails about 5 % of the time instead of 36 % (by arithmetic,
 /// for independent losses). It costs a few small datagrams per session at connect time, and

@@ -224,3 +224,44 @@ fn viewers_joining_at_20_percent_loss_see_a_picture_within_1_5_s_p99() {
     assert!(p99 <= Duration::from_millis(1500), "p99 {p99:?}: {ttff:?}");
     assert!(worst <= Duration::from_secs(2), "worst {worst:?}: {ttff:?}");
 }
+
+/// A peer the gateway never hears from (its candidate unreachable, or made up by whoever
+/// posted the offer) gets each of the gateway's checks once: the copies that help a lossy
+/// path go only to an address the peer has sent from, so an offer cannot make the gateway
+/// send three times the checks to an address of its choosing.
+#[test]
+fn an_unreachable_candidate_gets_each_check_once() {
+    let mut sim = Sim::with_seed(Config::default(), 1, 3);
+    sim.add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("publisher accepted");
+    assert!(sim.run_until_true(Duration::from_secs(2), |s| s.connected_count() == 1));
+    let silent = std::rc::Rc::new(Cell::new(None::<PeerId>));
+    let requests = std::rc::Rc::new(std::cell::RefCell::new(Vec::<[u8; 12]>::new()));
+    let (who, seen) = (silent.clone(), requests.clone());
+    sim.set_drop(move |d| {
+        if Some(d.peer) != who.get() {
+            return false;
+        }
+        let c = d.contents;
+        if d.way == Way::FromGateway && c.len() >= 20 && c[0] == 0 && c[1] == 1 {
+            let mut tid = [0u8; 12];
+            tid.copy_from_slice(&c[8..20]);
+            seen.borrow_mut().push(tid);
+        }
+        // Nothing from this peer reaches the gateway.
+        d.way == Way::ToGateway
+    });
+    let v = sim
+        .add_viewer("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("viewer accepted");
+    silent.set(Some(v));
+    sim.run_for(Duration::from_secs(5));
+    let tids = requests.borrow();
+    assert!(
+        tids.len() >= 4,
+        "the gateway checked the candidate: {}",
+        tids.len()
+    );
+    let unique: std::collections::HashSet<_> = tids.iter().collect();
+    assert_eq!(unique.len(), tids.len(), "no check was sent twice");
+}

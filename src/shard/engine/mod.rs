@@ -562,8 +562,12 @@ impl Engine {
                     };
                     if !session.connected {
                         self.demux.checking(t.destination, id);
-                        let copies = &mut self.check_copies;
-                        copies.schedule(now, id, t.source, t.destination, &t.contents);
+                        // Only towards an address the peer has sent from: checks of an
+                        // unreachable candidate (or of a bogus offer's) go out once each.
+                        if session.addrs.contains(&t.destination) {
+                            let copies = &mut self.check_copies;
+                            copies.schedule(now, id, t.source, t.destination, &t.contents);
+                        }
                     }
                     self.outbox.transmits.push(t)
                 }
