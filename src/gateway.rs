@@ -30,6 +30,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for ICE-TCP on {addr}: {source}")]
+    BindTcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen for HTTP on {addr}: {source}")]
     BindHttp {
         addr: SocketAddr,
@@ -58,6 +63,9 @@ pub struct Gateway {
     counters: Vec<Arc<SharedCounters>>,
     stop_http: watch::Sender<bool>,
     http_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Accepts ICE-TCP connections; stopped at shutdown.
+    tcp_task: Option<tokio::task::JoinHandle<()>>,
+    tcp_addr: Option<SocketAddr>,
     identity: Option<Identity>,
     h3_addr: Option<SocketAddr>,
     live: Reloadable,
@@ -85,6 +93,22 @@ impl Gateway {
             sockets.push((socket, local.port()));
         }
         let ips = candidate_ips(&config)?;
+        // ICE-TCP: one port for the node; the engines announce it as passive candidates.
+        let tcp_listener = if config.media.ice_tcp {
+            let addr = SocketAddr::new(config.media.bind_ip, config.media.ice_tcp_port());
+            let l = listen_tcp(addr).map_err(|source| StartError::BindTcp { addr, source })?;
+            let port = l
+                .local_addr()
+                .map_err(|source| StartError::BindTcp { addr, source })?
+                .port();
+            Some((l, port))
+        } else {
+            None
+        };
+        let tcp_candidates: Vec<SocketAddr> = match &tcp_listener {
+            Some((_, port)) => ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect(),
+            None => Vec::new(),
+        };
         let (links, chans): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| io::channels(config.media.shard_queue_packets))
             .unzip();
@@ -99,14 +123,17 @@ impl Gateway {
                 ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
             media_addrs.extend(candidates.iter().copied());
             let engine_config = config.clone();
+            let tcp_candidates = tcp_candidates.clone();
             let new_engine = move |seed| {
-                Engine::new(
+                let mut engine = Engine::new(
                     k,
                     engine_config.clone(),
                     candidates.clone(),
                     Instant::now(),
                     seed,
-                )
+                );
+                engine.set_tcp_candidates(tcp_candidates.clone());
+                engine
             };
             let parts = io::ShardParts {
                 socket,
@@ -182,6 +209,16 @@ impl Gateway {
         let (stop_http, stopped) = watch::channel(false);
         let identity = tls_identity(&config)?;
         let mut http_tasks = Vec::new();
+        let mut tcp_task = None;
+        let mut tcp_addr = None;
+        if let Some((l, _)) = tcp_listener {
+            tcp_addr = l.local_addr().ok();
+            tcp_task = Some(tokio::spawn(crate::shard::tcp::accept(
+                l,
+                hub.clone(),
+                links.clone(),
+            )));
+        }
         let mut h3_addr = None;
         let serve_opts = serve::ServeOptions {
             header_read: config.http.header_read_timeout(),
@@ -209,7 +246,7 @@ impl Gateway {
                 )));
             }
         }
-        info!(%http_addr, ?h3_addr, tls = identity.is_some(), shards = n, media = ?media_addrs, "wishcast started");
+        info!(%http_addr, ?h3_addr, tls = identity.is_some(), shards = n, media = ?media_addrs, ice_tcp = ?tcp_addr, "wishcast started");
         Ok(Gateway {
             http_addr,
             media_addrs,
@@ -219,6 +256,8 @@ impl Gateway {
             counters,
             stop_http,
             http_tasks,
+            tcp_task,
+            tcp_addr,
             identity,
             h3_addr,
             live,
@@ -243,6 +282,11 @@ impl Gateway {
     /// The TLS certificate and key in use, if signalling is HTTPS (and HTTP/3).
     pub fn tls_identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
+    }
+
+    /// Where ICE-TCP connections are taken, if they are (`media.ice_tcp`).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     /// Where HTTP/3 is served (UDP), if it is.
@@ -289,6 +333,9 @@ impl Gateway {
     /// most `SHUTDOWN_DEADLINE` for them.
     pub async fn shutdown(self) {
         let _ = self.stop_http.send(true);
+        if let Some(t) = &self.tcp_task {
+            t.abort();
+        }
         for task in self.http_tasks {
             let _ = task.await;
         }

@@ -84,6 +84,9 @@ pub struct HubState {
     /// The latest sessions their peers closed themselves, oldest first, at most
     /// [`CLOSED_REMEMBERED`]: their DELETE may arrive just after.
     pub closed: std::collections::VecDeque<(SessionId, SessionEntry)>,
+    /// Each live session's local ICE ufrag and its shard: an ICE-TCP connection, which comes
+    /// in on the node's one TCP port, goes to the shard its first check names.
+    pub ufrags: HashMap<String, usize>,
 }
 
 impl HubState {
@@ -134,6 +137,24 @@ impl Hub {
                 placed_since_load: vec![0; shards],
                 ..HubState::default()
             }),
+        }
+    }
+
+    /// The shard whose session has local ICE ufrag `ufrag`.
+    pub fn shard_for_ufrag(&self, ufrag: &str) -> Option<usize> {
+        self.lock().ufrags.get(ufrag).copied()
+    }
+
+    /// Session ufrag `old` (if any) is gone and `new` (if any) is on shard `shard`.
+    pub fn set_ufrag(&self, shard: usize, old: Option<&str>, new: Option<String>) {
+        let mut st = self.lock();
+        if let Some(old) = old {
+            if st.ufrags.get(old) == Some(&shard) {
+                st.ufrags.remove(old);
+            }
+        }
+        if let Some(new) = new {
+            st.ufrags.insert(new, shard);
         }
     }
 

@@ -103,6 +103,7 @@ impl Metrics {
             counter!("wishcast_shard_media_dropped_total").absolute(s.shard_media_dropped);
             counter!("wishcast_sessions_shed_total").absolute(s.sessions_shed);
             counter!("wishcast_shard_restarts_total").absolute(s.shard_restarts);
+            counter!("wishcast_tcp_send_dropped_total").absolute(s.tcp_send_dropped);
             for (k, busy) in snap.shard_busy_secs.iter().enumerate() {
                 gauge!("wishcast_shard_busy_seconds_total", "shard" => k.to_string()).set(*busy);
             }

@@ -62,6 +62,10 @@ pub struct ClientOptions {
     /// (RFC 5763 §5) and signs its CertificateVerify; str0m reads the `passive` answer
     /// the same either way.
     pub dtls_active: bool,
+    /// ICE over TCP only: one active TCP candidate (RFC 6544) and no UDP one, as a client
+    /// whose UDP is blocked offers. Media then runs over one TCP connection to the endpoint's
+    /// passive candidate, framed per RFC 4571.
+    pub tcp: bool,
 }
 
 impl Default for ClientOptions {
@@ -82,6 +86,7 @@ impl From<PeerOptions> for ClientOptions {
             unbundled: false,
             dtls_cert: None,
             dtls_active: false,
+            tcp: false,
         }
     }
 }
@@ -247,6 +252,11 @@ impl Peer {
             core,
             socket,
             local_addr,
+            tcp: opts.tcp.then(|| TcpLink {
+                local: SocketAddr::new(local_addr.ip(), crate::peer::TCP_ACTIVE_PORT),
+                conn: None,
+                buf: Vec::new(),
+            }),
             commands: cmd_rx,
             frames: frame_tx,
             frames_dropped: 0,
@@ -622,7 +632,11 @@ pub(crate) async fn negotiate(
         config = config.set_dtls_cert(cert.clone());
     }
     let mut core = PeerCore::new(role, opts.peer.clone(), config, Instant::now());
-    let mut offer = core.offer(Instant::now(), local_addr)?;
+    let mut offer = if opts.tcp {
+        core.offer_tcp(Instant::now(), local_addr.ip())?
+    } else {
+        core.offer(Instant::now(), local_addr)?
+    };
     if opts.unbundled {
         offer = crate::sdp::strip_bundle_group(&offer);
     }
@@ -695,6 +709,8 @@ struct IoLoop {
     core: PeerCore,
     socket: UdpSocket,
     local_addr: SocketAddr,
+    /// ICE over TCP only ([`ClientOptions::tcp`]): the UDP socket then only wakes the loop.
+    tcp: Option<TcpLink>,
     commands: std_mpsc::Receiver<Command>,
     frames: mpsc::Sender<ReceivedFrame>,
     /// Frames the handle's queue had no room for.
@@ -705,6 +721,88 @@ struct IoLoop {
 enum Flow {
     Continue,
     Exit(String),
+}
+
+/// Longest a TCP-only peer blocks in a read before it looks at its commands.
+const TCP_POLL: Duration = Duration::from_millis(10);
+
+/// A TCP-only peer's one connection to the endpoint's passive candidate, opened by its first
+/// check; every datagram is an RFC 4571 frame (16-bit length, then the bytes).
+struct TcpLink {
+    /// The active candidate's address, where str0m expects what the connection brings.
+    local: SocketAddr,
+    conn: Option<(SocketAddr, std::net::TcpStream)>,
+    /// Bytes read and not yet a whole frame.
+    buf: Vec<u8>,
+}
+
+impl TcpLink {
+    fn send(&mut self, to: SocketAddr, data: &[u8]) {
+        use std::io::Write;
+        if self.conn.as_ref().is_none_or(|(r, _)| *r != to) {
+            match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    self.buf.clear();
+                    self.conn = Some((to, s));
+                }
+                Err(e) => {
+                    tracing::debug!("peer TCP connect to {to}: {e}");
+                    return;
+                }
+            }
+        }
+        let Some((_, s)) = &mut self.conn else {
+            return;
+        };
+        let Ok(len) = u16::try_from(data.len()) else {
+            return;
+        };
+        let mut frame = Vec::with_capacity(2 + data.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(data);
+        if let Err(e) = s.write_all(&frame) {
+            tracing::debug!("peer TCP send to {to}: {e}");
+            self.conn = None;
+        }
+    }
+
+    /// The whole frames that arrive within `wait`, with the connection's remote address.
+    fn read(&mut self, wait: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
+        use std::io::Read;
+        let Some((remote, s)) = &mut self.conn else {
+            std::thread::sleep(wait);
+            return Vec::new();
+        };
+        let remote = *remote;
+        let _ = s.set_read_timeout(Some(wait.max(Duration::from_millis(1))));
+        let mut chunk = [0u8; RECV_BUF];
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                self.conn = None;
+                return Vec::new();
+            }
+            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => {
+                tracing::debug!("peer TCP read: {e}");
+                self.conn = None;
+                return Vec::new();
+            }
+        }
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while self.buf.len() >= at + 2 {
+            let len = u16::from_be_bytes([self.buf[at], self.buf[at + 1]]) as usize;
+            if self.buf.len() < at + 2 + len {
+                break;
+            }
+            frames.push((remote, self.buf[at + 2..at + 2 + len].to_vec()));
+            at += 2 + len;
+        }
+        self.buf.drain(..at);
+        frames
+    }
 }
 
 impl IoLoop {
@@ -745,6 +843,20 @@ impl IoLoop {
                 continue;
             }
             let wait = (deadline - now).min(MAX_WAIT);
+            if let Some(tcp) = &mut self.tcp {
+                // Commands are looked at between reads, at least every TCP_POLL.
+                let frames = tcp.read(wait.min(TCP_POLL));
+                if frames.is_empty() {
+                    // As a UDP read that timed out: str0m's agent starts on a timeout.
+                    self.core.handle_timeout(Instant::now());
+                }
+                for (source, frame) in frames {
+                    let local = tcp.local;
+                    self.core
+                        .handle_tcp_frame(Instant::now(), source, local, &frame);
+                }
+                continue;
+            }
             if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
                 return format!("socket: {e}");
             }
@@ -769,7 +881,11 @@ impl IoLoop {
     /// Sends what the core has to send and shows the handle what changed.
     fn flush(&mut self) {
         for t in self.core.transmits() {
-            if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
+            if t.proto == str0m::net::Protocol::Tcp {
+                if let Some(tcp) = &mut self.tcp {
+                    tcp.send(t.destination, &t.contents);
+                }
+            } else if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
                 tracing::debug!("peer send to {}: {e}", t.destination);
             }
         }

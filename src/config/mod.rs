@@ -81,6 +81,11 @@ pub struct MediaConfig {
     pub bind_ip: IpAddr,
     /// First UDP port; shard `k` binds `udp_base_port + k`. 0 picks free ports (tests).
     pub udp_base_port: u16,
+    /// ICE over TCP (RFC 6544, framed per RFC 4571): every answer also carries passive TCP
+    /// host candidates on one TCP port per node, for clients whose UDP is blocked.
+    pub ice_tcp: bool,
+    /// That TCP port. 0 means the number of `udp_base_port` (a free port when that is 0 too).
+    pub tcp_port: u16,
     /// Data-plane shards (threads, one UDP socket each). 0 means one per available core.
     pub shards: usize,
     /// Addresses announced as host candidates instead of the interface addresses: the public
@@ -118,6 +123,14 @@ pub struct MediaConfig {
 }
 
 impl MediaConfig {
+    /// The ICE-TCP listener's port (see [`MediaConfig::tcp_port`]).
+    pub fn ice_tcp_port(&self) -> u16 {
+        match self.tcp_port {
+            0 => self.udp_base_port,
+            p => p,
+        }
+    }
+
     /// The shards' sockets take IPv4 and IPv6 (bound to `::`).
     pub fn dual_stack(&self) -> bool {
         self.bind_ip == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
@@ -129,6 +142,8 @@ impl Default for MediaConfig {
         MediaConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             udp_base_port: 8189,
+            ice_tcp: true,
+            tcp_port: 0,
             shards: 0,
             public_ips: Vec::new(),
             include_loopback: true,

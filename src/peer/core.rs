@@ -9,7 +9,7 @@ use str0m::format::Codec;
 use str0m::media::{
     Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt,
 };
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::RawPacket;
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
@@ -27,6 +27,9 @@ const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// First retransmission of an unanswered ICE check.
 const STUN_INITIAL_RTO: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The port of an active ICE-TCP candidate (RFC 6544 §4.5: it connects, it is not reached).
+pub const TCP_ACTIVE_PORT: u16 = 9;
 
 /// Timeout rounds a graceful close may take to drain RTCP BYE and DTLS close_notify.
 const CLOSE_ROUNDS: usize = 10;
@@ -129,6 +132,24 @@ impl PeerCore {
     pub fn offer(&mut self, now: Instant, local: SocketAddr) -> Result<String, PeerError> {
         let candidate =
             Candidate::host(local, "udp").map_err(|e| PeerError::Candidate(e.to_string()))?;
+        self.offer_with(now, candidate)
+    }
+
+    /// [`PeerCore::offer`] with one active ICE-TCP candidate on `ip` and no UDP one, as a
+    /// client whose UDP is blocked offers (RFC 6544 §4.5: port 9, the client connects). Its
+    /// datagrams then go as [`Transmit`]s of protocol TCP to the endpoint's passive candidate,
+    /// and what comes back is handed in with [`PeerCore::handle_tcp_frame`].
+    pub fn offer_tcp(&mut self, now: Instant, ip: std::net::IpAddr) -> Result<String, PeerError> {
+        let candidate = Candidate::builder()
+            .tcp()
+            .host(SocketAddr::new(ip, TCP_ACTIVE_PORT))
+            .tcptype(TcpType::Active)
+            .build()
+            .map_err(|e| PeerError::Candidate(e.to_string()))?;
+        self.offer_with(now, candidate)
+    }
+
+    fn offer_with(&mut self, now: Instant, candidate: Candidate) -> Result<String, PeerError> {
         self.rtc.add_local_candidate(candidate);
         self.drain(now);
         let dir = match self.role {
@@ -214,10 +235,33 @@ impl PeerCore {
         destination: SocketAddr,
         data: &[u8],
     ) -> bool {
+        self.receive(now, Protocol::Udp, source, destination, data)
+    }
+
+    /// One RFC 4571 frame from the ICE-TCP connection to `source`, for the active candidate
+    /// at `destination` ([`PeerCore::offer_tcp`]); as [`PeerCore::handle_datagram`].
+    pub fn handle_tcp_frame(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        self.receive(now, Protocol::Tcp, source, destination, data)
+    }
+
+    fn receive(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         if self.is_closed() {
             return true;
         }
-        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, data) else {
+        let Ok(receive) = Receive::new(proto, source, destination, data) else {
             return false;
         };
         if let Err(e) = self.rtc.handle_input(Input::Receive(now, receive)) {
@@ -401,7 +445,7 @@ impl PeerCore {
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
-                    if self.connected_at.is_none() {
+                    if self.connected_at.is_none() && t.proto == Protocol::Udp {
                         let copies = &mut self.check_copies;
                         copies.schedule(now, (), t.source, t.destination, &t.contents);
                     }

@@ -13,7 +13,7 @@ mod feed;
 pub mod media;
 mod rtcp;
 
-pub use self::core::PeerCore;
+pub use self::core::{PeerCore, TCP_ACTIVE_PORT};
 pub use feed::{Feed, FeedFrame};
 pub use rtcp::RtcpLog;
 

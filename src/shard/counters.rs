@@ -69,6 +69,8 @@ counters! {
     /// Times the shard's thread panicked outside a session's isolation and was restarted
     /// with a fresh engine (its sessions lost).
     shard_restarts,
+    /// Datagrams for an ICE-TCP peer whose connection's write queue was full.
+    tcp_send_dropped,
 }
 
 impl Counters {

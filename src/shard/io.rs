@@ -18,6 +18,7 @@ use tracing::{debug, error, warn};
 
 use super::counters::{Counters, COUNT};
 use super::engine::Engine;
+use super::tcp::{TcpConn, TcpEvent, TcpPeers};
 use super::{Command, PeerMsg};
 use crate::hub::Hub;
 
@@ -47,6 +48,8 @@ const COMMAND_QUEUE: usize = 1024;
 const LOAD_WINDOW: Duration = Duration::from_millis(500);
 /// Requested socket buffer sizes, bytes.
 const SOCKET_BUFFER: usize = 4 << 20;
+/// ICE-TCP connections waiting to be taken over by the shard.
+const TCP_HANDOVER_QUEUE: usize = 256;
 
 /// How to reach a shard from outside its thread.
 #[derive(Clone)]
@@ -63,28 +66,34 @@ pub struct ShardLink {
     /// packets instead of growing without limit. A viewer repairs a gap with a NACK or waits
     /// for a keyframe.
     pub media: mpsc::Sender<PeerMsg>,
+    /// ICE-TCP connections for the shard's sessions; bounded, a full queue refuses them.
+    pub tcp: mpsc::Sender<TcpConn>,
 }
 
 pub struct ShardChannels {
     pub commands: mpsc::Receiver<Command>,
     pub control: mpsc::UnboundedReceiver<PeerMsg>,
     pub media: mpsc::Receiver<PeerMsg>,
+    pub tcp: mpsc::Receiver<TcpConn>,
 }
 
 pub fn channels(queue: usize) -> (ShardLink, ShardChannels) {
     let (ctx, crx) = mpsc::channel(COMMAND_QUEUE);
     let (ktx, krx) = mpsc::unbounded_channel();
     let (mtx, mrx) = mpsc::channel(queue.max(1));
+    let (ttx, trx) = mpsc::channel(TCP_HANDOVER_QUEUE);
     (
         ShardLink {
             commands: ctx,
             control: ktx,
             media: mtx,
+            tcp: ttx,
         },
         ShardChannels {
             commands: crx,
             control: krx,
             media: mrx,
+            tcp: trx,
         },
     )
 }
@@ -219,6 +228,7 @@ fn run(mut engine: Engine, parts: &mut ShardParts) {
             set_source_ip,
             v6_socket: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
             gso_buf: Vec::new(),
+            tcp: TcpPeers::default(),
         };
         let mut woke = Instant::now();
         let mut window = (woke, 0u64);
@@ -284,6 +294,29 @@ fn run(mut engine: Engine, parts: &mut ShardParts) {
                         }
                     }
                 }
+                conn = chans.tcp.recv() => {
+                    woke = Instant::now();
+                    let Some(conn) = conn else { break };
+                    if let Some((remote, local, first)) = out.tcp.open(conn) {
+                        engine.handle_tcp(Instant::now(), remote, local, &first);
+                    }
+                }
+                event = out.tcp.events.recv() => {
+                    woke = Instant::now();
+                    let now = Instant::now();
+                    let mut next = event;
+                    // What else the connections have ready, a bounded amount.
+                    for _ in 0..256 {
+                        match next {
+                            Some(TcpEvent::Frame { remote, local, data }) => {
+                                engine.handle_tcp(now, remote, local, &data);
+                            }
+                            Some(TcpEvent::Closed { remote, conn }) => out.tcp.closed(remote, conn),
+                            None => break,
+                        }
+                        next = out.tcp.events.try_recv().ok();
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     woke = Instant::now();
                     engine.handle_timeout(Instant::now());
@@ -342,6 +375,8 @@ struct Sender {
     /// The socket is of the IPv6 family: IPv4 destinations go out as IPv4-mapped addresses.
     v6_socket: bool,
     gso_buf: Vec<u8>,
+    /// The shard's ICE-TCP connections: transmits marked `tcp` go there.
+    tcp: TcpPeers,
 }
 
 impl Sender {
@@ -375,6 +410,17 @@ impl Sender {
             }
         }
         let mut transmits = std::mem::take(&mut engine.outbox.transmits);
+        if transmits.iter().any(|t| t.tcp) {
+            let mut udp = Vec::with_capacity(transmits.len());
+            for t in transmits.drain(..) {
+                if !t.tcp {
+                    udp.push(t);
+                } else if !self.tcp.send(t.destination, t.contents) {
+                    engine.counters.tcp_send_dropped += 1;
+                }
+            }
+            transmits = udp;
+        }
         let max_segments = state.max_gso_segments().min(64);
         if max_segments > 1 && transmits.len() > 1 {
             // Group each viewer's datagrams (stable: their order is kept) so runs of equal size
@@ -632,6 +678,7 @@ mod tests {
             set_source_ip: false,
             v6_socket: false,
             gso_buf: Vec::new(),
+            tcp: TcpPeers::default(),
         };
         for seq in 0..5 {
             engine.outbox.messages.push((1, media(seq)));

@@ -6,6 +6,7 @@
 pub mod counters;
 pub mod engine;
 pub mod io;
+pub mod tcp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -253,6 +254,13 @@ pub enum HubUpdate {
     /// A viewer on shard `shard` wants a keyframe and the publisher is elsewhere: its shard is
     /// sent [`PeerMsg::KeyframeRequest`].
     KeyframeWanted { stream: Arc<str>, shard: usize },
+    /// A session on shard `shard` stopped using local ICE ufrag `old` and/or started using
+    /// `new` (created, ICE restart, removed): ICE-TCP connections are routed by it.
+    Ufrag {
+        shard: usize,
+        old: Option<String>,
+        new: Option<String>,
+    },
 }
 
 impl HubUpdate {
@@ -305,6 +313,10 @@ impl HubUpdate {
                     })
                     .collect()
             }
+            HubUpdate::Ufrag { shard, old, new } => {
+                hub.set_ufrag(shard, old.as_deref(), new);
+                Vec::new()
+            }
             HubUpdate::KeyframeWanted { stream, shard } => match hub.publisher_shard(&stream) {
                 Some(p) if p != shard => vec![(p, PeerMsg::KeyframeRequest { stream })],
                 _ => Vec::new(),
@@ -349,12 +361,14 @@ pub fn shards_in(mut set: u64) -> impl Iterator<Item = usize> {
     })
 }
 
-/// A datagram to send.
+/// A datagram to send: over UDP, or as one RFC 4571 frame on the ICE-TCP connection from
+/// `destination` when `tcp`.
 #[derive(Debug)]
 pub struct Transmit {
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub contents: Vec<u8>,
+    pub tcp: bool,
 }
 
 #[cfg(test)]

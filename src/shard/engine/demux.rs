@@ -97,14 +97,40 @@ impl Engine {
         dst_ip: Option<IpAddr>,
         data: &[u8],
     ) {
-        self.counters.datagrams_in += 1;
         // On a dual-stack socket an IPv4 peer appears as ::ffff:a.b.c.d, and so does the
         // address it sent to. Its candidates, str0m's pairs, the demux and the figures all
         // know it by its IPv4 address.
         let source = canonical(source);
         let destination = self.destination(dst_ip.map(|ip| ip.to_canonical()), source);
+        self.receive(now, Protocol::Udp, source, destination, data);
+    }
+
+    /// One RFC 4571 frame from the ICE-TCP connection of `source`, which reached the node
+    /// at `local`.
+    pub fn handle_tcp(&mut self, now: Instant, source: SocketAddr, local: SocketAddr, data: &[u8]) {
+        let source = canonical(source);
+        let local = canonical(local);
+        let exact = self.tcp_candidates.iter().find(|c| c.ip() == local.ip());
+        let same_family = || {
+            self.tcp_candidates
+                .iter()
+                .find(|c| c.is_ipv4() == source.is_ipv4())
+        };
+        let destination = exact.or_else(same_family).copied().unwrap_or(local);
+        self.receive(now, Protocol::Tcp, source, destination, data);
+    }
+
+    fn receive(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
+        self.counters.datagrams_in += 1;
         let parsed = self.faults.isolate(Site::Parse, None, || {
-            Receive::new(Protocol::Udp, source, destination, data)
+            Receive::new(proto, source, destination, data)
         });
         let receive = match parsed {
             Some(Ok(r)) => r,

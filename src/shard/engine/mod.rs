@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info, warn, Span};
@@ -122,6 +122,8 @@ pub struct Engine {
     rng: StdRng,
     /// Announced host candidates (what clients send to), all on this shard's port.
     candidates: Vec<SocketAddr>,
+    /// Announced passive ICE-TCP candidates, on the node's one TCP port.
+    tcp_candidates: Vec<SocketAddr>,
     dtls_cert: Option<str0m::config::DtlsCert>,
     /// str0m's crypto for new sessions: DTLS on OpenSSL (see `crate::dtls`).
     crypto: Arc<str0m::crypto::CryptoProvider>,
@@ -168,6 +170,7 @@ impl Engine {
             config,
             rng: StdRng::seed_from_u64(seed),
             candidates,
+            tcp_candidates: Vec::new(),
             dtls_cert,
             crypto: crate::dtls::crypto_provider(),
             sessions: HashMap::new(),
@@ -193,6 +196,12 @@ impl Engine {
     /// whose DTLS runs on the simulated clock (`crate::dtls::simulation_crypto_provider`).
     pub fn set_crypto_provider(&mut self, crypto: Arc<str0m::crypto::CryptoProvider>) {
         self.crypto = crypto;
+    }
+
+    /// Announces passive ICE-TCP candidates at `addrs` (the node's TCP port) in the answers
+    /// of sessions created from now on.
+    pub fn set_tcp_candidates(&mut self, addrs: Vec<SocketAddr>) {
+        self.tcp_candidates = addrs;
     }
 
     /// This shard's number.
@@ -351,6 +360,7 @@ impl Engine {
                     source: c.source,
                     destination: c.destination,
                     contents: c.contents,
+                    tcp: false,
                 });
             }
         }
@@ -559,12 +569,14 @@ impl Engine {
                         source: t.source,
                         destination: t.destination,
                         contents: t.contents.into(),
+                        tcp: t.proto == Protocol::Tcp,
                     };
                     if !session.connected {
                         self.demux.checking(t.destination, id);
                         // Only towards an address the peer has sent from: checks of an
                         // unreachable candidate (or of a bogus offer's) go out once each.
-                        if session.addrs.contains(&t.destination) {
+                        // TCP delivers what it carries.
+                        if !t.tcp && session.addrs.contains(&t.destination) {
                             let copies = &mut self.check_copies;
                             copies.schedule(now, id, t.source, t.destination, &t.contents);
                         }
@@ -644,6 +656,11 @@ impl Engine {
             self.say_goodbye(now, &mut session.rtc);
         }
         self.demux.remove(id, &session.addrs, &session.ufrag);
+        self.outbox.hub.push(HubUpdate::Ufrag {
+            shard: self.index,
+            old: Some(session.ufrag.clone()),
+            new: None,
+        });
         self.outbox.hub.push(HubUpdate::Removed {
             id,
             shard: self.index,
@@ -692,6 +709,7 @@ impl Engine {
                         source: t.source,
                         destination: t.destination,
                         contents: t.contents.into(),
+                        tcp: t.proto == Protocol::Tcp,
                     }),
                     Some(Ok(Output::Event(_))) => {}
                     _ => break,

@@ -72,6 +72,20 @@ impl Engine {
                 Err(e) => warn!(%addr, error = %e, "cannot announce host candidate"),
             }
         }
+        // ICE-TCP (RFC 6544): the client connects, so the gateway's candidates are passive.
+        for addr in &self.tcp_candidates {
+            let c = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build();
+            match c {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, error = %e, "cannot announce TCP candidate"),
+            }
+        }
         let accepted = self
             .faults
             .isolate(Site::Offer, Some(id), || rtc.sdp_api().accept_offer(offer));
@@ -134,6 +148,11 @@ impl Engine {
             held_candidates,
         };
         let etag = session.etag.clone();
+        self.outbox.hub.push(HubUpdate::Ufrag {
+            shard: self.index,
+            old: None,
+            new: Some(ufrag.clone()),
+        });
         self.demux.set_ufrag(id, None, ufrag);
         self.sessions.insert(id, session);
         if role == Role::Publish {
@@ -220,6 +239,11 @@ impl Engine {
         let creds = session.rtc.direct_api().local_ice_credentials();
         let old = std::mem::replace(&mut session.ufrag, creds.ufrag.clone());
         self.demux.set_ufrag(id, Some(&old), creds.ufrag.clone());
+        self.outbox.hub.push(HubUpdate::Ufrag {
+            shard: self.index,
+            old: Some(old),
+            new: Some(creds.ufrag.clone()),
+        });
         session.offer_sdp = offer_sdp;
         session.etag = new_etag(&mut self.rng);
         let etag = session.etag.clone();
