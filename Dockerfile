@@ -41,10 +41,12 @@ USER 10001:10001
 # The server and the health check both take the file from WISHCAST_CONFIG, so flags given to
 # `docker run` add to it rather than replace it.
 ENV WISHCAST_CONFIG=/etc/wishcast/wishcast.toml
-# HTTP signalling (HTTPS and HTTP/3 on UDP too when TLS is on), and one UDP port per shard
-# from media.udp_base_port: set media.shards to match the range you publish.
+# HTTP signalling (HTTPS and HTTP/3 on UDP too when TLS is on), one UDP port per shard
+# from media.udp_base_port (set media.shards to match the range you publish), and the one
+# ICE-TCP port (media.tcp_port, by default the number of udp_base_port).
 EXPOSE 8080/tcp 8080/udp
 EXPOSE 8189-8204/udp
+EXPOSE 8189/tcp
 # Same configuration sources as the server: the file above and WISHCAST_* environment.
 # Listener flags given to `docker run` are not seen here: set the listener in the file or the
 # environment.
