@@ -403,6 +403,9 @@ async fn matrix_row_with(publisher: PeerKind, codec: &'static str, video_only: b
     assert!(width > 0 && height > 0, "publisher size: {published}");
     assert_eq!(audio, !video_only, "publisher audio: {published}");
     assert_eq!(published["codec"], codec, "publisher codec: {published}");
+    if publisher == PeerKind::Chromium {
+        assert_eq!(published["path"], "udp", "the page's path: {published}");
+    }
 
     let mut viewers: Vec<(PeerKind, Driver)> = PeerKind::ALL
         .iter()
@@ -459,6 +462,7 @@ async fn matrix_row_with(publisher: PeerKind, codec: &'static str, video_only: b
                 summary["nonuniform"], true,
                 "{what}: the picture drawn from <video> is uniform: {summary}"
             );
+            assert_eq!(summary["path"], "udp", "{what}: the page's path: {summary}");
         }
         cells.push(Cell {
             publisher,
@@ -542,4 +546,91 @@ async fn gstreamer_publishes_vp8_to_every_viewer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gstreamer_publishes_video_only_without_bundle_group_to_every_viewer() {
     matrix_row_with(PeerKind::Gstreamer, "h264", true).await;
+}
+
+/// ICE-TCP with a real browser: every UDP datagram to or from the gateway's media ports is
+/// dropped (an iptables chain the test installs and removes), as a firewall that blocks UDP
+/// would. Chromium's bundled pages then reach the gateway only through their active TCP
+/// candidates and its passive one: the publisher sends and the player decodes a picture of the
+/// publisher's size, and both pages' statistics name the path "tcp".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_and_watches_over_ice_tcp_with_udp_blocked() {
+    use wishcast::client::impair::{ImpairError, IptablesLoss};
+    if !peers_installed("chromium over ICE-TCP") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let gw = gateway().await;
+    let ports: Vec<u16> = gw.media_addrs().iter().map(|a| a.port()).collect();
+    let required = std::env::var("WISHCAST_NETADMIN").is_ok_and(|v| v == "require");
+    let _blocked = match IptablesLoss::block_udp_ports("wishcast-icetcp", &ports) {
+        Ok(b) => b,
+        Err(e @ (ImpairError::NotRoot(_) | ImpairError::NoIptables(_))) if !required => {
+            eprintln!("skipped: {e} (run as root with iptables installed)");
+            return;
+        }
+        Err(e) => panic!("iptables rule: {e}"),
+    };
+    let base = format!("http://{}", gw.http_addr());
+    let stream = "chromium-ice-tcp";
+    let mut pubd = Driver::spawn(
+        PeerKind::Chromium,
+        "chromium publishing over ICE-TCP".into(),
+        &[
+            "publish".into(),
+            "--url".into(),
+            format!("{base}/whip/{stream}"),
+            "--codec".into(),
+            "h264".into(),
+            "--token".into(),
+            PUBLISH_TOKEN.into(),
+        ],
+    );
+    let published = pubd.expect("publishing", Duration::from_secs(60));
+    assert_eq!(published["path"], "tcp", "publisher's path: {published}");
+    let shot = output_dir().join(format!("player-{stream}.png"));
+    let mut view = Driver::spawn(
+        PeerKind::Chromium,
+        "chromium watching over ICE-TCP".into(),
+        &[
+            "play".into(),
+            "--url".into(),
+            format!("{base}/whep/{stream}"),
+            "--seconds".into(),
+            WATCH_SECS.to_string(),
+            "--token".into(),
+            PLAY_TOKEN.into(),
+            "--screenshot".into(),
+            shot.display().to_string(),
+        ],
+    );
+    let summary = view.expect("summary", Duration::from_secs(WATCH_SECS + 60));
+    view.wait_exit(Duration::from_secs(10));
+    let first = view
+        .seen
+        .iter()
+        .find(|v| v["event"] == "first_frame")
+        .cloned();
+    assert!(
+        summary["frames"].as_u64().unwrap_or(0) > 0,
+        "no frame decoded: {summary}"
+    );
+    assert_eq!(summary["path"], "tcp", "player's path: {summary}");
+    assert_eq!(
+        (&summary["width"], &summary["height"]),
+        (&published["width"], &published["height"]),
+        "decoded size: {summary}"
+    );
+    assert_eq!(summary["nonuniform"], true, "a picture: {summary}");
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    pubd.terminate();
+    let deleted = pubd.expect("deleted", Duration::from_secs(10));
+    assert_eq!(deleted["status"], 200, "publisher's DELETE: {deleted}");
+    pubd.wait_exit(Duration::from_secs(10));
+    println!(
+        "interop cell: chromium -> chromium over ICE-TCP, first frame {} ms, {} frames",
+        first.as_ref().and_then(|v| v["ms"].as_u64()).unwrap_or(0),
+        summary["frames"]
+    );
+    gw.shutdown().await;
 }

@@ -42,6 +42,31 @@ impl IptablesLoss {
     /// Drops each UDP datagram sent from or to `addr` with probability `probability`.
     /// `chain` names the rule's chain (at most 28 characters; one per concurrent test).
     pub fn new(chain: &str, addr: IpAddr, probability: f64) -> Result<IptablesLoss, ImpairError> {
+        let addr = addr.to_string();
+        let jumps = vec![
+            vec!["-p", "udp", "-s", addr.as_str()],
+            vec!["-p", "udp", "-d", addr.as_str()],
+        ];
+        IptablesLoss::install(chain, jumps, probability)
+    }
+
+    /// Every UDP datagram from or to one of `ports` (on any address) dropped: a network that
+    /// blocks UDP to a server, as corporate firewalls do. Same clean-up as [`IptablesLoss::new`].
+    pub fn block_udp_ports(chain: &str, ports: &[u16]) -> Result<IptablesLoss, ImpairError> {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let mut jumps = Vec::new();
+        for p in &ports {
+            jumps.push(vec!["-p", "udp", "--dport", p.as_str()]);
+            jumps.push(vec!["-p", "udp", "--sport", p.as_str()]);
+        }
+        IptablesLoss::install(chain, jumps, 1.0)
+    }
+
+    fn install(
+        chain: &str,
+        jumps: Vec<Vec<&str>>,
+        probability: f64,
+    ) -> Result<IptablesLoss, ImpairError> {
         use std::os::unix::fs::MetadataExt;
         // The owner of /proc/self is the process's effective user.
         let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
@@ -51,33 +76,33 @@ impl IptablesLoss {
         if let Err(e) = Command::new("iptables").arg("--version").output() {
             return Err(ImpairError::NoIptables(e.to_string()));
         }
-        let addr = addr.to_string();
         let mut loss = IptablesLoss {
             chain: chain.to_string(),
-            jumps: vec![
-                vec!["-p", "udp", "-s", &addr],
-                vec!["-p", "udp", "-d", &addr],
-            ]
-            .into_iter()
-            .map(|v| v.into_iter().map(String::from).collect())
-            .collect(),
+            jumps: jumps
+                .into_iter()
+                .map(|v| v.into_iter().map(String::from).collect())
+                .collect(),
         };
         // A run killed before its drop leaves its chain behind: start clean.
         loss.remove();
         iptables(&["-N", chain])?;
-        let p = format!("{probability:.4}");
-        iptables(&[
-            "-A",
-            chain,
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            &p,
-            "-j",
-            "DROP",
-        ])?;
+        if probability >= 1.0 {
+            iptables(&["-A", chain, "-j", "DROP"])?;
+        } else {
+            let p = format!("{probability:.4}");
+            iptables(&[
+                "-A",
+                chain,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ])?;
+        }
         // Loopback datagrams pass OUTPUT once: one chance of loss per datagram.
         for jump in &loss.jumps {
             let mut args = vec!["-I", "OUTPUT"];

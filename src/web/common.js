@@ -405,6 +405,19 @@ export function selectedPair(report) {
   return null;
 }
 
+/**
+ * The path the media takes, from the local candidate of the pair in use: "udp", "tcp" (ICE-TCP,
+ * for a network that blocks UDP) or "relay/udp" (through a TURN server, over the transport
+ * named), or null before a pair is chosen.
+ */
+export function mediaPath(report) {
+  const pair = selectedPair(report);
+  const local = pair && report.get(pair.localCandidateId);
+  if (!local) return null;
+  if (local.candidateType === 'relay') return `relay/${local.relayProtocol || '?'}`;
+  return local.protocol || null;
+}
+
 export function formatBitrate(bps) {
   if (bps == null) return '–';
   return bps >= 1e6 ? `${(bps / 1e6).toFixed(2)} Mbit/s` : `${Math.round(bps / 1e3)} kbit/s`;

@@ -4,7 +4,7 @@
 // `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
 
 import {
-  bindTokenForm, formatBitrate, loadToken, params, Rate, rtpStats, selectedPair, Session,
+  bindTokenForm, formatBitrate, mediaPath, loadToken, params, Rate, rtpStats, selectedPair, Session,
 } from './common.js';
 
 const preview = document.getElementById('preview');
@@ -113,9 +113,13 @@ const session = new Session({
   },
 });
 
+/** The media path of the pair in use, from the last statistics read (see `mediaPath`). */
+let path = null;
+
 async function readStats(pc) {
   const report = await pc.getStats();
   if (seen.pc !== pc) seen = { pc, bytes: 0 };
+  path = mediaPath(report);
   const { video: v, audio: a } = rtpStats(report, 'outbound-rtp');
   const bytes = (v?.bytesSent ?? 0) + (a?.bytesSent ?? 0);
   const progress = bytes > seen.bytes;
@@ -153,6 +157,7 @@ function overlay(report, v, a, bytes) {
   lines.push(`rate   ${formatBitrate(bps == null ? null : bps * 8)}`);
   const rtt = selectedPair(report)?.currentRoundTripTime;
   lines.push(`rtt    ${rtt == null ? '–' : `${(rtt * 1000).toFixed(0)} ms`}`);
+  lines.push(`path   ${path ?? '–'}`);
   return lines.join('\n');
 }
 
@@ -261,6 +266,8 @@ window.wishcast = {
   get pc() { return session.pc; },
   get sessionUrl() { return session.sessionUrl; },
   get deleteStatus() { return session.deleteStatus; },
+  /** How the media travels: "udp", "tcp" (ICE-TCP) or "relay/…" (TURN); null before. */
+  get path() { return path; },
   get codec() { return codecSel.value; },
   preview,
   start,

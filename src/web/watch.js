@@ -2,7 +2,7 @@
 // Automation reads `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
 
 import {
-  bindTokenForm, formatBitrate, loadToken, params, Rate, rtpStats, selectedPair, Session,
+  bindTokenForm, formatBitrate, mediaPath, loadToken, params, Rate, rtpStats, selectedPair, Session,
 } from './common.js';
 
 const video = document.getElementById('video');
@@ -64,10 +64,14 @@ const session = new Session({
   },
 });
 
+/** The media path of the pair in use, from the last statistics read (see `mediaPath`). */
+let path = null;
+
 /** Reads the receiver's statistics: progress for the session, numbers for the overlay. */
 async function readStats(pc) {
   const report = await pc.getStats();
   if (seen.pc !== pc) seen = { pc, bytes: 0 };
+  path = mediaPath(report);
   const { video: v, audio: a } = rtpStats(report, 'inbound-rtp');
   const bytes = (v?.bytesReceived ?? 0) + (a?.bytesReceived ?? 0);
   const progress = bytes > seen.bytes;
@@ -104,6 +108,7 @@ function overlay(report, v, a, bytes) {
   const pair = selectedPair(report);
   const rtt = pair?.currentRoundTripTime;
   lines.push(`rtt    ${rtt == null ? '–' : `${(rtt * 1000).toFixed(0)} ms`}`);
+  lines.push(`path   ${path ?? '–'}`);
   return lines.join('\n');
 }
 
@@ -145,6 +150,8 @@ window.wishcast = {
   get pc() { return session.pc; },
   get sessionUrl() { return session.sessionUrl; },
   get deleteStatus() { return session.deleteStatus; },
+  /** How the media travels: "udp", "tcp" (ICE-TCP) or "relay/…" (TURN); null before. */
+  get path() { return path; },
   /** `performance.now()` just before the POST that made the current session. */
   get postAt() { return session.postAt; },
   video,

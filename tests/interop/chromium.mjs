@@ -175,6 +175,8 @@ async function publish(args) {
             height: video.frameHeight,
             audio: Boolean(audio && w.pc.getSenders().some((s) => s.track && s.track.kind === 'audio')),
             codec: codec ? codec.mimeType.replace(/^video\//i, '').toLowerCase() : null,
+            // As the page's statistics overlay reports it.
+            path: w.path,
           };
         }
       }
@@ -279,6 +281,8 @@ async function play(args) {
         }
       }
     }
+    // As the page's statistics overlay reports it.
+    out.path = w.path;
     await w.stop();
     out.delete_status = w.deleteStatus;
     return out;
