@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use wishcast::client::http::request;
 use wishcast::client::{ClientError, ClientOptions, Peer, VideoCodec};
 
 const CODEC: VideoCodec = VideoCodec::H264;
@@ -111,6 +112,36 @@ async fn tcp_only_peers_publish_and_watch_over_ice_tcp() {
         stats.tcp_send_dropped, 0,
         "nothing lost on the way to TCP peers"
     );
+
+    // The API names each session's path.
+    let r = request(
+        "GET",
+        &format!("http://{}/api/streams/s", gw.http_addr()),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .expect("API answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stream: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    let path_of = |v: &serde_json::Value| {
+        (
+            v["transport"].as_str().unwrap_or("-").to_string(),
+            v["candidate"].as_str().unwrap_or("-").to_string(),
+        )
+    };
+    let tcp_host = ("tcp".to_string(), "host".to_string());
+    assert_eq!(path_of(&stream["publisher"]), tcp_host, "{stream}");
+    let listed = stream["viewers"].as_array().expect("viewers");
+    let over_tcp = listed.iter().filter(|v| path_of(v) == tcp_host).count();
+    assert_eq!(over_tcp, 2, "two viewers over ICE-TCP: {stream}");
+    // The UDP viewer is known by the address it sends from, its host candidate.
+    let udp = viewers[1].local_addr().to_string();
+    let udp_viewer = listed
+        .iter()
+        .find(|v| v["remote"] == udp.as_str())
+        .unwrap_or_else(|| panic!("the UDP viewer {udp} is listed: {stream}"));
+    assert_eq!(path_of(udp_viewer), ("udp".to_string(), "host".to_string()));
     for v in viewers {
         assert_eq!(v.delete().await.expect("DELETE"), 200);
     }

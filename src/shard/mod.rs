@@ -103,6 +103,11 @@ pub struct SessionStats {
     pub state: &'static str,
     /// The peer's address media comes from.
     pub remote: Option<String>,
+    /// How: `udp`, or `tcp` (ICE-TCP, RFC 6544).
+    pub transport: Option<&'static str>,
+    /// The type of the peer's candidate at that address: `host`, `srflx`, `relay` (through a
+    /// TURN server) or `prflx` (learned from its checks, as behind a NAT).
+    pub candidate: Option<&'static str>,
     pub duration_secs: f64,
     pub rtt_ms: Option<f64>,
     /// Fraction of packets lost towards the gateway (as reported by receiver reports).

@@ -178,6 +178,7 @@ impl Engine {
                 }
             }
             session.addrs.push(source);
+            session.over_tcp = proto == Protocol::Tcp;
             self.demux.learn(source, id);
         }
         session.last_rx = now;

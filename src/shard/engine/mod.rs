@@ -27,7 +27,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{RtpWrite, Ssrc};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info, warn, Span};
 
 use super::counters::Counters;

@@ -146,6 +146,8 @@ impl Engine {
             video_started: None,
             restarted: false,
             held_candidates,
+            peer_candidates: Vec::new(),
+            over_tcp: false,
         };
         let etag = session.etag.clone();
         self.outbox.hub.push(HubUpdate::Ufrag {
@@ -203,10 +205,17 @@ impl Engine {
                 };
                 let rtc = &mut s.rtc;
                 let added = self.faults.isolate(Site::Candidate, Some(id), || {
-                    Candidate::from_sdp_string(line).map(|c| rtc.add_remote_candidate(c))
+                    Candidate::from_sdp_string(line).map(|c| {
+                        let known = peer_candidate(&c);
+                        rtc.add_remote_candidate(c);
+                        known
+                    })
                 });
                 match added {
-                    Some(Ok(_)) => self.drive(now, id),
+                    Some(Ok(known)) => {
+                        s.peer_candidates.push(known);
+                        self.drive(now, id)
+                    }
                     Some(Err(e)) => debug!(error = %e, "ignored trickled candidate"),
                     None => {
                         self.remove(now, id, PANIC);
@@ -379,10 +388,14 @@ impl Engine {
             };
             let rtc = &mut s.rtc;
             let added = self.faults.isolate(Site::Candidate, Some(id), || {
-                Candidate::from_sdp_string(&line).map(|c| rtc.add_remote_candidate(c))
+                Candidate::from_sdp_string(&line).map(|c| {
+                    let known = peer_candidate(&c);
+                    rtc.add_remote_candidate(c);
+                    known
+                })
             });
             match added {
-                Some(Ok(_)) => {}
+                Some(Ok(known)) => s.peer_candidates.push(known),
                 Some(Err(e)) => debug!(error = %e, "ignored offered candidate"),
                 None => {
                     self.remove(now, id, PANIC);
@@ -391,4 +404,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// What the session keeps of a peer's candidate: address, TCP or not, type.
+fn peer_candidate(c: &Candidate) -> (SocketAddr, bool, &'static str) {
+    let kind = match c.kind() {
+        CandidateKind::Host => "host",
+        CandidateKind::PeerReflexive => "prflx",
+        CandidateKind::ServerReflexive => "srflx",
+        CandidateKind::Relayed => "relay",
+    };
+    (c.addr(), c.proto() != Protocol::Udp, kind)
 }

@@ -28,6 +28,11 @@ pub(super) struct Session {
     pub(super) addrs: Vec<SocketAddr>,
     /// The offer's candidates, given to str0m on the peer's first datagram.
     pub(super) held_candidates: Vec<String>,
+    /// The peer's candidates str0m took (offered or trickled): address, TCP or not, and type
+    /// (`host`, `srflx`, `prflx`, `relay`), to name the path its media comes by.
+    pub(super) peer_candidates: Vec<(SocketAddr, bool, &'static str)>,
+    /// Whether the address media comes from (the last one learned) is an ICE-TCP connection.
+    pub(super) over_tcp: bool,
     pub(super) created: Instant,
     pub(super) last_rx: Instant,
     pub(super) connected: bool,

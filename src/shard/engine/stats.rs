@@ -99,6 +99,11 @@ impl Engine {
                 "connecting"
             },
             remote: s.addrs.last().map(|a| a.to_string()),
+            transport: s
+                .addrs
+                .last()
+                .map(|_| if s.over_tcp { "tcp" } else { "udp" }),
+            candidate: s.addrs.last().map(|a| path_candidate(s, *a)),
             duration_secs: now.saturating_duration_since(s.created).as_secs_f64(),
             packets_in,
             packets_out,
@@ -112,4 +117,21 @@ impl Engine {
             ..s.stats.clone()
         }
     }
+}
+
+/// The type of the peer's candidate that media comes from: the offered or trickled candidate
+/// at that address; for ICE-TCP, the peer's active candidate on that IP (its port is a
+/// placeholder, RFC 6544 §4.5); otherwise `prflx`, an address learned from the peer's checks
+/// (RFC 8445 §7.3.1.3), as a NAT's mapping is.
+fn path_candidate(s: &Session, addr: std::net::SocketAddr) -> &'static str {
+    let exact = s
+        .peer_candidates
+        .iter()
+        .find(|(a, tcp, _)| *a == addr && *tcp == s.over_tcp);
+    let tcp_active = || {
+        s.peer_candidates
+            .iter()
+            .find(|(a, tcp, _)| s.over_tcp && *tcp && a.ip() == addr.ip())
+    };
+    exact.or_else(tcp_active).map_or("prflx", |c| c.2)
 }
