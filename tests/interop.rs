@@ -57,6 +57,8 @@ struct Tools {
     node_modules: String,
     gst_plugin_path: String,
     chromium: String,
+    /// coturn's server, for the relay cell.
+    turnserver: String,
 }
 
 /// What `WISHCAST_INTEROP` asks for when the peers are missing (see the module doc).
@@ -117,6 +119,7 @@ fn peers() -> &'static Result<Tools, String> {
             node_modules: field("node_modules"),
             gst_plugin_path: field("gst_plugin_path"),
             chromium: field("chromium"),
+            turnserver: field("turnserver"),
         })
     })
 }
@@ -633,4 +636,169 @@ async fn chromium_publishes_and_watches_over_ice_tcp_with_udp_blocked() {
         summary["frames"]
     );
     gw.shutdown().await;
+}
+
+/// coturn, started for one test on loopback with the TURN REST API (`use-auth-secret`), and
+/// killed when dropped.
+struct Coturn {
+    child: Child,
+    port: u16,
+}
+
+impl Coturn {
+    fn start(secret: &str) -> Coturn {
+        // A free port: bound, then let go for coturn to take.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port")
+            .port();
+        let log = std::fs::File::create(output_dir().join("coturn.log")).expect("coturn log");
+        let child = Command::new(&tools().turnserver)
+            .args([
+                "-n",
+                "--listening-ip=127.0.0.1",
+                &format!("--listening-port={port}"),
+                "--relay-ip=127.0.0.1",
+                "--min-port=49152",
+                "--max-port=65535",
+                "--use-auth-secret",
+                &format!("--static-auth-secret={secret}"),
+                "--realm=wishcast.test",
+                // The gateway is on loopback too; coturn refuses loopback peers otherwise.
+                "--allow-loopback-peers",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--no-stun",
+                "--log-file=stdout",
+                "--simple-log",
+                "--verbose",
+                // Its own database file, not the system's (unused with a shared secret).
+                &format!("--db={}", output_dir().join("turndb").display()),
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("turnserver starts");
+        // Until it answers on its port: an Allocate without credentials gets 401.
+        std::thread::sleep(Duration::from_millis(500));
+        Coturn { child, port }
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TURN through coturn: an aiortc viewer that may offer relayed candidates only (its
+/// `iceTransportPolicy` is relay, as a client whose only way out is its TURN server) plays an
+/// aiortc publisher's stream. It uses the credentials the gateway hands out in its `Link`
+/// headers (`[[ice_servers]]` with coturn's shared secret), and the gateway's API names that
+/// viewer's candidate `relay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_watches_through_a_turn_relay_only() {
+    if !peers_installed("aiortc through TURN") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let secret = "interop-turn-secret-5d1c";
+    let admin = "interop-admin-0c4f";
+    let turn = Coturn::start(secret);
+    let mut c = common::test_config(2);
+    c.auth = toml::from_str(&format!(
+        "enabled = true\nadmin_tokens = [\"{admin}\"]\n[[streams]]\npattern = \"*\"\n\
+         publish_tokens = [\"{PUBLISH_TOKEN}\"]\nplay_tokens = [\"{PLAY_TOKEN}\"]\n"
+    ))
+    .expect("[auth] parses");
+    let server: wishcast::config::IceServer = toml::from_str(&format!(
+        "url = \"turn:127.0.0.1:{}?transport=udp\"\nsecret = \"{secret}\"\nttl_secs = 3600\n",
+        turn.port
+    ))
+    .expect("[[ice_servers]] parses");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let (user, credential) = server.credentials(now);
+    let (user, credential) = (user.expect("user"), credential.expect("credential"));
+    let url = server.url.clone();
+    c.ice_servers = vec![server];
+    let gw = common::start(c).await;
+    let base = format!("http://{}", gw.http_addr());
+    let stream = "aiortc-turn";
+
+    let mut pubd = Driver::spawn(
+        PeerKind::Aiortc,
+        "aiortc publishing".into(),
+        &[
+            "publish".into(),
+            "--url".into(),
+            format!("{base}/whip/{stream}"),
+            "--codec".into(),
+            "vp8".into(),
+            "--token".into(),
+            PUBLISH_TOKEN.into(),
+        ],
+    );
+    let published = pubd.expect("publishing", Duration::from_secs(60));
+    let mut view = Driver::spawn(
+        PeerKind::Aiortc,
+        "aiortc watching through TURN".into(),
+        &[
+            "play".into(),
+            "--url".into(),
+            format!("{base}/whep/{stream}"),
+            "--seconds".into(),
+            WATCH_SECS.to_string(),
+            "--token".into(),
+            PLAY_TOKEN.into(),
+            "--ice-server".into(),
+            url,
+            "--ice-username".into(),
+            user,
+            "--ice-credential".into(),
+            credential,
+            "--relay-only".into(),
+        ],
+    );
+    let first = view.expect("first_frame", Duration::from_secs(30));
+    // While it plays: the gateway sees the viewer at coturn's relayed address.
+    let r = wishcast::client::http::request(
+        "GET",
+        &format!("{base}/api/streams/{stream}"),
+        &[("authorization", &format!("Bearer {admin}"))],
+        Vec::new(),
+    )
+    .await
+    .expect("API answers");
+    let figures: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let viewers = figures["viewers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(viewers.len(), 1, "{figures}");
+    assert_eq!(viewers[0]["candidate"], "relay", "{figures}");
+    assert_eq!(viewers[0]["transport"], "udp", "{figures}");
+    let summary = view.expect("summary", Duration::from_secs(WATCH_SECS + 60));
+    view.wait_exit(Duration::from_secs(10));
+    assert!(
+        summary["frames"].as_u64().unwrap_or(0) > 0,
+        "no frame decoded: {summary}"
+    );
+    assert_eq!(
+        (&summary["width"], &summary["height"]),
+        (&published["width"], &published["height"]),
+        "decoded size: {summary}"
+    );
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    pubd.terminate();
+    let deleted = pubd.expect("deleted", Duration::from_secs(10));
+    assert_eq!(deleted["status"], 200, "publisher's DELETE: {deleted}");
+    pubd.wait_exit(Duration::from_secs(10));
+    println!(
+        "interop cell: aiortc -> aiortc through TURN (relay only), first frame {} ms, {} frames",
+        first["ms"], summary["frames"]
+    );
+    gw.shutdown().await;
+    drop(turn);
 }

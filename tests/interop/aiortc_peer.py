@@ -23,11 +23,14 @@ import av
 import numpy as np
 from aiortc import (
     MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.mediastreams import MediaStreamError
 
 WIDTH, HEIGHT, FPS = 640, 360, 30
@@ -203,8 +206,23 @@ def only(kind, mime):
     return chosen
 
 
+def peer_connection(args):
+    """A peer connection with the --ice-server and --relay-only of the command line."""
+    servers = []
+    if args.ice_server:
+        servers.append(
+            RTCIceServer(
+                urls=args.ice_server,
+                username=args.ice_username,
+                credential=args.ice_credential,
+            )
+        )
+    policy = RTCIceTransportPolicy.RELAY if args.relay_only else RTCIceTransportPolicy.ALL
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers, iceTransportPolicy=policy))
+
+
 async def publish(args, stop):
-    pc = RTCPeerConnection()
+    pc = peer_connection(args)
     session_url = None
     try:
         video = PatternTrack()
@@ -271,7 +289,7 @@ async def close(pc):
 
 async def play(args):
     deadline = time.monotonic() + args.seconds
-    pc = RTCPeerConnection()
+    pc = peer_connection(args)
     stats = {"frames": 0, "width": 0, "height": 0, "audio": 0}
     tasks = []
     t0 = None

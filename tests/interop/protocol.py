@@ -25,6 +25,18 @@ def parse_args(description):
         help="publish: video without audio, offered as the peer offers a single track "
         "(GStreamer: webrtcbin's own bundle-policy, which puts no BUNDLE group in the offer)",
     )
+    p.add_argument(
+        "--ice-server",
+        help="a STUN/TURN URL to gather candidates with (aiortc only), e.g. turn:HOST:PORT",
+    )
+    p.add_argument("--ice-username", help="the --ice-server's username")
+    p.add_argument("--ice-credential", help="the --ice-server's credential")
+    p.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="offer relayed candidates only (iceTransportPolicy relay; aiortc only): a client "
+        "whose only path to the gateway is through the TURN server",
+    )
     args = p.parse_args()
     if args.mode == "publish" and not args.codec:
         p.error("publish needs --codec")

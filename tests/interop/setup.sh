@@ -59,13 +59,14 @@ fi
 
 # --- Debian packages -------------------------------------------------------------------------
 # fonts-liberation: a recommend of Chromium's that --no-install-recommends would drop; pages and
-# screenshots need some font.
+# screenshots need some font. coturn: the TURN server a relay-only client plays through.
 PACKAGES=(
     ca-certificates curl pkg-config build-essential
     chromium fonts-liberation
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice
     python3 python3-venv python3-gi
+    coturn
     gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
 )
@@ -164,6 +165,8 @@ fi
 
 CHROMIUM=$(command -v chromium || true)
 [ -n "$CHROMIUM" ] || absent+=("chromium on PATH")
+TURNSERVER=$(command -v turnserver || true)
+[ -n "$TURNSERVER" ] || absent+=("turnserver (coturn) on PATH")
 if [ ${#absent[@]} -gt 0 ]; then
     for a in "${absent[@]}"; do log "missing: $a"; done
     [ "$CHECK" = 0 ] || log "--check installed nothing; $0 without --check installs these" \
@@ -172,5 +175,5 @@ if [ ${#absent[@]} -gt 0 ]; then
 fi
 log "GST_PLUGIN_PATH=$GST_PLUGIN_DIR"
 
-printf '{"python":"%s","node_modules":"%s","gst_plugin_path":"%s","chromium":"%s"}\n' \
-    "$VENV/bin/python" "$NODE_DIR/node_modules" "$GST_PLUGIN_DIR" "$CHROMIUM"
+printf '{"python":"%s","node_modules":"%s","gst_plugin_path":"%s","chromium":"%s","turnserver":"%s"}\n' \
+    "$VENV/bin/python" "$NODE_DIR/node_modules" "$GST_PLUGIN_DIR" "$CHROMIUM" "$TURNSERVER"
