@@ -638,6 +638,45 @@ async fn chromium_publishes_and_watches_over_ice_tcp_with_udp_blocked() {
     gw.shutdown().await;
 }
 
+/// coturn's shared secret (TURN REST API) in the relay cells, and the API's admin token there.
+const TURN_SECRET: &str = "interop-turn-secret-5d1c";
+const ADMIN_TOKEN: &str = "interop-admin-0c4f";
+
+/// A gateway as [`gateway`] makes one, whose `[[ice_servers]]` names `turn` with its secret
+/// (each answer carries fresh credentials), and with an admin token for the API.
+async fn gateway_with_turn(turn: &Coturn) -> (Gateway, wishcast::config::IceServer) {
+    let mut c = common::test_config(2);
+    c.auth = toml::from_str(&format!(
+        "enabled = true\nadmin_tokens = [\"{ADMIN_TOKEN}\"]\n[[streams]]\npattern = \"*\"\n\
+         publish_tokens = [\"{PUBLISH_TOKEN}\"]\nplay_tokens = [\"{PLAY_TOKEN}\"]\n"
+    ))
+    .expect("[auth] parses");
+    let server: wishcast::config::IceServer = toml::from_str(&format!(
+        "url = \"turn:127.0.0.1:{}?transport=udp\"\nsecret = \"{TURN_SECRET}\"\nttl_secs = 3600\n",
+        turn.port
+    ))
+    .expect("[[ice_servers]] parses");
+    c.ice_servers = vec![server.clone()];
+    (common::start(c).await, server)
+}
+
+/// The stream's one viewer reaches the gateway from a relayed candidate, over UDP.
+async fn the_viewer_is_relayed(base: &str, stream: &str) {
+    let r = wishcast::client::http::request(
+        "GET",
+        &format!("{base}/api/streams/{stream}"),
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        Vec::new(),
+    )
+    .await
+    .expect("API answers");
+    let figures: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let viewers = figures["viewers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(viewers.len(), 1, "{figures}");
+    assert_eq!(viewers[0]["candidate"], "relay", "{figures}");
+    assert_eq!(viewers[0]["transport"], "udp", "{figures}");
+}
+
 /// coturn, started for one test on loopback with the TURN REST API (`use-auth-secret`), and
 /// killed when dropped.
 struct Coturn {
@@ -704,20 +743,8 @@ async fn aiortc_watches_through_a_turn_relay_only() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let secret = "interop-turn-secret-5d1c";
-    let admin = "interop-admin-0c4f";
-    let turn = Coturn::start(secret);
-    let mut c = common::test_config(2);
-    c.auth = toml::from_str(&format!(
-        "enabled = true\nadmin_tokens = [\"{admin}\"]\n[[streams]]\npattern = \"*\"\n\
-         publish_tokens = [\"{PUBLISH_TOKEN}\"]\nplay_tokens = [\"{PLAY_TOKEN}\"]\n"
-    ))
-    .expect("[auth] parses");
-    let server: wishcast::config::IceServer = toml::from_str(&format!(
-        "url = \"turn:127.0.0.1:{}?transport=udp\"\nsecret = \"{secret}\"\nttl_secs = 3600\n",
-        turn.port
-    ))
-    .expect("[[ice_servers]] parses");
+    let turn = Coturn::start(TURN_SECRET);
+    let (gw, server) = gateway_with_turn(&turn).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -725,8 +752,6 @@ async fn aiortc_watches_through_a_turn_relay_only() {
     let (user, credential) = server.credentials(now);
     let (user, credential) = (user.expect("user"), credential.expect("credential"));
     let url = server.url.clone();
-    c.ice_servers = vec![server];
-    let gw = common::start(c).await;
     let base = format!("http://{}", gw.http_addr());
     let stream = "aiortc-turn";
 
@@ -766,19 +791,7 @@ async fn aiortc_watches_through_a_turn_relay_only() {
     );
     let first = view.expect("first_frame", Duration::from_secs(30));
     // While it plays: the gateway sees the viewer at coturn's relayed address.
-    let r = wishcast::client::http::request(
-        "GET",
-        &format!("{base}/api/streams/{stream}"),
-        &[("authorization", &format!("Bearer {admin}"))],
-        Vec::new(),
-    )
-    .await
-    .expect("API answers");
-    let figures: Value = serde_json::from_slice(&r.body).unwrap_or_default();
-    let viewers = figures["viewers"].as_array().cloned().unwrap_or_default();
-    assert_eq!(viewers.len(), 1, "{figures}");
-    assert_eq!(viewers[0]["candidate"], "relay", "{figures}");
-    assert_eq!(viewers[0]["transport"], "udp", "{figures}");
+    the_viewer_is_relayed(&base, stream).await;
     let summary = view.expect("summary", Duration::from_secs(WATCH_SECS + 60));
     view.wait_exit(Duration::from_secs(10));
     assert!(
@@ -797,6 +810,79 @@ async fn aiortc_watches_through_a_turn_relay_only() {
     pubd.wait_exit(Duration::from_secs(10));
     println!(
         "interop cell: aiortc -> aiortc through TURN (relay only), first frame {} ms, {} frames",
+        first["ms"], summary["frames"]
+    );
+    gw.shutdown().await;
+    drop(turn);
+}
+
+/// TURN with a real browser: Chromium's player, asked to offer relayed candidates only
+/// (`#relay=1`, `iceTransportPolicy: 'relay'`), gets coturn's credentials from the gateway's
+/// 201, offers again with them at once, and plays an aiortc publisher through coturn. Its
+/// statistics say `relay/udp`, and the gateway's API names its candidate `relay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_watches_through_a_turn_relay_only() {
+    if !peers_installed("chromium through TURN") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let turn = Coturn::start(TURN_SECRET);
+    let (gw, _) = gateway_with_turn(&turn).await;
+    let base = format!("http://{}", gw.http_addr());
+    let stream = "chromium-turn";
+    let mut pubd = Driver::spawn(
+        PeerKind::Aiortc,
+        "aiortc publishing".into(),
+        &[
+            "publish".into(),
+            "--url".into(),
+            format!("{base}/whip/{stream}"),
+            "--codec".into(),
+            "vp8".into(),
+            "--token".into(),
+            PUBLISH_TOKEN.into(),
+        ],
+    );
+    let published = pubd.expect("publishing", Duration::from_secs(60));
+    let shot = output_dir().join(format!("player-{stream}.png"));
+    let mut view = Driver::spawn(
+        PeerKind::Chromium,
+        "chromium watching through TURN".into(),
+        &[
+            "play".into(),
+            "--url".into(),
+            format!("{base}/whep/{stream}"),
+            "--seconds".into(),
+            WATCH_SECS.to_string(),
+            "--token".into(),
+            PLAY_TOKEN.into(),
+            "--screenshot".into(),
+            shot.display().to_string(),
+            "--relay-only".into(),
+        ],
+    );
+    let first = view.expect("first_frame", Duration::from_secs(30));
+    the_viewer_is_relayed(&base, stream).await;
+    let summary = view.expect("summary", Duration::from_secs(WATCH_SECS + 60));
+    view.wait_exit(Duration::from_secs(10));
+    assert!(
+        summary["frames"].as_u64().unwrap_or(0) > 0,
+        "no frame decoded: {summary}"
+    );
+    assert_eq!(summary["path"], "relay/udp", "player's path: {summary}");
+    assert_eq!(
+        (&summary["width"], &summary["height"]),
+        (&published["width"], &published["height"]),
+        "decoded size: {summary}"
+    );
+    assert_eq!(summary["nonuniform"], true, "a picture: {summary}");
+    assert_eq!(summary["delete_status"], 200, "{summary}");
+    pubd.terminate();
+    let deleted = pubd.expect("deleted", Duration::from_secs(10));
+    assert_eq!(deleted["status"], 200, "publisher's DELETE: {deleted}");
+    pubd.wait_exit(Duration::from_secs(10));
+    println!(
+        "interop cell: aiortc -> chromium through TURN (relay only), first frame {} ms, {} frames",
         first["ms"], summary["frames"]
     );
     gw.shutdown().await;

@@ -142,12 +142,15 @@ export class Backoff {
  * `role` is 'whip' or 'whep'. `prepare(pc)` adds the tracks or transceivers. `media(pc)` returns
  * `{ progress, live }`: whether media moved since the last call, and whether it counts as live.
  * `onState(state, message)` sees every change; the states are idle, connecting, waiting (WHEP: no
- * publisher yet), live, reconnecting, unauthorized, error and stopped.
+ * publisher yet), live, reconnecting, unauthorized, error and stopped. With `relayOnly` the
+ * connection offers relayed candidates only (`iceTransportPolicy: 'relay'`), as a client whose
+ * only way out is a TURN server; the page's `#relay=1` asks for it.
  */
 export class Session {
-  constructor({ endpoint, role, getToken, prepare, media, onState }) {
+  constructor({ endpoint, role, getToken, prepare, media, onState, relayOnly = false }) {
     this.endpoint = new URL(endpoint, location.href).href;
     this.role = role;
+    this.relayOnly = relayOnly;
     this.getToken = getToken;
     this.prepare = prepare;
     this.media = media;
@@ -253,7 +256,11 @@ export class Session {
 
   /** One POST and the life of the connection it makes; resolves with why it ended. */
   async attempt(gen) {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({
+      iceServers: this.iceServers,
+      bundlePolicy: 'max-bundle',
+      iceTransportPolicy: this.relayOnly ? 'relay' : 'all',
+    });
     this.pc = pc;
     this.ended = false;
     const stale = () => gen !== this.generation;
@@ -285,7 +292,15 @@ export class Session {
       this.sessionUrl = sessionUrl;
       // ICE servers apply to the next attempt: this offer's candidates are already sent.
       const servers = iceServersFrom(res);
+      const hadServers = this.iceServers.length > 0;
       if (servers.length) this.iceServers = servers;
+      if (this.relayOnly && !hadServers && servers.length) {
+        // Relayed candidates need the TURN servers this answer just named: offer again at
+        // once with them, rather than wait for a connection that cannot come.
+        this.sessionUrl = null;
+        await this.remove(sessionUrl);
+        return { retryAfter: 0, message: 'offering again with the TURN servers' };
+      }
       await pc.setRemoteDescription({ type: 'answer', sdp: answer });
       this.setState(this.everLive ? 'reconnecting' : 'connecting');
       const ended = await this.watch(pc, stale);

@@ -80,6 +80,7 @@ function maxBitrate() {
 
 const session = new Session({
   endpoint,
+  relayOnly: opts.get('relay') === '1',
   role: 'whip',
   getToken: () => token,
   prepare(pc) {

@@ -37,6 +37,7 @@ const STATE_TEXT = {
 
 const session = new Session({
   endpoint,
+  relayOnly: opts.get('relay') === '1',
   role: 'whep',
   getToken: () => token,
   prepare(pc) {

@@ -19,8 +19,8 @@ import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
 
-const USAGE = 'usage: chromium.mjs publish --url WHIP_URL --codec h264|vp8 [--token T]\n'
-  + '       chromium.mjs play --url WHEP_URL --seconds S [--token T] [--screenshot PATH]';
+const USAGE = 'usage: chromium.mjs publish --url WHIP_URL --codec h264|vp8 [--token T] [--relay-only]\n'
+  + '       chromium.mjs play --url WHEP_URL --seconds S [--token T] [--screenshot PATH] [--relay-only]';
 
 const FLAGS = [
   '--no-sandbox',
@@ -59,6 +59,11 @@ function parseArgs(argv) {
   const args = { command };
   for (let i = 0; i < rest.length; i += 1) {
     const name = rest[i];
+    if (name === '--relay-only') {
+      // The page offers relayed candidates only, from the TURN servers the gateway names.
+      args.relay = true;
+      continue;
+    }
     const value = rest[i + 1];
     if (!['--url', '--codec', '--token', '--seconds', '--screenshot'].includes(name)) {
       throw new Error(`unknown argument ${name}\n${USAGE}`);
@@ -132,6 +137,7 @@ async function publish(args) {
   // bandwidth estimate grows, and each viewer must see the size announced here.
   const fragment = { autostart: '1', codec: args.codec, source: 'camera', height: '360', keep: '1' };
   if (args.token) fragment.token = args.token;
+  if (args.relay) fragment.relay = '1';
   const url = pageUrl(args.url, fragment);
   const { browser, page } = await launch();
   let stopping = false;
@@ -209,6 +215,7 @@ async function play(args) {
   const deadline = started + args.seconds * 1000;
   const fragment = {};
   if (args.token) fragment.token = args.token;
+  if (args.relay) fragment.relay = '1';
   const url = pageUrl(args.url, fragment);
   const { browser, page } = await launch();
   let cut = false;
