@@ -719,8 +719,12 @@ impl Coturn {
             .stderr(log)
             .spawn()
             .expect("turnserver starts");
-        // Until it answers on its port: an Allocate without credentials gets 401.
-        std::thread::sleep(Duration::from_millis(500));
+        // Until it holds its port (binding it ourselves then fails), 10 s at most.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            assert!(Instant::now() < deadline, "coturn did not take port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Coturn { child, port }
     }
 }
