@@ -31,6 +31,12 @@ const WRITE_QUEUE: usize = 1024;
 /// Frames from all of a shard's connections waiting for its engine. A full queue holds the
 /// readers back, and TCP's own flow control the clients.
 const READ_QUEUE: usize = 4096;
+/// Connections waiting for their first check, node-wide; more are closed at once, so a flood
+/// of idle connections costs at most this many sockets for at most `FIRST_FRAME_WAIT`.
+const MAX_PENDING: usize = 1024;
+/// Connections a shard keeps at once; more are closed. Each serves one session's path, so this
+/// is far above what the shard's sessions can use.
+const MAX_PER_SHARD: usize = 16_384;
 
 /// A connection whose first check named a session of the receiving shard.
 pub struct TcpConn {
@@ -78,6 +84,7 @@ async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Opti
 /// Accepts ICE-TCP connections on `listener` for as long as the gateway runs, handing each
 /// to the shard whose session its first check names; others are closed.
 pub async fn accept(listener: TcpListener, hub: Arc<Hub>, shards: Arc<Vec<ShardLink>>) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(c) => c,
@@ -88,11 +95,16 @@ pub async fn accept(listener: TcpListener, hub: Arc<Hub>, shards: Arc<Vec<ShardL
                 continue;
             }
         };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            debug!(%remote, "ICE-TCP connection refused: too many waiting for a check");
+            continue;
+        };
         let (hub, shards) = (hub.clone(), shards.clone());
         tokio::spawn(async move {
             if let Err(why) = route(stream, remote, &hub, &shards).await {
                 debug!(%remote, why, "ICE-TCP connection refused");
             }
+            drop(permit);
         });
     }
 }
@@ -155,6 +167,10 @@ impl TcpPeers {
             local,
             first,
         } = conn;
+        if self.writers.len() >= MAX_PER_SHARD && !self.writers.contains_key(&remote) {
+            debug!(%remote, "ICE-TCP connection refused: the shard has too many");
+            return None;
+        }
         let stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
