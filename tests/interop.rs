@@ -551,6 +551,83 @@ async fn gstreamer_publishes_video_only_without_bundle_group_to_every_viewer() {
     matrix_row_with(PeerKind::Gstreamer, "h264", true).await;
 }
 
+/// A publisher of `kind` sending `codec` to `stream`, once it says it publishes.
+fn start_publisher(kind: PeerKind, base: &str, stream: &str, codec: &str) -> (Driver, Value) {
+    let mut d = Driver::spawn(
+        kind,
+        format!("{} publishing {codec}", kind.name()),
+        &[
+            "publish".into(),
+            "--url".into(),
+            format!("{base}/whip/{stream}"),
+            "--codec".into(),
+            codec.into(),
+            "--token".into(),
+            PUBLISH_TOKEN.into(),
+        ],
+    );
+    let published = d.expect("publishing", Duration::from_secs(60));
+    (d, published)
+}
+
+/// A viewer of `kind` watching `stream` for `WATCH_SECS`, with `extra` arguments; Chromium
+/// saves a screenshot of its player.
+fn start_viewer(kind: PeerKind, base: &str, stream: &str, extra: &[&str]) -> Driver {
+    let mut args: Vec<String> = vec![
+        "play".into(),
+        "--url".into(),
+        format!("{base}/whep/{stream}"),
+        "--seconds".into(),
+        WATCH_SECS.to_string(),
+        "--token".into(),
+        PLAY_TOKEN.into(),
+    ];
+    if kind == PeerKind::Chromium {
+        args.push("--screenshot".into());
+        args.push(
+            output_dir()
+                .join(format!("player-{stream}.png"))
+                .display()
+                .to_string(),
+        );
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Driver::spawn(kind, format!("{} watching {stream}", kind.name()), &args)
+}
+
+/// The viewer decoded pictures of the publisher's size, its page (a browser's) reported media
+/// path `path`, and its DELETE got 200. Returns its summary and its first frame's ms.
+fn played(view: &mut Driver, published: &Value, path: Option<&str>) -> (Value, u64) {
+    let summary = view.expect("summary", Duration::from_secs(WATCH_SECS + 60));
+    view.wait_exit(Duration::from_secs(10));
+    let what = view.what.clone();
+    let first = view.seen.iter().find(|v| v["event"] == "first_frame");
+    let first_ms = first.and_then(|v| v["ms"].as_u64()).unwrap_or(0);
+    assert!(
+        summary["frames"].as_u64().unwrap_or(0) > 0,
+        "{what}: no frame decoded: {summary}"
+    );
+    assert_eq!(
+        (&summary["width"], &summary["height"]),
+        (&published["width"], &published["height"]),
+        "{what}: decoded size: {summary}"
+    );
+    if let Some(path) = path {
+        assert_eq!(summary["path"], path, "{what}: the page's path: {summary}");
+        assert_eq!(summary["nonuniform"], true, "{what}: a picture: {summary}");
+    }
+    assert_eq!(summary["delete_status"], 200, "{what}: {summary}");
+    (summary, first_ms)
+}
+
+/// Stops a publisher driver: its page or peer DELETEs its session, which must get 200.
+fn stop_publisher(mut publisher: Driver) {
+    publisher.terminate();
+    let deleted = publisher.expect("deleted", Duration::from_secs(10));
+    assert_eq!(deleted["status"], 200, "publisher's DELETE: {deleted}");
+    publisher.wait_exit(Duration::from_secs(10));
+}
+
 /// ICE-TCP with a real browser: every UDP datagram to or from the gateway's media ports is
 /// dropped (an iptables chain the test installs and removes), as a firewall that blocks UDP
 /// would. Chromium's bundled pages then reach the gateway only through their active TCP
@@ -576,63 +653,13 @@ async fn chromium_publishes_and_watches_over_ice_tcp_with_udp_blocked() {
     };
     let base = format!("http://{}", gw.http_addr());
     let stream = "chromium-ice-tcp";
-    let mut pubd = Driver::spawn(
-        PeerKind::Chromium,
-        "chromium publishing over ICE-TCP".into(),
-        &[
-            "publish".into(),
-            "--url".into(),
-            format!("{base}/whip/{stream}"),
-            "--codec".into(),
-            "h264".into(),
-            "--token".into(),
-            PUBLISH_TOKEN.into(),
-        ],
-    );
-    let published = pubd.expect("publishing", Duration::from_secs(60));
+    let (publisher, published) = start_publisher(PeerKind::Chromium, &base, stream, "h264");
     assert_eq!(published["path"], "tcp", "publisher's path: {published}");
-    let shot = output_dir().join(format!("player-{stream}.png"));
-    let mut view = Driver::spawn(
-        PeerKind::Chromium,
-        "chromium watching over ICE-TCP".into(),
-        &[
-            "play".into(),
-            "--url".into(),
-            format!("{base}/whep/{stream}"),
-            "--seconds".into(),
-            WATCH_SECS.to_string(),
-            "--token".into(),
-            PLAY_TOKEN.into(),
-            "--screenshot".into(),
-            shot.display().to_string(),
-        ],
-    );
-    let summary = view.expect("summary", Duration::from_secs(WATCH_SECS + 60));
-    view.wait_exit(Duration::from_secs(10));
-    let first = view
-        .seen
-        .iter()
-        .find(|v| v["event"] == "first_frame")
-        .cloned();
-    assert!(
-        summary["frames"].as_u64().unwrap_or(0) > 0,
-        "no frame decoded: {summary}"
-    );
-    assert_eq!(summary["path"], "tcp", "player's path: {summary}");
-    assert_eq!(
-        (&summary["width"], &summary["height"]),
-        (&published["width"], &published["height"]),
-        "decoded size: {summary}"
-    );
-    assert_eq!(summary["nonuniform"], true, "a picture: {summary}");
-    assert_eq!(summary["delete_status"], 200, "{summary}");
-    pubd.terminate();
-    let deleted = pubd.expect("deleted", Duration::from_secs(10));
-    assert_eq!(deleted["status"], 200, "publisher's DELETE: {deleted}");
-    pubd.wait_exit(Duration::from_secs(10));
+    let mut view = start_viewer(PeerKind::Chromium, &base, stream, &[]);
+    let (summary, first_ms) = played(&mut view, &published, Some("tcp"));
+    stop_publisher(publisher);
     println!(
-        "interop cell: chromium -> chromium over ICE-TCP, first frame {} ms, {} frames",
-        first.as_ref().and_then(|v| v["ms"].as_u64()).unwrap_or(0),
+        "interop cell: chromium -> chromium over ICE-TCP, first frame {first_ms} ms, {} frames",
         summary["frames"]
     );
     gw.shutdown().await;
@@ -755,66 +782,31 @@ async fn aiortc_watches_through_a_turn_relay_only() {
         .as_secs();
     let (user, credential) = server.credentials(now);
     let (user, credential) = (user.expect("user"), credential.expect("credential"));
-    let url = server.url.clone();
     let base = format!("http://{}", gw.http_addr());
     let stream = "aiortc-turn";
-
-    let mut pubd = Driver::spawn(
+    let (publisher, published) = start_publisher(PeerKind::Aiortc, &base, stream, "vp8");
+    let mut view = start_viewer(
         PeerKind::Aiortc,
-        "aiortc publishing".into(),
+        &base,
+        stream,
         &[
-            "publish".into(),
-            "--url".into(),
-            format!("{base}/whip/{stream}"),
-            "--codec".into(),
-            "vp8".into(),
-            "--token".into(),
-            PUBLISH_TOKEN.into(),
+            "--ice-server",
+            &server.url,
+            "--ice-username",
+            &user,
+            "--ice-credential",
+            &credential,
+            "--relay-only",
         ],
     );
-    let published = pubd.expect("publishing", Duration::from_secs(60));
-    let mut view = Driver::spawn(
-        PeerKind::Aiortc,
-        "aiortc watching through TURN".into(),
-        &[
-            "play".into(),
-            "--url".into(),
-            format!("{base}/whep/{stream}"),
-            "--seconds".into(),
-            WATCH_SECS.to_string(),
-            "--token".into(),
-            PLAY_TOKEN.into(),
-            "--ice-server".into(),
-            url,
-            "--ice-username".into(),
-            user,
-            "--ice-credential".into(),
-            credential,
-            "--relay-only".into(),
-        ],
-    );
-    let first = view.expect("first_frame", Duration::from_secs(30));
+    view.expect("first_frame", Duration::from_secs(30));
     // While it plays: the gateway sees the viewer at coturn's relayed address.
     the_viewer_is_relayed(&base, stream).await;
-    let summary = view.expect("summary", Duration::from_secs(WATCH_SECS + 60));
-    view.wait_exit(Duration::from_secs(10));
-    assert!(
-        summary["frames"].as_u64().unwrap_or(0) > 0,
-        "no frame decoded: {summary}"
-    );
-    assert_eq!(
-        (&summary["width"], &summary["height"]),
-        (&published["width"], &published["height"]),
-        "decoded size: {summary}"
-    );
-    assert_eq!(summary["delete_status"], 200, "{summary}");
-    pubd.terminate();
-    let deleted = pubd.expect("deleted", Duration::from_secs(10));
-    assert_eq!(deleted["status"], 200, "publisher's DELETE: {deleted}");
-    pubd.wait_exit(Duration::from_secs(10));
+    let (summary, first_ms) = played(&mut view, &published, None);
+    stop_publisher(publisher);
     println!(
-        "interop cell: aiortc -> aiortc through TURN (relay only), first frame {} ms, {} frames",
-        first["ms"], summary["frames"]
+        "interop cell: aiortc -> aiortc through TURN (relay only), first frame {first_ms} ms, {} frames",
+        summary["frames"]
     );
     gw.shutdown().await;
     drop(turn);
@@ -834,60 +826,15 @@ async fn chromium_watches_through_a_turn_relay_only() {
     let (gw, _) = gateway_with_turn(&turn).await;
     let base = format!("http://{}", gw.http_addr());
     let stream = "chromium-turn";
-    let mut pubd = Driver::spawn(
-        PeerKind::Aiortc,
-        "aiortc publishing".into(),
-        &[
-            "publish".into(),
-            "--url".into(),
-            format!("{base}/whip/{stream}"),
-            "--codec".into(),
-            "vp8".into(),
-            "--token".into(),
-            PUBLISH_TOKEN.into(),
-        ],
-    );
-    let published = pubd.expect("publishing", Duration::from_secs(60));
-    let shot = output_dir().join(format!("player-{stream}.png"));
-    let mut view = Driver::spawn(
-        PeerKind::Chromium,
-        "chromium watching through TURN".into(),
-        &[
-            "play".into(),
-            "--url".into(),
-            format!("{base}/whep/{stream}"),
-            "--seconds".into(),
-            WATCH_SECS.to_string(),
-            "--token".into(),
-            PLAY_TOKEN.into(),
-            "--screenshot".into(),
-            shot.display().to_string(),
-            "--relay-only".into(),
-        ],
-    );
-    let first = view.expect("first_frame", Duration::from_secs(30));
+    let (publisher, published) = start_publisher(PeerKind::Aiortc, &base, stream, "vp8");
+    let mut view = start_viewer(PeerKind::Chromium, &base, stream, &["--relay-only"]);
+    view.expect("first_frame", Duration::from_secs(30));
     the_viewer_is_relayed(&base, stream).await;
-    let summary = view.expect("summary", Duration::from_secs(WATCH_SECS + 60));
-    view.wait_exit(Duration::from_secs(10));
-    assert!(
-        summary["frames"].as_u64().unwrap_or(0) > 0,
-        "no frame decoded: {summary}"
-    );
-    assert_eq!(summary["path"], "relay/udp", "player's path: {summary}");
-    assert_eq!(
-        (&summary["width"], &summary["height"]),
-        (&published["width"], &published["height"]),
-        "decoded size: {summary}"
-    );
-    assert_eq!(summary["nonuniform"], true, "a picture: {summary}");
-    assert_eq!(summary["delete_status"], 200, "{summary}");
-    pubd.terminate();
-    let deleted = pubd.expect("deleted", Duration::from_secs(10));
-    assert_eq!(deleted["status"], 200, "publisher's DELETE: {deleted}");
-    pubd.wait_exit(Duration::from_secs(10));
+    let (summary, first_ms) = played(&mut view, &published, Some("relay/udp"));
+    stop_publisher(publisher);
     println!(
-        "interop cell: aiortc -> chromium through TURN (relay only), first frame {} ms, {} frames",
-        first["ms"], summary["frames"]
+        "interop cell: aiortc -> chromium through TURN (relay only), first frame {first_ms} ms, {} frames",
+        summary["frames"]
     );
     gw.shutdown().await;
     drop(turn);
