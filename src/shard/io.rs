@@ -1,8 +1,9 @@
 //! The thread that owns one shard's UDP socket and drives its [`Engine`].
 //!
-//! A current-thread tokio runtime waits on three things at once: the socket, the control and media
-//! channels, and the engine's next timeout. Each wake-up drains everything ready, then sends all
-//! transmits, so a burst of packets costs one pass.
+//! A current-thread tokio runtime waits on everything at once: the socket, the command, control
+//! and media channels, the shard's ICE-TCP connections ([`super::tcp`]) and the engine's next
+//! timeout. Each wake-up drains everything ready, then sends all transmits, so a burst of
+//! packets costs one pass.
 
 use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
