@@ -133,6 +133,36 @@ fn a_publisher_back_within_the_grace_period_keeps_its_viewers_past_it() {
     }
 }
 
+/// A publisher that is back before the grace period ends but sends its first media only after
+/// it: no viewer is ended, on the new publisher's shard or any other, because every shard with
+/// viewers hears that a publisher started. They play its media when it comes.
+#[test]
+fn a_publisher_back_in_time_but_slow_to_send_keeps_the_viewers_of_every_shard() {
+    let (mut sim, p, viewers) = stream_with_viewers(4);
+    let grace = Config::default().timeouts.publisher_grace();
+    sim.delete(p).expect("DELETE the publisher");
+    sim.run_for(grace - Duration::from_secs(1));
+    let back = sim
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("a new publisher");
+    assert!(sim.run_until_true(Duration::from_millis(500), |s| s.peer(back).is_connected()));
+    let shard = sim.peer(back).shard;
+    assert!(
+        viewers.iter().any(|v| sim.peer(*v).shard != shard),
+        "some viewers are on another shard than the new publisher"
+    );
+    // Well past the grace period, still no media.
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.hub.session_count(), 5, "nobody was ended");
+    let since = sim.now();
+    sim.start_feed(back, Feed::new(Some(VideoCodec::H264), true));
+    sim.run_for(Duration::from_secs(2));
+    for v in &viewers {
+        assert!(sim.peer(*v).is_connected());
+        plays_from_a_keyframe(&sim, back, *v, since);
+    }
+}
+
 #[test]
 fn a_vanished_publisher_is_removed_at_consent_expiry_and_can_be_replaced() {
     let (mut sim, p, viewers) = stream_with_viewers(1);

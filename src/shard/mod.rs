@@ -228,6 +228,12 @@ pub enum PeerMsg {
         stream: Arc<str>,
         publisher: SessionId,
     },
+    /// A new publisher `publisher` of `stream` started on another shard: viewers waiting
+    /// through the grace period keep waiting for its media rather than end at it.
+    PublisherStarted {
+        stream: Arc<str>,
+        publisher: SessionId,
+    },
 }
 
 /// What a shard tells the stream directory ([`crate::hub::Hub`]). The engine never reads the
@@ -252,10 +258,15 @@ pub enum HubUpdate {
         shard: usize,
         by_peer: bool,
     },
-    /// A publisher of `stream` started on shard `shard`: it is sent a [`PeerMsg::Subscribe`]
-    /// for each other shard that has viewers of the stream now. Read when the session exists,
-    /// not when it was registered: a shard that subscribed in between has told it already.
-    PublisherStarted { stream: Arc<str>, shard: usize },
+    /// Publisher `publisher` of `stream` started on shard `shard`: it is sent a
+    /// [`PeerMsg::Subscribe`] for each other shard that has viewers of the stream now, and
+    /// those shards a [`PeerMsg::PublisherStarted`]. Read when the session exists, not when it
+    /// was registered: a shard that subscribed in between has told it already.
+    PublisherStarted {
+        stream: Arc<str>,
+        shard: usize,
+        publisher: SessionId,
+    },
     /// A viewer on shard `shard` wants a keyframe and the publisher is elsewhere: its shard is
     /// sent [`PeerMsg::KeyframeRequest`].
     KeyframeWanted { stream: Arc<str>, shard: usize },
@@ -306,15 +317,23 @@ impl HubUpdate {
                     })
                     .collect()
             }
-            HubUpdate::PublisherStarted { stream, shard } => {
+            HubUpdate::PublisherStarted {
+                stream,
+                shard,
+                publisher,
+            } => {
                 let others = hub.viewer_shards(&stream) & !(1u64 << shard);
                 shards_in(others)
-                    .map(|k| {
-                        let msg = PeerMsg::Subscribe {
+                    .flat_map(|k| {
+                        let subscribe = PeerMsg::Subscribe {
                             stream: stream.clone(),
                             shard: k,
                         };
-                        (shard, msg)
+                        let started = PeerMsg::PublisherStarted {
+                            stream: stream.clone(),
+                            publisher,
+                        };
+                        [(shard, subscribe), (k, started)]
                     })
                     .collect()
             }

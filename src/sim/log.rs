@@ -75,6 +75,9 @@ impl Sim {
             PeerMsg::Unsubscribe { stream, shard } => format!("unsubscribe {stream} {shard}"),
             PeerMsg::KeyframeRequest { stream } => format!("keyframe {stream}"),
             PeerMsg::PublisherLeft { stream, publisher } => format!("left {stream} {publisher}"),
+            PeerMsg::PublisherStarted { stream, publisher } => {
+                format!("started {stream} {publisher}")
+            }
         };
         self.log_line(|s| {
             let _ = write!(s, "e{from}>e{to} {detail} {fate:?}");

@@ -15,6 +15,7 @@ pub enum MessageKind {
     Unsubscribe,
     KeyframeRequest,
     PublisherLeft,
+    PublisherStarted,
 }
 
 impl MessageKind {
@@ -26,6 +27,7 @@ impl MessageKind {
             PeerMsg::Unsubscribe { .. } => MessageKind::Unsubscribe,
             PeerMsg::KeyframeRequest { .. } => MessageKind::KeyframeRequest,
             PeerMsg::PublisherLeft { .. } => MessageKind::PublisherLeft,
+            PeerMsg::PublisherStarted { .. } => MessageKind::PublisherStarted,
         }
     }
 
@@ -43,7 +45,8 @@ fn stream_of(msg: &PeerMsg) -> &str {
         | PeerMsg::Subscribe { stream, .. }
         | PeerMsg::Unsubscribe { stream, .. }
         | PeerMsg::KeyframeRequest { stream }
-        | PeerMsg::PublisherLeft { stream, .. } => stream,
+        | PeerMsg::PublisherLeft { stream, .. }
+        | PeerMsg::PublisherStarted { stream, .. } => stream,
     }
 }
 

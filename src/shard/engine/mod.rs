@@ -105,8 +105,8 @@ struct LocalStream {
 }
 
 impl LocalStream {
-    /// Media from `publisher` reached this shard: a publisher other than the one that left
-    /// means the stream is back.
+    /// Media from `publisher` reached this shard, or it started on another: a publisher other
+    /// than the one that left means the stream is back.
     fn publisher_sends(&mut self, publisher: SessionId) {
         if self.left.is_some_and(|(_, gone)| gone != publisher) {
             self.left = None;
@@ -504,6 +504,11 @@ impl Engine {
             }
             PeerMsg::PublisherLeft { stream, publisher } => {
                 self.publisher_left(now, &stream, publisher);
+            }
+            PeerMsg::PublisherStarted { stream, publisher } => {
+                if let Some(local) = self.streams.get_mut(&stream) {
+                    local.publisher_sends(publisher);
+                }
             }
         }
     }

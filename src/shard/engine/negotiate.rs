@@ -164,6 +164,7 @@ impl Engine {
             self.outbox.hub.push(HubUpdate::PublisherStarted {
                 stream: stream.clone(),
                 shard: self.index,
+                publisher: id,
             });
         }
         self.drive(now, id);
