@@ -376,7 +376,7 @@ struct Sender {
     /// The socket is of the IPv6 family: IPv4 destinations go out as IPv4-mapped addresses.
     v6_socket: bool,
     gso_buf: Vec<u8>,
-    /// The shard's ICE-TCP connections: transmits marked `tcp` go there.
+    /// The shard's ICE-TCP connections, where the outbox's `tcp` datagrams go.
     tcp: TcpPeers,
 }
 
@@ -410,18 +410,12 @@ impl Sender {
                 }
             }
         }
-        let mut transmits = std::mem::take(&mut engine.outbox.transmits);
-        if transmits.iter().any(|t| t.tcp) {
-            let mut udp = Vec::with_capacity(transmits.len());
-            for t in transmits.drain(..) {
-                if !t.tcp {
-                    udp.push(t);
-                } else if !self.tcp.send(t.destination, t.contents) {
-                    engine.counters.tcp_send_dropped += 1;
-                }
+        for t in engine.outbox.tcp.drain(..) {
+            if !self.tcp.send(t.destination, t.contents) {
+                engine.counters.tcp_send_dropped += 1;
             }
-            transmits = udp;
         }
+        let mut transmits = std::mem::take(&mut engine.outbox.transmits);
         let max_segments = state.max_gso_segments().min(64);
         if max_segments > 1 && transmits.len() > 1 {
             // Group each viewer's datagrams (stable: their order is kept) so runs of equal size

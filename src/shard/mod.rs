@@ -385,14 +385,12 @@ pub fn shards_in(mut set: u64) -> impl Iterator<Item = usize> {
     })
 }
 
-/// A datagram to send: over UDP, or as one RFC 4571 frame on the ICE-TCP connection from
-/// `destination` when `tcp`.
+/// A datagram to send.
 #[derive(Debug)]
 pub struct Transmit {
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub contents: Vec<u8>,
-    pub tcp: bool,
 }
 
 #[cfg(test)]

@@ -827,6 +827,8 @@ impl Sim {
         }
         // Hand the (empty) buffer back so the engine keeps its capacity, as the IO loop does.
         self.engines[k].outbox.transmits = transmits;
+        // The simulated network is UDP only: no session here has an ICE-TCP connection.
+        self.engines[k].outbox.tcp.clear();
         let outbox = &mut self.engines[k].outbox;
         for update in outbox.hub.drain(..) {
             outbox.messages.extend(update.apply(&self.hub));

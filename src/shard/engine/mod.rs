@@ -64,6 +64,9 @@ pub type Reply = Box<dyn FnOnce() + Send>;
 #[derive(Default)]
 pub struct Outbox {
     pub transmits: Vec<Transmit>,
+    /// Datagrams for ICE-TCP peers, each one RFC 4571 frame on the connection from its
+    /// `destination`.
+    pub tcp: Vec<Transmit>,
     pub messages: Vec<(usize, PeerMsg)>,
     pub hub: Vec<HubUpdate>,
     pub replies: Vec<Reply>,
@@ -73,9 +76,19 @@ impl Outbox {
     /// Something is waiting to be taken out.
     pub fn has_output(&self) -> bool {
         !(self.transmits.is_empty()
+            && self.tcp.is_empty()
             && self.messages.is_empty()
             && self.hub.is_empty()
             && self.replies.is_empty())
+    }
+
+    /// Queues `t` for UDP, or for its ICE-TCP connection when `tcp`.
+    fn push(&mut self, tcp: bool, t: Transmit) {
+        if tcp {
+            self.tcp.push(t);
+        } else {
+            self.transmits.push(t);
+        }
     }
 
     fn reply<T: Send + 'static>(&mut self, to: tokio::sync::oneshot::Sender<T>, value: T) {
@@ -360,7 +373,6 @@ impl Engine {
                     source: c.source,
                     destination: c.destination,
                     contents: c.contents,
-                    tcp: false,
                 });
             }
         }
@@ -570,23 +582,23 @@ impl Engine {
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
+                    let tcp = t.proto == Protocol::Tcp;
                     let t = Transmit {
                         source: t.source,
                         destination: t.destination,
                         contents: t.contents.into(),
-                        tcp: t.proto == Protocol::Tcp,
                     };
                     if !session.connected {
                         self.demux.checking(t.destination, id);
                         // Only towards an address the peer has sent from: checks of an
                         // unreachable candidate (or of a bogus offer's) go out once each.
                         // TCP delivers what it carries.
-                        if !t.tcp && session.addrs.contains(&t.destination) {
+                        if !tcp && session.addrs.contains(&t.destination) {
                             let copies = &mut self.check_copies;
                             copies.schedule(now, id, t.source, t.destination, &t.contents);
                         }
                     }
-                    self.outbox.transmits.push(t)
+                    self.outbox.push(tcp, t);
                 }
                 Ok(Output::Event(e)) => events.push(e),
                 Err(e) => {
@@ -710,12 +722,14 @@ impl Engine {
         for _ in 0..4 {
             loop {
                 match self.faults.isolate(Site::Poll, None, || rtc.poll_output()) {
-                    Some(Ok(Output::Transmit(t))) => self.outbox.transmits.push(Transmit {
-                        source: t.source,
-                        destination: t.destination,
-                        contents: t.contents.into(),
-                        tcp: t.proto == Protocol::Tcp,
-                    }),
+                    Some(Ok(Output::Transmit(t))) => self.outbox.push(
+                        t.proto == Protocol::Tcp,
+                        Transmit {
+                            source: t.source,
+                            destination: t.destination,
+                            contents: t.contents.into(),
+                        },
+                    ),
                     Some(Ok(Output::Event(_))) => {}
                     _ => break,
                 }
