@@ -18,6 +18,8 @@ pub struct SessionEntry {
     /// SHA-256 of the bearer token that created the session, when auth is on and one was sent:
     /// only that token (or an admin) may PATCH or DELETE it. The token itself is never kept.
     pub owner: Option<[u8; 32]>,
+    /// The session's local ICE ufrag, once its shard has made it (see [`HubState::ufrags`]).
+    pub ufrag: Option<String>,
 }
 
 /// The publisher of a stream.
@@ -85,7 +87,8 @@ pub struct HubState {
     /// [`CLOSED_REMEMBERED`]: their DELETE may arrive just after.
     pub closed: std::collections::VecDeque<(SessionId, SessionEntry)>,
     /// Each live session's local ICE ufrag and its shard: an ICE-TCP connection, which comes
-    /// in on the node's one TCP port, goes to the shard its first check names.
+    /// in on the node's one TCP port, goes to the shard its first check names. Kept with the
+    /// session's entry, so whatever removes the session removes its ufrag.
     pub ufrags: HashMap<String, usize>,
 }
 
@@ -145,17 +148,18 @@ impl Hub {
         self.lock().ufrags.get(ufrag).copied()
     }
 
-    /// Session ufrag `old` (if any) is gone and `new` (if any) is on shard `shard`.
-    pub fn set_ufrag(&self, shard: usize, old: Option<&str>, new: Option<String>) {
+    /// Session `id` now runs on local ICE ufrag `ufrag` (created, or ICE restarted); its
+    /// previous one is gone. Nothing for a session the directory no longer has.
+    pub fn set_ufrag(&self, id: SessionId, ufrag: String) {
         let mut st = self.lock();
-        if let Some(old) = old {
-            if st.ufrags.get(old) == Some(&shard) {
-                st.ufrags.remove(old);
-            }
+        let Some(entry) = st.sessions.get_mut(&id) else {
+            return;
+        };
+        let shard = entry.shard;
+        if let Some(old) = entry.ufrag.replace(ufrag.clone()) {
+            st.ufrags.remove(&old);
         }
-        if let Some(new) = new {
-            st.ufrags.insert(new, shard);
-        }
+        st.ufrags.insert(ufrag, shard);
     }
 
     /// Locks the directory. A poisoned lock is taken anyway: every update keeps it consistent.
@@ -250,6 +254,7 @@ impl Hub {
                 stream: key.clone(),
                 role,
                 owner: None,
+                ufrag: None,
             },
         );
         st.per_shard[shard] += 1;
@@ -341,6 +346,9 @@ impl Hub {
     pub fn unregister(&self, id: SessionId) -> Option<(Arc<str>, u64)> {
         let mut st = self.lock();
         let entry = st.sessions.remove(&id)?;
+        if let Some(ufrag) = &entry.ufrag {
+            st.ufrags.remove(ufrag);
+        }
         if let Some(n) = st.per_shard.get_mut(entry.shard) {
             *n = n.saturating_sub(1);
         }
@@ -458,6 +466,30 @@ fn unique(mut names: Vec<String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sessions_ufrag_routes_to_its_shard_until_restart_or_removal() {
+        let hub = Hub::new(2);
+        let limits = crate::config::LimitsConfig::default();
+        let none = (Vec::new(), Vec::new());
+        let shard = hub
+            .register(SessionId(1), "s", Role::Publish, &limits, none)
+            .expect("publisher")
+            .shard;
+        hub.set_ufrag(SessionId(1), "first".into());
+        assert_eq!(hub.shard_for_ufrag("first"), Some(shard));
+        // An ICE restart replaces it.
+        hub.set_ufrag(SessionId(1), "second".into());
+        assert_eq!(hub.shard_for_ufrag("first"), None);
+        assert_eq!(hub.shard_for_ufrag("second"), Some(shard));
+        // Removal takes it, whoever removes the session (its shard, or a crashed shard's
+        // clean-up, which sends no ufrag update).
+        hub.unregister(SessionId(1));
+        assert_eq!(hub.shard_for_ufrag("second"), None);
+        // A late update for a removed session adds nothing.
+        hub.set_ufrag(SessionId(1), "late".into());
+        assert_eq!(hub.shard_for_ufrag("late"), None);
+    }
 
     #[test]
     fn one_publisher_per_stream_and_viewers_need_one() {

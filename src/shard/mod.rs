@@ -270,13 +270,9 @@ pub enum HubUpdate {
     /// A viewer on shard `shard` wants a keyframe and the publisher is elsewhere: its shard is
     /// sent [`PeerMsg::KeyframeRequest`].
     KeyframeWanted { stream: Arc<str>, shard: usize },
-    /// A session on shard `shard` stopped using local ICE ufrag `old` and/or started using
-    /// `new` (created, ICE restart, removed): ICE-TCP connections are routed by it.
-    Ufrag {
-        shard: usize,
-        old: Option<String>,
-        new: Option<String>,
-    },
+    /// Session `id` runs on local ICE ufrag `ufrag` now (created, or ICE restarted): ICE-TCP
+    /// connections are routed by it. Its removal ([`HubUpdate::Removed`]) drops it.
+    Ufrag { id: SessionId, ufrag: String },
 }
 
 impl HubUpdate {
@@ -337,8 +333,8 @@ impl HubUpdate {
                     })
                     .collect()
             }
-            HubUpdate::Ufrag { shard, old, new } => {
-                hub.set_ufrag(shard, old.as_deref(), new);
+            HubUpdate::Ufrag { id, ufrag } => {
+                hub.set_ufrag(id, ufrag);
                 Vec::new()
             }
             HubUpdate::KeyframeWanted { stream, shard } => match hub.publisher_shard(&stream) {

@@ -673,11 +673,6 @@ impl Engine {
             self.say_goodbye(now, &mut session.rtc);
         }
         self.demux.remove(id, &session.addrs, &session.ufrag);
-        self.outbox.hub.push(HubUpdate::Ufrag {
-            shard: self.index,
-            old: Some(session.ufrag.clone()),
-            new: None,
-        });
         self.outbox.hub.push(HubUpdate::Removed {
             id,
             shard: self.index,
@@ -743,6 +738,13 @@ impl Engine {
             }
         }
         rtc.disconnect();
+    }
+
+    /// Session `id`'s local ufrag is `new` now, in place of `old`: for the demultiplexer, and
+    /// for the directory, which routes ICE-TCP connections by it.
+    fn set_ufrag(&mut self, id: SessionId, old: Option<&str>, new: String) {
+        self.demux.set_ufrag(id, old, new.clone());
+        self.outbox.hub.push(HubUpdate::Ufrag { id, ufrag: new });
     }
 
     fn drop_stream_if_unused(&mut self, stream: &Arc<str>) {

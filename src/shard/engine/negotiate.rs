@@ -150,12 +150,7 @@ impl Engine {
             over_tcp: false,
         };
         let etag = session.etag.clone();
-        self.outbox.hub.push(HubUpdate::Ufrag {
-            shard: self.index,
-            old: None,
-            new: Some(ufrag.clone()),
-        });
-        self.demux.set_ufrag(id, None, ufrag);
+        self.set_ufrag(id, None, ufrag);
         self.sessions.insert(id, session);
         if role == Role::Publish {
             // The shards that already have viewers waiting subscribe through the hub; any that
@@ -248,15 +243,10 @@ impl Engine {
         };
         let creds = session.rtc.direct_api().local_ice_credentials();
         let old = std::mem::replace(&mut session.ufrag, creds.ufrag.clone());
-        self.demux.set_ufrag(id, Some(&old), creds.ufrag.clone());
-        self.outbox.hub.push(HubUpdate::Ufrag {
-            shard: self.index,
-            old: Some(old),
-            new: Some(creds.ufrag.clone()),
-        });
         session.offer_sdp = offer_sdp;
         session.etag = new_etag(&mut self.rng);
         let etag = session.etag.clone();
+        self.set_ufrag(id, Some(&old), creds.ufrag.clone());
         let fragment = answer_fragment(&answer, &creds, self.config.media.ice_lite);
         self.drive(now, id);
         info!("ICE restarted");
