@@ -131,7 +131,7 @@ impl<K: Copy> CheckCopies<K> {
         self.due.pop_front().map(|(_, c)| c)
     }
 
-    /// Forgets the copies of session `key` (it connected, or is gone).
+    /// Forgets the copies of session `key` (it is gone).
     pub fn forget(&mut self, key: K)
     where
         K: PartialEq,

@@ -368,13 +368,11 @@ impl Engine {
             self.drive(now, id);
         }
         while let Some(c) = self.check_copies.pop_due(now) {
-            if self.sessions.contains_key(&c.key) {
-                self.outbox.transmits.push(Transmit {
-                    source: c.source,
-                    destination: c.destination,
-                    contents: c.contents,
-                });
-            }
+            self.outbox.transmits.push(Transmit {
+                source: c.source,
+                destination: c.destination,
+                contents: c.contents,
+            });
         }
         if self.next_replay.is_some_and(|t| now >= t) {
             self.replay(now);
@@ -673,6 +671,8 @@ impl Engine {
             self.say_goodbye(now, &mut session.rtc);
         }
         self.demux.remove(id, &session.addrs, &session.ufrag);
+        // Its copies of checks still due (a scan of the few copies of connecting sessions).
+        self.check_copies.forget(id);
         self.outbox.hub.push(HubUpdate::Removed {
             id,
             shard: self.index,
