@@ -101,7 +101,8 @@ impl Engine {
         // address it sent to. Its candidates, str0m's pairs, the demux and the figures all
         // know it by its IPv4 address.
         let source = canonical(source);
-        let destination = self.destination(dst_ip.map(|ip| ip.to_canonical()), source);
+        let dst_ip = dst_ip.map(|ip| ip.to_canonical());
+        let destination = announced(&self.candidates, dst_ip, source).unwrap_or(self.candidates[0]);
         self.receive(now, Protocol::Udp, source, destination, data);
     }
 
@@ -110,13 +111,8 @@ impl Engine {
     pub fn handle_tcp(&mut self, now: Instant, source: SocketAddr, local: SocketAddr, data: &[u8]) {
         let source = canonical(source);
         let local = canonical(local);
-        let exact = self.tcp_candidates.iter().find(|c| c.ip() == local.ip());
-        let same_family = || {
-            self.tcp_candidates
-                .iter()
-                .find(|c| c.is_ipv4() == source.is_ipv4())
-        };
-        let destination = exact.or_else(same_family).copied().unwrap_or(local);
+        let destination =
+            announced(&self.tcp_candidates, Some(local.ip()), source).unwrap_or(local);
         self.receive(now, Protocol::Tcp, source, destination, data);
     }
 
@@ -205,22 +201,20 @@ impl Engine {
         }
         self.drive(now, id);
     }
+}
 
-    /// The announced candidate a datagram from `source` was sent to: str0m only accepts STUN
-    /// addressed to one of its host candidates, so behind NAT the public address stands in for
-    /// the local one, the first of the source's address family.
-    pub(super) fn destination(&self, dst_ip: Option<IpAddr>, source: SocketAddr) -> SocketAddr {
-        let exact = dst_ip.and_then(|ip| self.candidates.iter().find(|c| c.ip() == ip));
-        let same_family = || {
-            self.candidates
-                .iter()
-                .find(|c| c.is_ipv4() == source.is_ipv4())
-        };
-        exact
-            .or_else(same_family)
-            .copied()
-            .unwrap_or(self.candidates[0])
-    }
+/// The announced candidate (of `candidates`) a datagram from `source` was sent to, having
+/// reached the local IP `dst_ip`: str0m only accepts STUN addressed to one of its host
+/// candidates, so behind NAT the public address stands in for the local one, the first of the
+/// source's address family.
+fn announced(
+    candidates: &[SocketAddr],
+    dst_ip: Option<IpAddr>,
+    source: SocketAddr,
+) -> Option<SocketAddr> {
+    let exact = dst_ip.and_then(|ip| candidates.iter().find(|c| c.ip() == ip));
+    let same_family = || candidates.iter().find(|c| c.is_ipv4() == source.is_ipv4());
+    exact.or_else(same_family).copied()
 }
 
 /// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it stands for.
