@@ -199,19 +199,8 @@ impl Engine {
                 let Some(s) = self.sessions.get_mut(&id) else {
                     return Err(SessionError::NotFound);
                 };
-                let rtc = &mut s.rtc;
-                let added = self.faults.isolate(Site::Candidate, Some(id), || {
-                    Candidate::from_sdp_string(line).map(|c| {
-                        let known = peer_candidate(&c);
-                        rtc.add_remote_candidate(c);
-                        known
-                    })
-                });
-                match added {
-                    Some(Ok(known)) => {
-                        s.peer_candidates.push(known);
-                        self.drive(now, id)
-                    }
+                match add_candidate(&mut self.faults, id, s, line) {
+                    Some(Ok(())) => self.drive(now, id),
                     Some(Err(e)) => debug!(error = %e, "ignored trickled candidate"),
                     None => {
                         self.remove(now, id, PANIC);
@@ -377,16 +366,8 @@ impl Engine {
             let Some(s) = self.sessions.get_mut(&id) else {
                 return;
             };
-            let rtc = &mut s.rtc;
-            let added = self.faults.isolate(Site::Candidate, Some(id), || {
-                Candidate::from_sdp_string(&line).map(|c| {
-                    let known = peer_candidate(&c);
-                    rtc.add_remote_candidate(c);
-                    known
-                })
-            });
-            match added {
-                Some(Ok(known)) => s.peer_candidates.push(known),
+            match add_candidate(&mut self.faults, id, s, &line) {
+                Some(Ok(())) => {}
                 Some(Err(e)) => debug!(error = %e, "ignored offered candidate"),
                 None => {
                     self.remove(now, id, PANIC);
@@ -397,13 +378,28 @@ impl Engine {
     }
 }
 
-/// What the session keeps of a peer's candidate: address, TCP or not, type.
-fn peer_candidate(c: &Candidate) -> (SocketAddr, bool, &'static str) {
-    let kind = match c.kind() {
-        CandidateKind::Host => "host",
-        CandidateKind::PeerReflexive => "prflx",
-        CandidateKind::ServerReflexive => "srflx",
-        CandidateKind::Relayed => "relay",
-    };
-    (c.addr(), c.proto() != Protocol::Udp, kind)
+/// Hands session `id` the peer's candidate `line` (offered or trickled) and keeps its address,
+/// transport and type, which name the path the peer's media comes by. `None` if str0m
+/// panicked on it (the caller removes the session); an error if it is no candidate.
+fn add_candidate(
+    faults: &mut Faults,
+    id: SessionId,
+    s: &mut Session,
+    line: &str,
+) -> Option<Result<(), str0m::error::IceError>> {
+    let rtc = &mut s.rtc;
+    let added = faults.isolate(Site::Candidate, Some(id), || {
+        Candidate::from_sdp_string(line).map(|c| {
+            let kind = match c.kind() {
+                CandidateKind::Host => "host",
+                CandidateKind::PeerReflexive => "prflx",
+                CandidateKind::ServerReflexive => "srflx",
+                CandidateKind::Relayed => "relay",
+            };
+            let known = (c.addr(), c.proto() != Protocol::Udp, kind);
+            rtc.add_remote_candidate(c);
+            known
+        })
+    })?;
+    Some(added.map(|known| s.peer_candidates.push(known)))
 }
