@@ -97,16 +97,19 @@ impl Gateway {
         let tcp_listener = if config.media.ice_tcp {
             let addr = SocketAddr::new(config.media.bind_ip, config.media.ice_tcp_port());
             let l = listen_tcp(addr).map_err(|source| StartError::BindTcp { addr, source })?;
-            let port = l
+            let bound = l
                 .local_addr()
-                .map_err(|source| StartError::BindTcp { addr, source })?
-                .port();
-            Some((l, port))
+                .map_err(|source| StartError::BindTcp { addr, source })?;
+            Some((l, bound))
         } else {
             None
         };
-        let tcp_candidates: Vec<SocketAddr> = match &tcp_listener {
-            Some((_, port)) => ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect(),
+        let tcp_addr = tcp_listener.as_ref().map(|(_, bound)| *bound);
+        let tcp_candidates: Vec<SocketAddr> = match tcp_addr {
+            Some(bound) => ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, bound.port()))
+                .collect(),
             None => Vec::new(),
         };
         let (links, chans): (Vec<_>, Vec<_>) = (0..n)
@@ -209,16 +212,8 @@ impl Gateway {
         let (stop_http, stopped) = watch::channel(false);
         let identity = tls_identity(&config)?;
         let mut http_tasks = Vec::new();
-        let mut tcp_task = None;
-        let mut tcp_addr = None;
-        if let Some((l, _)) = tcp_listener {
-            tcp_addr = l.local_addr().ok();
-            tcp_task = Some(tokio::spawn(crate::shard::tcp::accept(
-                l,
-                hub.clone(),
-                links.clone(),
-            )));
-        }
+        let tcp_task = tcp_listener
+            .map(|(l, _)| tokio::spawn(crate::shard::tcp::accept(l, hub.clone(), links.clone())));
         let mut h3_addr = None;
         let serve_opts = serve::ServeOptions {
             header_read: config.http.header_read_timeout(),
