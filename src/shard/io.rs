@@ -559,16 +559,24 @@ fn on_socket(to: SocketAddr, v6_socket: bool) -> SocketAddr {
 mod tests {
     use super::*;
 
-    /// One wake-up reads a bounded number of batches, however much is waiting: the rest
-    /// stays in the socket for the next one.
-    #[tokio::test]
-    async fn a_wake_up_reads_a_bounded_number_of_batches() {
+    /// A shard's socket on loopback with its state and an engine announcing it, and a
+    /// plain socket to send to it from.
+    async fn shard_socket() -> (UdpSocket, UdpSocketState, Engine, std::net::UdpSocket) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let addr = socket.local_addr().expect("addr");
         let state = UdpSocketState::new(UdpSockRef::from(&socket)).expect("state");
         let config = Arc::new(crate::Config::default());
-        let mut engine = Engine::new(0, config, vec![addr], Instant::now(), 1);
+        let engine = Engine::new(0, config, vec![addr], Instant::now(), 1);
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+        (socket, state, engine, sender)
+    }
+
+    /// One wake-up reads a bounded number of batches, however much is waiting: the rest
+    /// stays in the socket for the next one.
+    #[tokio::test]
+    async fn a_wake_up_reads_a_bounded_number_of_batches() {
+        let (socket, state, mut engine, sender) = shard_socket().await;
+        let addr = socket.local_addr().expect("addr");
         const SENT: u64 = 200;
         for i in 0..SENT {
             // Alternating sizes, so the kernel does not coalesce them (GRO).
@@ -598,12 +606,8 @@ mod tests {
     /// GSO send on loopback, GRO on a NIC) arrives whole: every datagram reaches the engine.
     #[tokio::test]
     async fn a_coalesced_read_reaches_the_engine_as_every_datagram() {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let (socket, state, mut engine, sender) = shard_socket().await;
         let addr = socket.local_addr().expect("addr");
-        let state = UdpSocketState::new(UdpSockRef::from(&socket)).expect("state");
-        let config = Arc::new(crate::Config::default());
-        let mut engine = Engine::new(0, config, vec![addr], Instant::now(), 1);
-        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sender");
         let sender_state = UdpSocketState::new(UdpSockRef::from(&sender)).expect("state");
         const SEGMENTS: usize = 16;
         const SIZE: usize = 1200;
