@@ -427,10 +427,10 @@ impl PeerCore {
         if self.is_closed() {
             return None;
         }
-        match (self.timeout, self.check_copies.next()) {
-            (Some(t), Some(c)) => Some(t.min(c)),
-            (t, c) => t.or(c),
-        }
+        self.timeout
+            .into_iter()
+            .chain(self.check_copies.next())
+            .min()
     }
 
     /// Polls str0m until it has nothing more than a timeout, handling its events.
