@@ -55,17 +55,6 @@ fn binding_request(username: &str) -> Vec<u8> {
     m
 }
 
-/// Video frames intact and in order from a keyframe on.
-async fn plays(v: &mut Peer, frames: usize) {
-    let (mut last, key, _) = next_checked_video(v, CODEC).await;
-    assert!(key, "video starts on a keyframe");
-    for _ in 1..frames {
-        let (i, _, _) = next_checked_video(v, CODEC).await;
-        assert_eq!(i, last + 1, "video in order without gaps");
-        last = i;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_only_peers_publish_and_watch_over_ice_tcp() {
     let gw = start(test_config(2)).await;
@@ -102,7 +91,7 @@ async fn tcp_only_peers_publish_and_watch_over_ice_tcp() {
         };
         let mut v = Peer::play(&whep(&gw, "s"), o).await.expect("play accepted");
         // Whole 10 kB frames, each several datagrams, cross the TCP connections intact.
-        plays(&mut v, 60).await;
+        plays_video(&mut v, CODEC, 60).await;
         let audio = v.stats().audio_frames;
         assert!(audio > 0, "Opus arrives too");
         viewers.push(v);

@@ -48,17 +48,6 @@ fn url(gw: &wishcast::Gateway, ip: IpAddr, path: &str) -> String {
     )
 }
 
-/// Video frames intact and in order from a keyframe on.
-async fn plays(v: &mut Peer, frames: usize) {
-    let (mut last, key, _) = next_checked_video(v, CODEC).await;
-    assert!(key, "video starts on a keyframe");
-    for _ in 1..frames {
-        let (i, _, _) = next_checked_video(v, CODEC).await;
-        assert_eq!(i, last + 1, "video in order without gaps");
-        last = i;
-    }
-}
-
 /// Candidate addresses (`ip port`) of an SDP.
 fn candidates(sdp: &str) -> Vec<SocketAddr> {
     sdp.lines()
@@ -121,7 +110,7 @@ async fn dual_stack_gateway_serves_ipv6_and_ipv4_peers() {
             .await
             .unwrap_or_else(|e| panic!("play from {ip} accepted: {e}"));
         assert_eq!(v.local_addr().ip(), ip, "the viewer's media is on {ip}");
-        plays(&mut v, 40).await;
+        plays_video(&mut v, CODEC, 40).await;
         viewers.push(v);
     }
 

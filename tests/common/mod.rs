@@ -70,6 +70,18 @@ pub async fn watching(url: &str, codec: Option<VideoCodec>, audio: bool, n: usiz
     viewers
 }
 
+/// `frames` of `v`'s video, each checked byte for byte, from a keyframe on, in order and
+/// without gaps.
+pub async fn plays_video(v: &mut Peer, codec: VideoCodec, frames: usize) {
+    let (mut last, key, _) = next_checked_video(v, codec).await;
+    assert!(key, "video starts on a keyframe");
+    for _ in 1..frames {
+        let (i, _, _) = next_checked_video(v, codec).await;
+        assert_eq!(i, last + 1, "video in order without gaps");
+        last = i;
+    }
+}
+
 /// `v`'s next video frame within 5 s, checked byte for byte against what the test publisher
 /// generated: its index, whether it is a keyframe, and the frame.
 pub async fn next_checked_video(v: &mut Peer, codec: VideoCodec) -> (u64, bool, ReceivedFrame) {
