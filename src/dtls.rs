@@ -34,11 +34,13 @@ mod ssl;
 
 pub use ssl::{ssl_flight_delay, SSL_FLIGHT_RETRANSMITS, SSL_QUICK_RETRANSMITS};
 
+use std::cell::{Cell, RefCell};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use str0m::crypto::dtls::{
-    DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
+    DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, KeyingMaterial,
+    ProtocolVersion, SrtpProfile,
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
 
@@ -63,6 +65,64 @@ const DIMPL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5 * 365 * 24 * 360
 /// A dimpl timer nearer than this is a flight timer; its deadline and idle timer are years
 /// away. (Its flight timer, doubling from 1 ns 54 times, stays under 210 days.)
 const FLIGHT_TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The SRTP keying material a session's DTLS handshake produced (RFC 5764 §4.2), and which
+/// half is this end's: the gateway protects forwarded media itself (`shard::engine::egress`)
+/// with the keys str0m gets too.
+#[derive(Clone)]
+pub struct SrtpKeys {
+    pub material: Vec<u8>,
+    pub profile: SrtpProfile,
+    /// This end was the DTLS client: its write keys are the client's.
+    pub local_is_client: bool,
+}
+
+impl std::fmt::Debug for SrtpKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key bytes.
+        f.debug_struct("SrtpKeys")
+            .field("profile", &self.profile)
+            .field("local_is_client", &self.local_is_client)
+            .finish()
+    }
+}
+
+thread_local! {
+    /// Set while [`keys_during`] runs: only then do the DTLS instances hand out their keys.
+    /// Test peers on the same thread (the simulation runs gateway and peers on one) never do.
+    static CAPTURING: Cell<bool> = const { Cell::new(false) };
+    static KEYS: RefCell<Option<SrtpKeys>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, a call into one session's `Rtc`, and returns the SRTP keys its DTLS handshake
+/// finished with during the call, if it did. str0m keeps its keys to itself; this is how the
+/// gateway gets the same ones without a second handshake.
+pub fn keys_during<R>(f: impl FnOnce() -> R) -> (R, Option<SrtpKeys>) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CAPTURING.with(|c| c.set(false));
+        }
+    }
+    CAPTURING.with(|c| c.set(true));
+    let reset = Reset;
+    let r = f();
+    drop(reset);
+    (r, KEYS.with(|k| k.borrow_mut().take()))
+}
+
+/// A DTLS instance hands str0m its keys: keep a copy for [`keys_during`].
+fn keys_handed_out(material: &KeyingMaterial, profile: SrtpProfile, local_is_client: bool) {
+    if CAPTURING.with(|c| c.get()) {
+        KEYS.with(|k| {
+            *k.borrow_mut() = Some(SrtpKeys {
+                material: material.to_vec(),
+                profile,
+                local_is_client,
+            })
+        });
+    }
+}
 
 /// When the schedule sends a flight again: after `sends` earlier sends, `age` after its first.
 pub fn flight_delay(sends: u32, age: Duration) -> Duration {
@@ -295,6 +355,10 @@ impl DtlsInstance for Instance {
                 DtlsOutput::Timeout(self.schedule(at))
             }
             DtlsOutput::Timeout(at) => DtlsOutput::Timeout(self.to_real(at)),
+            DtlsOutput::KeyingMaterial(k, p) => {
+                keys_handed_out(&k, p, self.dtls.is_active());
+                DtlsOutput::KeyingMaterial(k, p)
+            }
             DtlsOutput::Connected => {
                 self.handshaking = false;
                 self.timer = None;

@@ -472,7 +472,10 @@ impl DtlsInstance for Instance {
                 buf[..needed].copy_from_slice(&b);
                 DtlsOutput::ApplicationData(&buf[..needed])
             }
-            Some(Out::Keying(k, p)) => DtlsOutput::KeyingMaterial(k, p),
+            Some(Out::Keying(k, p)) => {
+                super::keys_handed_out(&k, p, self.active);
+                DtlsOutput::KeyingMaterial(k, p)
+            }
             Some(Out::Connected) => DtlsOutput::Connected,
             Some(Out::CloseNotify) => DtlsOutput::CloseNotify,
             None => DtlsOutput::Timeout(self.timeout),
