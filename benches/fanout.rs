@@ -16,7 +16,8 @@
 //! `cargo bench --bench fanout` runs N = 50, 200, 1000 several times each and prints the fastest
 //! trial (the least disturbed by other load on the machine). Environment knobs for experiments:
 //! `FANOUT_VIEWERS=N` (one trial of N only), `FANOUT_ALL_FULL=1` (every viewer receives and
-//! decrypts), `FANOUT_RESEND=packets` (`media.resend_buffer_packets`), `FANOUT_DTLS=dimpl` (the
+//! decrypts), `FANOUT_RESEND=packets` (`media.resend_buffer_packets`), `FANOUT_EGRESS=str0m`
+//! (`media.direct_egress` off: viewers' media through str0m's send path), `FANOUT_DTLS=dimpl` (the
 //! sessions' DTLS on dimpl, the simulation's own, instead of the gateway's OpenSSL).
 
 use std::time::{Duration, Instant};
@@ -65,6 +66,9 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 
 fn run(viewers: usize, measure: Duration, all_full: bool) -> Trial {
     let mut config = Config::default();
+    if std::env::var("FANOUT_EGRESS").is_ok_and(|v| v == "str0m") {
+        config.media.direct_egress = false;
+    }
     if let Some(n) = env("FANOUT_RESEND") {
         config.media.resend_buffer_packets = n;
     }

@@ -184,6 +184,66 @@ fn publisher_leg_loss_is_nacked_upstream_vp8() {
     publisher_leg_loss_is_nacked_upstream(VideoCodec::Vp8);
 }
 
+/// Players line audio up with video by the sender reports (RFC 3550 §6.4.1), which the
+/// gateway's own egress sends for each track: each gives the RTP time of its moment on that
+/// track's clock, as the track's own packets show it, and counts no more packets than were
+/// sent.
+#[test]
+fn sender_reports_give_each_tracks_rtp_time_of_their_moment() {
+    let mut sim = Sim::new(Config::default(), 1);
+    let codec = VideoCodec::H264;
+    let p = sim
+        .add_publisher("sr", PeerOptions::with_video(codec))
+        .expect("publisher");
+    let v = sim
+        .add_viewer("sr", PeerOptions::with_video(codec))
+        .expect("viewer");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
+    sim.start_feed(p, Feed::new(Some(codec), true));
+    sim.run_for(Duration::from_millis(4500));
+
+    let reports = sim.peer(v).rtcp_in().sender_reports.clone();
+    let frames = sim.peer(v).frames().to_vec();
+    let mut checked = [0usize; 2];
+    for (at, sr) in &reports {
+        let mid = sim
+            .peer_mut(v)
+            .rx_mid(*sr.ssrc)
+            .expect("an SSRC the viewer receives");
+        let Some(last) = frames.iter().rev().find(|f| f.mid == mid && f.at <= *at) else {
+            continue;
+        };
+        let (clock, track) = if last.kind.is_audio() {
+            (48_000, 1)
+        } else {
+            (90_000, 0)
+        };
+        let since = at.saturating_duration_since(last.at).as_secs_f64();
+        let expected = (last.rtp_time as u32).wrapping_add((since * clock as f64) as u32);
+        let off = (sr.rtp_time.numer() as u32).wrapping_sub(expected) as i32;
+        // 20 ms: the report's moment and the packet's arrival are on either side of the
+        // same path.
+        assert!(
+            off.unsigned_abs() < clock / 50,
+            "{mid:?}: report says {} at {at:?}, its packets {expected}",
+            sr.rtp_time.numer()
+        );
+        let received = frames
+            .iter()
+            .filter(|f| f.mid == mid && f.at <= *at)
+            .count();
+        assert!(
+            sr.sender_packet_count as usize >= received,
+            "{sr:?} vs {received} frames"
+        );
+        checked[track] += 1;
+    }
+    assert!(
+        checked.iter().all(|n| *n >= 3),
+        "reports checked (video, audio): {checked:?}"
+    );
+}
+
 // ---- 4. scale ---------------------------------------------------------------------------------
 
 /// One publisher, many viewers over two shards in one process: all connect, and every viewer

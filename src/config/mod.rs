@@ -110,6 +110,11 @@ pub struct MediaConfig {
     /// Packets kept per viewer track to answer NACKs with retransmissions (also at most 3 s
     /// old). str0m keeps at least 10 whatever this says.
     pub resend_buffer_packets: usize,
+    /// Send viewers' media from the gateway's own SRTP egress (header, SRTP, sender reports,
+    /// NACK answers) instead of through str0m's send path, which costs several times more
+    /// per packet and keeps a copy of every packet per viewer. str0m keeps ICE, DTLS and RTCP
+    /// either way. Off only to compare the two.
+    pub direct_egress: bool,
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     pub keyframe_request_interval_ms: u64,
     /// How often each session's statistics (RTT, loss, bytes, packets, bit rates, NACKs and
@@ -153,6 +158,7 @@ impl Default for MediaConfig {
             gop_cache_max_packets: 4096,
             gop_replay_kbps: 16_000,
             resend_buffer_packets: 512,
+            direct_egress: true,
             keyframe_request_interval_ms: 500,
             shard_queue_packets: 8192,
             stats_interval_secs: 5,

@@ -607,6 +607,14 @@ impl PeerCore {
         self.frames.iter().filter(|f| f.kind == MediaKind::Audio)
     }
 
+    /// The m-line a received SSRC belongs to, once str0m has bound it.
+    pub fn rx_mid(&mut self, ssrc: u32) -> Option<Mid> {
+        self.rtc
+            .direct_api()
+            .stream_rx(&ssrc.into())
+            .map(|rx| rx.mid())
+    }
+
     /// RTCP feedback received, decrypted (needs [`PeerOptions::raw_packets`]).
     pub fn rtcp_in(&self) -> &RtcpLog {
         &self.rtcp_in

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use str0m::rtp::rtcp::Rtcp;
+use str0m::rtp::rtcp::{Rtcp, SenderInfo};
 
 /// RTCP feedback a peer sent or received, decrypted (needs [`super::PeerOptions::raw_packets`]).
 #[derive(Clone, Debug, Default)]
@@ -11,6 +11,8 @@ pub struct RtcpLog {
     pub nacks: Vec<(Instant, u32, Vec<u16>)>,
     pub plis: Vec<Instant>,
     pub firs: Vec<Instant>,
+    /// Each sender report: when, and what it says.
+    pub sender_reports: Vec<(Instant, SenderInfo)>,
 }
 
 impl RtcpLog {
@@ -38,6 +40,7 @@ impl RtcpLog {
             }
             Rtcp::Pli(_) => self.plis.push(now),
             Rtcp::Fir(_) => self.firs.push(now),
+            Rtcp::SenderReport(sr) => self.sender_reports.push((now, sr.sender_info)),
             _ => {}
         }
     }

@@ -71,6 +71,9 @@ counters! {
     shard_restarts,
     /// Datagrams for an ICE-TCP peer whose connection's write queue was full.
     tcp_send_dropped,
+    /// Of `packets_forwarded`, those the gateway's own egress protected and sent (the rest
+    /// went through str0m: `media.direct_egress` off, or keys it could not use).
+    packets_direct,
 }
 
 impl Counters {

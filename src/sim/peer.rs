@@ -58,6 +58,11 @@ impl std::ops::Deref for Peer {
 }
 
 impl Peer {
+    /// The m-line a received SSRC belongs to (see [`PeerCore::rx_mid`]).
+    pub fn rx_mid(&mut self, ssrc: u32) -> Option<str0m::media::Mid> {
+        self.core.rx_mid(ssrc)
+    }
+
     pub(super) fn new(
         id: PeerId,
         stream: &str,

@@ -178,11 +178,40 @@ impl Engine {
             self.demux.learn(source, id);
         }
         session.last_rx = now;
+        // The viewer's RTCP reaches str0m too (its PLIs become keyframe requests there); what
+        // str0m counts only for media it sent, and the NACKs, are taken here.
+        let feedback = match (&mut session.sender, session.media_path) {
+            (Some(sender), Some(path)) => sender.on_rtcp(data).map(|f| (f, path)),
+            _ => None,
+        };
+        if let Some((feedback, (tcp, from, to))) = feedback {
+            self.counters.nacks_received += feedback.nacks;
+            self.counters.plis_received += feedback.plis;
+            let resent = feedback.resends.len() as u64;
+            self.counters.packets_retransmitted += resent;
+            session.stats.packets_retransmitted += resent;
+            for contents in feedback.resends {
+                self.outbox.push(
+                    tcp,
+                    Transmit {
+                        source: from,
+                        destination: to,
+                        contents,
+                    },
+                );
+            }
+        }
         let rtc = &mut session.rtc;
-        match self
-            .faults
-            .isolate(Site::Receive, Some(id), || rtc.handle_input(input))
-        {
+        let received = self.faults.isolate(Site::Receive, Some(id), || {
+            crate::dtls::keys_during(|| rtc.handle_input(input))
+        });
+        let received = received.map(|(r, keys)| {
+            if keys.is_some() {
+                session.srtp_keys = keys;
+            }
+            r
+        });
+        match received {
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 session

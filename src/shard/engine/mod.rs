@@ -7,6 +7,7 @@
 
 mod deliver;
 mod demux;
+mod egress;
 mod isolate;
 mod keyframe;
 mod negotiate;
@@ -163,6 +164,9 @@ pub struct Engine {
     shedding: bool,
     pub outbox: Outbox,
     events: Vec<Event>,
+    /// An instant and the wallclock time then: sender reports give wallclock times, and the
+    /// engine only gets instants.
+    wallclock: (Instant, std::time::SystemTime),
 }
 
 impl Engine {
@@ -202,6 +206,7 @@ impl Engine {
             counters: Counters::default(),
             outbox: Outbox::default(),
             events: Vec::new(),
+            wallclock: (now, std::time::SystemTime::now()),
         }
     }
 
@@ -353,7 +358,13 @@ impl Engine {
             session.next_timeout = None;
             let rtc = &mut session.rtc;
             let done = self.faults.isolate(Site::Timeout, Some(id), || {
-                rtc.handle_input(Input::Timeout(now))
+                crate::dtls::keys_during(|| rtc.handle_input(Input::Timeout(now)))
+            });
+            let done = done.map(|(r, keys)| {
+                if keys.is_some() {
+                    session.srtp_keys = keys;
+                }
+                r
             });
             match done {
                 Some(Ok(())) => {}
@@ -427,6 +438,28 @@ impl Engine {
         }
         self.flush_remote_keyframe_requests(now);
         self.end_abandoned_streams(now);
+        self.send_reports(now);
+    }
+
+    /// Sender reports of the viewers whose media the gateway sends itself, where due.
+    fn send_reports(&mut self, now: Instant) {
+        let (at, wallclock) = self.wallclock;
+        let wallclock = wallclock + now.saturating_duration_since(at);
+        for s in self.sessions.values_mut() {
+            let (Some(sender), Some((tcp, from, to))) = (&mut s.sender, s.media_path) else {
+                continue;
+            };
+            for contents in sender.reports(now, wallclock) {
+                self.outbox.push(
+                    tcp,
+                    Transmit {
+                        source: from,
+                        destination: to,
+                        contents,
+                    },
+                );
+            }
+        }
     }
 
     /// Ends the viewers of each stream whose publisher left longer than the grace period ago
@@ -562,15 +595,17 @@ impl Engine {
         };
         loop {
             let rtc = &mut session.rtc;
-            let Some(output) = self
-                .faults
-                .isolate(Site::Poll, Some(id), || rtc.poll_output())
-            else {
+            let Some((output, keys)) = self.faults.isolate(Site::Poll, Some(id), || {
+                crate::dtls::keys_during(|| rtc.poll_output())
+            }) else {
                 // The Rtc is in an unknown state: drop the session, nobody else's.
                 self.events = events;
                 self.remove(now, id, PANIC);
                 return;
             };
+            if keys.is_some() {
+                session.srtp_keys = keys;
+            }
             match output {
                 Ok(Output::Timeout(t)) => {
                     if session.next_timeout != Some(t) {
@@ -586,6 +621,9 @@ impl Engine {
                         destination: t.destination,
                         contents: t.contents.into(),
                     };
+                    if on_media_path(&t.contents) {
+                        session.media_path = Some((tcp, t.source, t.destination));
+                    }
                     if !session.connected {
                         self.demux.checking(t.destination, id);
                         // Only towards an address the peer has sent from: checks of an
@@ -755,4 +793,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// Whether str0m sends this datagram on the ICE pair it uses for media: DTLS, SRTP and SRTCP
+/// go nowhere else (RFC 7983 §7 ranges). STUN goes to every pair checked; a later change of
+/// pair shows in the statistics event (`stats::on_stats`).
+fn on_media_path(d: &[u8]) -> bool {
+    matches!(d.first(), Some(20..=63 | 128..=191))
 }

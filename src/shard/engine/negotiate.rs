@@ -10,6 +10,9 @@ pub(super) const CANDIDATE_HOLD: Duration = Duration::from_millis(200);
 const STUN_INITIAL_RTO: Duration = Duration::from_millis(50);
 /// Longest wait between retransmissions of an ICE check, and the keepalive interval.
 const STUN_MAX_RTO: Duration = Duration::from_secs(1);
+/// str0m's report interval for viewers whose media the gateway sends itself: never, in
+/// practice (ten years).
+const NO_STR0M_REPORTS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 impl Engine {
     pub(super) fn rtc_config(&self) -> RtcConfig {
@@ -63,7 +66,15 @@ impl Engine {
             Some(offer) => offer.map_err(|e| OfferError::Malformed(e.to_string()))?,
             None => return Err(self.stack_failed()),
         };
-        let mut rtc = self.rtc_config().build(now);
+        let mut cfg = self.rtc_config();
+        if role == Role::Play && self.config.media.direct_egress {
+            // Sender reports come from the gateway's own egress (see `egress`): str0m's would
+            // say RTP time 0 and no packets, having sent none.
+            cfg = cfg
+                .set_rtcp_report_interval_video(NO_STR0M_REPORTS)
+                .set_rtcp_report_interval_audio(NO_STR0M_REPORTS);
+        }
+        let mut rtc = cfg.build(now);
         for addr in &self.candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {
@@ -148,6 +159,9 @@ impl Engine {
             held_candidates,
             peer_candidates: Vec::new(),
             over_tcp: false,
+            srtp_keys: None,
+            sender: None,
+            media_path: None,
         };
         let etag = session.etag.clone();
         self.set_ufrag(id, None, ufrag);

@@ -60,13 +60,37 @@ impl Engine {
     pub(super) fn join(&mut self, now: Instant, id: SessionId, stream: &Arc<str>) {
         let index = self.index;
         let resend = self.config.media.resend_buffer_packets;
+        let direct = self.config.media.direct_egress;
         if let Some(session) = self.sessions.get_mut(&id) {
             session.joined = true;
-            let mids: Vec<Mid> = session.tracks.iter().map(|(m, _)| *m).collect();
-            for mid in mids {
+            let mids: Vec<(Mid, Kind)> = session.tracks.iter().map(|(m, t)| (*m, t.kind)).collect();
+            let mut out = Vec::new();
+            for (mid, kind) in mids {
                 if let Some(tx) = session.rtc.direct_api().stream_tx_by_mid(mid, None) {
                     tx.set_rtx_cache(resend, Duration::from_secs(3), None);
                     session.tx_ssrcs.push((mid, tx.ssrc()));
+                    // RTX starts below the first rollover, as the media does.
+                    let rtx = tx.rtx().map(|ssrc| (ssrc, self.rng.gen::<u16>() & 0x7fff));
+                    out.push((mid, tx.ssrc(), rtx, kind));
+                }
+            }
+            // Media leaves through the gateway's own egress once the keys are there (they
+            // are: a viewer joins on DTLS done); without them, through str0m.
+            if direct {
+                if let Some(keys) = session.srtp_keys.take() {
+                    let rtx_pts = session
+                        .rtc
+                        .codec_config()
+                        .params()
+                        .iter()
+                        .filter_map(|p| Some((*p.pt(), *p.resend()?)))
+                        .collect();
+                    session.sender = super::egress::Egress::new(&keys, &out, rtx_pts, resend, now);
+                    if session.sender.is_none() {
+                        session.span.in_scope(
+                            || warn!(profile = ?keys.profile, "no own egress for these keys"),
+                        );
+                    }
                 }
             }
         }

@@ -77,6 +77,13 @@ pub(super) struct Session {
     /// Publisher: a loss could not be repaired, so a keyframe newer than this sequence number
     /// is wanted; the PLI is repeated each interval until one arrives (a PLI can be lost too).
     pub(super) keyframe_after: Option<u64>,
+    /// Viewer: the SRTP keys its DTLS handshake produced, until its media egress takes them.
+    pub(super) srtp_keys: Option<crate::dtls::SrtpKeys>,
+    /// Viewer: its media egress around str0m, from when it joins with keys (see `egress`).
+    pub(super) sender: Option<super::egress::Egress>,
+    /// The ICE pair str0m sends on, as its last DTLS, SRTP or STUN request showed: over TCP
+    /// or not, local and remote address. Media from `sender` goes the same way.
+    pub(super) media_path: Option<(bool, SocketAddr, SocketAddr)>,
 }
 
 /// A publisher's incoming RTP stream: its kind, and what RFC 3550 §A.3 needs to count the

@@ -10,21 +10,27 @@ impl Engine {
         match event {
             Event::PeerStats(p) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
+                    if let Some(pair) = &p.selected_candidate_pair {
+                        let tcp = pair.protocol == Protocol::Tcp;
+                        s.media_path = Some((tcp, pair.local.addr, pair.remote.addr));
+                    }
                     s.stats.rtt_ms = p.rtt.map(|d| d.as_secs_f64() * 1000.0);
                     s.stats.loss_in = p.ingress_loss_fraction;
                     s.stats.loss_out = p.egress_loss_fraction;
                     s.stats.bytes_in = p.peer_bytes_rx;
-                    s.stats.bytes_out = p.peer_bytes_tx;
+                    // What the gateway's own egress sent never went through str0m.
+                    let tx = p.peer_bytes_tx + s.sender.as_ref().map_or(0, |e| e.bytes);
+                    s.stats.bytes_out = tx;
                     // Bit rates over the interval since the previous event (or creation).
-                    let (then, rx, tx) = s.rate_sample;
+                    let (then, rx, sent) = s.rate_sample;
                     let secs = p.timestamp.saturating_duration_since(then).as_secs_f64();
                     if secs > 0.0 {
                         let rate = |now: u64, before: u64| {
                             (now.saturating_sub(before) as f64 * 8.0 / secs).round() as u64
                         };
                         s.stats.bitrate_in = rate(p.peer_bytes_rx, rx);
-                        s.stats.bitrate_out = rate(p.peer_bytes_tx, tx);
-                        s.rate_sample = (p.timestamp, p.peer_bytes_rx, p.peer_bytes_tx);
+                        s.stats.bitrate_out = rate(tx, sent);
+                        s.rate_sample = (p.timestamp, p.peer_bytes_rx, tx);
                     }
                 }
             }
@@ -51,6 +57,8 @@ impl Engine {
             }
             Event::MediaEgressStats(m) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
+                    // Only media str0m sent has these: not a viewer's on the gateway's own
+                    // egress (see `session_stats`).
                     let report = TrackReport {
                         mid: m.mid,
                         packets: m.packets,
@@ -84,11 +92,19 @@ impl Engine {
             sum(&s.ingress, |t| t.nacks),
             sum(&s.ingress, |t| t.plis),
         );
-        let (packets_out, nacks_out, plis_out) = (
+        let (mut packets_out, mut nacks_out, mut plis_out, mut lost_out) = (
             sum(&s.egress, |t| t.packets),
             sum(&s.egress, |t| t.nacks),
             sum(&s.egress, |t| t.plis),
+            sum(&s.egress, |t| t.lost),
         );
+        let mut loss_out = s.stats.loss_out;
+        if let Some(sender) = &s.sender {
+            // str0m sent no media, so its figures for it are empty.
+            let (packets, _, nacks, plis, lost) = sender.totals();
+            (packets_out, nacks_out, plis_out, lost_out) = (packets, nacks, plis, lost);
+            loss_out = sender.fraction_lost();
+        }
         SessionStats {
             id: s.id.to_string(),
             kind: s.role.name(),
@@ -108,7 +124,8 @@ impl Engine {
             packets_in,
             packets_out,
             packets_lost_in: s.ssrcs.iter().map(Incoming::lost).sum(),
-            packets_lost_out: sum(&s.egress, |t| t.lost),
+            packets_lost_out: lost_out,
+            loss_out,
             nacks: nacks_in + nacks_out,
             plis: plis_in + plis_out,
             connected_secs: s

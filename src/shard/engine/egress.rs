@@ -1,0 +1,497 @@
+//! Forwarded media to a viewer without str0m's send path: the header written, the packet
+//! protected with the session's own SRTP keys, and the datagram queued, per packet per viewer.
+//!
+//! str0m's write path queues each packet, paces it, writes its header extensions, copies it
+//! into the stream's resend buffer and protects it into a fresh buffer: per viewer that cost
+//! several times the SRTP itself, and its resend buffer was most of a viewer's memory.
+//! Forwarded media needs none of that: it is already packetized, paced by the publisher and
+//! the same for every viewer. So once DTLS hands out the keys ([`crate::dtls::keys_during`])
+//! a viewer's media goes out from here, on the ICE pair str0m uses, and str0m keeps ICE, DTLS
+//! and the viewer's RTCP (PLIs, receiver reports, statistics).
+//!
+//! What str0m did for those packets is done here instead:
+//! - **Sender reports** (RFC 3550 §6.4.1), so players can line audio up with video: str0m's
+//!   are turned off for viewers (it would report RTP time 0, having sent nothing).
+//! - **NACKs** (RFC 4585 §6.2.1): the viewer's SRTCP is read beside str0m, and a lost packet is
+//!   sent again from the viewer's list of what it was sent: an `Arc` of the shared payload and
+//!   the header fields, so the list costs bytes per packet, not a copy. It goes as RTX (RFC
+//!   4588) where the viewer's answer has an RTX stream for the track, as str0m would send it,
+//!   else as it was sent first.
+//! - **The figures** str0m keeps only for what it sent: NACKs, PLIs and FIRs, and the loss the
+//!   viewer's receiver reports give, counted from the same RTCP.
+//!
+//! No header extensions are written: the viewer's answer binds each SSRC to its m-line, and
+//! the ingest's extension values must not reach viewers anyway.
+//!
+//! str0m holds the same keys: it must never send RTP on a track's SSRCs while this egress
+//! does (nothing is written to str0m for such a viewer, and it has no BWE probes or padding),
+//! and its RTCP index counts in a range of its own (`RTCP_INDEX_START`).
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use super::*;
+use crate::dtls::SrtpKeys;
+use crate::srtp::{Profile, SrtcpReceiver, SrtpSender};
+
+/// Sender reports go out this often per track (str0m's video default; audio's 5 s is longer
+/// than a player should wait to line up the first seconds).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Packets sent again per RTCP datagram at most: a NACK's bitmasks can ask for many.
+const MAX_RESENDS_PER_RTCP: usize = 128;
+/// Audio packets kept for NACK (Opus is rarely NACKed; a few for those who do).
+const AUDIO_KEPT: usize = 64;
+/// Where this egress's SRTCP index starts. str0m keeps the same keys and may send RTCP on
+/// the same SSRCs (a BYE at the end), counting its index up from 0: a GCM nonce or CM
+/// keystream must never serve twice, so the two counts keep a billion apart. (A browser's
+/// replay window then drops str0m's late BYE; the DTLS close_notify still ends the session.)
+const RTCP_INDEX_START: u32 = 1 << 30;
+/// Seconds between 1900 (NTP's epoch) and 1970 (Unix's).
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+
+/// A viewer's media egress: its SRTP keys, and per track what was sent.
+pub(super) struct Egress {
+    srtp: SrtpSender,
+    /// Media payload type to its RTX payload type, as negotiated.
+    rtx_pts: Vec<(u8, u8)>,
+    rtcp_in: SrtcpReceiver,
+    tracks: Vec<OutTrack>,
+    next_report: Instant,
+    /// Decrypted RTCP, reused.
+    plain: Vec<u8>,
+    /// Bytes of the datagrams made here (media, resends, reports), for the session's figures
+    /// beside what str0m sent.
+    pub(super) bytes: u64,
+}
+
+struct OutTrack {
+    mid: Mid,
+    ssrc: u32,
+    /// The track's RTX SSRC, and the next extended sequence number on it.
+    rtx: Option<(u32, u64)>,
+    /// 0 until the first packet tells it.
+    clock_rate: u32,
+    packets: u32,
+    octets: u32,
+    /// Packets sent again for NACKs.
+    resent: u64,
+    nacks: u64,
+    plis: u64,
+    /// From the viewer's latest receiver report about this track: cumulative packets lost,
+    /// and the fraction lost since the report before (RFC 3550 §6.4.1).
+    lost: u64,
+    fraction_lost: Option<f32>,
+    /// RTP time and arrival of the newest packet sent: what a sender report extrapolates from.
+    last: Option<(u32, Instant)>,
+    sent: VecDeque<Sent>,
+    keep: usize,
+}
+
+/// One packet sent, enough to send it again exactly.
+struct Sent {
+    seq: u64,
+    pt: u8,
+    marker: bool,
+    time: u32,
+    payload: Arc<[u8]>,
+}
+
+/// A viewer's track as the egress is set up with it: its mid, send SSRC, RTX SSRC with the
+/// RTX stream's first sequence number, and kind.
+pub(super) type TrackSetup = (Mid, Ssrc, Option<(Ssrc, u16)>, Kind);
+
+/// What [`Egress::on_rtcp`] found in one RTCP datagram.
+#[derive(Default)]
+pub(super) struct Feedback {
+    /// Packets its NACKs asked for, protected again.
+    pub(super) resends: Vec<Vec<u8>>,
+    /// NACK packets (not the sequence numbers they name), as str0m counts them.
+    pub(super) nacks: u64,
+    /// PLIs and FIRs.
+    pub(super) plis: u64,
+}
+
+impl Egress {
+    /// A viewer's egress from its DTLS keys, for its tracks, with `rtx_pts` mapping media
+    /// payload types to RTX ones.
+    /// None for keying material that does not fit its profile.
+    pub(super) fn new(
+        keys: &SrtpKeys,
+        tracks: &[TrackSetup],
+        rtx_pts: Vec<(u8, u8)>,
+        keep_video: usize,
+        now: Instant,
+    ) -> Option<Egress> {
+        let profile = Profile::from_str0m(keys.profile)?;
+        let srtp = SrtpSender::new(profile, &keys.material, keys.local_is_client)
+            .ok()?
+            .starting_rtcp_index(RTCP_INDEX_START);
+        let rtcp_in = SrtcpReceiver::new(profile, &keys.material, keys.local_is_client).ok()?;
+        Some(Egress {
+            srtp,
+            rtcp_in,
+            rtx_pts,
+            tracks: tracks
+                .iter()
+                .map(|&(mid, ssrc, rtx, kind)| OutTrack {
+                    mid,
+                    ssrc: *ssrc,
+                    rtx: rtx.map(|(ssrc, seq)| (*ssrc, seq as u64)),
+                    clock_rate: 0,
+                    packets: 0,
+                    octets: 0,
+                    resent: 0,
+                    nacks: 0,
+                    plis: 0,
+                    lost: 0,
+                    fraction_lost: None,
+                    last: None,
+                    sent: VecDeque::new(),
+                    keep: if kind == Kind::Video {
+                        keep_video
+                    } else {
+                        AUDIO_KEPT.min(keep_video)
+                    },
+                })
+                .collect(),
+            next_report: now + REPORT_INTERVAL,
+            plain: Vec::new(),
+            bytes: 0,
+        })
+    }
+
+    /// The SRTP datagram for one forwarded packet on track `mid`, already rewritten to the
+    /// viewer's `pt`, `seq` (extended: its top bits are the rollover counter) and `time`.
+    pub(super) fn write(
+        &mut self,
+        mid: Mid,
+        pt: u8,
+        seq: u64,
+        time: u32,
+        pkt: &MediaPacket,
+    ) -> Option<Vec<u8>> {
+        let track = self.tracks.iter_mut().find(|t| t.mid == mid)?;
+        if track.clock_rate == 0 {
+            track.clock_rate = pkt.params.spec().clock_rate.get();
+        }
+        let datagram = protect(
+            &self.srtp,
+            track.ssrc,
+            pt,
+            pkt.marker,
+            seq,
+            time,
+            &pkt.payload,
+        );
+        track.packets = track.packets.wrapping_add(1);
+        track.octets = track.octets.wrapping_add(pkt.payload.len() as u32);
+        track.last = Some((time, pkt.received));
+        self.bytes += datagram.len() as u64;
+        if track.keep > 0 {
+            if track.sent.len() >= track.keep {
+                track.sent.pop_front();
+            }
+            track.sent.push_back(Sent {
+                seq,
+                pt,
+                marker: pkt.marker,
+                time,
+                payload: pkt.payload.clone(),
+            });
+        }
+        Some(datagram)
+    }
+
+    /// Sender reports for the tracks that sent media, when they are due: one SRTCP datagram
+    /// per track.
+    pub(super) fn reports(&mut self, now: Instant, wallclock: SystemTime) -> Vec<Vec<u8>> {
+        if now < self.next_report {
+            return Vec::new();
+        }
+        self.next_report = now + REPORT_INTERVAL;
+        let mut out = Vec::new();
+        for t in &self.tracks {
+            let Some((time, at)) = t.last else {
+                continue;
+            };
+            // The RTP time of `now` on the track's clock, from its newest packet.
+            let since = now.saturating_duration_since(at);
+            let ticks = (since.as_nanos() * t.clock_rate as u128 / 1_000_000_000) as u32;
+            let mut sr = sender_report(
+                t.ssrc,
+                ntp(wallclock),
+                time.wrapping_add(ticks),
+                t.packets,
+                t.octets,
+            );
+            self.srtp.protect_rtcp(&mut sr);
+            self.bytes += sr.len() as u64;
+            out.push(sr);
+        }
+        out
+    }
+
+    /// A datagram from the viewer that may be SRTCP: what its feedback asks for and says.
+    /// Anything else, or RTCP that fails authentication, is None.
+    pub(super) fn on_rtcp(&mut self, datagram: &[u8]) -> Option<Feedback> {
+        if !is_rtcp(datagram) || !self.rtcp_in.unprotect_rtcp(datagram, &mut self.plain) {
+            return None;
+        }
+        let mut feedback = Feedback::default();
+        let mut wanted: Vec<(u32, u16)> = Vec::new();
+        let tracks = &mut self.tracks;
+        for_each_feedback(&self.plain, |item| match item {
+            Item::Nack { ssrc, seqs } => {
+                if let Some(t) = tracks.iter_mut().find(|t| t.ssrc == ssrc) {
+                    t.nacks += 1;
+                    feedback.nacks += 1;
+                }
+                for seq in seqs {
+                    if wanted.len() < MAX_RESENDS_PER_RTCP {
+                        wanted.push((ssrc, seq));
+                    }
+                }
+            }
+            Item::KeyframeRequest { ssrc } => {
+                if let Some(t) = tracks.iter_mut().find(|t| t.ssrc == ssrc) {
+                    t.plis += 1;
+                    feedback.plis += 1;
+                }
+            }
+            Item::Report {
+                ssrc,
+                fraction,
+                lost,
+            } => {
+                if let Some(t) = tracks.iter_mut().find(|t| t.ssrc == ssrc) {
+                    t.lost = lost;
+                    t.fraction_lost = Some(fraction as f32 / 256.0);
+                }
+            }
+        });
+        for (ssrc, seq) in wanted {
+            let Some(track) = self.tracks.iter_mut().find(|t| t.ssrc == ssrc) else {
+                continue;
+            };
+            // The list is in sending order, which is sequence order.
+            let Some(s) = track.sent.iter().rev().find(|s| s.seq as u16 == seq) else {
+                continue;
+            };
+            let rtx_pt = self.rtx_pts.iter().find(|(p, _)| *p == s.pt).map(|r| r.1);
+            let datagram = match (track.rtx.as_mut(), rtx_pt) {
+                (Some((rtx_ssrc, next)), Some(rtx_pt)) => {
+                    // RFC 4588 §4: the original sequence number, then the original payload.
+                    let mut payload = Vec::with_capacity(2 + s.payload.len());
+                    payload.extend_from_slice(&(s.seq as u16).to_be_bytes());
+                    payload.extend_from_slice(&s.payload);
+                    let seq = *next;
+                    *next += 1;
+                    protect(
+                        &self.srtp, *rtx_ssrc, rtx_pt, s.marker, seq, s.time, &payload,
+                    )
+                }
+                _ => protect(
+                    &self.srtp, track.ssrc, s.pt, s.marker, s.seq, s.time, &s.payload,
+                ),
+            };
+            self.bytes += datagram.len() as u64;
+            feedback.resends.push(datagram);
+            track.resent += 1;
+        }
+        Some(feedback)
+    }
+
+    /// Packets sent, resends included; resends; NACKs, PLIs and FIRs received; packets the
+    /// viewer reports lost: over all tracks, for the API.
+    pub(super) fn totals(&self) -> (u64, u64, u64, u64, u64) {
+        self.tracks.iter().fold((0, 0, 0, 0, 0), |a, t| {
+            (
+                a.0 + t.packets as u64 + t.resent,
+                a.1 + t.resent,
+                a.2 + t.nacks,
+                a.3 + t.plis,
+                a.4 + t.lost,
+            )
+        })
+    }
+
+    /// The fraction of packets lost in the viewer's latest report, the largest over tracks.
+    pub(super) fn fraction_lost(&self) -> Option<f32> {
+        self.tracks
+            .iter()
+            .filter_map(|t| t.fraction_lost)
+            .reduce(f32::max)
+    }
+}
+
+/// Header, payload and SRTP of one packet, in one allocation.
+fn protect(
+    srtp: &SrtpSender,
+    ssrc: u32,
+    pt: u8,
+    marker: bool,
+    seq: u64,
+    time: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(12 + payload.len() + srtp.profile().rtp_overhead());
+    buf.push(0x80);
+    buf.push(((marker as u8) << 7) | (pt & 0x7f));
+    buf.extend_from_slice(&(seq as u16).to_be_bytes());
+    buf.extend_from_slice(&time.to_be_bytes());
+    buf.extend_from_slice(&ssrc.to_be_bytes());
+    buf.extend_from_slice(payload);
+    srtp.protect_rtp(&mut buf, 12, (seq >> 16) as u32);
+    buf
+}
+
+/// RTCP by RFC 5761 §4: version 2 and a packet type of 192-223 in the second byte.
+fn is_rtcp(d: &[u8]) -> bool {
+    d.len() >= 8 && d[0] >> 6 == 2 && (192..=223).contains(&d[1])
+}
+
+/// One piece of a viewer's feedback about the gateway's media.
+enum Item {
+    /// A generic NACK (RFC 4585 §6.2.1: PT 205, FMT 1) and the sequence numbers it names.
+    Nack { ssrc: u32, seqs: Vec<u16> },
+    /// A PLI (PT 206, FMT 1) or FIR (PT 206, FMT 4, RFC 5104 §4.3.1).
+    KeyframeRequest { ssrc: u32 },
+    /// A report block about one of our SSRCs, in a receiver or sender report.
+    Report { ssrc: u32, fraction: u8, lost: u64 },
+}
+
+/// Calls `f` for each piece of feedback in a compound RTCP packet. A malformed length ends
+/// the walk.
+fn for_each_feedback(mut rtcp: &[u8], mut f: impl FnMut(Item)) {
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    while rtcp.len() >= 4 {
+        let words = u16::from_be_bytes([rtcp[2], rtcp[3]]) as usize;
+        let len = (words + 1) * 4;
+        if rtcp[0] >> 6 != 2 || len > rtcp.len() {
+            return;
+        }
+        let (packet, rest) = rtcp.split_at(len);
+        let count = (packet[0] & 0x1f) as usize;
+        match packet[1] {
+            // SR (after its 20 bytes of sender info) and RR: report blocks of 24 bytes.
+            pt @ (200 | 201) => {
+                let start = if pt == 200 { 28 } else { 8 };
+                let blocks = packet.get(start..).unwrap_or_default();
+                for b in blocks.chunks_exact(24).take(count) {
+                    let lost = u32::from_be_bytes([0, b[5], b[6], b[7]]);
+                    f(Item::Report {
+                        ssrc: be32(&b[0..4]),
+                        fraction: b[4],
+                        lost: lost as u64,
+                    });
+                }
+            }
+            205 if count == 1 && packet.len() >= 12 => {
+                let mut seqs = Vec::new();
+                for fci in packet[12..].chunks_exact(4) {
+                    let pid = u16::from_be_bytes([fci[0], fci[1]]);
+                    let blp = u16::from_be_bytes([fci[2], fci[3]]);
+                    seqs.push(pid);
+                    seqs.extend(
+                        (0..16)
+                            .filter(|b| blp & (1 << b) != 0)
+                            .map(|b| pid.wrapping_add(b + 1)),
+                    );
+                }
+                f(Item::Nack {
+                    ssrc: be32(&packet[8..12]),
+                    seqs,
+                });
+            }
+            206 if count == 1 && packet.len() >= 12 => f(Item::KeyframeRequest {
+                ssrc: be32(&packet[8..12]),
+            }),
+            // FIR names its SSRCs in its entries (RFC 5104 §4.3.1.1), not in the header.
+            206 if count == 4 => {
+                for entry in packet.get(12..).unwrap_or_default().chunks_exact(8) {
+                    f(Item::KeyframeRequest {
+                        ssrc: be32(&entry[0..4]),
+                    });
+                }
+            }
+            _ => {}
+        }
+        rtcp = rest;
+    }
+}
+
+/// A sender report with no report blocks (RFC 3550 §6.4.1).
+fn sender_report(ssrc: u32, ntp: u64, rtp_time: u32, packets: u32, octets: u32) -> Vec<u8> {
+    let mut sr = Vec::with_capacity(28 + 32);
+    sr.extend_from_slice(&[0x80, 200, 0, 6]);
+    sr.extend_from_slice(&ssrc.to_be_bytes());
+    sr.extend_from_slice(&ntp.to_be_bytes());
+    sr.extend_from_slice(&rtp_time.to_be_bytes());
+    sr.extend_from_slice(&packets.to_be_bytes());
+    sr.extend_from_slice(&octets.to_be_bytes());
+    sr
+}
+
+/// A wallclock time as a 64-bit NTP timestamp (seconds since 1900 and a binary fraction).
+fn ntp(t: SystemTime) -> u64 {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() + NTP_UNIX_OFFSET;
+    let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
+    (secs << 32) | frac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk's findings as text, to compare.
+    fn walk(rtcp: &[u8]) -> Vec<String> {
+        let mut got = Vec::new();
+        for_each_feedback(rtcp, |item| {
+            got.push(match item {
+                Item::Nack { ssrc, seqs } => format!("nack {ssrc:x} {seqs:?}"),
+                Item::KeyframeRequest { ssrc } => format!("key {ssrc:x}"),
+                Item::Report {
+                    ssrc,
+                    fraction,
+                    lost,
+                } => format!("report {ssrc:x} {fraction} {lost}"),
+            })
+        });
+        got
+    }
+
+    #[test]
+    fn feedback_is_read_from_each_packet_of_a_compound() {
+        // RR with one block (SSRC 0xabcd, fraction 64, 300 lost), a NACK for 65535 with bits
+        // 0 and 2 of its mask set (so also 0 and 2), a PLI and a FIR naming 0xbeef.
+        let mut rtcp = vec![0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0xab, 0xcd, 64, 0, 1, 44];
+        rtcp.extend_from_slice(&[0; 16]);
+        rtcp.extend_from_slice(&[0x81, 205, 0, 3, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]);
+        rtcp.extend_from_slice(&[0xff, 0xff, 0b0000_0000, 0b0000_0101]);
+        rtcp.extend_from_slice(&[0x81, 206, 0, 2, 0, 0, 0, 1, 0, 0, 0xbe, 0xef]);
+        rtcp.extend_from_slice(&[0x84, 206, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0]);
+        rtcp.extend_from_slice(&[0, 0, 0xbe, 0xef, 7, 0, 0, 0]);
+        assert_eq!(
+            walk(&rtcp),
+            [
+                "report abcd 64 300",
+                "nack deadbeef [65535, 0, 2]",
+                "key beef",
+                "key beef"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_length_past_the_end_ends_the_walk() {
+        let rtcp = [0x81, 205, 0, 9, 0, 0, 0, 1, 0, 0, 0, 2, 0, 5, 0, 0];
+        assert!(walk(&rtcp).is_empty());
+    }
+
+    #[test]
+    fn ntp_counts_from_1900_with_a_binary_fraction() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1500);
+        assert_eq!(ntp(t), ((NTP_UNIX_OFFSET + 1) << 32) | (1 << 31));
+    }
+}
