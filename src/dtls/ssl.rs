@@ -27,7 +27,8 @@ use foreign_types::ForeignTypeRef;
 use openssl::ex_data::Index;
 use openssl::pkey::PKey;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslRef, SslStream, SslVerifyMode, SslVersion,
+    ErrorCode, Ssl, SslContext, SslMethod, SslMode, SslOptions, SslRef, SslStream, SslVerifyMode,
+    SslVersion,
 };
 use openssl::x509::X509;
 use str0m::crypto::dtls::{
@@ -60,7 +61,14 @@ const SRTP_EXPORTER_LABEL: &str = "EXTRACTOR-dtls_srtp";
 /// When no MTU is given (str0m always gives one).
 const DEFAULT_MTU: usize = 1150;
 /// Largest application datagram read at once (an SCTP packet fits in one record).
-const READ_BUF: usize = 16 * 1024;
+const READ_BUF_LEN: usize = 16 * 1024;
+
+thread_local! {
+    /// Where application data is read into, one per thread rather than per session: a
+    /// session seldom reads any, and 16 KiB each was near a tenth of a viewer's memory.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_BUF_LEN]);
+}
+
 /// A timer that is not running, as far ahead as str0m needs it to be.
 const NO_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -176,6 +184,10 @@ fn context(cert: &DtlsCert) -> Result<SslContext, openssl::error::ErrorStack> {
         |_, _| true,
     );
     b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION);
+    // OpenSSL may keep a read and a write buffer of about 17 KiB each per connection unless
+    // told to free them when empty, which they are between the few records of a session's
+    // life after its handshake.
+    b.set_mode(SslMode::RELEASE_BUFFERS);
     let ctx = b.build();
     if kept.len() == CONTEXTS {
         kept.pop_front();
@@ -244,7 +256,6 @@ pub(super) struct Instance {
     out: VecDeque<Out>,
     /// The next timeout, found after each call into OpenSSL.
     timeout: Instant,
-    read_buf: Vec<u8>,
 }
 
 // The stream's raw pointers are only touched through `&mut self`; a panic inside a call
@@ -296,7 +307,6 @@ impl Instance {
             mtu,
             out: VecDeque::new(),
             timeout: now + NO_TIMER,
-            read_buf: vec![0; READ_BUF],
         })
     }
 
@@ -325,9 +335,13 @@ impl Instance {
             }
         }
         while self.state == State::Connected {
-            match self.stream.ssl_read(&mut self.read_buf) {
-                Ok(0) => {}
-                Ok(n) => self.out.push_back(Out::Data(self.read_buf[..n].to_vec())),
+            let read = READ_BUF.with_borrow_mut(|buf| match self.stream.ssl_read(buf) {
+                Ok(n) => Ok(buf[..n].to_vec()),
+                Err(e) => Err(e),
+            });
+            match read {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => self.out.push_back(Out::Data(data)),
                 Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {
                     break
                 }
