@@ -166,7 +166,7 @@ impl Engine {
             sender,
             media_path,
             ..
-        } = s;
+        } = &mut **s;
         let Some((mid, track)) = tracks.iter_mut().find(|(_, t)| t.kind == pkt.kind) else {
             return;
         };

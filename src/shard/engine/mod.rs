@@ -141,7 +141,9 @@ pub struct Engine {
     dtls_cert: Option<str0m::config::DtlsCert>,
     /// str0m's crypto for new sessions: DTLS on OpenSSL (see `crate::dtls`).
     crypto: Arc<str0m::crypto::CryptoProvider>,
-    sessions: HashMap<SessionId, Session>,
+    /// Boxed: a `Session` (with its `Rtc`) is about 11 KiB, and a map of them inline kept that
+    /// much per empty slot of its table and moved it all on every growth.
+    sessions: HashMap<SessionId, Box<Session>>,
     demux: Demux,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     /// Copies of connecting sessions' ICE checks (see [`CheckCopies`]).

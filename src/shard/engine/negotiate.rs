@@ -165,7 +165,7 @@ impl Engine {
         };
         let etag = session.etag.clone();
         self.set_ufrag(id, None, ufrag);
-        self.sessions.insert(id, session);
+        self.sessions.insert(id, Box::new(session));
         if role == Role::Publish {
             // The shards that already have viewers waiting subscribe through the hub; any that
             // subscribed since the session was registered have already.
