@@ -9,6 +9,8 @@
 #   BASE_URL=http://127.0.0.1:1985 PID=1234 scripts/bench-fanout.sh   # a server started elsewhere
 #
 # Environment: STEPS, RATE (joins/s, 50), SECS (steady phase, 20), SAMPLES (checking viewers, 8),
+# CODEC (h264; vp8 to compare with a server that sends viewers VP8 only), DIRECT_EGRESS (true;
+# false sends viewers' media through str0m, media.direct_egress),
 # SINK (nft as root with nft installed, else bpf; see the load tool's --sink), SHARDS (1),
 # GATEWAY_CPUS (0), LOAD_CPUS (the other cores), MAX_SHARD_LOAD (1.0: admission off),
 # RESULTS (a file the reports' JSON lines are appended to), MAX_LOSS (0.5), MAX_CPU (0.95 per shard), RETRIES (2: a failed step is run again while the
@@ -21,6 +23,8 @@ STEPS="${STEPS:-100 250 500 750 1000 1500 2000}"
 RATE="${RATE:-50}"
 SECS="${SECS:-20}"
 SAMPLES="${SAMPLES:-8}"
+CODEC="${CODEC:-h264}"
+DIRECT_EGRESS="${DIRECT_EGRESS:-true}"
 SHARDS="${SHARDS:-1}"
 MAX_SHARD_LOAD="${MAX_SHARD_LOAD:-1.0}"
 MAX_LOSS="${MAX_LOSS:-0.5}"
@@ -58,6 +62,7 @@ listen = "127.0.0.1:0"
 [media]
 bind_ip = "127.0.0.1"
 udp_base_port = 0
+direct_egress = $DIRECT_EGRESS
 
 [limits]
 posts_per_minute_per_ip = 0
@@ -106,7 +111,7 @@ for n in $STEPS; do
       start_gateway
     fi
     args=("$base" --stream "bench-$n-$try" --viewers "$n" --rate "$RATE" --seconds "$SECS"
-      --samples "$SAMPLES" --sink "$SINK")
+      --samples "$SAMPLES" --sink "$SINK" --codec "$CODEC")
     [ -n "$pid" ] && args+=(--pid "$pid")
     echo "== $n viewers (load average $(cut -d' ' -f1 /proc/loadavg))"
     if ! out="$(taskset -c "$LOAD_CPUS" "$LOAD" "${args[@]}")"; then
