@@ -464,7 +464,9 @@ impl Sender {
             }
             i = j;
         }
-        transmits.clear();
+        for t in transmits.drain(..) {
+            engine.outbox.recycle(t.contents);
+        }
         engine.outbox.transmits = transmits;
     }
 }

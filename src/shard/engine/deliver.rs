@@ -191,8 +191,9 @@ impl Engine {
         };
         if let (Some(sender), Some((tcp, from, to))) = (sender, *media_path) {
             // The gateway's own code, contained as str0m's write is: a panic costs the viewer.
+            let buf = self.outbox.buffer();
             let written = self.faults.isolate(Site::Write, Some(id), || {
-                sender.write(mid, *pt, seq, time, pkt)
+                sender.write(mid, *pt, seq, time, pkt, buf)
             });
             let Some(written) = written else {
                 self.remove(now, id, PANIC);
@@ -207,7 +208,11 @@ impl Engine {
                         contents,
                     },
                 );
-                self.written(now, id, pkt.kind);
+                // The session is at hand: no second lookup for the count.
+                if let Some(secs) = s.count_written(now, pkt.kind) {
+                    self.first_frames.push(secs);
+                }
+                self.counters.packets_forwarded += 1;
                 self.counters.packets_direct += 1;
             }
             return;
@@ -241,11 +246,7 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        s.packets_written += 1;
-        if kind == Kind::Video && !s.first_video_sent {
-            s.first_video_sent = true;
-            s.video_started = Some(now);
-            let secs = now.saturating_duration_since(s.created).as_secs_f64();
+        if let Some(secs) = s.count_written(now, kind) {
             self.first_frames.push(secs);
         }
         self.counters.packets_forwarded += 1;

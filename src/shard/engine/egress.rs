@@ -161,7 +161,8 @@ impl Egress {
     }
 
     /// The SRTP datagram for one forwarded packet on track `mid`, already rewritten to the
-    /// viewer's `pt`, `seq` (extended: its top bits are the rollover counter) and `time`.
+    /// viewer's `pt`, `seq` (extended: its top bits are the rollover counter) and `time`,
+    /// written into `buf` (an empty buffer to reuse).
     pub(super) fn write(
         &mut self,
         mid: Mid,
@@ -169,12 +170,14 @@ impl Egress {
         seq: u64,
         time: u32,
         pkt: &MediaPacket,
+        buf: Vec<u8>,
     ) -> Option<Vec<u8>> {
         let track = self.tracks.iter_mut().find(|t| t.mid == mid)?;
         if track.clock_rate == 0 {
             track.clock_rate = pkt.params.spec().clock_rate.get();
         }
-        let datagram = protect(
+        let datagram = protect_into(
+            buf,
             &self.srtp,
             track.ssrc,
             pt,
@@ -334,7 +337,23 @@ fn protect(
     time: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(12 + payload.len() + srtp.profile().rtp_overhead());
+    protect_into(Vec::new(), srtp, ssrc, pt, marker, seq, time, payload)
+}
+
+/// [`protect`] into `buf`, whose contents are replaced.
+#[allow(clippy::too_many_arguments)]
+fn protect_into(
+    mut buf: Vec<u8>,
+    srtp: &SrtpSender,
+    ssrc: u32,
+    pt: u8,
+    marker: bool,
+    seq: u64,
+    time: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    buf.clear();
+    buf.reserve(12 + payload.len() + srtp.profile().rtp_overhead());
     buf.push(0x80);
     buf.push(((marker as u8) << 7) | (pt & 0x7f));
     buf.extend_from_slice(&(seq as u16).to_be_bytes());

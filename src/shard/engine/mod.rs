@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
 
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{KeyframeRequestKind, Mid};
@@ -47,6 +48,10 @@ use session::{session_span, Incoming, NewSession, Session, TrackReport};
 
 /// How often sessions are checked for connect and consent timeouts and held keyframe requests.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Sent datagrams' buffers kept for reuse per shard at most (about 5 MiB).
+const SPARE_BUFFERS: usize = 4096;
+/// Largest buffer kept for reuse: a datagram's.
+const SPARE_CAPACITY: usize = 2048;
 /// Each overloaded window sheds one in this many of the shard's viewers (at least one).
 const SHED_PER_WINDOW_DIVISOR: usize = 32;
 /// Removal reason for a session whose str0m call panicked: its Rtc is not touched again.
@@ -71,6 +76,9 @@ pub struct Outbox {
     pub messages: Vec<(usize, PeerMsg)>,
     pub hub: Vec<HubUpdate>,
     pub replies: Vec<Reply>,
+    /// Sent datagrams' buffers, given back by the IO layer ([`Outbox::recycle`]) for the next
+    /// ones: a buffer per packet per viewer from the allocator showed in the fan-out's cost.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Outbox {
@@ -89,6 +97,20 @@ impl Outbox {
             self.tcp.push(t);
         } else {
             self.transmits.push(t);
+        }
+    }
+
+    /// An empty buffer for a datagram: a sent one's, or a new one.
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Takes back a sent datagram's buffer for reuse, up to [`SPARE_BUFFERS`] of ordinary
+    /// size (a GSO-sized one would hold its memory for a small datagram).
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_CAPACITY {
+            buf.clear();
+            self.spare.push(buf);
         }
     }
 
@@ -142,8 +164,9 @@ pub struct Engine {
     /// str0m's crypto for new sessions: DTLS on OpenSSL (see `crate::dtls`).
     crypto: Arc<str0m::crypto::CryptoProvider>,
     /// Boxed: a `Session` (with its `Rtc`) is about 11 KiB, and a map of them inline kept that
-    /// much per empty slot of its table and moved it all on every growth.
-    sessions: HashMap<SessionId, Box<Session>>,
+    /// much per empty slot of its table and moved it all on every growth. Fx-hashed: ids are
+    /// random (see `rustc-hash` in Cargo.toml).
+    sessions: FxHashMap<SessionId, Box<Session>>,
     demux: Demux,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     /// Copies of connecting sessions' ICE checks (see [`CheckCopies`]).
@@ -192,7 +215,7 @@ impl Engine {
             tcp_candidates: Vec::new(),
             dtls_cert,
             crypto: crate::dtls::crypto_provider(),
-            sessions: HashMap::new(),
+            sessions: FxHashMap::default(),
             demux: Demux::default(),
             faults: Faults::default(),
             overloaded_since: None,

@@ -86,6 +86,20 @@ pub(super) struct Session {
     pub(super) media_path: Option<(bool, SocketAddr, SocketAddr)>,
 }
 
+impl Session {
+    /// Counts a packet written to this viewer; for its first video packet, the seconds since
+    /// its creation (its time to first frame).
+    pub(super) fn count_written(&mut self, now: Instant, kind: Kind) -> Option<f64> {
+        self.packets_written += 1;
+        if kind != Kind::Video || self.first_video_sent {
+            return None;
+        }
+        self.first_video_sent = true;
+        self.video_started = Some(now);
+        Some(now.saturating_duration_since(self.created).as_secs_f64())
+    }
+}
+
 /// A publisher's incoming RTP stream: its kind, and what RFC 3550 §A.3 needs to count the
 /// packets lost on the way in (first and highest extended sequence number, packets received).
 pub(super) struct Incoming {
