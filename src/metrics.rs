@@ -105,6 +105,7 @@ impl Metrics {
             counter!("wishcast_shard_restarts_total").absolute(s.shard_restarts);
             counter!("wishcast_tcp_send_dropped_total").absolute(s.tcp_send_dropped);
             counter!("wishcast_packets_direct_total").absolute(s.packets_direct);
+            counter!("wishcast_udp_send_dropped_total").absolute(s.udp_send_dropped);
             for (k, busy) in snap.shard_busy_secs.iter().enumerate() {
                 gauge!("wishcast_shard_busy_seconds_total", "shard" => k.to_string()).set(*busy);
             }

@@ -74,6 +74,9 @@ counters! {
     /// Of `packets_forwarded`, those the gateway's own egress protected and sent (the rest
     /// went through str0m: `media.direct_egress` off, or keys it could not use).
     packets_direct,
+    /// Datagrams the shard's UDP socket did not take: its buffer stayed full, or the kernel
+    /// refused the send (a gone peer's address, say).
+    udp_send_dropped,
 }
 
 impl Counters {

@@ -447,7 +447,9 @@ impl Sender {
                     segment_size: None,
                     src_ip,
                 };
-                send_one(socket, state, &tx).await;
+                if !send_one(socket, state, &tx).await {
+                    engine.counters.udp_send_dropped += 1;
+                }
             } else {
                 self.gso_buf.clear();
                 for t in &transmits[i..j] {
@@ -460,7 +462,9 @@ impl Sender {
                     segment_size: Some(size),
                     src_ip,
                 };
-                send_one(socket, state, &tx).await;
+                if !send_one(socket, state, &tx).await {
+                    engine.counters.udp_send_dropped += (j - i) as u64;
+                }
             }
             i = j;
         }
@@ -471,23 +475,30 @@ impl Sender {
     }
 }
 
-async fn send_one(socket: &UdpSocket, state: &UdpSocketState, tx: &quinn_udp::Transmit<'_>) {
+/// Sends one message, waiting for room in a full socket buffer a few times. False if it was
+/// dropped: the buffer stayed full, or the kernel refused it (a gone peer's address, say).
+async fn send_one(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    tx: &quinn_udp::Transmit<'_>,
+) -> bool {
     for _ in 0..3 {
         match socket.try_io(Interest::WRITABLE, || {
             state.try_send(UdpSockRef::from(socket), tx)
         }) {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if socket.writable().await.is_err() {
-                    return;
+                    return false;
                 }
             }
             Err(e) => {
                 debug!(error = %e, to = %tx.destination, "send failed");
-                return;
+                return false;
             }
         }
     }
+    false
 }
 
 /// A shard's counters as other threads read them: the shard thread stores its [`Counters`]
@@ -714,5 +725,35 @@ mod tests {
             chans.control.try_recv(),
             Ok(PeerMsg::KeyframeRequest { .. })
         ));
+    }
+
+    /// A datagram the kernel refuses (here an IPv6 destination for an IPv4 socket) is counted
+    /// as dropped; the one after it still leaves.
+    #[tokio::test]
+    async fn a_refused_send_is_counted_and_the_next_still_goes() {
+        let (socket, state, mut engine, receiver) = shard_socket().await;
+        let from = socket.local_addr().expect("addr");
+        let to = receiver.local_addr().expect("addr");
+        let mut out = Sender {
+            hub: Arc::new(Hub::new(1)),
+            set_source_ip: false,
+            v6_socket: false,
+            gso_buf: Vec::new(),
+            tcp: TcpPeers::default(),
+        };
+        for destination in ["[::1]:9".parse().expect("addr"), to] {
+            engine.outbox.transmits.push(super::super::Transmit {
+                source: from,
+                destination,
+                contents: vec![0x80; 100],
+            });
+        }
+        out.flush(&mut engine, &socket, &state, &[]).await;
+        assert_eq!(engine.counters.udp_send_dropped, 1);
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let mut buf = [0u8; 200];
+        assert_eq!(receiver.recv(&mut buf).expect("the second datagram"), 100);
     }
 }
