@@ -685,13 +685,7 @@ mod tests {
         let mut engine = Engine::new(0, config, vec![addr], Instant::now(), 1);
         let (link, mut chans) = channels(2);
         let stream: Arc<str> = Arc::from("s");
-        let mut out = Sender {
-            hub: Arc::new(Hub::new(2)),
-            set_source_ip: false,
-            v6_socket: false,
-            gso_buf: Vec::new(),
-            tcp: TcpPeers::default(),
-        };
+        let mut out = test_sender(2);
         for seq in 0..5 {
             engine.outbox.messages.push((1, media(seq)));
         }
@@ -727,6 +721,17 @@ mod tests {
         ));
     }
 
+    /// A sender for an IPv4 socket, as the shard makes it, for a gateway of `shards` shards.
+    fn test_sender(shards: usize) -> Sender {
+        Sender {
+            hub: Arc::new(Hub::new(shards)),
+            set_source_ip: false,
+            v6_socket: false,
+            gso_buf: Vec::new(),
+            tcp: TcpPeers::default(),
+        }
+    }
+
     /// A datagram the kernel refuses (here an IPv6 destination for an IPv4 socket) is counted
     /// as dropped; the one after it still leaves.
     #[tokio::test]
@@ -734,13 +739,7 @@ mod tests {
         let (socket, state, mut engine, receiver) = shard_socket().await;
         let from = socket.local_addr().expect("addr");
         let to = receiver.local_addr().expect("addr");
-        let mut out = Sender {
-            hub: Arc::new(Hub::new(1)),
-            set_source_ip: false,
-            v6_socket: false,
-            gso_buf: Vec::new(),
-            tcp: TcpPeers::default(),
-        };
+        let mut out = test_sender(1);
         for destination in ["[::1]:9".parse().expect("addr"), to] {
             engine.outbox.transmits.push(super::super::Transmit {
                 source: from,

@@ -189,7 +189,7 @@ impl Engine {
         let Some((seq, time)) = track.rewrite(pkt, now) else {
             return;
         };
-        if let (Some(sender), Some((tcp, from, to))) = (sender, *media_path) {
+        if let (Some(sender), Some(path)) = (sender, *media_path) {
             // The gateway's own code, contained as str0m's write is: a panic costs the viewer.
             let buf = self.outbox.buffer();
             let written = self.faults.isolate(Site::Write, Some(id), || {
@@ -200,14 +200,7 @@ impl Engine {
                 return;
             };
             if let Some(contents) = written {
-                self.outbox.push(
-                    tcp,
-                    Transmit {
-                        source: from,
-                        destination: to,
-                        contents,
-                    },
-                );
+                self.outbox.send_on(path, contents);
                 // The session is at hand: no second lookup for the count.
                 if let Some(secs) = s.count_written(now, pkt.kind) {
                     self.first_frames.push(secs);

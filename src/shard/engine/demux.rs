@@ -184,21 +184,14 @@ impl Engine {
             (Some(sender), Some(path)) => sender.on_rtcp(data).map(|f| (f, path)),
             _ => None,
         };
-        if let Some((feedback, (tcp, from, to))) = feedback {
+        if let Some((feedback, path)) = feedback {
             self.counters.nacks_received += feedback.nacks;
             self.counters.plis_received += feedback.plis;
             let resent = feedback.resends.len() as u64;
             self.counters.packets_retransmitted += resent;
             session.stats.packets_retransmitted += resent;
             for contents in feedback.resends {
-                self.outbox.push(
-                    tcp,
-                    Transmit {
-                        source: from,
-                        destination: to,
-                        contents,
-                    },
-                );
+                self.outbox.send_on(path, contents);
             }
         }
         let rtc = &mut session.rtc;

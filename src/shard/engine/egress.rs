@@ -176,16 +176,14 @@ impl Egress {
         if track.clock_rate == 0 {
             track.clock_rate = pkt.params.spec().clock_rate.get();
         }
-        let datagram = protect_into(
-            buf,
-            &self.srtp,
-            track.ssrc,
+        let header = Header {
+            ssrc: track.ssrc,
             pt,
-            pkt.marker,
+            marker: pkt.marker,
             seq,
             time,
-            &pkt.payload,
-        );
+        };
+        let datagram = protect(buf, &self.srtp, header, &pkt.payload);
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(pkt.payload.len() as u32);
         track.last = Some((time, pkt.received));
@@ -289,13 +287,25 @@ impl Egress {
                     payload.extend_from_slice(&s.payload);
                     let seq = *next;
                     *next += 1;
-                    protect(
-                        &self.srtp, *rtx_ssrc, rtx_pt, s.marker, seq, s.time, &payload,
-                    )
+                    let header = Header {
+                        ssrc: *rtx_ssrc,
+                        pt: rtx_pt,
+                        marker: s.marker,
+                        seq,
+                        time: s.time,
+                    };
+                    protect(Vec::new(), &self.srtp, header, &payload)
                 }
-                _ => protect(
-                    &self.srtp, track.ssrc, s.pt, s.marker, s.seq, s.time, &s.payload,
-                ),
+                _ => {
+                    let header = Header {
+                        ssrc: track.ssrc,
+                        pt: s.pt,
+                        marker: s.marker,
+                        seq: s.seq,
+                        time: s.time,
+                    };
+                    protect(Vec::new(), &self.srtp, header, &s.payload)
+                }
             };
             self.bytes += datagram.len() as u64;
             feedback.resends.push(datagram);
@@ -327,40 +337,28 @@ impl Egress {
     }
 }
 
-/// Header, payload and SRTP of one packet, in one allocation.
-fn protect(
-    srtp: &SrtpSender,
+/// An RTP header as the egress writes it: no CSRCs, no extensions.
+#[derive(Clone, Copy)]
+struct Header {
     ssrc: u32,
     pt: u8,
     marker: bool,
+    /// Extended: the bits above 16 are the rollover counter.
     seq: u64,
     time: u32,
-    payload: &[u8],
-) -> Vec<u8> {
-    protect_into(Vec::new(), srtp, ssrc, pt, marker, seq, time, payload)
 }
 
-/// [`protect`] into `buf`, whose contents are replaced.
-#[allow(clippy::too_many_arguments)]
-fn protect_into(
-    mut buf: Vec<u8>,
-    srtp: &SrtpSender,
-    ssrc: u32,
-    pt: u8,
-    marker: bool,
-    seq: u64,
-    time: u32,
-    payload: &[u8],
-) -> Vec<u8> {
+/// Header, payload and SRTP of one packet, written into `buf` (its contents replaced).
+fn protect(mut buf: Vec<u8>, srtp: &SrtpSender, h: Header, payload: &[u8]) -> Vec<u8> {
     buf.clear();
     buf.reserve(12 + payload.len() + srtp.profile().rtp_overhead());
     buf.push(0x80);
-    buf.push(((marker as u8) << 7) | (pt & 0x7f));
-    buf.extend_from_slice(&(seq as u16).to_be_bytes());
-    buf.extend_from_slice(&time.to_be_bytes());
-    buf.extend_from_slice(&ssrc.to_be_bytes());
+    buf.push(((h.marker as u8) << 7) | (h.pt & 0x7f));
+    buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
+    buf.extend_from_slice(&h.time.to_be_bytes());
+    buf.extend_from_slice(&h.ssrc.to_be_bytes());
     buf.extend_from_slice(payload);
-    srtp.protect_rtp(&mut buf, 12, (seq >> 16) as u32);
+    srtp.protect_rtp(&mut buf, 12, (h.seq >> 16) as u32);
     buf
 }
 

@@ -100,6 +100,19 @@ impl Outbox {
         }
     }
 
+    /// Queues `contents` on a session's media path: over TCP or not, from, to.
+    fn send_on(&mut self, path: (bool, SocketAddr, SocketAddr), contents: Vec<u8>) {
+        let (tcp, source, destination) = path;
+        self.push(
+            tcp,
+            Transmit {
+                source,
+                destination,
+                contents,
+            },
+        );
+    }
+
     /// An empty buffer for a datagram: a sent one's, or a new one.
     fn buffer(&mut self) -> Vec<u8> {
         self.spare.pop().unwrap_or_default()
@@ -471,18 +484,11 @@ impl Engine {
         let (at, wallclock) = self.wallclock;
         let wallclock = wallclock + now.saturating_duration_since(at);
         for s in self.sessions.values_mut() {
-            let (Some(sender), Some((tcp, from, to))) = (&mut s.sender, s.media_path) else {
+            let (Some(sender), Some(path)) = (&mut s.sender, s.media_path) else {
                 continue;
             };
             for contents in sender.reports(now, wallclock) {
-                self.outbox.push(
-                    tcp,
-                    Transmit {
-                        source: from,
-                        destination: to,
-                        contents,
-                    },
-                );
+                self.outbox.send_on(path, contents);
             }
         }
     }
