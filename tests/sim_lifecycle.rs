@@ -401,3 +401,31 @@ fn a_publisher_replaced_during_a_viewers_gop_replay_starts_it_on_a_whole_keyfram
         "the new publisher's first keyframe arrives whole: {first:?}"
     );
 }
+
+/// A viewer's NAT gives it a new mapping mid-stream (or it moves to another network and its
+/// client keeps the session): the gateway's media follows it to the new address at its next
+/// receiver report, and it keeps getting every frame but those in flight.
+#[test]
+fn media_follows_a_viewer_whose_nat_mapping_changes() {
+    let (mut sim, p, viewers) = stream_with_viewers(1);
+    let v = viewers[0];
+    sim.run_for(Duration::from_secs(1));
+    let new_addr: std::net::SocketAddr = "198.51.100.7:40000".parse().expect("addr");
+    sim.rebind(v, new_addr);
+    let since = sim.now();
+    sim.run_for(Duration::from_secs(5));
+    let feed = sim.feed(p).expect("feed");
+    let got = video_since(&sim, feed, v, since);
+    // 150 frames in 5 s; at most the frames until the viewer's next report (about 1 s) lost.
+    assert!(
+        got.len() >= 110,
+        "media reaches the new address: {} of 150 frames",
+        got.len()
+    );
+    let recent = video_since(&sim, feed, v, since + Duration::from_secs(3));
+    assert!(
+        recent.len() >= 55,
+        "and keeps coming: {} of 60",
+        recent.len()
+    );
+}

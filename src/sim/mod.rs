@@ -612,6 +612,17 @@ impl Sim {
         asked.map_err(|e| SimError::Peer(id, e))
     }
 
+    /// A NAT in front of peer `id` maps it to `to` from now on (a new mapping, or a move to
+    /// another network): its datagrams come from `to`, and only datagrams to `to` reach it.
+    /// The peer itself does not know.
+    pub fn rebind(&mut self, id: PeerId, to: SocketAddr) {
+        let peer = &mut self.peers[id.0];
+        let old = peer.mapped.unwrap_or(peer.addr);
+        peer.mapped = Some(to);
+        self.addrs.remove(&old);
+        self.addrs.insert(to, Node::Peer(id));
+    }
+
     /// Takes a peer off the network without telling the gateway (a vanished client).
     pub fn kill(&mut self, id: PeerId) {
         self.disconnect_peer(id.0, "killed");
@@ -624,7 +635,7 @@ impl Sim {
         if peer.recount() == Some(false) {
             self.connected -= 1;
         }
-        let addr = peer.addr;
+        let addr = peer.mapped.unwrap_or(peer.addr);
         self.addrs.remove(&addr);
         self.feeds.retain(|&p| p != index);
     }
@@ -844,8 +855,9 @@ impl Sim {
     fn flush_peer(&mut self, index: usize) {
         let mut out = std::mem::take(&mut self.scratch);
         let peer = &mut self.peers[index];
+        let mapped = peer.mapped;
         out.extend(peer.core.transmits().map(|t| Outgoing {
-            source: t.source,
+            source: mapped.unwrap_or(t.source),
             destination: t.destination,
             contents: t.contents.into(),
         }));
@@ -960,8 +972,14 @@ impl Sim {
             }
             Node::Peer(p) => {
                 let now = self.now;
-                let core = &mut self.peers[p.0].core;
-                if !core.handle_datagram(now, f.source, f.destination, &f.contents) {
+                let peer = &mut self.peers[p.0];
+                // Through the peer's NAT, if it has one: to the address the peer knows.
+                let to = if peer.mapped.is_some() {
+                    peer.addr
+                } else {
+                    f.destination
+                };
+                if !peer.core.handle_datagram(now, f.source, to, &f.contents) {
                     self.undeliverable += 1;
                     return;
                 }

@@ -47,6 +47,9 @@ pub struct Peer {
     pub(super) next_timeout: Option<Instant>,
     /// Counted in [`Sim::connected_count`].
     counted: bool,
+    /// The address a NAT in front of the peer maps `addr` to, after [`super::Sim::rebind`]:
+    /// what the gateway sees its datagrams come from, and where it must send.
+    pub(super) mapped: Option<SocketAddr>,
 }
 
 impl std::ops::Deref for Peer {
@@ -84,6 +87,7 @@ impl Peer {
             pts: Vec::new(),
             next_timeout: None,
             counted: false,
+            mapped: None,
         }
     }
 

@@ -179,12 +179,13 @@ impl Engine {
         }
         session.last_rx = now;
         // The viewer's RTCP reaches str0m too (its PLIs become keyframe requests there); what
-        // str0m counts only for media it sent, and the NACKs, are taken here.
-        let feedback = match (&mut session.sender, session.media_path) {
-            (Some(sender), Some(path)) => sender.on_rtcp(data).map(|f| (f, path)),
-            _ => None,
-        };
-        if let Some((feedback, path)) = feedback {
+        // str0m counts only for media it sent, and the NACKs, are taken here. RTCP that passes
+        // the viewer's keys also shows where the viewer is now: after an ICE restart onto
+        // another pair, or a NAT's new mapping, media follows at its next report.
+        let feedback = session.sender.as_mut().and_then(|s| s.on_rtcp(data));
+        if let Some(feedback) = feedback {
+            let path = (proto == Protocol::Tcp, destination, source);
+            session.media_path = Some(path);
             self.counters.nacks_received += feedback.nacks;
             self.counters.plis_received += feedback.plis;
             let resent = feedback.resends.len() as u64;

@@ -6,8 +6,8 @@
 //! several times the SRTP itself, and its resend buffer was most of a viewer's memory.
 //! Forwarded media needs none of that: it is already packetized, paced by the publisher and
 //! the same for every viewer. So once DTLS hands out the keys ([`crate::dtls::keys_during`])
-//! a viewer's media goes out from here, on the ICE pair str0m uses, and str0m keeps ICE, DTLS
-//! and the viewer's RTCP (PLIs, receiver reports, statistics).
+//! a viewer's media goes out from here, on the ICE pair its DTLS and RTCP use, and str0m
+//! keeps ICE, DTLS and the viewer's RTCP (PLIs, receiver reports, statistics).
 //!
 //! What str0m did for those packets is done here instead:
 //! - **Sender reports** (RFC 3550 §6.4.1), so players can line audio up with video: str0m's

@@ -828,7 +828,7 @@ impl Engine {
 
 /// Whether str0m sends this datagram on the ICE pair it uses for media: DTLS, SRTP and SRTCP
 /// go nowhere else (RFC 7983 §7 ranges). STUN goes to every pair checked; a later change of
-/// pair shows in the statistics event (`stats::on_stats`).
+/// pair shows in the viewer's RTCP (`demux`) and in the statistics event (`stats`).
 fn on_media_path(d: &[u8]) -> bool {
     matches!(d.first(), Some(20..=63 | 128..=191))
 }

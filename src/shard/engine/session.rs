@@ -81,8 +81,9 @@ pub(super) struct Session {
     pub(super) srtp_keys: Option<crate::dtls::SrtpKeys>,
     /// Viewer: its media egress around str0m, from when it joins with keys (see `egress`).
     pub(super) sender: Option<super::egress::Egress>,
-    /// The ICE pair str0m sends on, as its last DTLS, SRTP or STUN request showed: over TCP
-    /// or not, local and remote address. Media from `sender` goes the same way.
+    /// Where a viewer's media goes, over TCP or not, local and remote address: the pair
+    /// str0m's DTLS went on, then where the viewer's authenticated RTCP comes from, and the
+    /// pair str0m's statistics name. Media from `sender` goes the same way.
     pub(super) media_path: Option<(bool, SocketAddr, SocketAddr)>,
 }
 
