@@ -189,7 +189,12 @@ impl Engine {
         let Some((seq, time)) = track.rewrite(pkt, now) else {
             return;
         };
-        if let (Some(sender), Some(path)) = (sender, *media_path) {
+        if let Some(sender) = sender {
+            // Never through str0m once the egress has the keys: the same keys and SSRCs would
+            // serve twice. Without a path yet (str0m's DTLS always leaves one first) nothing goes.
+            let Some(path) = *media_path else {
+                return;
+            };
             // The gateway's own code, contained as str0m's write is: a panic costs the viewer.
             let buf = self.outbox.buffer();
             let written = self.faults.isolate(Site::Write, Some(id), || {

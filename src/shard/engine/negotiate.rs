@@ -162,6 +162,7 @@ impl Engine {
             srtp_keys: None,
             sender: None,
             media_path: None,
+            selected_pair: None,
         };
         let etag = session.etag.clone();
         self.set_ufrag(id, None, ufrag);

@@ -11,8 +11,14 @@ impl Engine {
             Event::PeerStats(p) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     if let Some(pair) = &p.selected_candidate_pair {
+                        // Only a change of str0m's pair moves the media: the viewer's RTCP
+                        // may have moved it since, to where the viewer really is.
                         let tcp = pair.protocol == Protocol::Tcp;
-                        s.media_path = Some((tcp, pair.local.addr, pair.remote.addr));
+                        let selected = Some((tcp, pair.local.addr, pair.remote.addr));
+                        if selected != s.selected_pair {
+                            s.selected_pair = selected;
+                            s.media_path = selected;
+                        }
                     }
                     s.stats.rtt_ms = p.rtt.map(|d| d.as_secs_f64() * 1000.0);
                     s.stats.loss_in = p.ingress_loss_fraction;
