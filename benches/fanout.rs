@@ -66,9 +66,8 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 
 fn run(viewers: usize, measure: Duration, all_full: bool) -> Trial {
     let mut config = Config::default();
-    if std::env::var("FANOUT_EGRESS").is_ok_and(|v| v == "str0m") {
-        config.media.direct_egress = false;
-    }
+    // The gateway's own egress unless asked for str0m's send path.
+    config.media.direct_egress = !std::env::var("FANOUT_EGRESS").is_ok_and(|v| v == "str0m");
     if let Some(n) = env("FANOUT_RESEND") {
         config.media.resend_buffer_packets = n;
     }

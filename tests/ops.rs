@@ -144,7 +144,15 @@ async fn healthz_and_readyz_answer() {
 /// `/metrics` exports) equal the feedback the peers sent and received on the wire.
 #[test]
 fn nack_and_pli_counters_equal_the_feedback_on_the_wire() {
+    for direct in [false, true] {
+        nack_and_pli_counters_on(direct);
+    }
+}
+
+/// The counters with viewers' media through str0m, or through the gateway's own egress.
+fn nack_and_pli_counters_on(direct: bool) {
     let mut config = wishcast::Config::default();
+    config.media.direct_egress = direct;
     config.media.stats_interval_secs = 1;
     let mut sim = Sim::new(config, 1);
     let codec = VideoCodec::Vp8;

@@ -190,7 +190,9 @@ fn publisher_leg_loss_is_nacked_upstream_vp8() {
 /// sent.
 #[test]
 fn sender_reports_give_each_tracks_rtp_time_of_their_moment() {
-    let mut sim = Sim::new(Config::default(), 1);
+    let mut config = Config::default();
+    config.media.direct_egress = true;
+    let mut sim = Sim::new(config, 1);
     let codec = VideoCodec::H264;
     let p = sim
         .add_publisher("sr", PeerOptions::with_video(codec))

@@ -10,7 +10,12 @@ use wishcast::Config;
 
 /// A publisher of "s" with a running feed and `n` viewers on a two-shard gateway, connected.
 fn stream_with_viewers(n: usize) -> (Sim, PeerId, Vec<PeerId>) {
-    let mut sim = Sim::new(Config::default(), 2);
+    stream_with_viewers_on(Config::default(), n)
+}
+
+/// [`stream_with_viewers`] on `config`.
+fn stream_with_viewers_on(config: Config, n: usize) -> (Sim, PeerId, Vec<PeerId>) {
+    let mut sim = Sim::new(config, 2);
     let p = sim
         .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
         .expect("publisher");
@@ -403,24 +408,26 @@ fn a_publisher_replaced_during_a_viewers_gop_replay_starts_it_on_a_whole_keyfram
 }
 
 /// A viewer's NAT gives it a new mapping mid-stream (or it moves to another network and its
-/// client keeps the session): the gateway's media follows it to the new address at its next
-/// receiver report, and stays there.
+/// client keeps the session): once nothing comes from the old address for 3 s, the gateway's
+/// media follows the viewer's next receiver report to the new one, and stays there.
 #[test]
 fn media_follows_a_viewer_whose_nat_mapping_changes() {
-    let (mut sim, p, viewers) = stream_with_viewers(1);
+    let mut config = Config::default();
+    config.media.direct_egress = true;
+    let (mut sim, p, viewers) = stream_with_viewers_on(config, 1);
     let v = viewers[0];
     sim.run_for(Duration::from_secs(1));
     let new_addr: std::net::SocketAddr = "198.51.100.7:40000".parse().expect("addr");
     sim.rebind(v, new_addr);
     let since = sim.now();
-    // Past two of str0m's statistics events (every 5 s), which name its own selected pair:
-    // the old address.
+    // Past two of str0m's statistics events (every 5 s), which name its own selected pair.
     sim.run_for(Duration::from_secs(12));
     let feed = sim.feed(p).expect("feed");
+    // Lost: the 3 s of silence, up to a second to the next report, and the frames until the
+    // viewer has a keyframe again (218 of 360 arrived in the run that set this bound).
     let got = video_since(&sim, feed, v, since);
-    // 360 frames in 12 s; at most the frames until the viewer's next report (about 1 s) lost.
     assert!(
-        got.len() >= 320,
+        got.len() >= 200,
         "media reaches the new address: {} of 360 frames",
         got.len()
     );

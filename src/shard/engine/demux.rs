@@ -178,14 +178,23 @@ impl Engine {
             self.demux.learn(source, id);
         }
         session.last_rx = now;
+        if session.media_path.is_some_and(|p| p.2 == source) {
+            session.path_heard = now;
+        }
         // The viewer's RTCP reaches str0m too (its PLIs become keyframe requests there); what
         // str0m counts only for media it sent, and the NACKs, are taken here. RTCP that passes
-        // the viewer's keys also shows where the viewer is now: after an ICE restart onto
-        // another pair, or a NAT's new mapping, media follows at its next report.
+        // the viewer's keys also shows where the viewer is: when nothing came from where its
+        // media goes for `PATH_SILENCE` (a NAT's new mapping, a move to another network),
+        // media follows its next report there.
         let feedback = session.sender.as_mut().and_then(|s| s.on_rtcp(data));
         if let Some(feedback) = feedback {
-            let path = (proto == Protocol::Tcp, destination, source);
-            session.media_path = Some(path);
+            let here = (proto == Protocol::Tcp, destination, source);
+            let silent = now.saturating_duration_since(session.path_heard) >= PATH_SILENCE;
+            if session.media_path != Some(here) && (session.media_path.is_none() || silent) {
+                session.media_path = Some(here);
+                session.path_heard = now;
+            }
+            let path = session.media_path.unwrap_or(here);
             self.counters.nacks_received += feedback.nacks;
             self.counters.plis_received += feedback.plis;
             let resent = feedback.resends.len() as u64;
@@ -225,6 +234,12 @@ impl Engine {
         self.drive(now, id);
     }
 }
+
+/// How long nothing may come from where a viewer's media goes before the media follows the
+/// viewer's authenticated RTCP elsewhere. The ICE keepalives str0m answers come at least every
+/// second on a working pair, so three missed ones mean the viewer is no longer there; sooner
+/// would pull media onto a path the viewer only sends on (a relay in one direction).
+pub(super) const PATH_SILENCE: Duration = Duration::from_secs(3);
 
 /// The announced candidate (of `candidates`) a datagram from `source` was sent to, having
 /// reached the local IP `dst_ip`: str0m only accepts STUN addressed to one of its host

@@ -652,8 +652,10 @@ impl Engine {
                         destination: t.destination,
                         contents: t.contents.into(),
                     };
-                    if on_media_path(&t.contents) {
-                        session.media_path = Some((tcp, t.source, t.destination));
+                    let path = Some((tcp, t.source, t.destination));
+                    if on_media_path(&t.contents) && session.media_path != path {
+                        session.media_path = path;
+                        session.path_heard = now;
                     }
                     if !session.connected {
                         self.demux.checking(t.destination, id);

@@ -163,6 +163,7 @@ impl Engine {
             sender: None,
             media_path: None,
             selected_pair: None,
+            path_heard: now,
         };
         let etag = session.etag.clone();
         self.set_ufrag(id, None, ufrag);

@@ -85,6 +85,8 @@ pub(super) struct Session {
     /// str0m's DTLS went on, then where the viewer's authenticated RTCP comes from, and the
     /// pair str0m's statistics name. Media from `sender` goes the same way.
     pub(super) media_path: Option<(bool, SocketAddr, SocketAddr)>,
+    /// When a datagram last came from `media_path`'s remote address.
+    pub(super) path_heard: Instant,
     /// The pair str0m's last statistics event named as selected.
     pub(super) selected_pair: Option<(bool, SocketAddr, SocketAddr)>,
 }

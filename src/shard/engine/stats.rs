@@ -18,6 +18,7 @@ impl Engine {
                         if selected != s.selected_pair {
                             s.selected_pair = selected;
                             s.media_path = selected;
+                            s.path_heard = p.timestamp;
                         }
                     }
                     s.stats.rtt_ms = p.rtt.map(|d| d.as_secs_f64() * 1000.0);
