@@ -79,6 +79,9 @@ pub struct Outbox {
     /// Sent datagrams' buffers, given back by the IO layer ([`Outbox::recycle`]) for the next
     /// ones: a buffer per packet per viewer from the allocator showed in the fan-out's cost.
     spare: Vec<Vec<u8>>,
+    /// Whether anything takes spare buffers (the gateway's own egress is on): if not, keeping
+    /// them would only hold memory.
+    keep_spare: bool,
 }
 
 impl Outbox {
@@ -121,7 +124,7 @@ impl Outbox {
     /// Takes back a sent datagram's buffer for reuse, up to [`SPARE_BUFFERS`] of ordinary
     /// size (a GSO-sized one would hold its memory for a small datagram).
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_CAPACITY {
+        if self.keep_spare && self.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_CAPACITY {
             buf.clear();
             self.spare.push(buf);
         }
@@ -220,6 +223,7 @@ impl Engine {
         let dtls_cert = str0m::crypto::from_feature_flags()
             .dtls_provider
             .generate_certificate();
+        let keep_spare = config.media.direct_egress;
         Engine {
             index,
             config,
@@ -242,7 +246,10 @@ impl Engine {
             replaying: Vec::new(),
             next_replay: None,
             counters: Counters::default(),
-            outbox: Outbox::default(),
+            outbox: Outbox {
+                keep_spare,
+                ..Outbox::default()
+            },
             events: Vec::new(),
             wallclock: (now, std::time::SystemTime::now()),
         }
