@@ -20,8 +20,10 @@
 //! - **The figures** str0m keeps only for what it sent: NACKs, PLIs and FIRs, and the loss the
 //!   viewer's receiver reports give, counted from the same RTCP.
 //!
-//! No header extensions are written: the viewer's answer binds each SSRC to its m-line, and
-//! the ingest's extension values must not reach viewers anyway.
+//! No header extensions are written: the gateway's answer binds each SSRC to its m-line
+//! (`a=ssrc`), and the ingest's extension values must not reach viewers anyway.
+//!
+//! `media.direct_egress` turns it on (off by default for now; see the README).
 //!
 //! str0m holds the same keys: it must never send RTP on a track's SSRCs while this egress
 //! does (nothing is written to str0m for such a viewer, and it has no BWE probes or padding),
