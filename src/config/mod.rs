@@ -114,8 +114,8 @@ pub struct MediaConfig {
     /// NACK answers) instead of through str0m's send path, which costs several times more
     /// per packet and keeps a copy of every packet per viewer. str0m keeps ICE, DTLS and RTCP
     /// either way. Off by default until its repair under loss and jitter on the viewers' leg
-    /// matches str0m's: in some runs of `tests/loss.rs` a viewer waited up to 3.5 s for a
-    /// keyframe, where str0m's path recovers at once.
+    /// is shown to match str0m's: in some runs of `tests/loss.rs` a viewer waited up to 3.5 s
+    /// for a keyframe, more often than on str0m's path (which shows it too) in the runs so far.
     pub direct_egress: bool,
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     pub keyframe_request_interval_ms: u64,
