@@ -773,43 +773,7 @@ async fn aiortc_watches_through_a_turn_relay_only() {
     if !peers_installed("aiortc through TURN") {
         return;
     }
-    let _serial = SERIAL.lock().await;
-    let turn = Coturn::start(TURN_SECRET);
-    let (gw, server) = gateway_with_turn(&turn).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let (user, credential) = server.credentials(now);
-    let (user, credential) = (user.expect("user"), credential.expect("credential"));
-    let base = format!("http://{}", gw.http_addr());
-    let stream = "aiortc-turn";
-    let (publisher, published) = start_publisher(PeerKind::Aiortc, &base, stream, "vp8");
-    let mut view = start_viewer(
-        PeerKind::Aiortc,
-        &base,
-        stream,
-        &[
-            "--ice-server",
-            &server.url,
-            "--ice-username",
-            &user,
-            "--ice-credential",
-            &credential,
-            "--relay-only",
-        ],
-    );
-    view.expect("first_frame", Duration::from_secs(30));
-    // While it plays: the gateway sees the viewer at coturn's relayed address.
-    the_viewer_is_relayed(&base, stream).await;
-    let (summary, first_ms) = played(&mut view, &published, None);
-    stop_publisher(publisher);
-    println!(
-        "interop cell: aiortc -> aiortc through TURN (relay only), first frame {first_ms} ms, {} frames",
-        summary["frames"]
-    );
-    gw.shutdown().await;
-    drop(turn);
+    watch_through_turn(PeerKind::Aiortc, "aiortc-turn", None).await;
 }
 
 /// TURN with a real browser: Chromium's player, asked to offer relayed candidates only
@@ -821,19 +785,47 @@ async fn chromium_watches_through_a_turn_relay_only() {
     if !peers_installed("chromium through TURN") {
         return;
     }
+    watch_through_turn(PeerKind::Chromium, "chromium-turn", Some("relay/udp")).await;
+}
+
+/// One TURN cell: coturn, a gateway naming it, an aiortc publisher, and a `viewer` that offers
+/// relayed candidates only. aiortc takes coturn's credentials on its command line (the same
+/// ones the gateway's `Link` headers carry); Chromium reads them from the gateway's 201. The
+/// gateway's API must name the viewer's candidate `relay` while it plays, and its player's
+/// statistics `path` when given.
+async fn watch_through_turn(viewer: PeerKind, stream: &str, path: Option<&str>) {
     let _serial = SERIAL.lock().await;
     let turn = Coturn::start(TURN_SECRET);
-    let (gw, _) = gateway_with_turn(&turn).await;
+    let (gw, server) = gateway_with_turn(&turn).await;
     let base = format!("http://{}", gw.http_addr());
-    let stream = "chromium-turn";
     let (publisher, published) = start_publisher(PeerKind::Aiortc, &base, stream, "vp8");
-    let mut view = start_viewer(PeerKind::Chromium, &base, stream, &["--relay-only"]);
+    let mut args: Vec<String> = Vec::new();
+    if viewer == PeerKind::Aiortc {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let (user, credential) = server.credentials(now);
+        args = vec![
+            "--ice-server".into(),
+            server.url.clone(),
+            "--ice-username".into(),
+            user.expect("user"),
+            "--ice-credential".into(),
+            credential.expect("credential"),
+        ];
+    }
+    args.push("--relay-only".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut view = start_viewer(viewer, &base, stream, &args);
     view.expect("first_frame", Duration::from_secs(30));
+    // While it plays: the gateway sees the viewer at coturn's relayed address.
     the_viewer_is_relayed(&base, stream).await;
-    let (summary, first_ms) = played(&mut view, &published, Some("relay/udp"));
+    let (summary, first_ms) = played(&mut view, &published, path);
     stop_publisher(publisher);
     println!(
-        "interop cell: aiortc -> chromium through TURN (relay only), first frame {first_ms} ms, {} frames",
+        "interop cell: aiortc -> {} through TURN (relay only), first frame {first_ms} ms, {} frames",
+        viewer.name(),
         summary["frames"]
     );
     gw.shutdown().await;
