@@ -190,9 +190,8 @@ impl Engine {
         if let Some(feedback) = feedback {
             let here = (proto == Protocol::Tcp, destination, source);
             let silent = now.saturating_duration_since(session.path_heard) >= PATH_SILENCE;
-            if session.media_path != Some(here) && (session.media_path.is_none() || silent) {
-                session.media_path = Some(here);
-                session.path_heard = now;
+            if session.media_path.is_none() || silent {
+                session.move_media(here, now);
             }
             let path = session.media_path.unwrap_or(here);
             self.counters.nacks_received += feedback.nacks;

@@ -316,16 +316,15 @@ impl Egress {
         Some(feedback)
     }
 
-    /// Packets sent, resends included; resends; NACKs, PLIs and FIRs received; packets the
-    /// viewer reports lost: over all tracks, for the API.
-    pub(super) fn totals(&self) -> (u64, u64, u64, u64, u64) {
-        self.tracks.iter().fold((0, 0, 0, 0, 0), |a, t| {
+    /// Packets sent, resends included; NACKs, PLIs and FIRs received; packets the viewer
+    /// reports lost: over all tracks, for the API.
+    pub(super) fn totals(&self) -> (u64, u64, u64, u64) {
+        self.tracks.iter().fold((0, 0, 0, 0), |a, t| {
             (
                 a.0 + t.packets as u64 + t.resent,
-                a.1 + t.resent,
-                a.2 + t.nacks,
-                a.3 + t.plis,
-                a.4 + t.lost,
+                a.1 + t.nacks,
+                a.2 + t.plis,
+                a.3 + t.lost,
             )
         })
     }

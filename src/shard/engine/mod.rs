@@ -659,10 +659,8 @@ impl Engine {
                         destination: t.destination,
                         contents: t.contents.into(),
                     };
-                    let path = Some((tcp, t.source, t.destination));
-                    if on_media_path(&t.contents) && session.media_path != path {
-                        session.media_path = path;
-                        session.path_heard = now;
+                    if on_media_path(&t.contents) {
+                        session.move_media((tcp, t.source, t.destination), now);
                     }
                     if !session.connected {
                         self.demux.checking(t.destination, id);

@@ -84,14 +84,26 @@ pub(super) struct Session {
     /// Where a viewer's media goes, over TCP or not, local and remote address: the pair
     /// str0m's DTLS went on, then where the viewer's authenticated RTCP comes from, and the
     /// pair str0m's statistics name. Media from `sender` goes the same way.
-    pub(super) media_path: Option<(bool, SocketAddr, SocketAddr)>,
+    pub(super) media_path: Option<MediaPath>,
     /// When a datagram last came from `media_path`'s remote address.
     pub(super) path_heard: Instant,
     /// The pair str0m's last statistics event named as selected.
-    pub(super) selected_pair: Option<(bool, SocketAddr, SocketAddr)>,
+    pub(super) selected_pair: Option<MediaPath>,
 }
 
+/// Where a viewer's media goes: over TCP or not, local and remote address.
+pub(super) type MediaPath = (bool, SocketAddr, SocketAddr);
+
 impl Session {
+    /// Sends media on `path` from `now` on. A change restarts the time since the viewer was
+    /// last heard from there: a new path is not silent.
+    pub(super) fn move_media(&mut self, path: MediaPath, now: Instant) {
+        if self.media_path != Some(path) {
+            self.media_path = Some(path);
+            self.path_heard = now;
+        }
+    }
+
     /// Counts a packet written to this viewer; for its first video packet, the seconds since
     /// its creation (its time to first frame).
     pub(super) fn count_written(&mut self, now: Instant, kind: Kind) -> Option<f64> {

@@ -14,11 +14,10 @@ impl Engine {
                         // Only a change of str0m's pair moves the media: the viewer's RTCP
                         // may have moved it since, to where the viewer really is.
                         let tcp = pair.protocol == Protocol::Tcp;
-                        let selected = Some((tcp, pair.local.addr, pair.remote.addr));
-                        if selected != s.selected_pair {
-                            s.selected_pair = selected;
-                            s.media_path = selected;
-                            s.path_heard = p.timestamp;
+                        let selected = (tcp, pair.local.addr, pair.remote.addr);
+                        if s.selected_pair != Some(selected) {
+                            s.selected_pair = Some(selected);
+                            s.move_media(selected, p.timestamp);
                         }
                     }
                     s.stats.rtt_ms = p.rtt.map(|d| d.as_secs_f64() * 1000.0);
@@ -108,7 +107,7 @@ impl Engine {
         let mut loss_out = s.stats.loss_out;
         if let Some(sender) = &s.sender {
             // str0m sent no media, so its figures for it are empty.
-            let (packets, _, nacks, plis, lost) = sender.totals();
+            let (packets, nacks, plis, lost) = sender.totals();
             (packets_out, nacks_out, plis_out, lost_out) = (packets, nacks, plis, lost);
             loss_out = sender.fraction_lost();
         }
