@@ -235,9 +235,10 @@ impl Engine {
 }
 
 /// How long nothing may come from where a viewer's media goes before the media follows the
-/// viewer's authenticated RTCP elsewhere. The ICE keepalives str0m answers come at least every
-/// second on a working pair, so three missed ones mean the viewer is no longer there; sooner
-/// would pull media onto a path the viewer only sends on (a relay in one direction).
+/// viewer's authenticated RTCP elsewhere. str0m checks a working pair at least every second
+/// and the viewer answers, so three missed answers mean the viewer is no longer there; sooner
+/// would pull media onto a path the viewer only sends on (a relay in one direction, as in
+/// `tests/loss.rs`).
 pub(super) const PATH_SILENCE: Duration = Duration::from_secs(3);
 
 /// The announced candidate (of `candidates`) a datagram from `source` was sent to, having

@@ -46,7 +46,8 @@ const AUDIO_KEPT: usize = 64;
 /// Where this egress's SRTCP index starts. str0m keeps the same keys and may send RTCP on
 /// the same SSRCs (a BYE at the end), counting its index up from 0: a GCM nonce or CM
 /// keystream must never serve twice, so the two counts keep a billion apart. (A browser's
-/// replay window then drops str0m's late BYE; the DTLS close_notify still ends the session.)
+/// replay window would drop str0m's late BYE, not seen in a test; the DTLS close_notify still
+/// ends the session.)
 const RTCP_INDEX_START: u32 = 1 << 30;
 /// Seconds between 1900 (NTP's epoch) and 1970 (Unix's).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
