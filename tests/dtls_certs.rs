@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use str0m::config::DtlsCert;
 use str0m::media::MediaKind;
-use wishcast::client::{ClientOptions, Peer, VideoCodec};
+use wishcast::client::{ClientOptions, Peer, PeerOptions, VideoCodec};
 use wishcast::dtls::{ecdsa_certificate, rsa_certificate};
 use wishcast::peer::{media, Feed};
 
@@ -22,8 +22,10 @@ const CODEC: VideoCodec = VideoCodec::H264;
 fn with_cert(cert: &DtlsCert, active: bool) -> ClientOptions {
     ClientOptions {
         dtls_cert: Some(cert.clone()),
-        dtls_active: active,
-        ..ClientOptions::from(opts(Some(CODEC), true))
+        ..ClientOptions::from(PeerOptions {
+            dtls_active: active,
+            ..opts(Some(CODEC), true)
+        })
     }
 }
 

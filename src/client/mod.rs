@@ -58,10 +58,6 @@ pub struct ClientOptions {
     /// The peer's DTLS certificate, e.g. [`crate::dtls::rsa_certificate`] to connect as
     /// GStreamer's webrtcbin does; str0m makes an ECDSA one if `None`.
     pub dtls_cert: Option<str0m::config::DtlsCert>,
-    /// Offer `a=setup:active` instead of `actpass`, so that the peer is the DTLS client
-    /// (RFC 5763 §5) and signs its CertificateVerify; str0m reads the `passive` answer
-    /// the same either way.
-    pub dtls_active: bool,
     /// ICE over TCP only: one active TCP candidate (RFC 6544) and no UDP one, as a client
     /// whose UDP is blocked offers. Media then runs over one TCP connection to the endpoint's
     /// passive candidate, framed per RFC 4571.
@@ -85,7 +81,6 @@ impl From<PeerOptions> for ClientOptions {
             relay: None,
             unbundled: false,
             dtls_cert: None,
-            dtls_active: false,
             tcp: false,
         }
     }
@@ -639,9 +634,6 @@ pub(crate) async fn negotiate(
     };
     if opts.unbundled {
         offer = crate::sdp::strip_bundle_group(&offer);
-    }
-    if opts.dtls_active {
-        offer = offer.replace("a=setup:actpass", "a=setup:active");
     }
 
     let mut headers = vec![("content-type", "application/sdp".to_string())];

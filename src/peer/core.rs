@@ -172,7 +172,12 @@ impl PeerCore {
         let (offer, pending) = applied.ok_or(PeerError::NoOffer)?;
         self.mids = [video, audio];
         self.pending = Some(pending);
-        Ok(offer.to_sdp_string())
+        let offer = offer.to_sdp_string();
+        Ok(if self.opts.dtls_active {
+            offer.replace("a=setup:actpass", "a=setup:active")
+        } else {
+            offer
+        })
     }
 
     /// Applies the endpoint's answer to the offer; ICE and DTLS then run.

@@ -92,6 +92,10 @@ pub struct PeerOptions {
     /// a frame after a gap that was not repaired, or video that did not start on a
     /// keyframe. At most one request per [`KEYFRAME_REQUEST_GAP`].
     pub request_keyframes: bool,
+    /// Offer `a=setup:active` instead of `actpass`, so that the peer is the DTLS client
+    /// (RFC 5763 §5) and signs its CertificateVerify, and the gateway the server; str0m
+    /// reads the `passive` answer the same either way.
+    pub dtls_active: bool,
 }
 
 /// Least time between a viewer's own keyframe requests ([`PeerOptions::request_keyframes`]).
@@ -107,6 +111,7 @@ impl Default for PeerOptions {
             raw_packets: true,
             stats_interval: None,
             request_keyframes: false,
+            dtls_active: false,
         }
     }
 }
@@ -129,6 +134,7 @@ impl PeerOptions {
             raw_packets: false,
             stats_interval: None,
             request_keyframes: false,
+            dtls_active: false,
         }
     }
 }
