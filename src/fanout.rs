@@ -201,6 +201,19 @@ impl StreamCache {
         (self.key.is_some() && self.keep_gop).then_some(&self.packets[..])
     }
 
+    /// Whether `gop` (from [`StreamCache::gop`]) has every packet from its keyframe's first to its
+    /// newest: a packet lost upstream and not repaired yet leaves a hole, and a viewer started
+    /// on it cannot decode until the repair arrives.
+    pub fn is_whole(gop: &[Arc<MediaPacket>]) -> bool {
+        let mut seqs: Vec<u64> = gop.iter().map(|p| p.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        match (seqs.first(), seqs.last()) {
+            (Some(a), Some(b)) => b - a + 1 == seqs.len() as u64,
+            _ => false,
+        }
+    }
+
     /// After [`Pushed::KeyframeStart`]: the keyframe so far, in sequence order, and any packet
     /// of a later frame that arrived before it.
     pub fn frame(&self) -> &[Arc<MediaPacket>] {
@@ -378,6 +391,22 @@ mod tests {
             payload: Arc::from(&[seq as u8][..]),
             received: Instant::now(),
         })
+    }
+
+    #[test]
+    fn a_gop_is_whole_until_a_packet_is_missing_and_again_once_it_is_repaired() {
+        let mut c = StreamCache::new(true, 100);
+        c.push(pkt(1, Kind::Video, 10, 200, true));
+        c.push(pkt(1, Kind::Video, 11, 200, true));
+        assert!(StreamCache::is_whole(c.gop().expect("gop")));
+        // 12 lost upstream: 13 arrives first.
+        c.push(pkt(1, Kind::Video, 13, 300, false));
+        assert!(!StreamCache::is_whole(c.gop().expect("gop")));
+        // The repair, and a duplicate of it.
+        c.push(pkt(1, Kind::Video, 12, 300, false));
+        c.push(pkt(1, Kind::Video, 12, 300, false));
+        assert!(StreamCache::is_whole(c.gop().expect("gop")));
+        assert!(!StreamCache::is_whole(&[]));
     }
 
     #[test]

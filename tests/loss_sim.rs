@@ -108,6 +108,111 @@ fn an_unrepairable_loss_upstream_ends_in_a_keyframe_request() {
     assert_eq!(got.last().map(|f| f.0), Some(89), "to the last frame");
 }
 
+/// A viewer that started well and then lost one packet for good a second in gets the
+/// publisher's next keyframe: its request is not mistaken for a failed start, which the GOP
+/// cache would answer with the keyframe it already has and a second of frames it already
+/// showed. The feed stops before the encoder's own next keyframe, so only the request can
+/// close the gap.
+#[test]
+fn a_loss_after_a_good_start_is_answered_by_the_publisher() {
+    let (mut sim, p, viewers) = stream(1, 3);
+    let v = viewers[0];
+    let lost: std::rc::Rc<Cell<Option<u16>>> = Default::default();
+    let rule = lost.clone();
+    sim.set_drop(move |d| {
+        let Some(rtp) = d.rtp() else { return false };
+        if d.way != Way::FromGateway || d.peer != v {
+            return false;
+        }
+        if d.is_video_media() && rtp.nth == 200 {
+            rule.set(Some(rtp.seq));
+        }
+        // The packet, its resends as itself and as RTX.
+        rtp.rtx || (d.is_video_media() && rule.get() == Some(rtp.seq))
+    });
+    sim.start_feed(
+        p,
+        Feed::new(Some(VideoCodec::H264), true)
+            .with_gop(4 * FPS)
+            .with_sizes(8000, 8000)
+            .with_max_frames(3 * FPS + FPS / 2),
+    );
+    sim.run_for(Duration::from_secs(5));
+
+    assert!(lost.get().is_some(), "the packet was dropped");
+    let feed = sim.feed(p).expect("feed");
+    assert!(
+        feed.keyframes.len() >= 2,
+        "the publisher was asked for a keyframe: {:?}",
+        feed.keyframes
+    );
+    let got = frames(&sim, p, v);
+    let gaps = got.windows(2).filter(|w| w[1].0 > w[0].0 + 1).count();
+    assert_eq!(gaps, 1, "one gap: {got:?}");
+    let worst = worst_gap(&got);
+    assert!(worst <= FPS / 2, "keyframe {worst} frames after the loss");
+}
+
+/// A viewer whose DTLS handshake ended on the gateway's side before its own (the gateway's
+/// last flight was lost) could not decrypt its start: the keyframe went by before it had the
+/// keys. Its keyframe request is answered from the GOP cache, so it gets a picture without
+/// the publisher, and every other viewer, paying for a new keyframe.
+#[test]
+fn a_viewer_whose_keys_came_late_starts_again_from_the_gop_cache() {
+    let mut sim = Sim::with_seed(Config::default(), 1, 4);
+    let p = sim
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("publisher accepted");
+    assert!(sim.run_until_true(Duration::from_secs(2), |s| s.connected_count() == 1));
+    sim.start_feed(
+        p,
+        Feed::new(Some(VideoCodec::H264), true)
+            .with_gop(4 * FPS)
+            .with_sizes(8000, 8000)
+            .with_max_frames(4 * FPS - 1),
+    );
+    sim.run_for(Duration::from_secs(1));
+    let hits = sim.engine(0).counters.gop_cache_hits;
+    let dropped = std::rc::Rc::new(Cell::new(0));
+    let rule = dropped.clone();
+    // The viewer offers `a=setup:active`: the gateway is the DTLS server, and its flight
+    // that starts with ChangeCipherSpec (content type 20) is its last.
+    sim.set_drop(move |d| {
+        let last_flight = d.way == Way::FromGateway
+            && d.peer != p
+            && d.contents.first() == Some(&20)
+            && rule.get() == 0;
+        rule.set(rule.get() + u32::from(last_flight));
+        last_flight
+    });
+    let at = sim.now();
+    let opts = PeerOptions {
+        request_keyframes: true,
+        dtls_active: true,
+        ..PeerOptions::with_video(VideoCodec::H264)
+    };
+    let v = sim.add_viewer("s", opts).expect("viewer accepted");
+    sim.run_for(Duration::from_secs(2));
+
+    assert_eq!(dropped.get(), 1, "the gateway's last flight was lost once");
+    let feed = sim.feed(p).expect("feed");
+    let first = sim
+        .peer(v)
+        .received_video()
+        .find(|f| is_keyframe(VideoCodec::H264, &f.data) && feed.check_video(&f.data).is_ok())
+        .map(|f| f.at - at);
+    assert!(
+        first.is_some_and(|t| t < Duration::from_secs(1)),
+        "a picture within a second: {first:?}"
+    );
+    assert_eq!(
+        sim.engine(0).counters.gop_cache_hits - hits,
+        2,
+        "started from the cache, then again"
+    );
+    assert_eq!(feed.keyframes, vec![0], "the publisher was not asked");
+}
+
 /// A small deterministic generator for the rules (the test owns its randomness).
 fn lcg(seed: u64) -> impl FnMut() -> u64 {
     let state = Cell::new(seed);

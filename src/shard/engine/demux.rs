@@ -178,6 +178,11 @@ impl Engine {
             self.demux.learn(source, id);
         }
         session.last_rx = now;
+        // ChangeCipherSpec or handshake (RFC 7983: 20 and 22) once connected: a flight sent
+        // again because the gateway's answer to it was lost.
+        if session.connected && matches!(data.first(), Some(20 | 22)) {
+            session.keys_late = true;
+        }
         if session.media_path.is_some_and(|p| p.2 == source) {
             session.path_heard = now;
         }

@@ -3,35 +3,47 @@
 
 use super::*;
 
-/// A viewer's keyframe request this soon after its video started is taken as a start it
-/// could not decode, and answered from the GOP cache.
+/// How long after a viewer's start a keyframe request of its own may be about the start
+/// (see `Engine::on_keyframe_request`).
 const START_WINDOW: Duration = Duration::from_secs(2);
 
 impl Engine {
     /// A viewer asked for a keyframe (PLI or FIR).
     ///
-    /// Right after its start that usually means the start itself failed: under loss, its
-    /// first packets can arrive before its DTLS keys do (the gateway's last handshake flight
-    /// was lost), and a receiver never asks for packets older than the first it decrypted. The
-    /// GOP cache then holds the keyframe it missed: the viewer starts again on it, as if a new
+    /// Usually the publisher is asked. Right after a start the viewer may instead have failed
+    /// to decode the start itself, and then the GOP cache can serve it better:
+    /// - the gateway was the DTLS server (the viewer offered `a=setup:active`) and its last
+    ///   flight was lost: the gateway's side was done and media flowed while the viewer had
+    ///   no keys, and a receiver never asks for packets older than the first it decrypted.
+    ///   The gateway sees the viewer send its flight again (`Session::keys_late`);
+    /// - it did not start on a whole GOP from the cache (`Session::start_whole`): it started
+    ///   on a live keyframe, whose first packet may have been lost on the publisher's leg
+    ///   (the repair then comes too late for it), or on a GOP with such a hole.
+    ///
+    /// Then, if the cache's GOP is whole now, the viewer starts again on it, as if a new
     /// publisher began, with sequence numbers and timestamps continuing its own. That costs
-    /// the other viewers nothing. Once per viewer; any other request goes to the publisher.
+    /// the other viewers nothing. Once per viewer.
+    ///
+    /// A loss after a good start is closed by the encoder's next keyframe instead: a restart
+    /// then resends the frames the viewer already showed, 500 and more packets into a lossy
+    /// path, and one loss upstream in the first seconds sent such a burst to every viewer.
     pub(super) fn on_keyframe_request(&mut self, now: Instant, id: SessionId) {
         let Some(s) = self.sessions.get(&id) else {
             return;
         };
         let stream = s.stream.clone();
-        let just_started = s.role == Role::Play
+        let start_failed = s.role == Role::Play
+            && (s.keys_late || !s.start_whole)
             && !s.restarted
             && s.video_started
                 .is_some_and(|t| now.saturating_duration_since(t) < START_WINDOW);
-        let gop = self
-            .streams
-            .get(&stream)
-            .and_then(|l| l.cache.gop())
+        let gop = start_failed
+            .then(|| self.streams.get(&stream).and_then(|l| l.cache.gop()))
+            .flatten()
+            .filter(|g| StreamCache::is_whole(g))
             .map(|g| g.to_vec());
         match gop {
-            Some(gop) if just_started => {
+            Some(gop) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.restarted = true;
                     s.backlog.clear();
@@ -42,9 +54,13 @@ impl Engine {
                     }
                 }
                 self.counters.gop_cache_hits += 1;
+                tracing::debug!(session = %id, packets = gop.len(), "keyframe request: restart from the GOP cache");
                 self.start_from_cache(now, id, gop);
             }
-            _ => self.ask_keyframe(now, &stream),
+            None => {
+                tracing::debug!(session = %id, "keyframe request: asking the publisher");
+                self.ask_keyframe(now, &stream)
+            }
         }
     }
 
@@ -122,6 +138,7 @@ impl Engine {
             return;
         };
         rx.request_keyframe(KeyframeRequestKind::Pli);
+        tracing::debug!(session = %id, "PLI to the publisher");
         s.last_pli = Some(now);
         // After a loss that was not repaired, ask again each interval until the keyframe
         // comes: the PLI or the keyframe may be lost as well.

@@ -156,6 +156,8 @@ impl Engine {
             lead_in: 0,
             video_started: None,
             restarted: false,
+            keys_late: false,
+            start_whole: false,
             held_candidates,
             peer_candidates: Vec::new(),
             over_tcp: false,

@@ -123,7 +123,9 @@ impl Engine {
         gop: Vec<Arc<MediaPacket>>,
     ) {
         self.start_track_with_next(id, Kind::Video);
+        let whole = StreamCache::is_whole(&gop);
         if let Some(s) = self.sessions.get_mut(&id) {
+            s.start_whole = whole;
             if s.backlog.is_empty() {
                 s.lead_in = LEAD_IN;
             }

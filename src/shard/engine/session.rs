@@ -71,6 +71,14 @@ pub(super) struct Session {
     /// answered by starting it again from the GOP cache (once per viewer).
     pub(super) video_started: Option<Instant>,
     pub(super) restarted: bool,
+    /// Viewer: a DTLS handshake record came from it after the gateway's side of the
+    /// handshake had ended. The gateway was the DTLS server and its last flight was lost, so
+    /// media went out before the viewer had keys to decrypt it.
+    pub(super) keys_late: bool,
+    /// Viewer: its video started on a GOP from the cache with every packet in it, a start
+    /// it can decode (its keys permitting). False after a start on a live keyframe, which it
+    /// got only as the packets came, or on a GOP with a hole (a packet lost upstream).
+    pub(super) start_whole: bool,
     /// Publisher: when the last PLI went out, and whether one is held back.
     pub(super) last_pli: Option<Instant>,
     pub(super) pli_pending: bool,
