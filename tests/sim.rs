@@ -246,6 +246,51 @@ fn sender_reports_give_each_tracks_rtp_time_of_their_moment() {
     );
 }
 
+/// A viewer's receiver needs its round-trip time to space its NACKs (str0m assumes 100 ms
+/// without one). It sends a receiver reference time (RFC 3611 §4.4), and the gateway's own
+/// egress answers it with a DLRR beside its next sender report: on a path of 30 ms each way
+/// the viewer measures about 60 ms.
+#[test]
+fn viewers_learn_their_round_trip_time_from_the_egress() {
+    let mut config = Config::default();
+    config.media.direct_egress = true;
+    let mut sim = Sim::new(config, 1);
+    let codec = VideoCodec::H264;
+    let p = sim
+        .add_publisher("rtt", PeerOptions::with_video(codec))
+        .expect("publisher");
+    let v = sim
+        .add_viewer(
+            "rtt",
+            PeerOptions {
+                stats_interval: Some(Duration::from_millis(500)),
+                ..PeerOptions::with_video(codec)
+            },
+        )
+        .expect("viewer");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
+    sim.set_delay(move |d| {
+        if d.peer == v {
+            Duration::from_millis(30)
+        } else {
+            Duration::ZERO
+        }
+    });
+    sim.start_feed(p, Feed::new(Some(codec), true));
+    sim.run_for(Duration::from_secs(5));
+
+    let stats = sim.peer(v).ingress().to_vec();
+    assert!(!stats.is_empty(), "ingress statistics");
+    for s in &stats {
+        let rtt = s.rtt.expect("a round-trip time on every track");
+        assert!(
+            (Duration::from_millis(55)..Duration::from_millis(80)).contains(&rtt),
+            "{:?}: {rtt:?}",
+            s.mid
+        );
+    }
+}
+
 // ---- 4. scale ---------------------------------------------------------------------------------
 
 /// One publisher, many viewers over two shards in one process: all connect, and every viewer

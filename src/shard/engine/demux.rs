@@ -191,7 +191,7 @@ impl Engine {
         // the viewer's keys also shows where the viewer is: when nothing came from where its
         // media goes for `PATH_SILENCE` (a NAT's new mapping, a move to another network),
         // media follows its next report there.
-        let feedback = session.sender.as_mut().and_then(|s| s.on_rtcp(data));
+        let feedback = session.sender.as_mut().and_then(|s| s.on_rtcp(now, data));
         if let Some(feedback) = feedback {
             let here = (proto == Protocol::Tcp, destination, source);
             let silent = now.saturating_duration_since(session.path_heard) >= PATH_SILENCE;

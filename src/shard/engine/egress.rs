@@ -60,6 +60,10 @@ pub(super) struct Egress {
     rtcp_in: SrtcpReceiver,
     tracks: Vec<OutTrack>,
     next_report: Instant,
+    /// The viewer's latest receiver reference time (RFC 3611 §4.4): its SSRC, the middle 32
+    /// bits of its NTP time, and when it came. Answered once with a DLRR beside the next
+    /// sender report, from which the viewer learns its round-trip time.
+    rrtr: Option<(u32, u32, Instant)>,
     /// Decrypted RTCP, reused.
     plain: Vec<u8>,
     /// Bytes of the datagrams made here (media, resends, reports), for the session's figures
@@ -158,6 +162,7 @@ impl Egress {
                 })
                 .collect(),
             next_report: now + REPORT_INTERVAL,
+            rrtr: None,
             plain: Vec::new(),
             bytes: 0,
         })
@@ -207,12 +212,16 @@ impl Egress {
     }
 
     /// Sender reports for the tracks that sent media, when they are due: one SRTCP datagram
-    /// per track.
+    /// per track. The first also answers the viewer's latest receiver reference time with
+    /// a DLRR (RFC 3611 §4.5), as str0m's sender does: a receiver without its round-trip time
+    /// assumes one (str0m 100 ms) and spaces its NACKs by it, and under 20 % loss that left
+    /// about three times the frames unrepaired.
     pub(super) fn reports(&mut self, now: Instant, wallclock: SystemTime) -> Vec<Vec<u8>> {
         if now < self.next_report {
             return Vec::new();
         }
         self.next_report = now + REPORT_INTERVAL;
+        let mut rrtr = self.rrtr.take();
         let mut out = Vec::new();
         for t in &self.tracks {
             let Some((time, at)) = t.last else {
@@ -228,6 +237,11 @@ impl Egress {
                 t.packets,
                 t.octets,
             );
+            if let Some((ssrc, lrr, at)) = rrtr.take() {
+                let delay = now.saturating_duration_since(at);
+                let dlrr = (delay.as_micros() * 65_536 / 1_000_000).min(u32::MAX as u128) as u32;
+                sr.extend_from_slice(&extended_report_dlrr(t.ssrc, ssrc, lrr, dlrr));
+            }
             self.srtp.protect_rtcp(&mut sr);
             self.bytes += sr.len() as u64;
             out.push(sr);
@@ -237,14 +251,16 @@ impl Egress {
 
     /// A datagram from the viewer that may be SRTCP: what its feedback asks for and says.
     /// Anything else, or RTCP that fails authentication, is None.
-    pub(super) fn on_rtcp(&mut self, datagram: &[u8]) -> Option<Feedback> {
+    pub(super) fn on_rtcp(&mut self, now: Instant, datagram: &[u8]) -> Option<Feedback> {
         if !is_rtcp(datagram) || !self.rtcp_in.unprotect_rtcp(datagram, &mut self.plain) {
             return None;
         }
         let mut feedback = Feedback::default();
         let mut wanted: Vec<(u32, u16)> = Vec::new();
         let tracks = &mut self.tracks;
+        let rrtr = &mut self.rrtr;
         for_each_feedback(&self.plain, |item| match item {
+            Item::ReferenceTime { ssrc, lrr } => *rrtr = Some((ssrc, lrr, now)),
             Item::Nack { ssrc, seqs } => {
                 if let Some(t) = tracks.iter_mut().find(|t| t.ssrc == ssrc) {
                     t.nacks += 1;
@@ -377,6 +393,9 @@ enum Item {
     KeyframeRequest { ssrc: u32 },
     /// A report block about one of our SSRCs, in a receiver or sender report.
     Report { ssrc: u32, fraction: u8, lost: u64 },
+    /// A receiver reference time block (RFC 3611 §4.4) in an extended report from `ssrc`:
+    /// the middle 32 bits of its NTP timestamp.
+    ReferenceTime { ssrc: u32, lrr: u32 },
 }
 
 /// Calls `f` for each piece of feedback in a compound RTCP packet. A malformed length ends
@@ -422,6 +441,24 @@ fn for_each_feedback(mut rtcp: &[u8], mut f: impl FnMut(Item)) {
                     seqs,
                 });
             }
+            // XR (RFC 3611 §3): blocks of a type byte, a byte, and a length in words.
+            207 if packet.len() >= 8 => {
+                let ssrc = be32(&packet[4..8]);
+                let mut blocks = &packet[8..];
+                while blocks.len() >= 4 {
+                    let len = 4 + 4 * u16::from_be_bytes([blocks[2], blocks[3]]) as usize;
+                    let Some(block) = blocks.get(..len) else {
+                        break;
+                    };
+                    if block[0] == 4 && len == 12 {
+                        f(Item::ReferenceTime {
+                            ssrc,
+                            lrr: be32(&block[6..10]),
+                        });
+                    }
+                    blocks = &blocks[len..];
+                }
+            }
             206 if count == 1 && packet.len() >= 12 => f(Item::KeyframeRequest {
                 ssrc: be32(&packet[8..12]),
             }),
@@ -451,6 +488,19 @@ fn sender_report(ssrc: u32, ntp: u64, rtp_time: u32, packets: u32, octets: u32) 
     sr
 }
 
+/// An extended report from `sender` with one DLRR block (RFC 3611 §4.5) for `receiver`:
+/// its last reference time `lrr` and the delay since, in 1/65536 s.
+fn extended_report_dlrr(sender: u32, receiver: u32, lrr: u32, dlrr: u32) -> [u8; 24] {
+    let mut xr = [0; 24];
+    xr[..4].copy_from_slice(&[0x80, 207, 0, 5]);
+    xr[4..8].copy_from_slice(&sender.to_be_bytes());
+    xr[8..12].copy_from_slice(&[5, 0, 0, 3]);
+    xr[12..16].copy_from_slice(&receiver.to_be_bytes());
+    xr[16..20].copy_from_slice(&lrr.to_be_bytes());
+    xr[20..24].copy_from_slice(&dlrr.to_be_bytes());
+    xr
+}
+
 /// A wallclock time as a 64-bit NTP timestamp (seconds since 1900 and a binary fraction).
 fn ntp(t: SystemTime) -> u64 {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -475,6 +525,7 @@ mod tests {
                     fraction,
                     lost,
                 } => format!("report {ssrc:x} {fraction} {lost}"),
+                Item::ReferenceTime { ssrc, lrr } => format!("rrtr {ssrc:x} {lrr:x}"),
             })
         });
         got
@@ -498,6 +549,23 @@ mod tests {
                 "nack deadbeef [65535, 0, 2]",
                 "key beef",
                 "key beef"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reference_time_is_read_from_an_extended_report() {
+        // XR from 0x1234: an unknown block of one word, then RRTR with NTP 0x0102030405060708.
+        let mut rtcp = vec![0x80, 207, 0, 6, 0, 0, 0x12, 0x34];
+        rtcp.extend_from_slice(&[9, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
+        rtcp.extend_from_slice(&[4, 0, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(walk(&rtcp), ["rrtr 1234 3040506"]);
+        let xr = extended_report_dlrr(0xaaaa, 0x1234, 0x0304_0506, 65_536);
+        assert_eq!(
+            xr,
+            [
+                0x80, 207, 0, 5, 0, 0, 0xaa, 0xaa, 5, 0, 0, 3, 0, 0, 0x12, 0x34, 3, 4, 5, 6, 0, 1,
+                0, 0
             ]
         );
     }
