@@ -113,9 +113,7 @@ pub struct MediaConfig {
     /// Send viewers' media from the gateway's own SRTP egress (header, SRTP, sender reports,
     /// NACK answers) instead of through str0m's send path, which costs several times more
     /// per packet and keeps a copy of every packet per viewer. str0m keeps ICE, DTLS and RTCP
-    /// either way. Off by default until its repair under loss and jitter on the viewers' leg
-    /// is shown to match str0m's: in some runs of `tests/loss.rs` a viewer waited up to 3.5 s
-    /// for a keyframe, more often than on str0m's path (which shows it too) in the runs so far.
+    /// either way.
     pub direct_egress: bool,
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     pub keyframe_request_interval_ms: u64,
@@ -160,7 +158,7 @@ impl Default for MediaConfig {
             gop_cache_max_packets: 4096,
             gop_replay_kbps: 16_000,
             resend_buffer_packets: 512,
-            direct_egress: false,
+            direct_egress: true,
             keyframe_request_interval_ms: 500,
             shard_queue_packets: 8192,
             stats_interval_secs: 5,
