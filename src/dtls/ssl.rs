@@ -27,8 +27,7 @@ use foreign_types::ForeignTypeRef;
 use openssl::ex_data::Index;
 use openssl::pkey::PKey;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslMethod, SslMode, SslOptions, SslRef, SslStream, SslVerifyMode,
-    SslVersion,
+    ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslRef, SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 use str0m::crypto::dtls::{
@@ -78,6 +77,8 @@ const DTLS_CTRL_HANDLE_TIMEOUT: c_int = 74;
 type DtlsTimerCb = unsafe extern "C" fn(*mut openssl_sys::SSL, c_uint) -> c_uint;
 extern "C" {
     fn DTLS_set_timer_cb(s: *mut openssl_sys::SSL, cb: Option<DtlsTimerCb>);
+    fn SSL_alloc_buffers(s: *mut openssl_sys::SSL) -> c_int;
+    fn SSL_free_buffers(s: *mut openssl_sys::SSL) -> c_int;
 }
 
 /// The wait before retransmission number `sends + 1` of a flight sent `sends` times so far
@@ -184,11 +185,7 @@ fn context(cert: &DtlsCert) -> Result<SslContext, openssl::error::ErrorStack> {
         |_, _| true,
     );
     b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION);
-    // Lets OpenSSL free a connection's record buffers while they are empty, which they are
-    // between the few records of a session's life after its handshake. How much this saves
-    // for DTLS is not measured: a heap profile with it still shows 58.6 KiB per session kept
-    // from the handshake (BENCHMARKS.md).
-    b.set_mode(SslMode::RELEASE_BUFFERS);
+    // OpenSSL ignores RELEASE_BUFFERS for DTLS: `Instance::with_buffers` frees them instead.
     let ctx = b.build();
     if kept.len() == CONTEXTS {
         kept.pop_front();
@@ -255,8 +252,10 @@ pub(super) struct Instance {
     now: Instant,
     mtu: usize,
     out: VecDeque<Out>,
-    /// The next timeout, found after each call into OpenSSL.
+    /// The next timeout, found after each call into OpenSSL, and whether OpenSSL's flight
+    /// timer runs at all.
     timeout: Instant,
+    timer_running: bool,
 }
 
 // The stream's raw pointers are only touched through `&mut self`; a panic inside a call
@@ -308,6 +307,7 @@ impl Instance {
             mtu,
             out: VecDeque::new(),
             timeout: now + NO_TIMER,
+            timer_running: false,
         })
     }
 
@@ -315,9 +315,37 @@ impl Instance {
         self.stream.ssl().as_ptr()
     }
 
+    /// Runs `f`, a call into OpenSSL, with the record layer's buffers there, and frees them
+    /// after it once the handshake is done.
+    ///
+    /// OpenSSL keeps a DTLS connection's read and write buffers (about 34 KiB) for its whole
+    /// life: its RELEASE_BUFFERS mode skips DTLS. After the handshake a session reads or
+    /// writes a record only now and then (a flight sent again, an alert), so the buffers are
+    /// allocated around each call instead. OpenSSL's DTLS write path does not allocate them
+    /// itself, hence the explicit allocation before the call.
+    fn with_buffers<R>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<R, DtlsImplError>,
+    ) -> Result<R, DtlsImplError> {
+        if self.state == State::Connected {
+            // SAFETY: a valid SSL; allocates only what is missing.
+            if unsafe { SSL_alloc_buffers(self.ssl_ptr()) } != 1 {
+                self.state = State::Closed;
+                return Err(failed(CryptoOperation::Decrypt, "buffers", "no memory"));
+            }
+        }
+        let r = f(self);
+        if self.state == State::Connected {
+            // SAFETY: a valid SSL, between calls; OpenSSL declines while a record is
+            // pending in either buffer.
+            unsafe { SSL_free_buffers(self.ssl_ptr()) };
+        }
+        r
+    }
+
     /// Reads whatever has come in, moving the handshake on, then picks up what was written.
     fn drive(&mut self) -> Result<(), DtlsImplError> {
-        let result = self.advance();
+        let result = self.with_buffers(|i| i.advance());
         if result.is_err() {
             self.state = State::Closed;
         }
@@ -426,6 +454,7 @@ impl Instance {
                 &mut left as *mut libc::timeval as *mut c_void,
             )
         } == 1;
+        self.timer_running = running;
         self.timeout = if running {
             let left = Duration::from_secs(left.tv_sec.max(0) as u64)
                 + Duration::from_micros(left.tv_usec.max(0) as u64);
@@ -503,15 +532,21 @@ impl DtlsInstance for Instance {
             return Ok(());
         }
         // OpenSSL sends the flight again if its timer, on the system clock, has run out.
-        // SAFETY: a valid SSL.
-        let r = unsafe {
-            openssl_sys::SSL_ctrl(
-                self.ssl_ptr(),
-                DTLS_CTRL_HANDLE_TIMEOUT,
-                0 as c_long,
-                std::ptr::null_mut(),
-            )
-        };
+        // After the handshake its timer does not run (`collect` reads it): nothing to do.
+        if self.state == State::Connected && !self.timer_running {
+            return Ok(());
+        }
+        let r = self.with_buffers(|i| {
+            // SAFETY: a valid SSL.
+            Ok(unsafe {
+                openssl_sys::SSL_ctrl(
+                    i.ssl_ptr(),
+                    DTLS_CTRL_HANDLE_TIMEOUT,
+                    0 as c_long,
+                    std::ptr::null_mut(),
+                )
+            })
+        })?;
         if r < 0 {
             self.state = State::Closed;
             self.collect();
@@ -531,9 +566,13 @@ impl DtlsInstance for Instance {
         if data.is_empty() {
             return Ok(0);
         }
-        let r = self.stream.ssl_write(data);
+        let r = self.with_buffers(|i| {
+            i.stream
+                .ssl_write(data)
+                .map_err(|e| failed(CryptoOperation::Encrypt, "write", e))
+        });
         self.collect();
-        r.map_err(|e| failed(CryptoOperation::Encrypt, "write", e))
+        r
     }
 
     fn is_active(&self) -> bool {
@@ -555,7 +594,10 @@ impl DtlsInstance for Instance {
     fn close(&mut self) -> Result<(), DtlsImplError> {
         if self.state == State::Connected {
             // close_notify; the peer's answer is not waited for.
-            let _ = self.stream.shutdown();
+            let _ = self.with_buffers(|i| {
+                let _ = i.stream.shutdown();
+                Ok(())
+            });
             self.collect();
         }
         self.state = State::Closed;
@@ -693,6 +735,110 @@ mod tests {
             exchange(&mut ends);
             assert_eq!(ends[1].data, vec![b"sctp".to_vec()]);
         }
+    }
+
+    /// The server's last flight is lost: it is done, its record buffers freed, when the
+    /// client sends its flight again. It answers with its last flight, and both ends then
+    /// exchange data and close, each call allocating the buffers it needs.
+    #[test]
+    fn a_server_done_and_without_buffers_answers_a_flight_sent_again() {
+        let cert = ecdsa_certificate();
+        let now = Instant::now();
+        let mut ends = [
+            End::openssl(&cert, true, now),
+            End::openssl(&cert, false, now),
+        ];
+        // ClientHello, the server's flight, the client's last flight.
+        for from in [0, 1, 0] {
+            for p in ends[from].drain() {
+                ends[1 - from].d.handle_packet(&p).expect("packet");
+            }
+        }
+        let last = ends[1].drain();
+        assert!(ends[1].connected && !last.is_empty(), "the server is done");
+        assert!(!ends[0].connected);
+        // Lost. The client's timer runs on the system clock.
+        let mut resent = Vec::new();
+        while resent.is_empty() {
+            std::thread::sleep(ends[0].timeout.saturating_duration_since(Instant::now()));
+            ends[0].d.handle_timeout(Instant::now()).expect("timeout");
+            resent = ends[0].drain();
+            assert!(now.elapsed() < Duration::from_secs(5), "never sent again");
+        }
+        for p in resent {
+            ends[1].d.handle_packet(&p).expect("packet");
+        }
+        exchange(&mut ends);
+        assert!(ends[0].connected, "the client is done too");
+        assert_eq!(ends[0].keying, ends[1].keying);
+
+        assert_eq!(ends[0].d.send_application_data(b"one").expect("send"), 3);
+        assert_eq!(ends[1].d.send_application_data(b"two").expect("send"), 3);
+        exchange(&mut ends);
+        assert_eq!(ends[1].data, vec![b"one".to_vec()]);
+        assert_eq!(ends[0].data, vec![b"two".to_vec()]);
+        ends[0].d.close().expect("close");
+        let mut buf = vec![0; 2000];
+        let mut closed = false;
+        while let DtlsOutput::Packet(p) = ends[0].d.poll_output(&mut buf) {
+            let p = p.to_vec();
+            ends[1].d.handle_packet(&p).expect("close_notify");
+            while !matches!(ends[1].d.poll_output(&mut buf), DtlsOutput::Timeout(_)) {
+                closed = true;
+            }
+        }
+        assert!(
+            closed && ends[1].d.is_closed(),
+            "the server read close_notify"
+        );
+    }
+
+    /// What a session's DTLS keeps on the heap after its handshake, and what OpenSSL's
+    /// record buffers would add (they are freed between calls): `cargo test --release --lib
+    /// kept_after -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn kept_after_the_handshake() {
+        fn heap() -> usize {
+            // SAFETY: reads glibc's allocator statistics.
+            unsafe { libc::mallinfo2() }.uordblks
+        }
+        const PAIRS: usize = 100;
+        let cert = ecdsa_certificate();
+        // One handshake first, so the shared context and certificate are in place.
+        let now = Instant::now();
+        let mut warm = [
+            End::openssl(&cert, true, now),
+            End::openssl(&cert, false, now),
+        ];
+        exchange(&mut warm);
+        let before = heap();
+        let mut pairs = Vec::new();
+        for _ in 0..PAIRS {
+            let mut ends = [
+                End::openssl(&cert, true, now),
+                End::openssl(&cert, false, now),
+            ];
+            exchange(&mut ends);
+            assert!(ends[0].connected && ends[1].connected);
+            pairs.push(ends);
+        }
+        let kept = heap().saturating_sub(before) / (2 * PAIRS);
+        let freed = heap();
+        for p in &pairs {
+            for e in p {
+                // SAFETY: a valid SSL between calls.
+                let d = e.d.as_ref() as *const dyn DtlsInstance as *const Instance;
+                unsafe { SSL_alloc_buffers((*d).ssl_ptr()) };
+            }
+        }
+        let buffers = heap().saturating_sub(freed) / (2 * PAIRS);
+        eprintln!(
+            "per session after the handshake: {:.1} KiB kept; the record buffers would add {:.1} KiB",
+            kept as f64 / 1024.0,
+            buffers as f64 / 1024.0
+        );
+        assert!(buffers > 0);
     }
 
     #[test]
