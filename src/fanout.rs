@@ -8,6 +8,7 @@
 //!   a viewer's stream continuous across publisher changes and starts below the first SRTP
 //!   rollover (a new receiver assumes ROC 0).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -226,6 +227,55 @@ impl StreamCache {
     }
 }
 
+/// A stream's newest packets of each kind on a shard, shared by its viewers' NACK answers. A
+/// viewer's sequence numbers map back to the publisher's through its rewriter
+/// ([`TrackRewriter::source`]), so no viewer keeps a list of what it was sent.
+#[derive(Debug)]
+pub struct History {
+    video: VecDeque<Arc<MediaPacket>>,
+    audio: VecDeque<Arc<MediaPacket>>,
+    keep_video: usize,
+    keep_audio: usize,
+}
+
+impl History {
+    /// Keeps `keep_video` video packets and `keep_audio` audio packets.
+    pub fn new(keep_video: usize, keep_audio: usize) -> History {
+        History {
+            video: VecDeque::new(),
+            audio: VecDeque::new(),
+            keep_video,
+            keep_audio,
+        }
+    }
+
+    pub fn push(&mut self, pkt: &Arc<MediaPacket>) {
+        let (list, keep) = match pkt.kind {
+            Kind::Video => (&mut self.video, self.keep_video),
+            Kind::Audio => (&mut self.audio, self.keep_audio),
+        };
+        if keep == 0 {
+            return;
+        }
+        if list.len() >= keep {
+            list.pop_front();
+        }
+        list.push_back(pkt.clone());
+    }
+
+    /// The packet `seq` of `publisher`'s `kind` track, if still kept. Newest first: NACKs ask
+    /// for recent packets, and a repaired packet comes late, out of order.
+    pub fn find(&self, kind: Kind, publisher: SessionId, seq: u64) -> Option<&Arc<MediaPacket>> {
+        let list = match kind {
+            Kind::Video => &self.video,
+            Kind::Audio => &self.audio,
+        };
+        list.iter()
+            .rev()
+            .find(|p| p.seq == seq && p.publisher == publisher)
+    }
+}
+
 /// Per viewer and track: rewrites sequence numbers and timestamps into the viewer's own
 /// continuous space, and holds video back until a keyframe.
 #[derive(Debug)]
@@ -236,6 +286,8 @@ pub struct TrackRewriter {
     epoch: Option<SessionId>,
     /// First input sequence number of this epoch; older packets belong to a cut-off past.
     epoch_first_seq: u64,
+    /// The output sequence number of `epoch_first_seq`.
+    epoch_first_out: u64,
     seq_offset: i64,
     ts_offset: u32,
     last_out_seq: u64,
@@ -260,6 +312,7 @@ impl TrackRewriter {
             waiting_keyframe: kind == Kind::Video,
             epoch: None,
             epoch_first_seq: 0,
+            epoch_first_out: 0,
             seq_offset: 0,
             ts_offset: 0,
             last_out_seq: 0,
@@ -312,6 +365,7 @@ impl TrackRewriter {
             };
             self.epoch = Some(pkt.publisher);
             self.epoch_first_seq = pkt.seq;
+            self.epoch_first_out = base_seq;
             self.seq_offset = base_seq as i64 - pkt.seq as i64;
             self.ts_offset = base_ts.wrapping_sub(pkt.time);
             self.pt_cache = None;
@@ -334,6 +388,26 @@ impl TrackRewriter {
         }
         self.last_out_at = Some(now);
         Some((seq, ts))
+    }
+
+    /// Where output sequence number `out` came from, if it is of the current epoch and was
+    /// sent: the publisher, its sequence number, and the RTP time offset to add to the
+    /// packet's. An older epoch's numbers map to nothing: its offsets are gone.
+    pub fn source(&self, out: u64) -> Option<(SessionId, u64, u32)> {
+        let publisher = self.epoch?;
+        if out < self.epoch_first_out || out > self.last_out_seq || self.last_out_at.is_none() {
+            return None;
+        }
+        let seq = u64::try_from(out as i64 - self.seq_offset).ok()?;
+        (seq >= self.epoch_first_seq).then_some((publisher, seq, self.ts_offset))
+    }
+
+    /// The viewer's PT for `params` as last mapped by [`TrackRewriter::map_pt`].
+    pub fn mapped_pt(&self, params: &PayloadParams) -> Option<str0m::media::Pt> {
+        self.pt_cache
+            .as_ref()
+            .filter(|(p, _)| p == params)
+            .map(|(_, pt)| *pt)
     }
 
     /// The viewer's PT for the publisher's payload parameters, matched by codec and format.
@@ -391,6 +465,51 @@ mod tests {
             payload: Arc::from(&[seq as u8][..]),
             received: Instant::now(),
         })
+    }
+
+    #[test]
+    fn a_viewers_sequence_numbers_map_back_to_the_publishers_within_the_epoch() {
+        let mut r = TrackRewriter::new(Kind::Video, (1000, 5000));
+        let now = Instant::now();
+        let (first, ts) = r
+            .rewrite(&pkt(1, Kind::Video, 40, 900, true), now)
+            .expect("key");
+        let (second, _) = r
+            .rewrite(&pkt(1, Kind::Video, 41, 900, false), now)
+            .expect("next");
+        assert_eq!((first, second, ts), (1001, 1002, 5000));
+        assert_eq!(
+            r.source(1001),
+            Some((SessionId(1), 40, 5000u32.wrapping_sub(900)))
+        );
+        assert_eq!(r.source(1002).map(|s| s.1), Some(41));
+        assert_eq!(r.source(1003), None, "not sent yet");
+        assert_eq!(r.source(1000), None, "before the epoch");
+        // A new publisher starts a new epoch: the old numbers map to nothing.
+        r.rewrite(&pkt(2, Kind::Video, 7, 50, true), now)
+            .expect("new key");
+        assert_eq!(r.source(1002), None);
+        assert_eq!(r.source(1003).map(|s| (s.0, s.1)), Some((SessionId(2), 7)));
+    }
+
+    #[test]
+    fn the_history_keeps_the_newest_packets_of_each_kind() {
+        let mut h = History::new(2, 1);
+        for seq in 1..=3 {
+            h.push(&pkt(1, Kind::Video, seq, 0, false));
+        }
+        h.push(&pkt(1, Kind::Audio, 9, 0, false));
+        assert!(h.find(Kind::Video, SessionId(1), 1).is_none(), "pushed out");
+        assert!(h.find(Kind::Video, SessionId(1), 3).is_some());
+        assert!(
+            h.find(Kind::Video, SessionId(2), 3).is_none(),
+            "another publisher's"
+        );
+        assert!(h.find(Kind::Audio, SessionId(1), 9).is_some());
+        assert!(
+            h.find(Kind::Video, SessionId(1), 9).is_none(),
+            "the audio track's"
+        );
     }
 
     #[test]

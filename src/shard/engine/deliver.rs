@@ -96,6 +96,7 @@ impl Engine {
             return;
         };
         local.publisher_sends(pkt.publisher);
+        local.history.push(&pkt);
         let pushed = local.cache.push(pkt.clone());
         // Walk a copy: a viewer removed on the way (a failed write) must leave the stream's
         // list, which `remove` reads, as it really is. The buffer is reused, so no allocation.

@@ -12,24 +12,24 @@
 //! What str0m did for those packets is done here instead:
 //! - **Sender reports** (RFC 3550 §6.4.1), so players can line audio up with video: str0m's
 //!   are turned off for viewers (it would report RTP time 0, having sent nothing).
-//! - **NACKs** (RFC 4585 §6.2.1): the viewer's SRTCP is read beside str0m, and a lost packet is
-//!   sent again from the viewer's list of what it was sent: an `Arc` of the shared payload and
-//!   the header fields, so the list costs bytes per packet, not a copy. It goes as RTX (RFC
-//!   4588) where the viewer's answer has an RTX stream for the track, as str0m would send it,
-//!   else as it was sent first.
+//! - **NACKs** (RFC 4585 §6.2.1): the viewer's SRTCP is read beside str0m, and the engine
+//!   finds each lost packet in the stream's shared history (`fanout::History`) through the
+//!   viewer's rewriter, which maps its sequence numbers back to the publisher's: a viewer
+//!   keeps no list of what it was sent. The packet goes again as RTX (RFC 4588) where the
+//!   viewer's answer has an RTX stream for the track, as str0m would send it, else as it was
+//!   sent first.
 //! - **The figures** str0m keeps only for what it sent: NACKs, PLIs and FIRs, and the loss the
 //!   viewer's receiver reports give, counted from the same RTCP.
 //!
 //! No header extensions are written: the gateway's answer binds each SSRC to its m-line
 //! (`a=ssrc`), and the ingest's extension values must not reach viewers anyway.
 //!
-//! `media.direct_egress` turns it on (off by default for now; see the README).
+//! `media.direct_egress` turns it on (the default).
 //!
 //! str0m holds the same keys: it must never send RTP on a track's SSRCs while this egress
 //! does (nothing is written to str0m for such a viewer, and it has no BWE probes or padding),
 //! and its RTCP index counts in a range of its own (`RTCP_INDEX_START`).
 
-use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use super::*;
@@ -41,8 +41,6 @@ use crate::srtp::{Profile, SrtcpReceiver, SrtpSender};
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Packets sent again per RTCP datagram at most: a NACK's bitmasks can ask for many.
 const MAX_RESENDS_PER_RTCP: usize = 128;
-/// Audio packets kept for NACK (Opus is rarely NACKed; a few for those who do).
-const AUDIO_KEPT: usize = 64;
 /// Where this egress's SRTCP index starts. str0m keeps the same keys and may send RTCP on
 /// the same SSRCs (a BYE at the end), counting its index up from 0: a GCM nonce or CM
 /// keystream must never serve twice, so the two counts keep a billion apart. (A browser's
@@ -90,17 +88,8 @@ struct OutTrack {
     fraction_lost: Option<f32>,
     /// RTP time and arrival of the newest packet sent: what a sender report extrapolates from.
     last: Option<(u32, Instant)>,
-    sent: VecDeque<Sent>,
-    keep: usize,
-}
-
-/// One packet sent, enough to send it again exactly.
-struct Sent {
-    seq: u64,
-    pt: u8,
-    marker: bool,
-    time: u32,
-    payload: Arc<[u8]>,
+    /// The highest extended sequence number sent: a NACK's 16 bits are extended from it.
+    highest: u64,
 }
 
 /// A viewer's track as the egress is set up with it: its mid, send SSRC, RTX SSRC with the
@@ -110,8 +99,8 @@ pub(super) type TrackSetup = (Mid, Ssrc, Option<(Ssrc, u16)>, Kind);
 /// What [`Egress::on_rtcp`] found in one RTCP datagram.
 #[derive(Default)]
 pub(super) struct Feedback {
-    /// Packets its NACKs asked for, protected again.
-    pub(super) resends: Vec<Vec<u8>>,
+    /// The packets its NACKs ask for: the track and the extended sequence number as sent.
+    pub(super) wanted: Vec<(Mid, u64)>,
     /// NACK packets (not the sequence numbers they name), as str0m counts them.
     pub(super) nacks: u64,
     /// PLIs and FIRs.
@@ -126,7 +115,6 @@ impl Egress {
         keys: &SrtpKeys,
         tracks: &[TrackSetup],
         rtx_pts: Vec<(u8, u8)>,
-        keep_video: usize,
         now: Instant,
     ) -> Option<Egress> {
         let profile = Profile::from_str0m(keys.profile)?;
@@ -140,7 +128,7 @@ impl Egress {
             rtx_pts,
             tracks: tracks
                 .iter()
-                .map(|&(mid, ssrc, rtx, kind)| OutTrack {
+                .map(|&(mid, ssrc, rtx, _)| OutTrack {
                     mid,
                     ssrc: *ssrc,
                     rtx: rtx.map(|(ssrc, seq)| (*ssrc, seq as u64)),
@@ -153,12 +141,7 @@ impl Egress {
                     lost: 0,
                     fraction_lost: None,
                     last: None,
-                    sent: VecDeque::new(),
-                    keep: if kind == Kind::Video {
-                        keep_video
-                    } else {
-                        AUDIO_KEPT.min(keep_video)
-                    },
+                    highest: 0,
                 })
                 .collect(),
             next_report: now + REPORT_INTERVAL,
@@ -195,19 +178,8 @@ impl Egress {
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(pkt.payload.len() as u32);
         track.last = Some((time, pkt.received));
+        track.highest = track.highest.max(seq);
         self.bytes += datagram.len() as u64;
-        if track.keep > 0 {
-            if track.sent.len() >= track.keep {
-                track.sent.pop_front();
-            }
-            track.sent.push_back(Sent {
-                seq,
-                pt,
-                marker: pkt.marker,
-                time,
-                payload: pkt.payload.clone(),
-            });
-        }
         Some(datagram)
     }
 
@@ -290,47 +262,65 @@ impl Egress {
             }
         });
         for (ssrc, seq) in wanted {
-            let Some(track) = self.tracks.iter_mut().find(|t| t.ssrc == ssrc) else {
+            let Some(track) = self.tracks.iter().find(|t| t.ssrc == ssrc) else {
                 continue;
             };
-            // The list is in sending order, which is sequence order.
-            let Some(s) = track.sent.iter().rev().find(|s| s.seq as u16 == seq) else {
-                continue;
-            };
-            let rtx_pt = self.rtx_pts.iter().find(|(p, _)| *p == s.pt).map(|r| r.1);
-            let datagram = match (track.rtx.as_mut(), rtx_pt) {
-                (Some((rtx_ssrc, next)), Some(rtx_pt)) => {
-                    // RFC 4588 §4: the original sequence number, then the original payload.
-                    let mut payload = Vec::with_capacity(2 + s.payload.len());
-                    payload.extend_from_slice(&(s.seq as u16).to_be_bytes());
-                    payload.extend_from_slice(&s.payload);
-                    let seq = *next;
-                    *next += 1;
-                    let header = Header {
-                        ssrc: *rtx_ssrc,
-                        pt: rtx_pt,
-                        marker: s.marker,
-                        seq,
-                        time: s.time,
-                    };
-                    protect(Vec::new(), &self.srtp, header, &payload)
-                }
-                _ => {
-                    let header = Header {
-                        ssrc: track.ssrc,
-                        pt: s.pt,
-                        marker: s.marker,
-                        seq: s.seq,
-                        time: s.time,
-                    };
-                    protect(Vec::new(), &self.srtp, header, &s.payload)
-                }
-            };
-            self.bytes += datagram.len() as u64;
-            feedback.resends.push(datagram);
-            track.resent += 1;
+            // The sent sequence number with these low 16 bits at or below the highest sent.
+            let mut ext = (track.highest & !0xffff) | seq as u64;
+            if ext > track.highest {
+                let Some(lower) = ext.checked_sub(1 << 16) else {
+                    continue;
+                };
+                ext = lower;
+            }
+            feedback.wanted.push((track.mid, ext));
         }
         Some(feedback)
+    }
+
+    /// The datagram that sends `pkt` again on track `mid` as it was sent, with payload type
+    /// `pt`, sequence number `seq` and RTP time `time`: as RTX (RFC 4588 §4: the original
+    /// sequence number, then the original payload) where the track has an RTX stream and `pt`
+    /// an RTX payload type, else as the packet itself.
+    pub(super) fn resend(
+        &mut self,
+        mid: Mid,
+        pt: u8,
+        seq: u64,
+        time: u32,
+        pkt: &MediaPacket,
+    ) -> Option<Vec<u8>> {
+        let track = self.tracks.iter_mut().find(|t| t.mid == mid)?;
+        let rtx_pt = self.rtx_pts.iter().find(|(p, _)| *p == pt).map(|r| r.1);
+        let datagram = match (track.rtx.as_mut(), rtx_pt) {
+            (Some((rtx_ssrc, next)), Some(rtx_pt)) => {
+                let mut payload = Vec::with_capacity(2 + pkt.payload.len());
+                payload.extend_from_slice(&(seq as u16).to_be_bytes());
+                payload.extend_from_slice(&pkt.payload);
+                let header = Header {
+                    ssrc: *rtx_ssrc,
+                    pt: rtx_pt,
+                    marker: pkt.marker,
+                    seq: *next,
+                    time,
+                };
+                *next += 1;
+                protect(Vec::new(), &self.srtp, header, &payload)
+            }
+            _ => {
+                let header = Header {
+                    ssrc: track.ssrc,
+                    pt,
+                    marker: pkt.marker,
+                    seq,
+                    time,
+                };
+                protect(Vec::new(), &self.srtp, header, &pkt.payload)
+            }
+        };
+        self.bytes += datagram.len() as u64;
+        track.resent += 1;
+        Some(datagram)
     }
 
     /// Packets sent, resends included; NACKs, PLIs and FIRs received; packets the viewer

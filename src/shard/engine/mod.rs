@@ -38,7 +38,7 @@ use super::{
     Transmit,
 };
 use crate::config::Config;
-use crate::fanout::{is_keyframe, MediaPacket, Pushed, StreamCache, TrackRewriter};
+use crate::fanout::{is_keyframe, History, MediaPacket, Pushed, StreamCache, TrackRewriter};
 use crate::sdp::{restart_offer, strip_bundle_group, Fragment, Kind, Offer, OfferError};
 use crate::session::{Role, SessionId};
 use crate::stun::{self, CheckCopies};
@@ -138,8 +138,13 @@ impl Outbox {
 }
 
 /// A stream as one shard sees it.
+/// Audio packets kept per stream for NACKs (Opus is rarely NACKed; a few for those who do).
+const AUDIO_KEPT: usize = 64;
+
 struct LocalStream {
     cache: StreamCache,
+    /// The newest packets, for the NACKs of viewers on the own egress.
+    history: History,
     viewers: Vec<SessionId>,
     /// On the publisher's shard: other shards that want the packets (bit per shard).
     subscribers: u64,
@@ -370,10 +375,17 @@ impl Engine {
             self.config.media.gop_cache,
             self.config.media.gop_cache_max_packets,
         );
+        // Only the own egress answers NACKs from the history; str0m keeps its own copies.
+        let history = if self.config.media.direct_egress {
+            (self.config.media.resend_buffer_packets, AUDIO_KEPT)
+        } else {
+            (0, 0)
+        };
         self.streams
             .entry(stream.clone())
             .or_insert_with(|| LocalStream {
                 cache: StreamCache::new(keep, max),
+                history: History::new(history.0, history.1),
                 viewers: Vec::new(),
                 subscribers: 0,
                 subscribed: false,

@@ -85,7 +85,7 @@ impl Engine {
                         .iter()
                         .filter_map(|p| Some((*p.pt(), *p.resend()?)))
                         .collect();
-                    session.sender = super::egress::Egress::new(&keys, &out, rtx_pts, resend, now);
+                    session.sender = super::egress::Egress::new(&keys, &out, rtx_pts, now);
                     if session.sender.is_none() {
                         session.span.in_scope(
                             || warn!(profile = ?keys.profile, "no own egress for these keys"),
