@@ -94,18 +94,25 @@ fn an_unrepairable_loss_upstream_ends_in_a_keyframe_request() {
         sim.engine(0).counters.unrepaired_losses >= 1,
         "the gateway gave up on the packet"
     );
+    let got = one_gap_closed_by_a_requested_keyframe(&sim, p, v);
+    assert_eq!(got.last().map(|f| f.0), Some(89), "to the last frame");
+}
+
+/// The viewer's frames, having asserted that the publisher was asked for a keyframe and that
+/// the one gap they have was closed by one within half a second of media.
+fn one_gap_closed_by_a_requested_keyframe(sim: &Sim, p: PeerId, v: PeerId) -> Vec<(u64, bool)> {
     let feed = sim.feed(p).expect("feed");
     assert!(
         feed.keyframes.len() >= 2,
-        "a keyframe was asked for: {:?}",
+        "the publisher was asked for a keyframe: {:?}",
         feed.keyframes
     );
-    let got = frames(&sim, p, v);
+    let got = frames(sim, p, v);
     let gaps = got.windows(2).filter(|w| w[1].0 > w[0].0 + 1).count();
     assert_eq!(gaps, 1, "one gap: {got:?}");
     let worst = worst_gap(&got);
     assert!(worst <= FPS / 2, "keyframe {worst} frames after the loss");
-    assert_eq!(got.last().map(|f| f.0), Some(89), "to the last frame");
+    got
 }
 
 /// A viewer that started well and then lost one packet for good a second in gets the
@@ -140,17 +147,7 @@ fn a_loss_after_a_good_start_is_answered_by_the_publisher() {
     sim.run_for(Duration::from_secs(5));
 
     assert!(lost.get().is_some(), "the packet was dropped");
-    let feed = sim.feed(p).expect("feed");
-    assert!(
-        feed.keyframes.len() >= 2,
-        "the publisher was asked for a keyframe: {:?}",
-        feed.keyframes
-    );
-    let got = frames(&sim, p, v);
-    let gaps = got.windows(2).filter(|w| w[1].0 > w[0].0 + 1).count();
-    assert_eq!(gaps, 1, "one gap: {got:?}");
-    let worst = worst_gap(&got);
-    assert!(worst <= FPS / 2, "keyframe {worst} frames after the loss");
+    one_gap_closed_by_a_requested_keyframe(&sim, p, v);
 }
 
 /// A viewer whose DTLS handshake ended on the gateway's side before its own (the gateway's
