@@ -291,6 +291,38 @@ fn viewers_learn_their_round_trip_time_from_the_egress() {
     }
 }
 
+/// The engine's CPU per viewer join, without media: the WHEP answer, ICE and the DTLS
+/// handshake (OpenSSL, ECDHE and ECDSA) as the shard runs them, HTTP left out. A figure for
+/// BENCHMARKS.md, not a test: `cargo test --release --test sim engine_time_per_join --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn engine_time_per_join() {
+    const VIEWERS: usize = 300;
+    let mut sim = Sim::new(Config::default(), 1);
+    // The gateway's DTLS (OpenSSL), not the simulation's own.
+    sim.set_crypto_provider(wishcast::dtls::crypto_provider());
+    let codec = VideoCodec::H264;
+    sim.add_publisher("j", PeerOptions::with_video(codec))
+        .expect("publisher");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 1));
+    sim.reset_engine_busy();
+    for _ in 0..VIEWERS {
+        sim.add_viewer("j", PeerOptions::sink(codec))
+            .expect("viewer");
+        sim.run_for(Duration::from_millis(2));
+    }
+    assert!(
+        sim.run_until_true(Duration::from_secs(10), |s| s.connected_count()
+            == VIEWERS + 1)
+    );
+    let per_join = sim.engine_busy_total() / VIEWERS as u32;
+    eprintln!(
+        "engine time per join: {per_join:?} ({:.0} joins per second of one core)",
+        1.0 / per_join.as_secs_f64()
+    );
+}
+
 // ---- 4. scale ---------------------------------------------------------------------------------
 
 /// One publisher, many viewers over two shards in one process: all connect, and every viewer
