@@ -93,8 +93,8 @@ struct OutTrack {
 }
 
 /// A viewer's track as the egress is set up with it: its mid, send SSRC, RTX SSRC with the
-/// RTX stream's first sequence number, and kind.
-pub(super) type TrackSetup = (Mid, Ssrc, Option<(Ssrc, u16)>, Kind);
+/// RTX stream's first sequence number.
+pub(super) type TrackSetup = (Mid, Ssrc, Option<(Ssrc, u16)>);
 
 /// What [`Egress::on_rtcp`] found in one RTCP datagram.
 #[derive(Default)]
@@ -128,7 +128,7 @@ impl Egress {
             rtx_pts,
             tracks: tracks
                 .iter()
-                .map(|&(mid, ssrc, rtx, _)| OutTrack {
+                .map(|&(mid, ssrc, rtx)| OutTrack {
                     mid,
                     ssrc: *ssrc,
                     rtx: rtx.map(|(ssrc, seq)| (*ssrc, seq as u64)),

@@ -63,15 +63,15 @@ impl Engine {
         let direct = self.config.media.direct_egress;
         if let Some(session) = self.sessions.get_mut(&id) {
             session.joined = true;
-            let mids: Vec<(Mid, Kind)> = session.tracks.iter().map(|(m, t)| (*m, t.kind)).collect();
+            let mids: Vec<Mid> = session.tracks.iter().map(|(m, _)| *m).collect();
             let mut out = Vec::new();
-            for (mid, kind) in mids {
+            for mid in mids {
                 if let Some(tx) = session.rtc.direct_api().stream_tx_by_mid(mid, None) {
                     tx.set_rtx_cache(resend, Duration::from_secs(3), None);
                     session.tx_ssrcs.push((mid, tx.ssrc()));
                     // RTX starts below the first rollover, as the media does.
                     let rtx = tx.rtx().map(|ssrc| (ssrc, self.rng.gen::<u16>() & 0x7fff));
-                    out.push((mid, tx.ssrc(), rtx, kind));
+                    out.push((mid, tx.ssrc(), rtx));
                 }
             }
             // Media leaves through the gateway's own egress once the keys are there (they
