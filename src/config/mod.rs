@@ -107,8 +107,9 @@ pub struct MediaConfig {
     /// Rate at which a joining viewer is sent the cached GOP, in kbit/s: fast enough that it
     /// catches up with live quickly, paced so the burst does not overflow its path or socket.
     pub gop_replay_kbps: u32,
-    /// Packets kept per viewer track to answer NACKs with retransmissions (also at most 3 s
-    /// old). str0m keeps at least 10 whatever this says.
+    /// Video packets kept to answer viewers' NACKs with retransmissions: with the own egress
+    /// in one history per stream and shard, shared by its viewers; on str0m's send path per
+    /// viewer track (also at most 3 s old, and at least 10 whatever this says).
     pub resend_buffer_packets: usize,
     /// Send viewers' media from the gateway's own SRTP egress (header, SRTP, sender reports,
     /// NACK answers) instead of through str0m's send path, which costs several times more
