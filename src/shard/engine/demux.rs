@@ -201,29 +201,14 @@ impl Engine {
             let path = session.media_path.unwrap_or(here);
             self.counters.nacks_received += feedback.nacks;
             self.counters.plis_received += feedback.plis;
-            // Each wanted packet from the stream's history, through the viewer's rewriter.
             let history = self.streams.get(&session.stream).map(|l| &l.history);
-            let mut resent = 0;
-            for (mid, seq) in feedback.wanted {
-                let Some((_, track)) = session.tracks.iter().find(|(m, _)| *m == mid) else {
-                    continue;
-                };
-                let Some((publisher, source, ts_offset)) = track.source(seq) else {
-                    continue;
-                };
-                let Some(pkt) = history.and_then(|h| h.find(track.kind, publisher, source)) else {
-                    continue;
-                };
-                let Some(pt) = track.mapped_pt(&pkt.params) else {
-                    continue;
-                };
-                let time = pkt.time.wrapping_add(ts_offset);
-                let sender = session.sender.as_mut();
-                if let Some(contents) = sender.and_then(|s| s.resend(mid, *pt, seq, time, pkt)) {
-                    self.outbox.send_on(path, contents);
-                    resent += 1;
-                }
-            }
+            let resent = super::egress::answer_nacks(
+                session,
+                history,
+                feedback.wanted,
+                &mut self.outbox,
+                path,
+            );
             self.counters.packets_retransmitted += resent;
             session.stats.packets_retransmitted += resent;
         }

@@ -32,6 +32,7 @@
 
 use std::time::SystemTime;
 
+use super::session::MediaPath;
 use super::*;
 use crate::dtls::SrtpKeys;
 use crate::srtp::{Profile, SrtcpReceiver, SrtpSender};
@@ -174,7 +175,7 @@ impl Egress {
             seq,
             time,
         };
-        let datagram = protect(buf, &self.srtp, header, &pkt.payload);
+        let datagram = protect(buf, &self.srtp, header, &[], &pkt.payload);
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(pkt.payload.len() as u32);
         track.last = Some((time, pkt.received));
@@ -279,24 +280,23 @@ impl Egress {
     }
 
     /// The datagram that sends `pkt` again on track `mid` as it was sent, with payload type
-    /// `pt`, sequence number `seq` and RTP time `time`: as RTX (RFC 4588 §4: the original
-    /// sequence number, then the original payload) where the track has an RTX stream and `pt`
-    /// an RTX payload type, else as the packet itself.
-    pub(super) fn resend(
+    /// `pt`, sequence number `seq` and RTP time `time`, written into `buf`: as RTX (RFC 4588
+    /// §4: the original sequence number, then the original payload) where the track has an
+    /// RTX stream and `pt` an RTX payload type, else as the packet itself.
+    fn resend(
         &mut self,
         mid: Mid,
         pt: u8,
         seq: u64,
         time: u32,
         pkt: &MediaPacket,
+        buf: Vec<u8>,
     ) -> Option<Vec<u8>> {
         let track = self.tracks.iter_mut().find(|t| t.mid == mid)?;
         let rtx_pt = self.rtx_pts.iter().find(|(p, _)| *p == pt).map(|r| r.1);
-        let datagram = match (track.rtx.as_mut(), rtx_pt) {
+        let original = (seq as u16).to_be_bytes();
+        let (header, prefix) = match (track.rtx.as_mut(), rtx_pt) {
             (Some((rtx_ssrc, next)), Some(rtx_pt)) => {
-                let mut payload = Vec::with_capacity(2 + pkt.payload.len());
-                payload.extend_from_slice(&(seq as u16).to_be_bytes());
-                payload.extend_from_slice(&pkt.payload);
                 let header = Header {
                     ssrc: *rtx_ssrc,
                     pt: rtx_pt,
@@ -305,7 +305,7 @@ impl Egress {
                     time,
                 };
                 *next += 1;
-                protect(Vec::new(), &self.srtp, header, &payload)
+                (header, &original[..])
             }
             _ => {
                 let header = Header {
@@ -315,9 +315,10 @@ impl Egress {
                     seq,
                     time,
                 };
-                protect(Vec::new(), &self.srtp, header, &pkt.payload)
+                (header, &[][..])
             }
         };
+        let datagram = protect(buf, &self.srtp, header, prefix, &pkt.payload);
         self.bytes += datagram.len() as u64;
         track.resent += 1;
         Some(datagram)
@@ -345,6 +346,42 @@ impl Egress {
     }
 }
 
+/// Sends again what a viewer's NACKs asked for (`wanted`, from [`Egress::on_rtcp`]), each
+/// packet found in the stream's `history` through the viewer's rewriter, on `path`. Returns
+/// how many went.
+pub(super) fn answer_nacks(
+    session: &mut Session,
+    history: Option<&History>,
+    wanted: Vec<(Mid, u64)>,
+    outbox: &mut Outbox,
+    path: MediaPath,
+) -> u64 {
+    let (Some(history), Some(sender)) = (history, session.sender.as_mut()) else {
+        return 0;
+    };
+    let mut resent = 0;
+    for (mid, seq) in wanted {
+        let Some((_, track)) = session.tracks.iter().find(|(m, _)| *m == mid) else {
+            continue;
+        };
+        let found = track
+            .source(seq)
+            .and_then(|(publisher, source, ts_offset)| {
+                let pkt = history.find(track.kind, publisher, source)?;
+                let pt = track.mapped_pt(&pkt.params)?;
+                Some((pkt, pt, pkt.time.wrapping_add(ts_offset)))
+            });
+        let Some((pkt, pt, time)) = found else {
+            continue;
+        };
+        if let Some(contents) = sender.resend(mid, *pt, seq, time, pkt, outbox.buffer()) {
+            outbox.send_on(path, contents);
+            resent += 1;
+        }
+    }
+    resent
+}
+
 /// An RTP header as the egress writes it: no CSRCs, no extensions.
 #[derive(Clone, Copy)]
 struct Header {
@@ -356,15 +393,23 @@ struct Header {
     time: u32,
 }
 
-/// Header, payload and SRTP of one packet, written into `buf` (its contents replaced).
-fn protect(mut buf: Vec<u8>, srtp: &SrtpSender, h: Header, payload: &[u8]) -> Vec<u8> {
+/// Header, `prefix` and payload of one packet, SRTP-protected, written into `buf` (its
+/// contents replaced). The prefix is an RTX packet's original sequence number, or empty.
+fn protect(
+    mut buf: Vec<u8>,
+    srtp: &SrtpSender,
+    h: Header,
+    prefix: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     buf.clear();
-    buf.reserve(12 + payload.len() + srtp.profile().rtp_overhead());
+    buf.reserve(12 + prefix.len() + payload.len() + srtp.profile().rtp_overhead());
     buf.push(0x80);
     buf.push(((h.marker as u8) << 7) | (h.pt & 0x7f));
     buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
     buf.extend_from_slice(&h.time.to_be_bytes());
     buf.extend_from_slice(&h.ssrc.to_be_bytes());
+    buf.extend_from_slice(prefix);
     buf.extend_from_slice(payload);
     srtp.protect_rtp(&mut buf, 12, (h.seq >> 16) as u32);
     buf

@@ -137,10 +137,10 @@ impl Outbox {
     }
 }
 
-/// A stream as one shard sees it.
 /// Audio packets kept per stream for NACKs (Opus is rarely NACKed; a few for those who do).
 const AUDIO_KEPT: usize = 64;
 
+/// A stream as one shard sees it.
 struct LocalStream {
     cache: StreamCache,
     /// The newest packets, for the NACKs of viewers on the own egress.
