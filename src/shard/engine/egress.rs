@@ -294,30 +294,25 @@ impl Egress {
     ) -> Option<Vec<u8>> {
         let track = self.tracks.iter_mut().find(|t| t.mid == mid)?;
         let rtx_pt = self.rtx_pts.iter().find(|(p, _)| *p == pt).map(|r| r.1);
-        let original = (seq as u16).to_be_bytes();
-        let (header, prefix) = match (track.rtx.as_mut(), rtx_pt) {
-            (Some((rtx_ssrc, next)), Some(rtx_pt)) => {
-                let header = Header {
-                    ssrc: *rtx_ssrc,
-                    pt: rtx_pt,
-                    marker: pkt.marker,
-                    seq: *next,
-                    time,
-                };
-                *next += 1;
-                (header, &original[..])
-            }
-            _ => {
-                let header = Header {
-                    ssrc: track.ssrc,
-                    pt,
-                    marker: pkt.marker,
-                    seq,
-                    time,
-                };
-                (header, &[][..])
-            }
+        let mut header = Header {
+            ssrc: track.ssrc,
+            pt,
+            marker: pkt.marker,
+            seq,
+            time,
         };
+        let original = (seq as u16).to_be_bytes();
+        let mut prefix = &[][..];
+        if let (Some((rtx_ssrc, next)), Some(rtx_pt)) = (track.rtx.as_mut(), rtx_pt) {
+            header = Header {
+                ssrc: *rtx_ssrc,
+                pt: rtx_pt,
+                seq: *next,
+                ..header
+            };
+            *next += 1;
+            prefix = &original;
+        }
         let datagram = protect(buf, &self.srtp, header, prefix, &pkt.payload);
         self.bytes += datagram.len() as u64;
         track.resent += 1;
