@@ -184,24 +184,28 @@ fn publisher_leg_loss_is_nacked_upstream_vp8() {
     publisher_leg_loss_is_nacked_upstream(VideoCodec::Vp8);
 }
 
+/// An H264 + Opus publisher and one viewer (`opts`) on a one-shard gateway whose viewers'
+/// media leaves through its own egress, connected.
+fn egress_viewer(opts: PeerOptions) -> (Sim, PeerId, PeerId) {
+    let mut config = Config::default();
+    config.media.direct_egress = true;
+    let mut sim = Sim::new(config, 1);
+    let p = sim
+        .add_publisher("s", PeerOptions::with_video(VideoCodec::H264))
+        .expect("publisher");
+    let v = sim.add_viewer("s", opts).expect("viewer");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
+    (sim, p, v)
+}
+
 /// Players line audio up with video by the sender reports (RFC 3550 §6.4.1), which the
 /// gateway's own egress sends for each track: each gives the RTP time of its moment on that
 /// track's clock, as the track's own packets show it, and counts no more packets than were
 /// sent.
 #[test]
 fn sender_reports_give_each_tracks_rtp_time_of_their_moment() {
-    let mut config = Config::default();
-    config.media.direct_egress = true;
-    let mut sim = Sim::new(config, 1);
-    let codec = VideoCodec::H264;
-    let p = sim
-        .add_publisher("sr", PeerOptions::with_video(codec))
-        .expect("publisher");
-    let v = sim
-        .add_viewer("sr", PeerOptions::with_video(codec))
-        .expect("viewer");
-    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
-    sim.start_feed(p, Feed::new(Some(codec), true));
+    let (mut sim, p, v) = egress_viewer(PeerOptions::with_video(VideoCodec::H264));
+    sim.start_feed(p, Feed::new(Some(VideoCodec::H264), true));
     sim.run_for(Duration::from_millis(4500));
 
     let reports = sim.peer(v).rtcp_in().sender_reports.clone();
@@ -252,23 +256,10 @@ fn sender_reports_give_each_tracks_rtp_time_of_their_moment() {
 /// the viewer measures about 60 ms.
 #[test]
 fn viewers_learn_their_round_trip_time_from_the_egress() {
-    let mut config = Config::default();
-    config.media.direct_egress = true;
-    let mut sim = Sim::new(config, 1);
-    let codec = VideoCodec::H264;
-    let p = sim
-        .add_publisher("rtt", PeerOptions::with_video(codec))
-        .expect("publisher");
-    let v = sim
-        .add_viewer(
-            "rtt",
-            PeerOptions {
-                stats_interval: Some(Duration::from_millis(500)),
-                ..PeerOptions::with_video(codec)
-            },
-        )
-        .expect("viewer");
-    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
+    let (mut sim, p, v) = egress_viewer(PeerOptions {
+        stats_interval: Some(Duration::from_millis(500)),
+        ..PeerOptions::with_video(VideoCodec::H264)
+    });
     sim.set_delay(move |d| {
         if d.peer == v {
             Duration::from_millis(30)
@@ -276,7 +267,7 @@ fn viewers_learn_their_round_trip_time_from_the_egress() {
             Duration::ZERO
         }
     });
-    sim.start_feed(p, Feed::new(Some(codec), true));
+    sim.start_feed(p, Feed::new(Some(VideoCodec::H264), true));
     sim.run_for(Duration::from_secs(5));
 
     let stats = sim.peer(v).ingress().to_vec();
