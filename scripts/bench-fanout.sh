@@ -41,7 +41,7 @@ fi
 
 echo "== building (release)"
 cargo build --release --bin wishcast --example load
-BIN=target/release/wishcast
+BIN="${BIN:-target/release/wishcast}"
 LOAD=target/release/examples/load
 
 tmp="$(mktemp -d)"

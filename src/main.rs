@@ -5,6 +5,10 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wishcast::{Config, Gateway};
 
+/// mimalloc: see Cargo.toml for why, and [`purge_at_once`].
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// WebRTC broadcast gateway: publish with WHIP, watch with WHEP.
 #[derive(Parser)]
 #[command(version)]
@@ -43,8 +47,35 @@ enum LogFormat {
     Json,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    purge_at_once();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("wishcast: no async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// mimalloc hands freed memory back to the kernel only after a delay (10 ms by default), and
+/// only when the thread that freed it allocates again: a shard whose viewers left, then idle,
+/// kept it. Purging at once returned memory as glibc with `malloc_trim` did (43 MiB after
+/// 1,000 viewers left, from 23.5 at start; 131 MiB with the defaults), at no cost the bench
+/// could see (BENCHMARKS.md).
+fn purge_at_once() {
+    /// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (`mimalloc.h`); the Rust
+    /// bindings name no constant for it.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets an integer option before any other thread exists (mimalloc asks for that:
+    // its option setter is not thread-safe).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
+async fn run() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
@@ -173,12 +204,12 @@ async fn serve_until_stopped(
 /// How often freed heap memory is handed back to the kernel.
 const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// glibc's malloc keeps what sessions free in its per-thread arenas, fragmented, and gives
-/// little of it back by itself: after 2,000 viewers joined and left, RSS stood at 87 MB with
-/// 2 MB of heap in use, and it kept growing with more churn. `malloc_trim` every few seconds
-/// returns the free pages (RSS about 32 MB, flat from 2,000 to 6,000 cycles), as well as
-/// jemalloc with background decay did, without a C allocator to build or its extra threads.
-/// Figures and commands: `scripts/soak-churn.sh` and the README.
+/// The C libraries still allocate from glibc's malloc: OpenSSL's DTLS state is about 42 KiB
+/// per session. glibc keeps what sessions free in its per-thread arenas, fragmented, and gives
+/// little of it back by itself: when every allocation went there, after 2,000 viewers joined
+/// and left, RSS stood at 87 MB with 2 MB of heap in use, and it kept growing with more churn.
+/// `malloc_trim` every few seconds returns the free pages. Figures and commands:
+/// `scripts/soak-churn.sh` and the README.
 fn trim_heap_periodically() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
