@@ -23,6 +23,11 @@ pub struct MediaPacket {
     /// The publishing session: a change means a new publisher (rebase, wait for a keyframe).
     pub publisher: SessionId,
     pub kind: Kind,
+    /// The video layer (simulcast) it belongs to, numbered by the publisher's shard; 0 for
+    /// audio and for video without simulcast. See [`crate::simulcast`].
+    pub layer: u8,
+    /// That layer's rid, if the publisher named it.
+    pub rid: Option<str0m::media::Rid>,
     /// The publisher's payload parameters for this packet's PT; viewers map them by codec.
     pub params: PayloadParams,
     /// Extended (64-bit) sequence number from the publisher's leg.
@@ -36,7 +41,15 @@ pub struct MediaPacket {
     pub received: Instant,
 }
 
+/// What a viewer's track follows: the publishing session and its video layer. Each is its
+/// own sequence number and timestamp space.
+pub type Source = (SessionId, u8);
+
 impl MediaPacket {
+    pub fn source(&self) -> Source {
+        (self.publisher, self.layer)
+    }
+
     /// A copy whose payload is a fresh allocation, for handing to another shard: sharing one
     /// `Arc` across cores would bounce its reference count between their caches per viewer.
     pub fn for_other_shard(&self) -> MediaPacket {
@@ -263,16 +276,16 @@ impl History {
         list.push_back(pkt.clone());
     }
 
-    /// The packet `seq` of `publisher`'s `kind` track, if still kept. Newest first: NACKs ask
+    /// The packet `seq` of `source`'s `kind` track, if still kept. Newest first: NACKs ask
     /// for recent packets, and a repaired packet comes late, out of order.
-    pub fn find(&self, kind: Kind, publisher: SessionId, seq: u64) -> Option<&Arc<MediaPacket>> {
+    pub fn find(&self, kind: Kind, source: Source, seq: u64) -> Option<&Arc<MediaPacket>> {
         let list = match kind {
             Kind::Video => &self.video,
             Kind::Audio => &self.audio,
         };
         list.iter()
             .rev()
-            .find(|p| p.seq == seq && p.publisher == publisher)
+            .find(|p| p.seq == seq && p.source() == source)
     }
 }
 
@@ -283,7 +296,8 @@ pub struct TrackRewriter {
     pub kind: Kind,
     /// Video that has not yet had a keyframe since the viewer joined or the publisher changed.
     pub waiting_keyframe: bool,
-    epoch: Option<SessionId>,
+    /// The source of the current epoch: a new publisher, or another layer, starts a new one.
+    epoch: Option<Source>,
     /// First input sequence number of this epoch; older packets belong to a cut-off past.
     epoch_first_seq: u64,
     /// The output sequence number of `epoch_first_seq`.
@@ -342,7 +356,7 @@ impl TrackRewriter {
 
     /// Output (extended sequence number, RTP timestamp) for `pkt`, or `None` to drop it.
     pub fn rewrite(&mut self, pkt: &MediaPacket, now: Instant) -> Option<(u64, u32)> {
-        if self.epoch != Some(pkt.publisher) {
+        if self.epoch != Some(pkt.source()) {
             if self.kind == Kind::Video && !pkt.keyframe && !self.start_next {
                 self.waiting_keyframe = true;
                 return None;
@@ -363,7 +377,7 @@ impl TrackRewriter {
                     )
                 }
             };
-            self.epoch = Some(pkt.publisher);
+            self.epoch = Some(pkt.source());
             self.epoch_first_seq = pkt.seq;
             self.epoch_first_out = base_seq;
             self.seq_offset = base_seq as i64 - pkt.seq as i64;
@@ -391,9 +405,9 @@ impl TrackRewriter {
     }
 
     /// Where output sequence number `out` came from, if it is of the current epoch and was
-    /// sent: the publisher, its sequence number, and the RTP time offset to add to the
+    /// sent: the source, its sequence number, and the RTP time offset to add to the
     /// packet's. An older epoch's numbers map to nothing: its offsets are gone.
-    pub fn source(&self, out: u64) -> Option<(SessionId, u64, u32)> {
+    pub fn source(&self, out: u64) -> Option<(Source, u64, u32)> {
         let publisher = self.epoch?;
         if out < self.epoch_first_out || out > self.last_out_seq || self.last_out_at.is_none() {
             return None;
@@ -457,6 +471,8 @@ mod tests {
         Arc::new(MediaPacket {
             publisher: SessionId(publisher),
             kind,
+            layer: 0,
+            rid: None,
             params: params(kind),
             seq,
             time,
@@ -480,7 +496,7 @@ mod tests {
         assert_eq!((first, second, ts), (1001, 1002, 5000));
         assert_eq!(
             r.source(1001),
-            Some((SessionId(1), 40, 5000u32.wrapping_sub(900)))
+            Some(((SessionId(1), 0), 40, 5000u32.wrapping_sub(900)))
         );
         assert_eq!(r.source(1002).map(|s| s.1), Some(41));
         assert_eq!(r.source(1003), None, "not sent yet");
@@ -489,7 +505,10 @@ mod tests {
         r.rewrite(&pkt(2, Kind::Video, 7, 50, true), now)
             .expect("new key");
         assert_eq!(r.source(1002), None);
-        assert_eq!(r.source(1003).map(|s| (s.0, s.1)), Some((SessionId(2), 7)));
+        assert_eq!(
+            r.source(1003).map(|s| (s.0, s.1)),
+            Some(((SessionId(2), 0), 7))
+        );
     }
 
     #[test]
@@ -499,17 +518,19 @@ mod tests {
             h.push(&pkt(1, Kind::Video, seq, 0, false));
         }
         h.push(&pkt(1, Kind::Audio, 9, 0, false));
-        assert!(h.find(Kind::Video, SessionId(1), 1).is_none(), "pushed out");
-        assert!(h.find(Kind::Video, SessionId(1), 3).is_some());
+        let one = (SessionId(1), 0);
+        assert!(h.find(Kind::Video, one, 1).is_none(), "pushed out");
+        assert!(h.find(Kind::Video, one, 3).is_some());
         assert!(
-            h.find(Kind::Video, SessionId(2), 3).is_none(),
+            h.find(Kind::Video, (SessionId(2), 0), 3).is_none(),
             "another publisher's"
         );
-        assert!(h.find(Kind::Audio, SessionId(1), 9).is_some());
         assert!(
-            h.find(Kind::Video, SessionId(1), 9).is_none(),
-            "the audio track's"
+            h.find(Kind::Video, (SessionId(1), 1), 3).is_none(),
+            "another layer's"
         );
+        assert!(h.find(Kind::Audio, one, 9).is_some());
+        assert!(h.find(Kind::Video, one, 9).is_none(), "the audio track's");
     }
 
     #[test]

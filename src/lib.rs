@@ -128,6 +128,7 @@ pub mod shard;
 pub mod signalling;
 #[cfg(any(test, feature = "testkit"))]
 pub mod sim;
+pub mod simulcast;
 pub mod srtp;
 pub mod stun;
 pub mod tls;

@@ -58,7 +58,7 @@ fn need(method: &Method, path: &str) -> Need {
         ["healthz"] | ["readyz"] | ["metrics"] => Need::Open,
         ["whip", s] => Need::Endpoint(Action::Publish, percent_decode(s)),
         ["whep", s] => Need::Endpoint(Action::Play, percent_decode(s)),
-        ["whip" | "whep", _, id] => Need::Session(percent_decode(id)),
+        ["whip" | "whep", _, id] | ["whep", _, id, "layer"] => Need::Session(percent_decode(id)),
         // Everything else, `/api/*` included, is for admins: a route added later is protected
         // until someone decides otherwise.
         _ => Need::Admin,

@@ -745,7 +745,9 @@ fn publish(
                 sent.push(f.index, at);
             }
             // Refused writes are counted in the core's statistics.
-            let _ = p.core.write(at, f.kind, f.rtp_time, f.data);
+            let _ = p
+                .core
+                .write_layer(at, f.kind, f.rid.as_deref(), f.rtp_time, f.data);
         }
         p.flush();
         publish_status(status, &p.core);

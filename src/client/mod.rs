@@ -134,6 +134,7 @@ impl From<PeerError> for ClientError {
 enum Command {
     Write {
         kind: MediaKind,
+        rid: Option<String>,
         rtp_time: u64,
         data: Arc<[u8]>,
     },
@@ -369,6 +370,17 @@ impl Peer {
         rtp_time: u64,
         data: impl Into<Arc<[u8]>>,
     ) -> Result<(), ClientError> {
+        self.send_layer_frame(kind, None, rtp_time, data)
+    }
+
+    /// [`Peer::send_frame`] on one simulcast layer, by rid (`PeerOptions::simulcast`).
+    pub fn send_layer_frame(
+        &self,
+        kind: MediaKind,
+        rid: Option<String>,
+        rtp_time: u64,
+        data: impl Into<Arc<[u8]>>,
+    ) -> Result<(), ClientError> {
         if self.role != Role::Publish {
             return Err(ClientError::Rtc(
                 "a WHEP viewer has no sending track".into(),
@@ -387,6 +399,7 @@ impl Peer {
         }
         self.command(Command::Write {
             kind,
+            rid,
             rtp_time,
             data: data.into(),
         })
@@ -900,11 +913,16 @@ impl IoLoop {
         match cmd {
             Command::Write {
                 kind,
+                rid,
                 rtp_time,
                 data,
             } => {
                 // Counted in the core's write errors, which the handle reads.
-                if let Err(e) = self.core.write(Instant::now(), kind, rtp_time, data) {
+                let now = Instant::now();
+                if let Err(e) = self
+                    .core
+                    .write_layer(now, kind, rid.as_deref(), rtp_time, data)
+                {
                     tracing::warn!("peer write {kind:?}: {e}");
                 }
                 Flow::Continue

@@ -94,6 +94,7 @@ impl ApiError {
                 S::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
                 S::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
                 S::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                S::Layer(_) => StatusCode::BAD_REQUEST,
             },
         }
     }
@@ -131,6 +132,7 @@ impl ApiError {
             ApiError::Session(S::PreconditionRequired) => "if-match-required",
             ApiError::Session(S::PreconditionFailed) => "etag-mismatch",
             ApiError::Session(S::Unavailable) => "shard-unavailable",
+            ApiError::Session(S::Layer(_)) => "bad-layer-selection",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod error;
+pub mod layer;
 pub mod limits;
 pub mod ops;
 pub mod serve;
@@ -65,6 +66,14 @@ pub fn router(state: AppState) -> Router {
         .route("/whep/{stream}", on(endpoint_methods, whep_endpoint))
         .route("/whip/{stream}/{id}", on(session_methods, whip_session))
         .route("/whep/{stream}/{id}", on(session_methods, whep_session))
+        .route(
+            "/whep/{stream}/{id}/layer",
+            on(
+                MethodFilter::POST.or(MethodFilter::OPTIONS),
+                layer::whep_layer,
+            )
+            .fallback(layer::method_not_allowed),
+        )
         .route("/whip/{stream}", any(endpoint_method_not_allowed))
         .route("/whep/{stream}", any(endpoint_method_not_allowed))
         .route("/whip/{stream}/{id}", any(session_method_not_allowed))

@@ -7,7 +7,8 @@ use std::time::Instant;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{
-    Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt,
+    Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt, Rid,
+    Simulcast, SimulcastLayer,
 };
 use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::RawPacket;
@@ -159,10 +160,23 @@ impl PeerCore {
         // Drawn from fastrand, which the simulation seeds, so a replayed run offers the same.
         let stream_id = format!("wishcast-{:016x}", fastrand::u64(..));
         let mut api = self.rtc.sdp_api();
-        let video = self
-            .opts
-            .video
-            .map(|_| api.add_media(MediaKind::Video, dir, Some(stream_id.clone()), None, None));
+        let simulcast =
+            (self.role == Role::Publish && !self.opts.simulcast.is_empty()).then(|| {
+                let mut s = Simulcast::new();
+                for rid in &self.opts.simulcast {
+                    s.add_send_layer(SimulcastLayer::new(rid));
+                }
+                s
+            });
+        let video = self.opts.video.map(|_| {
+            api.add_media(
+                MediaKind::Video,
+                dir,
+                Some(stream_id.clone()),
+                None,
+                simulcast,
+            )
+        });
         let audio = self
             .opts
             .audio
@@ -306,7 +320,20 @@ impl PeerCore {
         rtp_time: u64,
         data: impl Into<Arc<[u8]>>,
     ) -> Result<(), PeerError> {
-        let written = self.try_write(now, kind, rtp_time, data.into());
+        self.write_layer(now, kind, None, rtp_time, data)
+    }
+
+    /// [`PeerCore::write`] to one simulcast layer of the video track, by its rid
+    /// ([`PeerOptions::simulcast`]); `None` for a track without layers.
+    pub fn write_layer(
+        &mut self,
+        now: Instant,
+        kind: MediaKind,
+        rid: Option<&str>,
+        rtp_time: u64,
+        data: impl Into<Arc<[u8]>>,
+    ) -> Result<(), PeerError> {
+        let written = self.try_write(now, kind, rid, rtp_time, data.into());
         if written.is_err() {
             self.stats.write_errors += 1;
         }
@@ -318,6 +345,7 @@ impl PeerCore {
         &mut self,
         now: Instant,
         kind: MediaKind,
+        rid: Option<&str>,
         rtp_time: u64,
         data: Arc<[u8]>,
     ) -> Result<(), PeerError> {
@@ -342,13 +370,27 @@ impl PeerCore {
                 self.write_params[slot(kind)] = Some(p);
                 // Resend whatever is NACKed, as browsers do: str0m's default caps resends
                 // at 15 % of the bytes sent, which under heavy loss leaves losses unrepaired.
-                if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
-                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                let rids: Vec<Option<Rid>> = match kind {
+                    MediaKind::Video if !self.opts.simulcast.is_empty() => self
+                        .opts
+                        .simulcast
+                        .iter()
+                        .map(|r| Some(Rid::from(r.as_str())))
+                        .collect(),
+                    _ => vec![None],
+                };
+                for rid in rids {
+                    if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(mid, rid) {
+                        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                    }
                 }
                 p
             }
         };
-        let writer = self.rtc.writer(mid).ok_or(PeerError::NoTrack(kind))?;
+        let mut writer = self.rtc.writer(mid).ok_or(PeerError::NoTrack(kind))?;
+        if let Some(rid) = rid {
+            writer = writer.rid(Rid::from(rid));
+        }
         writer.write(pt, now, MediaTime::new(rtp_time, clock), data)?;
         Ok(())
     }

@@ -43,12 +43,25 @@ pub struct Feed {
     pub video_sent: u64,
     /// Opus packets taken so far.
     pub audio_sent: u64,
+    /// Simulcast: each video frame is sent once per layer, smaller by the layer's divisor
+    /// ([`Feed::with_layers`]); empty for one stream.
+    pub layers: Vec<FeedLayer>,
+    /// The other layers' copies of the video frame taken last, due at once.
+    pending: std::collections::VecDeque<FeedFrame>,
     /// Indices of the video frames sent as keyframes.
     pub keyframes: Vec<u64>,
     started: Option<Instant>,
     /// The publisher's keyframe request count at the last frame taken.
     requests_seen: u64,
     key_requested: bool,
+}
+
+/// A simulcast layer of a [`Feed`]: its rid and how many times smaller its frames are than
+/// the feed's sizes.
+#[derive(Clone, Debug)]
+pub struct FeedLayer {
+    pub rid: String,
+    pub divisor: usize,
 }
 
 /// One frame a [`Feed`] produced.
@@ -62,6 +75,8 @@ pub struct FeedFrame {
     /// Sent as a keyframe (every Opus packet is one).
     pub keyframe: bool,
     pub data: Arc<[u8]>,
+    /// The simulcast layer it belongs to; `None` without layers and for audio.
+    pub rid: Option<String>,
 }
 
 impl Feed {
@@ -79,6 +94,8 @@ impl Feed {
             first: 0,
             video_sent: 0,
             audio_sent: 0,
+            layers: Vec::new(),
+            pending: std::collections::VecDeque::new(),
             keyframes: Vec::new(),
             started: None,
             requests_seen: 0,
@@ -126,6 +143,19 @@ impl Feed {
         self
     }
 
+    /// Sends video as simulcast layers `(rid, divisor)`: each frame once per layer, with
+    /// `size / divisor` bytes, the same index and keyframes on every layer.
+    pub fn with_layers(mut self, layers: &[(&str, usize)]) -> Feed {
+        self.layers = layers
+            .iter()
+            .map(|(rid, divisor)| FeedLayer {
+                rid: rid.to_string(),
+                divisor: (*divisor).max(1),
+            })
+            .collect();
+        self
+    }
+
     /// Frames are due from `now` on: the first at once.
     pub fn start(&mut self, now: Instant) {
         self.started = Some(now);
@@ -133,6 +163,9 @@ impl Feed {
 
     /// When the next frame is due; `None` before [`Feed::start`] and once done.
     pub fn next_due(&self) -> Option<Instant> {
+        if !self.pending.is_empty() {
+            return self.started;
+        }
         match (self.next_video_at(), self.next_audio_at()) {
             (Some(v), Some(a)) => Some(v.min(a)),
             (v, a) => v.or(a),
@@ -147,6 +180,9 @@ impl Feed {
         if keyframe_requests > self.requests_seen {
             self.requests_seen = keyframe_requests;
             self.key_requested |= self.honor_keyframe_requests;
+        }
+        if let Some(f) = self.pending.pop_front() {
+            return Some(f);
         }
         let video = self.next_video_at().filter(|t| *t <= now);
         let audio = self.next_audio_at().filter(|t| *t <= now);
@@ -167,13 +203,27 @@ impl Feed {
                 self.keyframes.push(index);
             }
             self.video_sent += 1;
-            Some(FeedFrame {
+            let rtp_time = index * VIDEO_CLOCK / u64::from(self.fps.max(1));
+            let frame = |size: usize, rid: Option<String>| FeedFrame {
                 kind: MediaKind::Video,
                 index,
-                rtp_time: index * VIDEO_CLOCK / u64::from(self.fps.max(1)),
+                rtp_time,
                 keyframe,
-                data: media::video_frame(codec, index, keyframe, self.size(keyframe)).into(),
-            })
+                data: media::video_frame(codec, index, keyframe, size).into(),
+                rid,
+            };
+            if self.layers.is_empty() {
+                return Some(frame(self.size(keyframe), None));
+            }
+            let size = self.size(keyframe);
+            let mut frames: std::collections::VecDeque<FeedFrame> = self
+                .layers
+                .iter()
+                .map(|l| frame(size / l.divisor, Some(l.rid.clone())))
+                .collect();
+            let first = frames.pop_front();
+            self.pending = frames;
+            first
         } else {
             let index = self.first + self.audio_sent;
             self.audio_sent += 1;
@@ -183,6 +233,7 @@ impl Feed {
                 rtp_time: index * AUDIO_TICKS,
                 keyframe: true,
                 data: media::opus_frame(index).into(),
+                rid: None,
             })
         }
     }
@@ -208,6 +259,24 @@ impl Feed {
             ));
         }
         Ok(index)
+    }
+
+    /// The index of a received video frame and the layer (index into [`Feed::layers`]) it
+    /// came from, if it is exactly what this feed sent on that layer, byte for byte.
+    pub fn check_layer(&self, data: &[u8]) -> Result<(u64, usize), String> {
+        let codec = self.video.ok_or("the feed sends no video")?;
+        let index = media::frame_index(codec, data).ok_or("no frame index in the data")?;
+        let key = media::is_keyframe(codec, data);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let size = self.size(key) / layer.divisor;
+            if data == &media::video_frame(codec, index, key, size)[..] {
+                return Ok((index, i));
+            }
+        }
+        Err(format!(
+            "frame {index} ({} bytes) is no layer's frame as sent",
+            data.len()
+        ))
     }
 
     /// The index of a received Opus packet if it is exactly what this feed sent.

@@ -96,6 +96,9 @@ pub struct PeerOptions {
     /// (RFC 5763 §5) and signs its CertificateVerify, and the gateway the server; str0m
     /// reads the `passive` answer the same either way.
     pub dtls_active: bool,
+    /// Publisher: send video as simulcast (RFC 8853), one layer per rid, in this order in
+    /// the offer; empty for one stream. [`Feed::with_layers`] generates the layers' frames.
+    pub simulcast: Vec<String>,
 }
 
 /// Least time between a viewer's own keyframe requests ([`PeerOptions::request_keyframes`]).
@@ -112,6 +115,7 @@ impl Default for PeerOptions {
             stats_interval: None,
             request_keyframes: false,
             dtls_active: false,
+            simulcast: Vec::new(),
         }
     }
 }
@@ -135,6 +139,7 @@ impl PeerOptions {
             stats_interval: None,
             request_keyframes: false,
             dtls_active: false,
+            simulcast: Vec::new(),
         }
     }
 }

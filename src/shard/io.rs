@@ -663,6 +663,8 @@ mod tests {
             pkt: crate::fanout::MediaPacket {
                 publisher: crate::session::SessionId(1),
                 kind: crate::sdp::Kind::Video,
+                layer: 0,
+                rid: None,
                 params,
                 seq,
                 time: 0,

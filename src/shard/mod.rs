@@ -35,6 +35,9 @@ pub enum SessionError {
     RestartFailed(String),
     #[error("the media shard is not running")]
     Unavailable,
+    /// A layer selection that cannot be served; the string says why.
+    #[error("{0}")]
+    Layer(String),
 }
 
 /// A new session's answer.
@@ -73,6 +76,15 @@ pub enum Command {
         fragment: Fragment,
         if_match: Option<String>,
         reply: oneshot::Sender<Result<Patched, SessionError>>,
+    },
+    /// A viewer picks the video layer it plays (the WHEP layer extension): by rid, or
+    /// `None` for automatic choice. `media` names the video m-line (its index in the offer
+    /// or its mid), if the request named one.
+    SelectLayer {
+        id: SessionId,
+        media: Option<String>,
+        rid: Option<String>,
+        reply: oneshot::Sender<Result<(), SessionError>>,
     },
     /// The sessions of `stream` on this shard, with their latest statistics.
     Stats {

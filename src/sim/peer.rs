@@ -110,7 +110,13 @@ impl Peer {
         let Some(frame) = feed.take_due(now, self.core.stats().keyframe_requests) else {
             return false;
         };
-        let _ = self.core.write(now, frame.kind, frame.rtp_time, frame.data);
+        let _ = self.core.write_layer(
+            now,
+            frame.kind,
+            frame.rid.as_deref(),
+            frame.rtp_time,
+            frame.data,
+        );
         true
     }
 

@@ -162,7 +162,7 @@ impl LiveFeed {
                 let requests = publisher.keyframe_requests();
                 while let Some(f) = feed.take_due(Instant::now(), requests) {
                     // Refused writes are counted in the publisher's stats.
-                    let _ = publisher.send_frame(f.kind, f.rtp_time, f.data);
+                    let _ = publisher.send_layer_frame(f.kind, f.rid, f.rtp_time, f.data);
                 }
                 let tick = Instant::now() + FEED_TICK;
                 let wake = feed.next_due().map_or(tick, |t| t.min(tick));

@@ -1,7 +1,10 @@
 //! A publisher's packet to the viewers: into a [`MediaPacket`], to the other shards that
 //! subscribed, into the GOP cache, and through each viewer's rewriter into its `Rtc`.
 
+use str0m::media::Rid;
+
 use super::*;
+use crate::simulcast::Take;
 
 impl Engine {
     pub(super) fn on_rtp(&mut self, now: Instant, id: SessionId, rtp: str0m::rtp::RtpPacket) {
@@ -19,23 +22,32 @@ impl Engine {
             return;
         };
         let known = s.ssrcs.iter().position(|x| x.ssrc == ssrc);
-        let kind = match known {
-            Some(i) => s.ssrcs[i].kind,
+        let (kind, layer) = match known {
+            Some(i) => (s.ssrcs[i].kind, (s.ssrcs[i].layer, s.ssrcs[i].rid)),
             None => {
-                let Some(mid) = s.rtc.direct_api().stream_rx(&ssrc).map(|rx| rx.mid()) else {
+                let Some((mid, rid)) = s
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|rx| (rx.mid(), rx.rid()))
+                else {
                     return;
                 };
                 let Some(kind) = s.mids.iter().find(|(m, _)| *m == mid).map(|(_, k)| *k) else {
                     return;
                 };
-                kind
+                let Some(layer) = layer_of(&mut s.layer_rids, kind, rid) else {
+                    self.counters.packets_no_codec += 1;
+                    return;
+                };
+                (kind, layer)
             }
         };
         let keyframe = kind == Kind::Video && is_keyframe(params.spec().codec, &rtp.payload);
         let unrepaired = match known {
             Some(i) => s.ssrcs[i].record(seq, keyframe, now),
             None => {
-                s.ssrcs.push(Incoming::new(ssrc, kind, seq));
+                s.ssrcs.push(Incoming::new(ssrc, kind, layer, seq));
                 false
             }
         };
@@ -61,6 +73,8 @@ impl Engine {
         let pkt = MediaPacket {
             publisher: id,
             kind,
+            layer: layer.0,
+            rid: layer.1,
             params,
             seq,
             time: rtp.header.timestamp,
@@ -97,24 +111,52 @@ impl Engine {
         };
         local.publisher_sends(pkt.publisher);
         local.history.push(&pkt);
-        let pushed = local.cache.push(pkt.clone());
+        let pushed = match pkt.kind {
+            Kind::Video => local.layers.push(pkt.clone()),
+            // Audio is not cached: a joiner's audio starts live. Replayed audio would be up to
+            // a GOP stale, and inside a GOP burst it is lost for good when a receive buffer
+            // overflows (audio has no retransmission; video is recovered by NACK).
+            Kind::Audio => Pushed::Packet,
+        };
         // Walk a copy: a viewer removed on the way (a failed write) must leave the stream's
         // list, which `remove` reads, as it really is. The buffer is reused, so no allocation.
         let mut viewers = std::mem::take(&mut self.viewer_scratch);
         viewers.clear();
         viewers.extend_from_slice(&local.viewers);
-        let frame: Vec<Arc<MediaPacket>> = if pushed == Pushed::KeyframeStart {
-            local.cache.frame().to_vec()
+        let key_start = pushed == Pushed::KeyframeStart;
+        let frame: Vec<Arc<MediaPacket>> = if key_start {
+            local
+                .layers
+                .get(pkt.layer)
+                .map(|l| l.cache.frame().to_vec())
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
         for &v in &viewers {
+            let Some(s) = self.sessions.get_mut(&v) else {
+                continue;
+            };
+            if pkt.kind == Kind::Video {
+                match s.layer.on_video(pkt.layer, key_start) {
+                    Take::Forward => {}
+                    Take::Skip => continue,
+                    Take::Start => {
+                        // Onto another layer, or a first start: from this keyframe's frame,
+                        // with nothing of a replay of another layer before it.
+                        s.backlog.clear();
+                        s.lead_in = 0;
+                        let video = frame.iter().filter(|p| p.kind == Kind::Video).cloned();
+                        self.start_from_cache(now, v, video.collect());
+                        continue;
+                    }
+                }
+            }
             // Only a keyframe's first packet can start a waiting viewer; others go as they are.
-            let starts_waiting = pushed == Pushed::KeyframeStart
-                && self
-                    .sessions
-                    .get(&v)
-                    .and_then(|s| s.tracks.iter().find(|(_, t)| t.kind == pkt.kind))
+            let starts_waiting = key_start
+                && s.tracks
+                    .iter()
+                    .find(|(_, t)| t.kind == pkt.kind)
                     .is_some_and(|(_, t)| t.waiting_keyframe);
             if starts_waiting {
                 // Start on the whole keyframe, including its packets before this one (SPS/PPS),
@@ -250,6 +292,31 @@ impl Engine {
         }
         self.counters.packets_forwarded += 1;
     }
+}
+
+/// Video layers one publisher may send; RFC 8853 puts no bound on an offer's rids, and
+/// encoders send three. Packets of more are dropped.
+const MAX_LAYERS: usize = 8;
+
+/// The layer number of a publisher's new incoming stream: video layers are numbered by rid in
+/// the order their first packets come; audio and video without simulcast are layer 0.
+fn layer_of(
+    rids: &mut Vec<Option<Rid>>,
+    kind: Kind,
+    rid: Option<Rid>,
+) -> Option<(u8, Option<Rid>)> {
+    if kind == Kind::Audio {
+        return Some((0, None));
+    }
+    let index = match rids.iter().position(|r| *r == rid) {
+        Some(i) => i,
+        None if rids.len() < MAX_LAYERS => {
+            rids.push(rid);
+            rids.len() - 1
+        }
+        None => return None,
+    };
+    Some((u8::try_from(index).ok()?, rid))
 }
 
 /// Whether a viewer's payload type can carry the publisher's packets: an H264 receiver in

@@ -361,8 +361,8 @@ pub(super) fn answer_nacks(
         };
         let found = track
             .source(seq)
-            .and_then(|(publisher, source, ts_offset)| {
-                let pkt = history.find(track.kind, publisher, source)?;
+            .and_then(|(source, source_seq, ts_offset)| {
+                let pkt = history.find(track.kind, source, source_seq)?;
                 let pt = track.mapped_pt(&pkt.params)?;
                 Some((pkt, pt, pkt.time.wrapping_add(ts_offset)))
             });

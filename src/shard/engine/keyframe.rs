@@ -37,8 +37,9 @@ impl Engine {
             && !s.restarted
             && s.video_started
                 .is_some_and(|t| now.saturating_duration_since(t) < START_WINDOW);
+        let layer = s.layer.current.unwrap_or(0);
         let gop = start_failed
-            .then(|| self.streams.get(&stream).and_then(|l| l.cache.gop()))
+            .then(|| self.streams.get(&stream).and_then(|l| l.layers.gop(layer)))
             .flatten()
             .filter(|g| StreamCache::is_whole(g))
             .map(|g| g.to_vec());
@@ -119,25 +120,31 @@ impl Engine {
                 return;
             }
         }
-        let Some(mid) = s
-            .mids
-            .iter()
-            .find(|(_, k)| *k == Kind::Video)
-            .map(|(m, _)| *m)
-        else {
+        if !s.mids.iter().any(|(_, k)| *k == Kind::Video) {
             s.pli_pending = false;
             return;
-        };
+        }
         // No video has arrived yet: try again on the next housekeeping round. (A stream
         // declared by the offer's a=ssrc exists before its first packet, but a PLI sent then
         // can reach an encoder that has not started and be lost on it.)
-        let receiving = s.ssrcs.iter().any(|i| i.kind == Kind::Video);
-        let mut api = s.rtc.direct_api();
-        let Some(rx) = api.stream_rx_by_mid(mid, None).filter(|_| receiving) else {
+        let video: Vec<Ssrc> = s
+            .ssrcs
+            .iter()
+            .filter(|i| i.kind == Kind::Video)
+            .map(|i| i.ssrc)
+            .collect();
+        if video.is_empty() {
             s.pli_pending = s.connected;
             return;
-        };
-        rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        let mut api = s.rtc.direct_api();
+        // Every layer of a simulcast publisher is asked: a viewer that joins or moves may
+        // want any of them, and the interval bounds what the publisher's uplink pays for it.
+        for ssrc in video {
+            if let Some(rx) = api.stream_rx(&ssrc) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
         tracing::debug!(session = %id, "PLI to the publisher");
         s.last_pli = Some(now);
         // After a loss that was not repaired, ask again each interval until the keyframe

@@ -10,6 +10,7 @@ mod demux;
 mod egress;
 mod isolate;
 mod keyframe;
+mod layers;
 mod negotiate;
 mod replay;
 mod session;
@@ -41,6 +42,7 @@ use crate::config::Config;
 use crate::fanout::{is_keyframe, History, MediaPacket, Pushed, StreamCache, TrackRewriter};
 use crate::sdp::{restart_offer, strip_bundle_group, Fragment, Kind, Offer, OfferError};
 use crate::session::{Role, SessionId};
+use crate::simulcast::Layers;
 use crate::stun::{self, CheckCopies};
 use demux::Demux;
 pub use isolate::{Faults, Site};
@@ -142,7 +144,8 @@ const AUDIO_KEPT: usize = 64;
 
 /// A stream as one shard sees it.
 struct LocalStream {
-    cache: StreamCache,
+    /// The video layers' GOP caches and bitrates (one layer without simulcast).
+    layers: Layers,
     /// The newest packets, for the NACKs of viewers on the own egress.
     history: History,
     viewers: Vec<SessionId>,
@@ -337,6 +340,15 @@ impl Engine {
                 let r = self.patch(now, id, fragment, if_match);
                 self.outbox.reply(reply, r);
             }
+            Command::SelectLayer {
+                id,
+                media,
+                rid,
+                reply,
+            } => {
+                let r = self.select_layer(now, id, media.as_deref(), rid.as_deref());
+                self.outbox.reply(reply, r);
+            }
             Command::Stats { stream, reply } => {
                 let list = self
                     .sessions
@@ -384,7 +396,7 @@ impl Engine {
         self.streams
             .entry(stream.clone())
             .or_insert_with(|| LocalStream {
-                cache: StreamCache::new(keep, max),
+                layers: Layers::new(keep, max),
                 history: History::new(history.0, history.1),
                 viewers: Vec::new(),
                 subscribers: 0,
@@ -493,6 +505,7 @@ impl Engine {
         for id in plis {
             self.request_keyframe(now, id);
         }
+        self.choose_layers(now);
         self.flush_remote_keyframe_requests(now);
         self.end_abandoned_streams(now);
         self.send_reports(now);
@@ -614,11 +627,11 @@ impl Engine {
         let Some(local) = self.streams.get_mut(stream) else {
             return;
         };
-        if local.cache.publisher.is_some() && local.cache.publisher != Some(publisher) {
+        if local.layers.publisher().is_some_and(|p| p != publisher) {
             return; // a newer publisher already sends
         }
         local.left = Some((now, publisher));
-        local.cache.reset();
+        local.layers.reset();
         let viewers = local.viewers.clone();
         for v in viewers {
             if let Some(s) = self.sessions.get_mut(&v) {
@@ -627,6 +640,7 @@ impl Engine {
                 // SPS/PPS had been dropped as coming before a keyframe.
                 s.backlog.clear();
                 s.lead_in = 0;
+                s.layer.reset();
                 for (_, t) in &mut s.tracks {
                     t.publisher_left();
                 }

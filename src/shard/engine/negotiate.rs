@@ -139,6 +139,8 @@ impl Engine {
             connected_at: None,
             next_timeout: None,
             ssrcs: Vec::new(),
+            layer_rids: Vec::new(),
+            layer: Default::default(),
             mids,
             tracks,
             tx_ssrcs: Vec::new(),

@@ -11,12 +11,7 @@ impl Engine {
             return;
         }
         local.subscribers |= 1 << shard;
-        let packets: Vec<MediaPacket> = local
-            .cache
-            .all()
-            .iter()
-            .map(|p| p.for_other_shard())
-            .collect();
+        let packets: Vec<MediaPacket> = local.layers.all().map(|p| p.for_other_shard()).collect();
         self.outbox
             .messages
             .push((shard, PeerMsg::Gop { stream, packets }));
@@ -32,11 +27,8 @@ impl Engine {
             local.publisher_sends(p.publisher);
         }
         for p in packets {
-            local.cache.push(Arc::new(p));
+            local.layers.push(Arc::new(p));
         }
-        let Some(gop) = local.cache.gop().map(|g| g.to_vec()) else {
-            return;
-        };
         let waiting: Vec<SessionId> = local
             .viewers
             .iter()
@@ -50,8 +42,11 @@ impl Engine {
             })
             .collect();
         for v in waiting {
+            let Some(gop) = self.gop_for(&stream, v) else {
+                continue;
+            };
             self.counters.gop_cache_hits += 1;
-            self.start_from_cache(now, v, gop.clone());
+            self.start_from_cache(now, v, gop);
         }
     }
 
@@ -98,7 +93,7 @@ impl Engine {
         local.viewers.push(id);
         let need_subscribe = !local.subscribed;
         local.subscribed = true;
-        let gop: Option<Vec<Arc<MediaPacket>>> = local.cache.gop().map(|g| g.to_vec());
+        let gop = self.gop_for(stream, id);
         if need_subscribe {
             self.outbox.hub.push(HubUpdate::Watch {
                 stream: stream.clone(),
@@ -115,7 +110,30 @@ impl Engine {
         }
     }
 
-    /// Starts a viewer on the cached GOP: paced through its backlog, the keyframe first.
+    /// The cached GOP viewer `id` starts on: of the layer it waits for, or the one automatic
+    /// choice (or its own pick) gives it. `None` if that layer's cache holds no keyframe; the
+    /// viewer then waits for that layer.
+    pub(super) fn gop_for(
+        &mut self,
+        stream: &Arc<str>,
+        id: SessionId,
+    ) -> Option<Vec<Arc<MediaPacket>>> {
+        let layers = &self.streams.get(stream)?.layers;
+        let s = self.sessions.get_mut(&id)?;
+        let layer = match s.layer.target {
+            Some(t) => t,
+            None => {
+                let pinned = s.layer.pinned.as_ref().and_then(|r| layers.by_rid(r));
+                let layer = pinned.or_else(|| layers.auto_choice(None))?;
+                s.layer.aim(layer);
+                layer
+            }
+        };
+        layers.gop(layer).map(|g| g.to_vec())
+    }
+
+    /// Starts a viewer on the cached GOP: paced through its backlog, the keyframe first. It
+    /// plays that GOP's layer from now on.
     pub(super) fn start_from_cache(
         &mut self,
         now: Instant,
@@ -125,6 +143,9 @@ impl Engine {
         self.start_track_with_next(id, Kind::Video);
         let whole = StreamCache::is_whole(&gop);
         if let Some(s) = self.sessions.get_mut(&id) {
+            if let Some(first) = gop.iter().find(|p| p.kind == Kind::Video) {
+                s.layer.start_on(first.layer);
+            }
             s.start_whole = whole;
             if s.backlog.is_empty() {
                 s.lead_in = LEAD_IN;

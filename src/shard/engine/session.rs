@@ -2,7 +2,10 @@
 
 use std::collections::VecDeque;
 
+use str0m::media::Rid;
+
 use super::*;
+use crate::simulcast::LayerChoice;
 
 /// A [`super::CreateSession`] without its reply channel.
 pub(super) struct NewSession {
@@ -41,6 +44,10 @@ pub(super) struct Session {
     pub(super) next_timeout: Option<Instant>,
     /// Publisher: what each incoming SSRC is, with its counts for the loss figure.
     pub(super) ssrcs: Vec<Incoming>,
+    /// Publisher: its video layers' rids, indexed by layer number (see `crate::simulcast`).
+    pub(super) layer_rids: Vec<Option<Rid>>,
+    /// Viewer: the video layer it plays and the one it moves to.
+    pub(super) layer: LayerChoice,
     pub(super) mids: Vec<(Mid, Kind)>,
     /// Viewer: rewriters per track (by mid).
     pub(super) tracks: Vec<(Mid, TrackRewriter)>,
@@ -130,6 +137,9 @@ impl Session {
 pub(super) struct Incoming {
     pub(super) ssrc: Ssrc,
     pub(super) kind: Kind,
+    /// Its video layer: number and rid.
+    pub(super) layer: u8,
+    pub(super) rid: Option<Rid>,
     pub(super) first_seq: u64,
     pub(super) max_seq: u64,
     pub(super) received: u64,
@@ -151,10 +161,17 @@ const NACK_WINDOW: u64 = 100;
 const MAX_MISSING: usize = 256;
 
 impl Incoming {
-    pub(super) fn new(ssrc: Ssrc, kind: Kind, seq: u64) -> Incoming {
+    pub(super) fn new(
+        ssrc: Ssrc,
+        kind: Kind,
+        (layer, rid): (u8, Option<Rid>),
+        seq: u64,
+    ) -> Incoming {
         Incoming {
             ssrc,
             kind,
+            layer,
+            rid,
             first_seq: seq,
             max_seq: seq,
             received: 1,

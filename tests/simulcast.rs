@@ -1,0 +1,336 @@
+//! Simulcast (RFC 8853) over real UDP, ICE, DTLS and SRTP: a publisher sends its video as
+//! several layers, every offered layer is kept in the answer, and each viewer gets one layer
+//! as one continuous stream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use str0m::media::{Direction, MediaKind};
+use str0m::{Candidate, Rtc};
+use wishcast::client::http::request;
+use wishcast::client::{Peer, PeerOptions, VideoCodec};
+use wishcast::peer::Feed;
+
+/// Layers as OBS names them: "0" is the full-size one.
+const LAYERS: [(&str, usize); 3] = [("0", 1), ("1", 4), ("2", 16)];
+
+/// A simulcast offer shaped as OBS sends it: rids "0", "1" and "2", only the first layer
+/// with an `a=ssrc` line, no RTX, the mid and rid header extensions as 1 and 2. Built from a
+/// real str0m offer (real ICE credentials and fingerprint), its video section rewritten.
+fn obs_shaped_offer() -> String {
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
+    let addr = "127.0.0.1:40000".parse().expect("candidate address");
+    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
+    let mut api = rtc.sdp_api();
+    api.add_media(
+        MediaKind::Audio,
+        Direction::SendOnly,
+        Some("obs".into()),
+        None,
+        None,
+    );
+    api.add_media(
+        MediaKind::Video,
+        Direction::SendOnly,
+        Some("obs".into()),
+        None,
+        None,
+    );
+    let (offer, _pending) = api.apply().expect("str0m produces an offer");
+    let sdp = offer.to_sdp_string();
+    let mut out = String::new();
+    let mut in_video = false;
+    let mut rtx_pts: Vec<String> = Vec::new();
+    let mut first_ssrc: Option<String> = None;
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            if in_video {
+                out.push_str(&simulcast_lines());
+            }
+            in_video = line.starts_with("m=video");
+        }
+        if !in_video {
+            out.push_str(line);
+            out.push_str("\r\n");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("a=fmtp:") {
+            if rest.contains("apt=") {
+                rtx_pts.push(rest.split(' ').next().unwrap_or_default().to_string());
+                continue;
+            }
+        }
+        let of_rtx = rtx_pts.iter().any(|pt| {
+            line.starts_with(&format!("a=rtpmap:{pt} "))
+                || line.starts_with(&format!("a=rtcp-fb:{pt} "))
+        });
+        if of_rtx || line.starts_with("a=extmap:") || line.starts_with("a=ssrc-group") {
+            continue;
+        }
+        if line.starts_with("a=ssrc:") {
+            let ssrc = ssrc_of(line).to_string();
+            if *first_ssrc.get_or_insert_with(|| ssrc.clone()) != ssrc {
+                continue;
+            }
+        }
+        if line.starts_with("a=mid:") {
+            out.push_str(line);
+            out.push_str("\r\na=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n");
+            out.push_str("a=extmap:2 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n");
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    if in_video {
+        out.push_str(&simulcast_lines());
+    }
+    // The m-line's payload types without the RTX ones.
+    out.lines()
+        .map(|l| {
+            if l.starts_with("m=video") {
+                l.split(' ')
+                    .filter(|t| !rtx_pts.iter().any(|pt| pt == t))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\r\n")
+        .collect()
+}
+
+fn ssrc_of(line: &str) -> &str {
+    line.trim_start_matches("a=ssrc:")
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+}
+
+fn simulcast_lines() -> String {
+    "a=rid:0 send\r\na=rid:1 send\r\na=rid:2 send\r\na=simulcast:send 0;1;2\r\n".into()
+}
+
+/// The lines of an SDP's video section.
+fn video_lines(sdp: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut inside = false;
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            inside = l.starts_with("m=video");
+        }
+        if inside {
+            lines.push(l.trim_end());
+        }
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_obs_shaped_offer_gets_every_layer_in_one_list() {
+    let gw = start(test_config(1)).await;
+    let offer = obs_shaped_offer();
+    assert!(offer.contains("a=simulcast:send 0;1;2"), "{offer}");
+    let ssrcs: std::collections::HashSet<&str> = video_lines(&offer)
+        .iter()
+        .filter(|l| l.starts_with("a=ssrc:"))
+        .map(|l| ssrc_of(l))
+        .collect();
+    assert_eq!(ssrcs.len(), 1, "one video SSRC declared: {offer}");
+    let r = request(
+        "POST",
+        &whip(&gw, "obs"),
+        &[("content-type", "application/sdp")],
+        offer.into_bytes(),
+    )
+    .await
+    .expect("HTTP response");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let answer = r.text();
+    let video = video_lines(&answer);
+    // OBS aborts unless the answer keeps as many layers as it offered (RFC 8853 §5.3.2).
+    assert!(
+        video.contains(&"a=simulcast:recv 0;1;2"),
+        "every layer, in one list: {video:?}"
+    );
+    for rid in ["0", "1", "2"] {
+        assert!(
+            video.contains(&format!("a=rid:{rid} recv").as_str()),
+            "rid {rid} received: {video:?}"
+        );
+    }
+    gw.shutdown().await;
+}
+
+/// A publisher sending `LAYERS` of `codec` on the real clock.
+async fn simulcast_publisher(gw: &wishcast::Gateway, stream: &str, codec: VideoCodec) -> LiveFeed {
+    let opts = PeerOptions {
+        simulcast: LAYERS.iter().map(|(rid, _)| rid.to_string()).collect(),
+        ..opts(Some(codec), true)
+    };
+    let publisher = Peer::publish(&whip(gw, stream), opts)
+        .await
+        .expect("publish accepted");
+    publisher
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("publisher connects");
+    LiveFeed::run(publisher, layered_feed(codec))
+}
+
+fn layered_feed(codec: VideoCodec) -> Feed {
+    Feed::new(Some(codec), true)
+        .with_fps(FPS as u32)
+        .with_gop(GOP)
+        .with_sizes(VIDEO_BYTES, VIDEO_BYTES)
+        .with_layers(&LAYERS)
+}
+
+/// One received video frame: its index, its layer (index into `LAYERS`), whether str0m saw
+/// it follow the previous one without a gap, and whether it is a keyframe.
+#[derive(Debug, Clone, Copy)]
+struct Got {
+    index: u64,
+    layer: usize,
+    contiguous: bool,
+    key: bool,
+}
+
+/// The next `n` video frames of `v`, each checked byte for byte against what the publisher
+/// sent on its layer.
+async fn layered_frames(v: &mut Peer, codec: VideoCodec, n: usize) -> Vec<Got> {
+    let feed = layered_feed(codec);
+    let mut out = Vec::new();
+    while out.len() < n {
+        let f = v
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("frames keep coming");
+        if f.kind != MediaKind::Video {
+            continue;
+        }
+        let (index, layer) = feed
+            .check_layer(&f.data)
+            .unwrap_or_else(|e| panic!("a frame as some layer sent it: {e}"));
+        out.push(Got {
+            index,
+            layer,
+            contiguous: f.contiguous,
+            key: wishcast::peer::media::is_keyframe(codec, &f.data),
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_gets_the_largest_layer_as_one_continuous_stream() {
+    for codec in [VideoCodec::H264, VideoCodec::Vp8] {
+        let gw = start(test_config(2)).await;
+        let feed = simulcast_publisher(&gw, "s", codec).await;
+        let mut v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
+            .await
+            .expect("play accepted");
+        v.wait_connected(Duration::from_secs(10))
+            .await
+            .expect("viewer connects");
+        let frames = layered_frames(&mut v, codec, 60).await;
+        assert!(
+            frames.iter().all(|f| f.layer == 0),
+            "{codec:?}: only the full-size layer: {frames:?}"
+        );
+        assert!(frames[0].key, "{codec:?}: starts on a keyframe");
+        assert_continuous(&frames);
+        drop(v);
+        feed.stop().await;
+        gw.shutdown().await;
+    }
+}
+
+/// POSTs a layer selection for viewer `v`; returns the status and body.
+async fn select(v: &Peer, body: &str) -> (u16, String) {
+    let url = format!("{}/layer", v.location());
+    let r = request(
+        "POST",
+        &url,
+        &[("content-type", "application/json")],
+        body.into(),
+    )
+    .await
+    .expect("HTTP response");
+    (r.status, r.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_moves_to_the_layer_it_picks_at_a_keyframe_and_back_to_automatic() {
+    let codec = VideoCodec::Vp8;
+    let gw = start(test_config(2)).await;
+    let feed = simulcast_publisher(&gw, "s", codec).await;
+    let mut v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
+        .await
+        .expect("play accepted");
+    v.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    let before = layered_frames(&mut v, codec, 10).await;
+    assert!(before.iter().all(|f| f.layer == 0), "{before:?}");
+
+    // The smallest layer, by the draft's fields; then back to automatic by Broadcast Box's.
+    assert_eq!(select(&v, r#"{"mediaId":"0","rid":"2"}"#).await.0, 200);
+    let moved = layered_frames(&mut v, codec, 90).await;
+    let at = moved
+        .iter()
+        .position(|f| f.layer == 2)
+        .unwrap_or_else(|| panic!("moved to layer 2: {moved:?}"));
+    assert!(moved[at..].iter().all(|f| f.layer == 2), "stays: {moved:?}");
+    assert_continuous(&before.into_iter().chain(moved).collect::<Vec<_>>());
+
+    assert_eq!(select(&v, r#"{"mediaId":"0"}"#).await.0, 200);
+    let back = layered_frames(&mut v, codec, 90).await;
+    assert!(
+        back.last().is_some_and(|f| f.layer == 0),
+        "automatic choice again: the largest layer: {back:?}"
+    );
+    assert_continuous(&back);
+
+    // A layer the stream does not have, and a selector the gateway does not serve.
+    let (status, body) = select(&v, r#"{"rid":"9"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    let problem: serde_json::Value = serde_json::from_str(&body).expect("problem+json");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("\"9\"") && detail.contains("\"2\""),
+        "names the rid and the layers there are: {detail}"
+    );
+    let (status, body) = select(&v, r#"{"rid":"1","maxHeight":360}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("maxHeight"), "{body}");
+    drop(v);
+    feed.stop().await;
+    gw.shutdown().await;
+}
+
+/// Frames a viewer's decoder can use throughout: each follows the last without a gap (str0m
+/// saw no sequence gap), and a move to another layer starts on that layer's keyframe, with
+/// the same frame again or the next.
+fn assert_continuous(frames: &[Got]) {
+    for w in frames.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        assert!(b.contiguous, "no gap before frame {}: {frames:?}", b.index);
+        if a.layer == b.layer {
+            assert_eq!(b.index, a.index + 1, "in order: {frames:?}");
+        } else {
+            assert!(
+                b.index == a.index || b.index == a.index + 1,
+                "a move continues the picture: {frames:?}"
+            );
+            assert!(b.key, "a move starts on a keyframe: {frames:?}");
+        }
+    }
+}
