@@ -769,6 +769,34 @@ mod tests {
     }
 
     #[test]
+    fn a_shed_viewer_is_told_to_reconnect_before_its_removal() {
+        use crate::shard::HubUpdate;
+        let hub = Hub::new(1);
+        let limits = crate::config::LimitsConfig::default();
+        let none = (Vec::new(), Vec::new());
+        hub.register(SessionId(1), "s", Role::Publish, &limits, none.clone())
+            .expect("publisher");
+        hub.register(SessionId(2), "s", Role::Play, &limits, none)
+            .expect("viewer");
+        let eid = hub
+            .open_events(SessionId(2), &[EventKind::Reconnect, EventKind::Inactive])
+            .expect("opened");
+        let es = hub.event_stream(SessionId(2), eid).expect("open");
+        // What a shedding shard sends, in its order.
+        HubUpdate::Reconnect { id: SessionId(2) }.apply(&hub);
+        HubUpdate::Removed {
+            id: SessionId(2),
+            shard: 0,
+            by_peer: false,
+        }
+        .apply(&hub);
+        assert!(hub.event_stream(SessionId(2), eid).is_none(), "gone");
+        assert_eq!(queued(&es), vec![("reconnect", "{}".to_string())]);
+        assert_eq!(es.lock().ending, Ending::Finishing, "delivered, then ended");
+        assert!(hub.lock().events.is_empty());
+    }
+
+    #[test]
     fn a_full_queue_drops_its_oldest_and_a_session_has_few_streams() {
         let hub = Hub::new(1);
         let limits = crate::config::LimitsConfig::default();
