@@ -28,6 +28,7 @@ use super::error::ApiError;
 use super::{AppState, Segments};
 use crate::hub::LayerInfo;
 use crate::session::{Role, SessionId};
+use crate::shard::SessionError;
 
 /// The `rel` of the 201's `Link` to the event-stream entry point.
 pub const REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
@@ -122,6 +123,8 @@ struct Inner {
     dropped: u64,
     /// The viewer count the last long pull sent; `None` before the first.
     viewers_sent: Option<usize>,
+    /// When the next viewer count may be sent, whichever long pull sends it.
+    viewers_due: Instant,
     /// The long pull that reads now: a newer GET replaces an older one.
     reader: u64,
     ending: Ending,
@@ -173,6 +176,12 @@ impl EventStream {
         self.wake();
     }
 
+    /// Whether long pull `reader` must stop: replaced, or the stream destroyed.
+    fn over_for(&self, reader: u64) -> bool {
+        let inner = self.lock();
+        inner.reader != reader || inner.ending == Ending::Destroyed
+    }
+
     fn end(&self, how: Ending) {
         let mut inner = self.lock();
         if how == Ending::Destroyed {
@@ -206,6 +215,8 @@ struct StreamEvents {
 pub enum OpenError {
     NoSession,
     TooMany,
+    /// The gateway is shutting down.
+    Closing,
 }
 
 /// Every event stream, by id, by session and by stream. Kept in the hub's state: see the
@@ -215,6 +226,8 @@ pub struct Registry {
     by_id: HashMap<u128, Arc<EventStream>>,
     by_session: HashMap<SessionId, Vec<u128>>,
     by_stream: HashMap<Arc<str>, StreamEvents>,
+    /// Set at shutdown, once every event stream was told to reconnect: no new ones.
+    closing: bool,
 }
 
 /// What the hub knows of a stream when an event stream of it is created.
@@ -236,6 +249,9 @@ impl Registry {
         wanted: &[EventKind],
         view: StreamView<'_>,
     ) -> Result<u128, OpenError> {
+        if self.closing {
+            return Err(OpenError::Closing);
+        }
         let ids = self.by_session.entry(session).or_default();
         if ids.len() >= MAX_PER_SESSION {
             return Err(OpenError::TooMany);
@@ -259,6 +275,7 @@ impl Registry {
                 queue: VecDeque::new(),
                 dropped: 0,
                 viewers_sent: None,
+                viewers_due: Instant::now(),
                 reader: 0,
                 ending: Ending::Open,
             }),
@@ -332,6 +349,7 @@ impl Registry {
 
     /// [`Registry::reconnect_session`] for every session: the gateway is shutting down.
     pub fn reconnect_all(&mut self) {
+        self.closing = true;
         let sessions: Vec<SessionId> = self.by_session.keys().copied().collect();
         for s in sessions {
             self.reconnect_session(s);
@@ -404,6 +422,7 @@ pub async fn entry_point(
         Ok(eid) => eid,
         Err(OpenError::NoSession) => return Err(ApiError::NotFound),
         Err(OpenError::TooMany) => return Err(ApiError::TooManyEventStreams(MAX_PER_SESSION)),
+        Err(OpenError::Closing) => return Err(ApiError::Session(SessionError::Unavailable)),
     };
     let location = format!("/whep/{stream}/{id}/sse/{eid:032x}");
     let mut res = StatusCode::CREATED.into_response();
@@ -577,13 +596,12 @@ async fn write_events(es: Arc<EventStream>, reader: u64, tx: mpsc::Sender<Bytes>
     let mut viewers = es.viewers.clone();
     let wants_count = es.wants(EventKind::ViewerCount);
     let mut keepalive_at = Instant::now() + KEEPALIVE;
-    let mut count_due = Instant::now();
     loop {
         changed.borrow_and_update();
         let count = *viewers.borrow_and_update();
         let now = Instant::now();
         let mut out = String::new();
-        let mut count_waits = false;
+        let mut count_due = None;
         let end = {
             let mut inner = es.lock();
             if inner.reader != reader || inner.ending == Ending::Destroyed {
@@ -593,12 +611,12 @@ async fn write_events(es: Arc<EventStream>, reader: u64, tx: mpsc::Sender<Bytes>
                 frame(&mut out, kind, &data);
             }
             if wants_count && inner.viewers_sent != Some(count) && inner.ending == Ending::Open {
-                if now >= count_due {
+                if now >= inner.viewers_due {
                     frame(&mut out, EventKind::ViewerCount, &count_json(count));
                     inner.viewers_sent = Some(count);
-                    count_due = now + VIEWERCOUNT_EVERY;
+                    inner.viewers_due = now + VIEWERCOUNT_EVERY;
                 } else {
-                    count_waits = true;
+                    count_due = Some(inner.viewers_due);
                 }
             }
             inner.ending == Ending::Finishing
@@ -607,19 +625,25 @@ async fn write_events(es: Arc<EventStream>, reader: u64, tx: mpsc::Sender<Bytes>
             out.push_str(": keepalive\n\n");
         }
         if !out.is_empty() {
-            if tx.send(Bytes::from(out)).await.is_err() {
-                return;
+            // A client that does not read must not keep a destroyed or replaced stream's
+            // long pull open.
+            let send = tx.send(Bytes::from(out));
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    sent = &mut send => match sent {
+                        Ok(()) => break,
+                        Err(_) => return,
+                    },
+                    r = changed.changed() => if r.is_err() || es.over_for(reader) { return },
+                }
             }
             keepalive_at = Instant::now() + KEEPALIVE;
         }
         if end {
             return;
         }
-        let wake_at = if count_waits {
-            keepalive_at.min(count_due)
-        } else {
-            keepalive_at
-        };
+        let wake_at = count_due.map_or(keepalive_at, |due| keepalive_at.min(due));
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
             r = viewers.changed(), if wants_count => if r.is_err() { return },
@@ -832,5 +856,10 @@ mod tests {
         assert_eq!(q.len(), QUEUE);
         assert_eq!(es.lock().dropped, 4, "the active event and three layers");
         assert!(q[0].1.contains("\"bitrate\":3"), "{:?}", q[0]);
+        // At shutdown every event stream is told, and no new one opens.
+        hub.reconnect_all();
+        assert!(hub.event_stream(SessionId(2), eid).is_none());
+        assert_eq!(queued(&es).last().map(|e| e.0), Some("reconnect"));
+        assert_eq!(hub.open_events(SessionId(2), &all), Err(OpenError::Closing));
     }
 }
