@@ -359,9 +359,11 @@ async fn shutdown_tells_open_long_pulls_to_reconnect() {
     let gw = start(test_config(1)).await;
     let feed = LiveFeed::start(&whip(&gw, "bye"), H264, true, 0).await;
     let viewer = live_viewer(&whep(&gw, "bye"), opts(H264, true).into()).await;
-    let url = event_stream(&gw, &viewer, r#"["reconnect"]"#).await;
+    let url = event_stream(&gw, &viewer, "").await;
     let mut sse = open(&url, None).await;
     assert_eq!(sse.status, 200);
+    sse.expect("active", json!({})).await;
+    sse.expect("viewercount", count(1)).await;
     let shutdown = tokio::spawn(gw.shutdown());
     sse.expect("reconnect", json!({})).await;
     sse.expect_end(Duration::from_secs(5)).await;

@@ -595,6 +595,9 @@ async fn write_events(es: Arc<EventStream>, reader: u64, tx: mpsc::Sender<Bytes>
     let mut changed = es.changed.subscribe();
     let mut viewers = es.viewers.clone();
     let wants_count = es.wants(EventKind::ViewerCount);
+    // The count's channel closes with the stream's last event stream; a finishing one still
+    // delivers what it has.
+    let mut count_open = wants_count;
     let mut keepalive_at = Instant::now() + KEEPALIVE;
     loop {
         changed.borrow_and_update();
@@ -646,7 +649,7 @@ async fn write_events(es: Arc<EventStream>, reader: u64, tx: mpsc::Sender<Bytes>
         let wake_at = count_due.map_or(keepalive_at, |due| keepalive_at.min(due));
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
-            r = viewers.changed(), if wants_count => if r.is_err() { return },
+            r = viewers.changed(), if count_open => count_open = r.is_ok(),
             _ = tokio::time::sleep_until(wake_at) => {}
             _ = tx.closed() => return,
         }
