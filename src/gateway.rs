@@ -323,10 +323,14 @@ impl Gateway {
         }
     }
 
-    /// Stops accepting requests (in-flight ones get the drain deadline), ends every session with
+    /// Sends `reconnect` on every viewer's event streams and ends them, stops accepting requests
+    /// (in-flight ones get the drain deadline), ends every session with
     /// an RTCP BYE and DTLS close_notify to its peer, and joins the shard threads, waiting at
     /// most `SHUTDOWN_DEADLINE` for them.
     pub async fn shutdown(self) {
+        // Players following events reconnect (elsewhere, or here after a restart) rather than
+        // wait to notice their media stop; their long pulls end once that is sent.
+        self.hub.reconnect_all();
         let _ = self.stop_http.send(true);
         if let Some(t) = &self.tcp_task {
             t.abort();

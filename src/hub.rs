@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::http::events::{EventKind, OpenError, Registry, StreamView};
 use crate::session::{Role, SessionId};
 
 /// Where a session lives, for routing PATCH/DELETE to its shard.
@@ -20,6 +21,29 @@ pub struct SessionEntry {
     pub owner: Option<[u8; 32]>,
     /// The session's local ICE ufrag, once its shard has made it (see [`HubState::ufrags`]).
     pub ufrag: Option<String>,
+    /// A viewer's first video m-line in its SDP, which keys the `layers` event.
+    pub video_mline: Option<usize>,
+}
+
+/// One video layer (simulcast encoding or SVC layer) of a publication, as the `layers` event
+/// of the WHEP server-sent events extension describes it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spatial_layer_id: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temporal_layer_id: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitrate: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_bitrate: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
 }
 
 /// The publisher of a stream.
@@ -66,6 +90,10 @@ pub struct StreamEntry {
     pub viewer_shards: u64,
     /// Viewer sessions of this stream.
     pub viewers: usize,
+    /// The publisher's session exists on its shard, and viewers' event streams were told.
+    pub active: bool,
+    /// The publication's video layers, once the data plane reports them.
+    pub layers: Vec<LayerInfo>,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +118,8 @@ pub struct HubState {
     /// in on the node's one TCP port, goes to the shard its first check names. Kept with the
     /// session's entry, so whatever removes the session removes its ufrag.
     pub ufrags: HashMap<String, usize>,
+    /// The viewers' server-sent event streams: whatever changes a stream here tells them.
+    pub events: Registry,
 }
 
 impl HubState {
@@ -255,6 +285,7 @@ impl Hub {
                 role,
                 owner: None,
                 ufrag: None,
+                video_mline: None,
             },
         );
         st.per_shard[shard] += 1;
@@ -263,8 +294,10 @@ impl Hub {
             Role::Publish => st.publishers += 1,
             Role::Play => {
                 st.viewers += 1;
+                let st = &mut *st;
                 if let Some(s) = st.streams.get_mut(stream) {
                     s.viewers += 1;
+                    st.events.viewers(stream, s.viewers);
                 }
             }
         }
@@ -357,12 +390,21 @@ impl Hub {
             Role::Play => st.viewers = st.viewers.saturating_sub(1),
         }
         let mut notify = None;
+        let st = &mut *st;
+        if entry.role == Role::Play {
+            st.events.session_ended(id);
+        }
         if let Some(s) = st.streams.get_mut(&entry.stream) {
             if entry.role == Role::Play {
                 s.viewers = s.viewers.saturating_sub(1);
+                st.events.viewers(&entry.stream, s.viewers);
             }
             if entry.role == Role::Publish && s.publisher.as_ref().map(|p| p.session) == Some(id) {
                 s.publisher = None;
+                s.layers.clear();
+                if std::mem::take(&mut s.active) {
+                    st.events.announce(&entry.stream, EventKind::Inactive);
+                }
                 notify = Some((entry.stream.clone(), s.viewer_shards));
             }
             if s.publisher.is_none() && s.viewer_shards == 0 && s.viewers == 0 {
@@ -412,6 +454,88 @@ impl Hub {
                 p.h264_mode1 = h264_mode1;
             }
         }
+    }
+
+    /// Publisher `id` of `stream` runs on its shard now: the stream's viewers are told it is
+    /// active (once per publisher, whichever path reports it).
+    pub fn publisher_active(&self, stream: &str, id: SessionId) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(s) = st.streams.get_mut(stream) else {
+            return;
+        };
+        if s.publisher.as_ref().map(|p| p.session) == Some(id) && !s.active {
+            s.active = true;
+            st.events.announce(stream, EventKind::Active);
+        }
+    }
+
+    /// Records the video layers `stream` is published with; its viewers' event streams get a
+    /// `layers` event when they changed. Nothing for a stream without a publisher.
+    pub fn set_layers(&self, stream: &str, layers: Vec<LayerInfo>) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(s) = st.streams.get_mut(stream) else {
+            return;
+        };
+        if s.publisher.is_none() || s.layers == layers {
+            return;
+        }
+        s.layers = layers;
+        st.events.layers(stream, &s.layers);
+    }
+
+    /// Records viewer `id`'s video m-line index (see [`SessionEntry::video_mline`]).
+    pub fn set_video_mline(&self, id: SessionId, mline: usize) {
+        if let Some(s) = self.lock().sessions.get_mut(&id) {
+            s.video_mline = Some(mline);
+        }
+    }
+
+    /// Creates an event stream for viewer `id` against the stream as it is now (see
+    /// [`Registry::open`]).
+    pub fn open_events(&self, id: SessionId, wanted: &[EventKind]) -> Result<u128, OpenError> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let session = st
+            .sessions
+            .get(&id)
+            .filter(|s| s.role == Role::Play)
+            .ok_or(OpenError::NoSession)?;
+        let stream = session.stream.clone();
+        let mline = session.video_mline.unwrap_or(0);
+        let s = st.streams.get(&stream);
+        let view = StreamView {
+            active: s.is_some_and(|s| s.active),
+            viewers: s.map_or(0, |s| s.viewers),
+            layers: s.map_or(&[][..], |s| &s.layers[..]),
+        };
+        st.events.open(id, &stream, mline, wanted, view)
+    }
+
+    /// Event stream `event` of viewer `id`, while it is open.
+    pub fn event_stream(
+        &self,
+        id: SessionId,
+        event: u128,
+    ) -> Option<Arc<crate::http::events::EventStream>> {
+        self.lock().events.get(id, event)
+    }
+
+    /// Ends event stream `event` of viewer `id`; false if there is none.
+    pub fn delete_events(&self, id: SessionId, event: u128) -> bool {
+        self.lock().events.delete(id, event)
+    }
+
+    /// The gateway is about to end viewer `id` (shed under overload): its event streams send
+    /// `reconnect` and end.
+    pub fn reconnect_viewer(&self, id: SessionId) {
+        self.lock().events.reconnect_session(id);
+    }
+
+    /// The gateway is shutting down: every event stream sends `reconnect` and ends.
+    pub fn reconnect_all(&self) {
+        self.lock().events.reconnect_all();
     }
 
     /// Every stream with a publisher or viewers, by name.

@@ -324,7 +324,8 @@ async fn every_documented_operation_answers_with_a_documented_status() {
     for (path, item) in paths {
         let concrete = path
             .replace("{stream}", "docs")
-            .replace("{id}", "0123456789abcdef0123456789abcdef");
+            .replace("{id}", "0123456789abcdef0123456789abcdef")
+            .replace("{event}", "fedcba9876543210fedcba9876543210");
         for (method, op) in item.as_object().expect("path item") {
             if method == "parameters" {
                 continue;

@@ -274,10 +274,16 @@ async fn rfc9725_4_6_201_has_one_ice_server_link_per_configured_server() {
         ],
         "one Link per ice_servers entry, TURN with its credentials"
     );
-    // WHEP §4.7: the same for players.
+    // WHEP §4.7: the same for players, who also get the server-sent events entry point
+    // (tests/events.rs) after them.
     let v = post_sdp(&whep(&gw, "s"), &offer(Direction::RecvOnly)).await;
     assert_eq!(v.status, 201, "{}", v.text());
-    assert_eq!(v.header_all("link"), r.header_all("link"));
+    let links = v.header_all("link");
+    assert_eq!(links[..links.len() - 1], r.header_all("link")[..]);
+    assert!(
+        links[links.len() - 1].contains("rel=\"urn:ietf:params:whep:ext:core:server-sent-events\""),
+        "{links:?}"
+    );
     gw.shutdown().await;
 }
 

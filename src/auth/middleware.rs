@@ -42,7 +42,8 @@ enum Need {
     Open,
     /// `/whip/{s}` or `/whep/{s}`: publish or play `s`.
     Endpoint(Action, String),
-    /// `/whip/{s}/{id}`, `/whep/{s}/{id}`: the creating token or an admin.
+    /// `/whip/{s}/{id}`, `/whep/{s}/{id}`, and a WHEP session's event streams under
+    /// `/whep/{s}/{id}/sse`: the creating token or an admin.
     Session(String),
     /// `/api/*` and anything unknown.
     Admin,
@@ -58,7 +59,10 @@ fn need(method: &Method, path: &str) -> Need {
         ["healthz"] | ["readyz"] | ["metrics"] => Need::Open,
         ["whip", s] => Need::Endpoint(Action::Publish, percent_decode(s)),
         ["whep", s] => Need::Endpoint(Action::Play, percent_decode(s)),
-        ["whip" | "whep", _, id] | ["whep", _, id, "layer"] => Need::Session(percent_decode(id)),
+        ["whip" | "whep", _, id] => Need::Session(percent_decode(id)),
+        ["whep", _, id, "sse" | "layer"] | ["whep", _, id, "sse", _] => {
+            Need::Session(percent_decode(id))
+        }
         // Everything else, `/api/*` included, is for admins: a route added later is protected
         // until someone decides otherwise.
         _ => Need::Admin,
@@ -222,6 +226,13 @@ mod tests {
         assert_eq!(m(Method::OPTIONS, "/whep/s/abc"), Open);
         assert_eq!(m(Method::DELETE, "/whep/s/abc"), Session("abc".into()));
         assert_eq!(m(Method::PATCH, "/whip/s/abc"), Session("abc".into()));
+        assert_eq!(m(Method::POST, "/whep/s/abc/sse"), Session("abc".into()));
+        assert_eq!(m(Method::GET, "/whep/s/abc/sse/e1"), Session("abc".into()));
+        assert_eq!(
+            m(Method::DELETE, "/whep/s/abc/sse/e1"),
+            Session("abc".into())
+        );
+        assert_eq!(m(Method::GET, "/whip/s/abc/sse"), Admin);
         assert_eq!(m(Method::GET, "/api/streams"), Admin);
         assert_eq!(m(Method::GET, "/api"), Admin);
         assert_eq!(m(Method::GET, "/healthz"), Open);

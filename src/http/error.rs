@@ -37,6 +37,18 @@ pub enum ApiError {
     BadStreamName(String),
     #[error("no such session")]
     NotFound,
+    /// Event types asked for that the session's event streams do not offer.
+    #[error("unsupported event types: {}; the offered ones are active, inactive, layers, \
+             reconnect and viewercount", .0.join(", "))]
+    UnsupportedEvents(Vec<String>),
+    /// An event-stream request body that is not a JSON array of names.
+    #[error("the body must be a JSON array of event names: {0}")]
+    BadEventList(String),
+    /// The session has its maximum of event streams.
+    #[error("this session already has {0} event streams; DELETE one first")]
+    TooManyEventStreams(usize),
+    #[error("no such event stream")]
+    NoEventStream,
     /// A path no route serves.
     #[error("no such resource")]
     NoRoute,
@@ -76,6 +88,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Body(_) | ApiError::BadStreamName(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedEvents(_) | ApiError::BadEventList(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooManyEventStreams(_) => StatusCode::CONFLICT,
+            ApiError::NoEventStream => StatusCode::NOT_FOUND,
             ApiError::PublisherExists(_) | ApiError::NoPublisher(..) => StatusCode::CONFLICT,
             ApiError::Full(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -107,6 +122,10 @@ impl ApiError {
             ApiError::TooLarge { .. } => "body-too-large",
             ApiError::Body(_) => "unreadable-body",
             ApiError::BadStreamName(_) => "bad-stream-name",
+            ApiError::UnsupportedEvents(_) => "unsupported-events",
+            ApiError::BadEventList(_) => "bad-event-list",
+            ApiError::TooManyEventStreams(_) => "event-stream-limit",
+            ApiError::NoEventStream => "no-such-event-stream",
             ApiError::PublisherExists(_) => "publisher-exists",
             ApiError::NoPublisher(..) => "no-publisher",
             ApiError::Full(_) => "session-limit",

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod error;
+pub mod events;
 pub mod layer;
 pub mod limits;
 pub mod ops;
@@ -74,10 +75,34 @@ pub fn router(state: AppState) -> Router {
             )
             .fallback(layer::method_not_allowed),
         )
+        .route(
+            "/whep/{stream}/{id}/sse",
+            on(
+                MethodFilter::POST.or(MethodFilter::OPTIONS),
+                events::entry_point,
+            ),
+        )
+        .route(
+            "/whep/{stream}/{id}/sse/{event}",
+            on(
+                MethodFilter::GET
+                    .or(MethodFilter::DELETE)
+                    .or(MethodFilter::OPTIONS),
+                events::event_stream,
+            ),
+        )
         .route("/whip/{stream}", any(endpoint_method_not_allowed))
         .route("/whep/{stream}", any(endpoint_method_not_allowed))
         .route("/whip/{stream}/{id}", any(session_method_not_allowed))
         .route("/whep/{stream}/{id}", any(session_method_not_allowed))
+        .route(
+            "/whep/{stream}/{id}/sse",
+            any(events::entry_method_not_allowed),
+        )
+        .route(
+            "/whep/{stream}/{id}/sse/{event}",
+            any(events::stream_method_not_allowed),
+        )
         .fallback(no_route)
         .with_state(state)
 }
@@ -308,6 +333,11 @@ async fn endpoint(
     let created = ask(&app, admitted.shard, admitted.command, admitted.reply).await?;
     registered.keep();
     signalling::created(&app.hub, role, &stream, id, &created);
+    if role == Role::Play {
+        if let Some(mline) = events::video_mline(&created.answer) {
+            app.hub.set_video_mline(id, mline);
+        }
+    }
     let prefix = if role == Role::Publish {
         "whip"
     } else {
@@ -325,6 +355,12 @@ async fn endpoint(
     }
     for link in ice_server_links(&config) {
         if let Ok(v) = HeaderValue::from_str(&link) {
+            h.append(header::LINK, v);
+        }
+    }
+    if role == Role::Play {
+        // Viewers may follow the stream's events (WHEP server-sent events extension).
+        if let Ok(v) = HeaderValue::from_str(&events::link(&location)) {
             h.append(header::LINK, v);
         }
     }

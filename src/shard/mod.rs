@@ -285,6 +285,10 @@ pub enum HubUpdate {
     /// Session `id` runs on local ICE ufrag `ufrag` now (created, or ICE restarted): ICE-TCP
     /// connections are routed by it. Its removal ([`HubUpdate::Removed`]) drops it.
     Ufrag { id: SessionId, ufrag: String },
+    /// Viewer `id` is about to be ended by the gateway (shed under overload), not by its peer
+    /// or a fault: its event streams tell the player to reconnect. Its
+    /// [`HubUpdate::Removed`] follows.
+    Reconnect { id: SessionId },
 }
 
 impl HubUpdate {
@@ -330,6 +334,7 @@ impl HubUpdate {
                 shard,
                 publisher,
             } => {
+                hub.publisher_active(&stream, publisher);
                 let others = hub.viewer_shards(&stream) & !(1u64 << shard);
                 shards_in(others)
                     .flat_map(|k| {
@@ -347,6 +352,10 @@ impl HubUpdate {
             }
             HubUpdate::Ufrag { id, ufrag } => {
                 hub.set_ufrag(id, ufrag);
+                Vec::new()
+            }
+            HubUpdate::Reconnect { id } => {
+                hub.reconnect_viewer(id);
                 Vec::new()
             }
             HubUpdate::KeyframeWanted { stream, shard } => match hub.publisher_shard(&stream) {

@@ -78,11 +78,11 @@ export async function problemDetail(res) {
   return `HTTP ${res.status} ${res.statusText}`.trim();
 }
 
-/** `Link: <turn:…>; rel="ice-server"; username="…"; credential="…"` (RFC 9725 §4.6). */
-export function iceServersFrom(res) {
+/** Every `Link` of a response as `{ uri, attrs }` (attribute names lower-cased). */
+export function linksFrom(res) {
   const header = res.headers.get('Link');
   if (!header) return [];
-  const servers = [];
+  const links = [];
   // Split on commas that start a new `<uri>`, not on commas inside quoted values.
   for (const link of header.split(/,\s*(?=<)/)) {
     const m = link.match(/^\s*<([^>]*)>(.*)$/);
@@ -91,8 +91,17 @@ export function iceServersFrom(res) {
     for (const a of m[2].matchAll(/;\s*([\w-]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))/g)) {
       attrs[a[1].toLowerCase()] = a[2] ?? a[3];
     }
+    links.push({ uri: m[1], attrs });
+  }
+  return links;
+}
+
+/** `Link: <turn:…>; rel="ice-server"; username="…"; credential="…"` (RFC 9725 §4.6). */
+export function iceServersFrom(res) {
+  const servers = [];
+  for (const { uri, attrs } of linksFrom(res)) {
     if (attrs.rel !== 'ice-server') continue;
-    const s = { urls: m[1] };
+    const s = { urls: uri };
     if (attrs.username !== undefined) s.username = attrs.username;
     if (attrs.credential !== undefined) s.credential = attrs.credential;
     servers.push(s);
@@ -147,7 +156,7 @@ export class Backoff {
  * only way out is a TURN server; the page's `#relay=1` asks for it.
  */
 export class Session {
-  constructor({ endpoint, role, getToken, prepare, media, onState, relayOnly = false }) {
+  constructor({ endpoint, role, getToken, prepare, media, onState, onCreated, relayOnly = false }) {
     this.endpoint = new URL(endpoint, location.href).href;
     this.role = role;
     this.relayOnly = relayOnly;
@@ -155,6 +164,8 @@ export class Session {
     this.prepare = prepare;
     this.media = media;
     this.onState = onState || (() => {});
+    // Called with the 201 and the session URL once a session exists.
+    this.onCreated = onCreated || (() => {});
     this.state = 'idle';
     this.message = '';
     this.pc = null;
@@ -303,6 +314,7 @@ export class Session {
       }
       await pc.setRemoteDescription({ type: 'answer', sdp: answer });
       this.setState(this.everLive ? 'reconnecting' : 'connecting');
+      this.onCreated(res, sessionUrl);
       const ended = await this.watch(pc, stale);
       if (!stale()) {
         // Free the old session first: a publisher's next POST would otherwise get 409.
@@ -347,7 +359,9 @@ export class Session {
       const cs = pc.connectionState;
       if (cs === 'failed' || cs === 'closed') return { wasLive, message: `connection ${cs}` };
       if (this.ended) {
+        const why = this.ended;
         this.ended = false;
+        if (why.reconnect) return { wasLive, retryAfter: Math.random(), message: why.reconnect };
         return { wasLive, message: 'a track ended' };
       }
       if (cs === 'disconnected') {
@@ -380,6 +394,13 @@ export class Session {
   /** For `ontrack` handlers: a remote track ended, reconnect. */
   trackEnded() {
     this.ended = true;
+  }
+
+  /** The gateway asked for a new session (optionally at another endpoint): end this one and
+   * start the next within a second, spread so many players do not return at once. */
+  reconnect(message, url) {
+    if (url) this.endpoint = new URL(url, this.endpoint).href;
+    this.ended = { reconnect: message };
   }
 }
 

@@ -1,8 +1,11 @@
 // The WHEP player: plays /whep/{stream}, reconnects by itself, and shows live statistics.
+// When the gateway offers server-sent events it follows them: the viewer count, the publisher
+// leaving and returning, and requests to reconnect.
 // Automation reads `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
 
 import {
-  bindTokenForm, formatBitrate, mediaPath, loadToken, params, Rate, rtpStats, selectedPair, Session,
+  authHeaders, bindTokenForm, formatBitrate, linksFrom, mediaPath, loadToken, params, Rate, rtpStats,
+  selectedPair, Session,
 } from './common.js';
 
 const video = document.getElementById('video');
@@ -12,6 +15,7 @@ const statsBox = document.getElementById('stats');
 const unmute = document.getElementById('unmute');
 const toggle = document.getElementById('toggle');
 const statsToggle = document.getElementById('stats-toggle');
+const watching = document.getElementById('watching');
 const endpoint = new URL(document.body.dataset.endpoint, location.href).href;
 document.getElementById('endpoint').textContent = endpoint;
 
@@ -56,6 +60,7 @@ const session = new Session({
     });
   },
   media: readStats,
+  onCreated: follow,
   onState(state, why) {
     badge.textContent = STATE_TEXT[state] || state;
     badge.className = `badge ${state}`;
@@ -68,6 +73,85 @@ const session = new Session({
 /** The media path of the pair in use, from the last statistics read (see `mediaPath`). */
 let path = null;
 
+// ---- server-sent events (WHEP core extensions) ----
+
+const EVENTS_REL = 'urn:ietf:params:whep:ext:core:server-sent-events';
+const WANTED = ['active', 'inactive', 'viewercount', 'reconnect', 'layers'];
+/** The publisher left (an `inactive` event) and has not come back yet. */
+let publisherGone = false;
+let events = null;
+
+/** After a 201: if it links an event stream entry point, create an event stream and read it.
+ * EventSource cannot send the bearer token, so this is a streaming fetch. */
+async function follow(res, sessionUrl) {
+  const link = linksFrom(res).find((l) => l.attrs.rel === EVENTS_REL);
+  events?.abort();
+  watching.hidden = true;
+  publisherGone = false;
+  if (!link) return;
+  const ctrl = new AbortController();
+  events = ctrl;
+  try {
+    const entry = new URL(link.uri, sessionUrl).href;
+    const created = await fetch(entry, {
+      method: 'POST',
+      headers: authHeaders(token, { 'Content-Type': 'application/json' }),
+      body: JSON.stringify(WANTED),
+      signal: ctrl.signal,
+    });
+    const location = created.headers.get('Location');
+    if (created.status !== 201 || !location) return;
+    const pull = await fetch(new URL(location, entry).href, {
+      headers: authHeaders(token, { Accept: 'text/event-stream' }),
+      signal: ctrl.signal,
+    });
+    if (!pull.ok || !pull.body) return;
+    const reader = pull.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf += value.replace(/\r\n?/g, '\n');
+      let end;
+      while ((end = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, end);
+        buf = buf.slice(end + 2);
+        let name = 'message';
+        let data = '';
+        for (const line of block.split('\n')) {
+          if (line.startsWith('event:')) name = line.slice(6).trim();
+          else if (line.startsWith('data:')) data += line.slice(5).trim();
+        }
+        if (data) onEvent(name, data);
+      }
+    }
+  } catch {
+    // Aborted, or the connection went: the media connection decides what happens next.
+  } finally {
+    if (events === ctrl) events = null;
+  }
+}
+
+function onEvent(name, text) {
+  let data;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    return;
+  }
+  if (name === 'viewercount' && Number.isFinite(data.viewercount)) {
+    watching.textContent = `${data.viewercount} watching`;
+    watching.hidden = false;
+  } else if (name === 'inactive') {
+    publisherGone = true;
+    session.setState('waiting', 'the publisher left; waiting for it to return');
+  } else if (name === 'active') {
+    publisherGone = false;
+  } else if (name === 'reconnect') {
+    session.reconnect('the gateway asked to reconnect', typeof data.url === 'string' ? data.url : null);
+  }
+}
+
 /** Reads the receiver's statistics: progress for the session, numbers for the overlay. */
 async function readStats(pc) {
   const report = await pc.getStats();
@@ -77,6 +161,8 @@ async function readStats(pc) {
   const bytes = (v?.bytesReceived ?? 0) + (a?.bytesReceived ?? 0);
   const progress = bytes > seen.bytes;
   seen.bytes = bytes;
+  // While the publisher is away the silence is expected: the session waits for its return.
+  if (publisherGone) return { progress: true, live: false };
   const live = v ? (v.framesDecoded ?? 0) > 0 : (a?.packetsReceived ?? 0) > 0;
   const now = performance.now();
   if (showStats && now - lastRender > 900) {

@@ -582,6 +582,7 @@ impl Engine {
         let shed = viewers.len().div_ceil(SHED_PER_WINDOW_DIVISOR);
         for (_, id) in viewers.into_iter().take(shed) {
             self.counters.sessions_shed += 1;
+            self.outbox.hub.push(HubUpdate::Reconnect { id });
             self.remove(now, id, "overload: shed");
         }
     }

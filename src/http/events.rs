@@ -1,0 +1,868 @@
+//! The WHEP server-sent events extension (draft-ietf-wish-whep core extensions): a viewer
+//! POSTs the event types it wants to `{session}/sse`, gets an event stream at
+//! `{session}/sse/{id}`, and long-pulls it as `text/event-stream`.
+//!
+//! The [`Registry`] lives in the hub's state, so an event stream is created against the same
+//! view of the stream (publisher, viewers, layers) that later changes are announced against,
+//! and whatever ends a session in the hub ends its event streams. Events wait in a bounded
+//! queue per event stream until a long pull takes them; the viewer count is not queued but
+//! read by the long pull when it changes, at most once a second.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::error::ApiError;
+use super::{AppState, Segments};
+use crate::hub::LayerInfo;
+use crate::session::{Role, SessionId};
+use crate::shard::SessionError;
+
+/// The `rel` of the 201's `Link` to the event-stream entry point.
+pub const REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
+
+/// Event streams one WHEP session may have at once; a POST beyond gets 409.
+pub const MAX_PER_SESSION: usize = 4;
+
+/// Events kept for an event stream without a long pull; beyond, the oldest go.
+pub const QUEUE: usize = 64;
+
+/// A comment line this often keeps proxies from closing a quiet long pull.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// A long pull announces the viewer count at most this often.
+const VIEWERCOUNT_EVERY: Duration = Duration::from_secs(1);
+
+const JSON: &str = "application/json";
+
+/// Methods of the entry point and of an event stream, for `Allow`.
+const ENTRY_METHODS: &str = "POST, OPTIONS";
+const STREAM_METHODS: &str = "GET, HEAD, DELETE, OPTIONS";
+
+/// The event types the gateway sends, in the order the `Link` advertises them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Active,
+    Inactive,
+    Layers,
+    Reconnect,
+    ViewerCount,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Active,
+        EventKind::Inactive,
+        EventKind::Layers,
+        EventKind::Reconnect,
+        EventKind::ViewerCount,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Active => "active",
+            EventKind::Inactive => "inactive",
+            EventKind::Layers => "layers",
+            EventKind::Reconnect => "reconnect",
+            EventKind::ViewerCount => "viewercount",
+        }
+    }
+
+    /// Exactly the advertised spelling: the spec compares against the `events` attribute.
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// The `Link` value for a WHEP session at `location`: its entry point and every event type.
+pub fn link(location: &str) -> String {
+    let events: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
+    format!(
+        "<{location}/sse>; rel=\"{REL}\"; events=\"{}\"",
+        events.join(",")
+    )
+}
+
+/// The index of the first video m-line of `sdp`, which keys the `layers` event's data.
+pub fn video_mline(sdp: &str) -> Option<usize> {
+    sdp.lines()
+        .filter(|l| l.starts_with("m="))
+        .position(|l| l.starts_with("m=video"))
+}
+
+/// How an event stream ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    Open,
+    /// Deliver what is queued (a `reconnect`), then end.
+    Finishing,
+    /// End now; the queue is dropped.
+    Destroyed,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queue: VecDeque<(EventKind, String)>,
+    /// Events dropped from a full queue, reported when the next long pull starts.
+    dropped: u64,
+    /// The viewer count the last long pull sent; `None` before the first.
+    viewers_sent: Option<usize>,
+    /// When the next viewer count may be sent, whichever long pull sends it.
+    viewers_due: Instant,
+    /// The long pull that reads now: a newer GET replaces an older one.
+    reader: u64,
+    ending: Ending,
+}
+
+/// One event stream of a WHEP session.
+#[derive(Debug)]
+pub struct EventStream {
+    session: SessionId,
+    stream: Arc<str>,
+    wanted: u8,
+    /// The key of the `layers` data: the viewer's video m-line.
+    mline: usize,
+    inner: Mutex<Inner>,
+    /// Bumped on every change a long pull must look at.
+    changed: watch::Sender<u64>,
+    /// The stream's viewer count, shared by its event streams.
+    viewers: watch::Receiver<usize>,
+}
+
+impl EventStream {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wants(&self, kind: EventKind) -> bool {
+        self.wanted & kind.bit() != 0
+    }
+
+    fn wake(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Queues `kind` with `data` if this stream asked for it.
+    fn push(&self, kind: EventKind, data: impl FnOnce() -> String) {
+        if !self.wants(kind) {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.ending != Ending::Open {
+            return;
+        }
+        if inner.queue.len() >= QUEUE {
+            inner.queue.pop_front();
+            inner.dropped += 1;
+        }
+        inner.queue.push_back((kind, data()));
+        drop(inner);
+        self.wake();
+    }
+
+    /// Whether long pull `reader` must stop: replaced, or the stream destroyed.
+    fn over_for(&self, reader: u64) -> bool {
+        let inner = self.lock();
+        inner.reader != reader || inner.ending == Ending::Destroyed
+    }
+
+    fn end(&self, how: Ending) {
+        let mut inner = self.lock();
+        if how == Ending::Destroyed {
+            // A finishing stream keeps its last events for the long pull still reading.
+            if inner.ending == Ending::Finishing {
+                return;
+            }
+            inner.queue.clear();
+        }
+        inner.ending = how;
+        drop(inner);
+        self.wake();
+    }
+
+    fn layers_data(&self, layers: &[LayerInfo]) -> String {
+        // A map of structs rather than a `Value`: the fields keep their documented order.
+        let data = std::collections::BTreeMap::from([(self.mline.to_string(), layers)]);
+        serde_json::to_string(&data).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// A stream's event streams and its viewer count as they see it.
+#[derive(Debug)]
+struct StreamEvents {
+    viewers: watch::Sender<usize>,
+    list: Vec<Arc<EventStream>>,
+}
+
+/// Why an event stream could not be created.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OpenError {
+    NoSession,
+    TooMany,
+    /// The gateway is shutting down.
+    Closing,
+}
+
+/// Every event stream, by id, by session and by stream. Kept in the hub's state: see the
+/// module documentation.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_id: HashMap<u128, Arc<EventStream>>,
+    by_session: HashMap<SessionId, Vec<u128>>,
+    by_stream: HashMap<Arc<str>, StreamEvents>,
+    /// Set at shutdown, once every event stream was told to reconnect: no new ones.
+    closing: bool,
+}
+
+/// What the hub knows of a stream when an event stream of it is created.
+pub struct StreamView<'a> {
+    pub active: bool,
+    pub viewers: usize,
+    pub layers: &'a [LayerInfo],
+}
+
+impl Registry {
+    /// Creates an event stream for `session` (a viewer of `stream`) with the `wanted` kinds,
+    /// and queues what a new one starts with: `active` if there is a publication, `layers`
+    /// if they are known; the viewer count follows on the first long pull.
+    pub fn open(
+        &mut self,
+        session: SessionId,
+        stream: &Arc<str>,
+        mline: usize,
+        wanted: &[EventKind],
+        view: StreamView<'_>,
+    ) -> Result<u128, OpenError> {
+        if self.closing {
+            return Err(OpenError::Closing);
+        }
+        let ids = self.by_session.entry(session).or_default();
+        if ids.len() >= MAX_PER_SESSION {
+            return Err(OpenError::TooMany);
+        }
+        let id: u128 = rand::random();
+        ids.push(id);
+        let entry = self
+            .by_stream
+            .entry(stream.clone())
+            .or_insert_with(|| StreamEvents {
+                viewers: watch::channel(view.viewers).0,
+                list: Vec::new(),
+            });
+        entry.viewers.send_replace(view.viewers);
+        let es = Arc::new(EventStream {
+            session,
+            stream: stream.clone(),
+            wanted: wanted.iter().fold(0, |b, k| b | k.bit()),
+            mline,
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                dropped: 0,
+                viewers_sent: None,
+                viewers_due: Instant::now(),
+                reader: 0,
+                ending: Ending::Open,
+            }),
+            changed: watch::channel(0).0,
+            viewers: entry.viewers.subscribe(),
+        });
+        if view.active {
+            es.push(EventKind::Active, || "{}".into());
+        }
+        if !view.layers.is_empty() {
+            es.push(EventKind::Layers, || es.layers_data(view.layers));
+        }
+        entry.list.push(es.clone());
+        self.by_id.insert(id, es);
+        Ok(id)
+    }
+
+    /// Event stream `id` of `session`, if it is still open.
+    pub fn get(&self, session: SessionId, id: u128) -> Option<Arc<EventStream>> {
+        self.by_id
+            .get(&id)
+            .filter(|e| e.session == session)
+            .cloned()
+    }
+
+    /// Forgets event stream `id` and ends its long pull: its queue is dropped.
+    pub fn delete(&mut self, session: SessionId, id: u128) -> bool {
+        if self.get(session, id).is_none() {
+            return false;
+        }
+        self.take(id, Ending::Destroyed);
+        true
+    }
+
+    fn take(&mut self, id: u128, how: Ending) {
+        let Some(es) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(ids) = self.by_session.get_mut(&es.session) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_session.remove(&es.session);
+            }
+        }
+        if let Some(s) = self.by_stream.get_mut(&es.stream) {
+            s.list.retain(|e| !Arc::ptr_eq(e, &es));
+            if s.list.is_empty() {
+                self.by_stream.remove(&es.stream);
+            }
+        }
+        es.end(how);
+    }
+
+    /// The session ended: its event streams go, and their long pulls end.
+    pub fn session_ended(&mut self, session: SessionId) {
+        for id in self.by_session.get(&session).cloned().unwrap_or_default() {
+            self.take(id, Ending::Destroyed);
+        }
+    }
+
+    /// The gateway is about to end `session` for its own reasons: its event streams get
+    /// `reconnect`, which an open long pull delivers before it ends.
+    pub fn reconnect_session(&mut self, session: SessionId) {
+        for id in self.by_session.get(&session).cloned().unwrap_or_default() {
+            if let Some(es) = self.by_id.get(&id) {
+                es.push(EventKind::Reconnect, || "{}".into());
+            }
+            self.take(id, Ending::Finishing);
+        }
+    }
+
+    /// [`Registry::reconnect_session`] for every session: the gateway is shutting down.
+    pub fn reconnect_all(&mut self) {
+        self.closing = true;
+        let sessions: Vec<SessionId> = self.by_session.keys().copied().collect();
+        for s in sessions {
+            self.reconnect_session(s);
+        }
+    }
+
+    /// Queues `kind` (with empty data) for every event stream of `stream`.
+    pub fn announce(&self, stream: &str, kind: EventKind) {
+        for es in self.of(stream) {
+            es.push(kind, || "{}".into());
+        }
+    }
+
+    /// Queues `layers` for every event stream of `stream`.
+    pub fn layers(&self, stream: &str, layers: &[LayerInfo]) {
+        for es in self.of(stream) {
+            es.push(EventKind::Layers, || es.layers_data(layers));
+        }
+    }
+
+    /// The stream's viewer count is now `n`.
+    pub fn viewers(&self, stream: &str, n: usize) {
+        if let Some(s) = self.by_stream.get(stream) {
+            s.viewers.send_if_modified(|v| std::mem::replace(v, n) != n);
+        }
+    }
+
+    fn of(&self, stream: &str) -> impl Iterator<Item = &Arc<EventStream>> {
+        self.by_stream.get(stream).into_iter().flat_map(|s| &s.list)
+    }
+
+    /// Open event streams, for tests and metrics.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+// ---- HTTP --------------------------------------------------------------------------------------
+
+/// `{session}/sse`: POST creates an event stream.
+pub async fn entry_point(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    Segments((stream, id)): Segments<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if method == Method::OPTIONS {
+        return Ok(preflight(ENTRY_METHODS, true));
+    }
+    let session = viewer_session(&app, &stream, &id)?;
+    if method != Method::POST {
+        return Err(ApiError::MethodNotAllowed {
+            allow: ENTRY_METHODS,
+        });
+    }
+    let limit = app.config.get().http.max_body_bytes;
+    let typed = headers.contains_key(header::CONTENT_TYPE);
+    let body = super::read_body(body, &headers, limit).await?;
+    if typed || !body.is_empty() {
+        super::check_content_type(&headers, JSON)?;
+    }
+    let wanted = wanted_events(&body)?;
+    let created = app.hub.open_events(session, &wanted);
+    let eid = match created {
+        Ok(eid) => eid,
+        Err(OpenError::NoSession) => return Err(ApiError::NotFound),
+        Err(OpenError::TooMany) => return Err(ApiError::TooManyEventStreams(MAX_PER_SESSION)),
+        Err(OpenError::Closing) => return Err(ApiError::Session(SessionError::Unavailable)),
+    };
+    let location = format!("/whep/{stream}/{id}/sse/{eid:032x}");
+    let mut res = StatusCode::CREATED.into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+/// The event types a POST body asks for: a JSON array of advertised names; none (an empty
+/// body or array) means all of them.
+fn wanted_events(body: &[u8]) -> Result<Vec<EventKind>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(EventKind::ALL.to_vec());
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadEventList(e.to_string()))?;
+    let Some(items) = value.as_array() else {
+        return Err(ApiError::BadEventList(
+            "the body must be a JSON array of event names".into(),
+        ));
+    };
+    if items.is_empty() {
+        return Ok(EventKind::ALL.to_vec());
+    }
+    let mut wanted = Vec::new();
+    let mut unsupported = Vec::new();
+    for item in items {
+        match item.as_str().map(|s| (s, EventKind::parse(s))) {
+            Some((_, Some(kind))) => wanted.push(kind),
+            Some((name, None)) => unsupported.push(name.to_string()),
+            None => unsupported.push(item.to_string()),
+        }
+    }
+    if unsupported.is_empty() {
+        Ok(wanted)
+    } else {
+        Err(ApiError::UnsupportedEvents(unsupported))
+    }
+}
+
+/// `{session}/sse/{event}`: GET long-pulls, DELETE destroys.
+pub async fn event_stream(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    Segments((stream, id, event)): Segments<(String, String, String)>,
+    method: Method,
+) -> Result<Response, ApiError> {
+    if method == Method::OPTIONS {
+        return Ok(preflight(STREAM_METHODS, false));
+    }
+    let session = viewer_session(&app, &stream, &id)?;
+    let eid = parse_event_id(&event).ok_or(ApiError::NoEventStream)?;
+    match method {
+        Method::DELETE => {
+            if app.hub.delete_events(session, eid) {
+                Ok(StatusCode::OK.into_response())
+            } else {
+                Err(ApiError::NoEventStream)
+            }
+        }
+        Method::GET | Method::HEAD => {
+            let es = app
+                .hub
+                .event_stream(session, eid)
+                .ok_or(ApiError::NoEventStream)?;
+            let body = if method == Method::HEAD {
+                Body::empty()
+            } else {
+                long_pull(es)
+            };
+            let mut res = (StatusCode::OK, body).into_response();
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            Ok(res)
+        }
+        _ => Err(ApiError::MethodNotAllowed {
+            allow: STREAM_METHODS,
+        }),
+    }
+}
+
+/// Anything else on the entry point or an event stream.
+pub async fn entry_method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed {
+        allow: ENTRY_METHODS,
+    }
+}
+
+pub async fn stream_method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed {
+        allow: STREAM_METHODS,
+    }
+}
+
+/// The live WHEP session `id` of `stream`, or 404.
+fn viewer_session(app: &AppState, stream: &str, id: &str) -> Result<SessionId, ApiError> {
+    let id = id.parse::<SessionId>().map_err(|_| ApiError::NotFound)?;
+    match app.hub.session(id) {
+        Some(e) if e.role == Role::Play && *e.stream == *stream => Ok(id),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Event stream ids are issued as 32 lower-case hex digits; only that spelling names one.
+fn parse_event_id(s: &str) -> Option<u128> {
+    let canonical = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    canonical
+        .then(|| u128::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+fn preflight(allow: &'static str, post: bool) -> Response {
+    let mut res = StatusCode::OK.into_response();
+    let h = res.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static(allow));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(allow),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    if post {
+        h.insert("accept-post", HeaderValue::from_static(JSON));
+    }
+    res
+}
+
+// ---- the long pull -----------------------------------------------------------------------------
+
+/// The response body of a GET: a task writes the event stream into a channel this body reads,
+/// so it works the same over HTTP/1.1, HTTP/2 and HTTP/3. The task ends when the client goes
+/// (the body is dropped), the event stream ends, or a newer GET takes over.
+fn long_pull(es: Arc<EventStream>) -> Body {
+    let (tx, rx) = mpsc::channel(8);
+    let reader = {
+        let mut inner = es.lock();
+        inner.reader += 1;
+        if inner.dropped > 0 {
+            debug!(dropped = inner.dropped, "events dropped from a full queue");
+            inner.dropped = 0;
+        }
+        inner.reader
+    };
+    // The previous long pull, if any, sees it was replaced.
+    es.wake();
+    tokio::spawn(write_events(es, reader, tx));
+    Body::new(ChannelBody(rx))
+}
+
+/// One SSE message: the event name, its data on one line, a blank line.
+fn frame(out: &mut String, kind: EventKind, data: &str) {
+    out.push_str("event: ");
+    out.push_str(kind.name());
+    out.push_str("\ndata: ");
+    out.push_str(data);
+    out.push_str("\n\n");
+}
+
+async fn write_events(es: Arc<EventStream>, reader: u64, tx: mpsc::Sender<Bytes>) {
+    let mut changed = es.changed.subscribe();
+    let mut viewers = es.viewers.clone();
+    let wants_count = es.wants(EventKind::ViewerCount);
+    // The count's channel closes with the stream's last event stream; a finishing one still
+    // delivers what it has.
+    let mut count_open = wants_count;
+    let mut keepalive_at = Instant::now() + KEEPALIVE;
+    loop {
+        changed.borrow_and_update();
+        let count = *viewers.borrow_and_update();
+        let now = Instant::now();
+        let mut out = String::new();
+        let mut count_due = None;
+        let end = {
+            let mut inner = es.lock();
+            if inner.reader != reader || inner.ending == Ending::Destroyed {
+                return;
+            }
+            for (kind, data) in inner.queue.drain(..) {
+                frame(&mut out, kind, &data);
+            }
+            if wants_count && inner.viewers_sent != Some(count) && inner.ending == Ending::Open {
+                if now >= inner.viewers_due {
+                    frame(&mut out, EventKind::ViewerCount, &count_json(count));
+                    inner.viewers_sent = Some(count);
+                    inner.viewers_due = now + VIEWERCOUNT_EVERY;
+                } else {
+                    count_due = Some(inner.viewers_due);
+                }
+            }
+            inner.ending == Ending::Finishing
+        };
+        if now >= keepalive_at && out.is_empty() {
+            out.push_str(": keepalive\n\n");
+        }
+        if !out.is_empty() {
+            // A client that does not read must not keep a destroyed or replaced stream's
+            // long pull open.
+            let send = tx.send(Bytes::from(out));
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    sent = &mut send => match sent {
+                        Ok(()) => break,
+                        Err(_) => return,
+                    },
+                    r = changed.changed() => if r.is_err() || es.over_for(reader) { return },
+                }
+            }
+            keepalive_at = Instant::now() + KEEPALIVE;
+        }
+        if end {
+            return;
+        }
+        let wake_at = count_due.map_or(keepalive_at, |due| keepalive_at.min(due));
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            r = viewers.changed(), if count_open => count_open = r.is_ok(),
+            _ = tokio::time::sleep_until(wake_at) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+fn count_json(n: usize) -> String {
+    serde_json::json!({ "viewercount": n }).to_string()
+}
+
+/// A body whose frames come from a channel; it ends when the sender is dropped.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+
+    #[test]
+    fn event_names_are_the_advertised_ones_exactly() {
+        assert_eq!(
+            link("/whep/s/abc"),
+            "</whep/s/abc/sse>; rel=\"urn:ietf:params:whep:ext:core:server-sent-events\"; \
+             events=\"active,inactive,layers,reconnect,viewercount\""
+        );
+        assert_eq!(
+            EventKind::parse("viewercount"),
+            Some(EventKind::ViewerCount)
+        );
+        assert_eq!(EventKind::parse("ViewerCount"), None);
+        assert_eq!(EventKind::parse("scte35"), None);
+        assert_eq!(wanted_events(b"").ok(), Some(EventKind::ALL.to_vec()));
+        assert_eq!(wanted_events(b" []").ok(), Some(EventKind::ALL.to_vec()));
+        assert_eq!(
+            wanted_events(br#"["layers"]"#).ok(),
+            Some(vec![EventKind::Layers])
+        );
+        match wanted_events(br#"["active","nope",3]"#) {
+            Err(ApiError::UnsupportedEvents(names)) => assert_eq!(names, vec!["nope", "3"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            wanted_events(b"{}"),
+            Err(ApiError::BadEventList(_))
+        ));
+        assert!(matches!(
+            wanted_events(b"[\"active\""),
+            Err(ApiError::BadEventList(_))
+        ));
+        assert_eq!(video_mline("v=0\r\nm=audio 9\r\nm=video 9\r\n"), Some(1));
+        assert_eq!(video_mline("v=0\r\nm=audio 9\r\n"), None);
+        assert_eq!(parse_event_id(&format!("{:032x}", 7u128)), Some(7));
+        assert_eq!(parse_event_id(&format!("{:032X}", 0xabu128)), None);
+    }
+
+    fn queued(es: &EventStream) -> Vec<(&'static str, String)> {
+        es.lock()
+            .queue
+            .iter()
+            .map(|(k, d)| (k.name(), d.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_are_serialised_field_by_field_and_sent_on_change() {
+        let hub = Hub::new(1);
+        let limits = crate::config::LimitsConfig::default();
+        let none = (Vec::new(), Vec::new());
+        hub.register(SessionId(1), "s", Role::Publish, &limits, none.clone())
+            .expect("publisher");
+        hub.register(SessionId(2), "s", Role::Play, &limits, none)
+            .expect("viewer");
+        hub.set_video_mline(SessionId(2), 1);
+        let layers = vec![
+            LayerInfo {
+                rid: Some("h".into()),
+                spatial_layer_id: Some(0),
+                temporal_layer_id: Some(1),
+                bitrate: Some(557_112),
+                target_bitrate: Some(572_000),
+                width: Some(640),
+                height: Some(360),
+            },
+            LayerInfo {
+                spatial_layer_id: Some(1),
+                ..LayerInfo::default()
+            },
+        ];
+        // Known before the event stream: it starts with them.
+        hub.set_layers("s", layers.clone());
+        let eid = hub
+            .open_events(SessionId(2), &[EventKind::Layers])
+            .expect("opened");
+        let es = hub.event_stream(SessionId(2), eid).expect("open");
+        let expected = r#"{"1":[{"rid":"h","spatialLayerId":0,"temporalLayerId":1,"bitrate":557112,"targetBitrate":572000,"width":640,"height":360},{"spatialLayerId":1}]}"#;
+        assert_eq!(queued(&es), vec![("layers", expected.to_string())]);
+        // Field by field: camelCase names, absent ones left out.
+        let v: serde_json::Value = serde_json::from_str(expected).expect("JSON");
+        let first = &v["1"][0];
+        for (field, value) in [
+            ("rid", serde_json::json!("h")),
+            ("spatialLayerId", 0.into()),
+            ("temporalLayerId", 1.into()),
+            ("bitrate", 557_112.into()),
+            ("targetBitrate", 572_000.into()),
+            ("width", 640.into()),
+            ("height", 360.into()),
+        ] {
+            assert_eq!(first[field], value, "{field}");
+        }
+        let second = v["1"][1].as_object().expect("object");
+        assert_eq!(second.keys().collect::<Vec<_>>(), vec!["spatialLayerId"]);
+        es.lock().queue.clear();
+        // The same layers again: nothing; changed ones: one event.
+        hub.set_layers("s", layers.clone());
+        assert!(queued(&es).is_empty());
+        let fewer = vec![LayerInfo {
+            rid: Some("l".into()),
+            ..LayerInfo::default()
+        }];
+        hub.set_layers("s", fewer);
+        assert_eq!(
+            queued(&es),
+            vec![("layers", r#"{"1":[{"rid":"l"}]}"#.to_string())]
+        );
+        // The session ends: so does its event stream.
+        hub.unregister(SessionId(2));
+        assert!(hub.event_stream(SessionId(2), eid).is_none());
+        assert!(queued(&es).is_empty(), "pending events dropped");
+    }
+
+    #[test]
+    fn a_shed_viewer_is_told_to_reconnect_before_its_removal() {
+        use crate::shard::HubUpdate;
+        let hub = Hub::new(1);
+        let limits = crate::config::LimitsConfig::default();
+        let none = (Vec::new(), Vec::new());
+        hub.register(SessionId(1), "s", Role::Publish, &limits, none.clone())
+            .expect("publisher");
+        hub.register(SessionId(2), "s", Role::Play, &limits, none)
+            .expect("viewer");
+        let eid = hub
+            .open_events(SessionId(2), &[EventKind::Reconnect, EventKind::Inactive])
+            .expect("opened");
+        let es = hub.event_stream(SessionId(2), eid).expect("open");
+        // What a shedding shard sends, in its order.
+        HubUpdate::Reconnect { id: SessionId(2) }.apply(&hub);
+        HubUpdate::Removed {
+            id: SessionId(2),
+            shard: 0,
+            by_peer: false,
+        }
+        .apply(&hub);
+        assert!(hub.event_stream(SessionId(2), eid).is_none(), "gone");
+        assert_eq!(queued(&es), vec![("reconnect", "{}".to_string())]);
+        assert_eq!(es.lock().ending, Ending::Finishing, "delivered, then ended");
+        assert!(hub.lock().events.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_and_a_session_has_few_streams() {
+        let hub = Hub::new(1);
+        let limits = crate::config::LimitsConfig::default();
+        let none = (Vec::new(), Vec::new());
+        hub.register(SessionId(1), "s", Role::Publish, &limits, none.clone())
+            .expect("publisher");
+        hub.register(SessionId(2), "s", Role::Play, &limits, none)
+            .expect("viewer");
+        hub.publisher_active("s", SessionId(1));
+        let all = EventKind::ALL;
+        let eid = hub.open_events(SessionId(2), &all).expect("opened");
+        for _ in 1..MAX_PER_SESSION {
+            hub.open_events(SessionId(2), &all).expect("opened");
+        }
+        assert_eq!(hub.open_events(SessionId(2), &all), Err(OpenError::TooMany));
+        assert_eq!(
+            hub.open_events(SessionId(9), &all),
+            Err(OpenError::NoSession)
+        );
+        let es = hub.event_stream(SessionId(2), eid).expect("open");
+        assert_eq!(queued(&es), vec![("active", "{}".to_string())]);
+        for i in 0..QUEUE + 3 {
+            hub.set_layers(
+                "s",
+                vec![LayerInfo {
+                    bitrate: Some(i as u64),
+                    rid: Some("a".into()),
+                    ..LayerInfo::default()
+                }],
+            );
+        }
+        let q = queued(&es);
+        assert_eq!(q.len(), QUEUE);
+        assert_eq!(es.lock().dropped, 4, "the active event and three layers");
+        assert!(q[0].1.contains("\"bitrate\":3"), "{:?}", q[0]);
+        // At shutdown every event stream is told, and no new one opens.
+        hub.reconnect_all();
+        assert!(hub.event_stream(SessionId(2), eid).is_none());
+        assert_eq!(queued(&es).last().map(|e| e.0), Some("reconnect"));
+        assert_eq!(hub.open_events(SessionId(2), &all), Err(OpenError::Closing));
+    }
+}
