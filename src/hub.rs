@@ -27,7 +27,7 @@ pub struct SessionEntry {
 
 /// One video layer (simulcast encoding or SVC layer) of a publication, as the `layers` event
 /// of the WHEP server-sent events extension describes it.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LayerInfo {
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -121,6 +121,7 @@ pub mod live;
 pub mod metrics;
 #[cfg(any(test, feature = "testkit"))]
 pub mod peer;
+pub mod picture;
 pub mod reload;
 pub mod sdp;
 pub mod session;

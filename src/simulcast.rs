@@ -64,6 +64,8 @@ pub struct Layer {
     pub rid: Option<Rid>,
     pub cache: StreamCache,
     pub meter: RateMeter,
+    /// Width and height, from its latest keyframe that says (see `crate::picture`).
+    pub size: Option<(u32, u32)>,
 }
 
 /// The layers of one stream on one shard, indexed by layer number.
@@ -109,11 +111,17 @@ impl Layers {
                 rid: None,
                 cache: StreamCache::new(self.keep_gop, self.max_packets),
                 meter: RateMeter::default(),
+                size: None,
             });
         }
         let layer = &mut self.layers[index];
         layer.rid = pkt.rid;
         layer.meter.add(pkt.received, pkt.payload.len());
+        if pkt.keyframe {
+            if let Some(size) = crate::picture::size(pkt.params.spec().codec, &pkt.payload) {
+                layer.size = Some(size);
+            }
+        }
         layer.cache.push(pkt)
     }
 
@@ -157,8 +165,34 @@ impl Layers {
             .map(|(i, _)| i)
     }
 
-    /// Where automatic choice puts a viewer that plays `current`: the best layer, unless
-    /// it is not clearly better than the current one ([`HYSTERESIS`]).
+    /// Where automatic choice puts a viewer that plays `current` on a path that carries
+    /// `budget` bits per second (`None`: no limit known): the largest layer that fits, or the
+    /// smallest if none does.
+    pub fn choose(&self, current: Option<u8>, budget: Option<u64>) -> Option<u8> {
+        let Some(budget) = budget else {
+            return self.auto_choice(current);
+        };
+        let fits = self
+            .iter()
+            .filter(|(_, l)| l.meter.rank() <= budget)
+            .max_by_key(|(_, l)| l.meter.rank());
+        let smallest = self.iter().min_by_key(|(_, l)| l.meter.rank());
+        fits.or(smallest).map(|(i, _)| i)
+    }
+
+    /// Bits per second of `layer`, as measured.
+    pub fn rate(&self, layer: u8) -> u64 {
+        self.get(layer).map_or(0, |l| l.meter.rank())
+    }
+
+    /// The largest layer's rate.
+    pub fn ceiling(&self) -> u64 {
+        self.best().map_or(0, |b| self.rate(b))
+    }
+
+    /// Where automatic choice puts a viewer that plays `current` on a path without a known
+    /// limit: the best layer, unless it is not clearly better than the current one
+    /// ([`HYSTERESIS`]).
     pub fn auto_choice(&self, current: Option<u8>) -> Option<u8> {
         let best = self.best()?;
         let Some(current) = current.filter(|c| self.get(*c).is_some()) else {
@@ -170,6 +204,100 @@ impl Layers {
         } else {
             Some(current)
         }
+    }
+}
+
+/// Report loss above which a viewer's path is taken to be full (as GCC's loss-based
+/// controller does, draft-ietf-rmcat-gcc-02 §6).
+const LOSS_HIGH: f32 = 0.10;
+/// Report loss under which the path is taken to have room.
+const LOSS_LOW: f32 = 0.02;
+/// How fast the estimate grows while reports show no loss: per second.
+const GROWTH_PER_SEC: f64 = 0.25;
+/// The wait before trying a larger layer again after a move up that lost; it doubles with
+/// each such failure, up to [`MAX_PROBE_BACKOFF`].
+const PROBE_BACKOFF: Duration = Duration::from_secs(4);
+const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(16);
+/// Loss this soon after a move up counts against the move.
+const PROBE_WINDOW: Duration = Duration::from_secs(3);
+
+/// What one viewer's path carries, from the loss in its receiver reports about the video it
+/// is sent (RFC 3550 §6.4.1). The gateway sends that viewer what its layer carries, so loss
+/// beyond a few percent means the layer is more than the path holds; what arrived is what
+/// the path holds. Without loss the estimate grows until a larger layer fits; if that move
+/// loses, the next try waits longer.
+#[derive(Debug, Clone)]
+pub struct LinkEstimate {
+    /// Bits per second the path is believed to carry; `None` while nothing limits it.
+    budget: Option<f64>,
+    last_report: Option<Instant>,
+    moved_up: Option<Instant>,
+    backoff: Duration,
+    /// No growth before this: the last move up lost.
+    hold_until: Option<Instant>,
+}
+
+impl Default for LinkEstimate {
+    fn default() -> Self {
+        LinkEstimate {
+            budget: None,
+            last_report: None,
+            moved_up: None,
+            backoff: PROBE_BACKOFF,
+            hold_until: None,
+        }
+    }
+}
+
+impl LinkEstimate {
+    /// A report on the viewer's video: `fraction` lost since its last report, while the
+    /// gateway sent it `sending` bits per second. `ceiling`: the largest layer's rate, past
+    /// which nothing limits the viewer.
+    pub fn on_report(&mut self, now: Instant, fraction: f32, sending: u64, ceiling: u64) {
+        let elapsed = self
+            .last_report
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+            .min(Duration::from_secs(5));
+        self.last_report = Some(now);
+        if fraction > LOSS_HIGH {
+            let carried = sending as f64 * f64::from(1.0 - fraction);
+            self.budget = Some(self.budget.map_or(carried, |b| b.min(carried)));
+            if self
+                .moved_up
+                .take()
+                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_WINDOW)
+            {
+                self.hold_until = Some(now + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_PROBE_BACKOFF);
+            }
+        } else if fraction < LOSS_LOW {
+            if self.hold_until.is_some_and(|t| now < t) {
+                return;
+            }
+            if let Some(b) = self.budget {
+                let grown = b * (1.0 + GROWTH_PER_SEC * elapsed.as_secs_f64());
+                // Room for the largest layer and then some: nothing limits this viewer now.
+                self.budget = (grown < ceiling as f64 * 1.5).then_some(grown);
+            }
+            if self
+                .moved_up
+                .is_some_and(|t| now.saturating_duration_since(t) >= PROBE_WINDOW)
+            {
+                // The move held: the next failure starts from the shortest wait again.
+                self.moved_up = None;
+                self.backoff = PROBE_BACKOFF;
+            }
+        }
+    }
+
+    /// Bits per second the viewer's path carries, if something limits it.
+    pub fn budget(&self) -> Option<u64> {
+        self.budget.map(|b| b.round() as u64)
+    }
+
+    /// The viewer was moved to a larger layer at `now`: loss soon after counts against it.
+    pub fn moved_up(&mut self, now: Instant) {
+        self.moved_up = Some(now);
     }
 }
 
@@ -319,5 +447,39 @@ mod tests {
         Arc::make_mut(&mut other).publisher = SessionId(2);
         layers.push(other);
         assert_eq!(layers.len(), 1);
+    }
+
+    #[test]
+    fn loss_sets_what_the_path_carries_and_a_lost_move_up_waits_longer() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut e = LinkEstimate::default();
+        e.on_report(at(0), 0.0, 2_000_000, 2_000_000);
+        assert_eq!(e.budget(), None, "nothing limits a viewer without loss");
+        // 60 % lost of 2 Mbit/s: the path carried 800 kbit/s.
+        e.on_report(at(1), 0.6, 2_000_000, 2_000_000);
+        assert_eq!(e.budget(), Some(800_000));
+        // Some loss: held.
+        e.on_report(at(2), 0.05, 500_000, 2_000_000);
+        assert_eq!(e.budget(), Some(800_000));
+        // Clean reports grow it by a quarter per second.
+        e.on_report(at(3), 0.0, 500_000, 2_000_000);
+        assert_eq!(e.budget(), Some(1_000_000));
+        // A move up that loses at once: back down, and no growth for the backoff.
+        e.moved_up(at(3));
+        e.on_report(at(4), 0.5, 2_000_000, 2_000_000);
+        assert_eq!(e.budget(), Some(1_000_000));
+        e.on_report(at(5), 0.0, 500_000, 2_000_000);
+        assert_eq!(e.budget(), Some(1_000_000), "held after a lost move up");
+        e.on_report(at(9), 0.0, 500_000, 2_000_000);
+        assert!(
+            e.budget() > Some(1_000_000),
+            "grows again after the backoff"
+        );
+        // Far past the largest layer: no limit.
+        for s in 10..30 {
+            e.on_report(at(s), 0.0, 500_000, 2_000_000);
+        }
+        assert_eq!(e.budget(), None);
     }
 }

@@ -275,13 +275,19 @@ async fn rfc9725_4_6_201_has_one_ice_server_link_per_configured_server() {
         "one Link per ice_servers entry, TURN with its credentials"
     );
     // WHEP §4.7: the same for players, who also get the server-sent events entry point
-    // (tests/events.rs) after them.
+    // (tests/events.rs) and the layer selection extension (tests/simulcast.rs) after them.
     let v = post_sdp(&whep(&gw, "s"), &offer(Direction::RecvOnly)).await;
     assert_eq!(v.status, 201, "{}", v.text());
     let links = v.header_all("link");
-    assert_eq!(links[..links.len() - 1], r.header_all("link")[..]);
+    let n = links.len();
+    assert!(n >= 2, "{links:?}");
+    assert_eq!(links[..n - 2], r.header_all("link")[..]);
     assert!(
-        links[links.len() - 1].contains("rel=\"urn:ietf:params:whep:ext:core:server-sent-events\""),
+        links[n - 2].contains("rel=\"urn:ietf:params:whep:ext:core:server-sent-events\""),
+        "{links:?}"
+    );
+    assert!(
+        links[n - 1].contains("rel=\"urn:ietf:params:whep:ext:core:layer\""),
         "{links:?}"
     );
     gw.shutdown().await;

@@ -334,3 +334,95 @@ fn assert_continuous(frames: &[Got]) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layers_event_names_each_layer_with_its_rate_and_size_and_the_201_links_the_selection()
+{
+    let codec = VideoCodec::Vp8;
+    let gw = start(test_config(2)).await;
+    let feed = simulcast_publisher(&gw, "s", codec).await;
+    let v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
+        .await
+        .expect("play accepted");
+    v.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    // The layer extension's Link, which needs the events' `layers` (draft §"Video Layer
+    // Selection"): checked on a second viewer's raw 201.
+    let mut rtc = Rtc::builder().build(Instant::now());
+    rtc.add_local_candidate(
+        Candidate::host("127.0.0.1:40000".parse().expect("addr"), "udp").expect("candidate"),
+    );
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _pending) = api.apply().expect("offer");
+    let r = request(
+        "POST",
+        &whep(&gw, "s"),
+        &[("content-type", "application/sdp")],
+        offer.to_sdp_string().into_bytes(),
+    )
+    .await
+    .expect("HTTP response");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let location = r.header("location").expect("Location");
+    let links = r.header_all("link");
+    let layer_link = format!("<{location}/layer>; rel=\"urn:ietf:params:whep:ext:core:layer\"");
+    assert!(links.contains(&layer_link.as_str()), "{links:?}");
+    assert!(links
+        .iter()
+        .any(|l| l.contains("events=\"") && l.contains("layers")));
+
+    let created = request(
+        "POST",
+        &format!("{}/sse", v.location()),
+        &[("content-type", "application/json")],
+        b"[\"layers\"]".to_vec(),
+    )
+    .await
+    .expect("HTTP response");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let url = format!(
+        "http://{}{}",
+        gw.http_addr(),
+        created.header("location").expect("Location")
+    );
+    let mut events = common::sse::open(&url, None).await;
+    assert_eq!(events.status, 200);
+    // Rates are measured over a second: wait for an event that has all three.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let layers = loop {
+        assert!(Instant::now() < deadline, "a layers event with three rates");
+        let (name, data) = events
+            .next(Duration::from_secs(10))
+            .await
+            .expect("an event");
+        assert_eq!(name, "layers");
+        let list = data["0"].as_array().cloned().unwrap_or_default();
+        if list.len() == 3 && list.iter().all(|l| l["bitrate"].as_u64().is_some()) {
+            break list;
+        }
+    };
+    let rate = |rid: &str| {
+        let l = layers
+            .iter()
+            .find(|l| l["rid"] == rid)
+            .unwrap_or_else(|| panic!("layer {rid}: {layers:?}"));
+        // The test kit's VP8 frames all say 640x360, whatever their size.
+        assert_eq!(
+            (l["width"].as_u64(), l["height"].as_u64()),
+            (Some(640), Some(360))
+        );
+        for absent in ["spatialLayerId", "temporalLayerId", "targetBitrate"] {
+            assert!(l.get(absent).is_none(), "{absent} not sent: {l}");
+        }
+        l["bitrate"].as_u64().unwrap_or_default()
+    };
+    let (r0, r1, r2) = (rate("0"), rate("1"), rate("2"));
+    // Frames of 10,000, 2,500 and 625 bytes at 30 per second, keyframes as large.
+    assert!(r0 > 3 * r1 && r1 > 3 * r2, "{r0} {r1} {r2}");
+    assert!((2_000_000..3_200_000).contains(&r0), "{r0}");
+    drop(v);
+    feed.stop().await;
+    gw.shutdown().await;
+}

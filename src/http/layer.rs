@@ -21,6 +21,14 @@ use crate::session::{Role, SessionId};
 use crate::shard::{Command, SessionError};
 
 const JSON: &str = "application/json";
+
+/// The extension's link relation.
+pub const REL: &str = "urn:ietf:params:whep:ext:core:layer";
+
+/// The `Link` a WHEP 201 carries for a session at `location`.
+pub fn link(location: &str) -> String {
+    format!("<{location}/layer>; rel=\"{REL}\"")
+}
 const METHODS: &str = "POST, OPTIONS";
 
 /// A session resource's OPTIONS answer, with this resource's methods and body type.
@@ -123,15 +131,14 @@ pub async fn whep_layer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // A CORS preflight carries no credentials and must not fail on what it cannot know.
+    if method == Method::OPTIONS {
+        return Ok(options());
+    }
     let id = id.parse::<SessionId>().map_err(|_| ApiError::NotFound)?;
     let entry = app.hub.session(id).ok_or(ApiError::NotFound)?;
     if entry.role != Role::Play || *entry.stream != *stream {
         return Err(ApiError::NotFound);
-    }
-    match method {
-        Method::OPTIONS => return Ok(options()),
-        Method::POST => {}
-        _ => return Err(ApiError::MethodNotAllowed { allow: METHODS }),
     }
     let body = read_body(body, &headers, app.config.get().http.max_body_bytes).await?;
     if !body.is_empty() {

@@ -360,8 +360,12 @@ async fn endpoint(
     }
     if role == Role::Play {
         // Viewers may follow the stream's events (WHEP server-sent events extension).
-        if let Ok(v) = HeaderValue::from_str(&events::link(&location)) {
-            h.append(header::LINK, v);
+        // and pick their simulcast layer (layer selection extension, which needs the
+        // events' `layers`).
+        for link in [events::link(&location), layer::link(&location)] {
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                h.append(header::LINK, v);
+            }
         }
     }
     Ok(res)

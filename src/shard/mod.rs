@@ -289,6 +289,12 @@ pub enum HubUpdate {
     /// or a fault: its event streams tell the player to reconnect. Its
     /// [`HubUpdate::Removed`] follows.
     Reconnect { id: SessionId },
+    /// The simulcast layers of `stream` as its publisher's shard measures them, for the
+    /// WHEP `layers` event; sent when they change (see `Engine::report_layers`).
+    Layers {
+        stream: Arc<str>,
+        layers: Vec<crate::hub::LayerInfo>,
+    },
 }
 
 impl HubUpdate {
@@ -356,6 +362,10 @@ impl HubUpdate {
             }
             HubUpdate::Reconnect { id } => {
                 hub.reconnect_viewer(id);
+                Vec::new()
+            }
+            HubUpdate::Layers { stream, layers } => {
+                hub.set_layers(&stream, layers);
                 Vec::new()
             }
             HubUpdate::KeyframeWanted { stream, shard } => match hub.publisher_shard(&stream) {

@@ -2,6 +2,8 @@
 //! publisher that sends a generated [`Feed`] on the real clock.
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -211,6 +211,20 @@ impl Engine {
             );
             self.counters.packets_retransmitted += resent;
             session.stats.packets_retransmitted += resent;
+            let layers = self.streams.get(&session.stream).map(|l| &l.layers);
+            for (mid, fraction) in feedback.reports {
+                let video = session
+                    .tracks
+                    .iter()
+                    .any(|(m, t)| *m == mid && t.kind == Kind::Video);
+                let (Some(layers), Some(current)) = (layers, session.layer.current) else {
+                    continue;
+                };
+                if video && layers.len() > 1 {
+                    let (sending, ceiling) = (layers.rate(current), layers.ceiling());
+                    session.estimate.on_report(now, fraction, sending, ceiling);
+                }
+            }
         }
         let rtc = &mut session.rtc;
         let received = self.faults.isolate(Site::Receive, Some(id), || {

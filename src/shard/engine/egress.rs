@@ -106,6 +106,8 @@ pub(super) struct Feedback {
     pub(super) nacks: u64,
     /// PLIs and FIRs.
     pub(super) plis: u64,
+    /// The fraction lost in each report block about one of the viewer's tracks.
+    pub(super) reports: Vec<(Mid, f32)>,
 }
 
 impl Egress {
@@ -259,6 +261,7 @@ impl Egress {
                 if let Some(t) = tracks.iter_mut().find(|t| t.ssrc == ssrc) {
                     t.lost = lost;
                     t.fraction_lost = Some(fraction as f32 / 256.0);
+                    feedback.reports.push((t.mid, fraction as f32 / 256.0));
                 }
             }
         });

@@ -4,6 +4,8 @@
 
 use str0m::media::Rid;
 
+use crate::hub::LayerInfo;
+
 use super::*;
 
 impl Engine {
@@ -21,11 +23,20 @@ impl Engine {
                     continue;
                 };
                 let pinned = s.layer.pinned.as_ref().and_then(|r| local.layers.by_rid(r));
-                let Some(layer) = pinned.or_else(|| local.layers.auto_choice(s.layer.current))
-                else {
+                let auto = || local.layers.choose(s.layer.current, s.estimate.budget());
+                let Some(layer) = pinned.or_else(auto) else {
                     continue;
                 };
-                moved |= s.layer.aim(layer);
+                if s.layer.aim(layer) {
+                    moved = true;
+                    let up = s
+                        .layer
+                        .current
+                        .is_some_and(|c| local.layers.rate(layer) > local.layers.rate(c));
+                    if up {
+                        s.estimate.moved_up(now);
+                    }
+                }
             }
             if moved {
                 asks.push(name.clone());
@@ -90,7 +101,7 @@ impl Engine {
         s.layer.pinned = pinned;
         let wanted = layers.and_then(|l| match &s.layer.pinned {
             Some(r) => l.by_rid(r),
-            None => l.auto_choice(s.layer.current),
+            None => l.choose(s.layer.current, s.estimate.budget()),
         });
         if let Some(layer) = wanted {
             if s.layer.aim(layer) {
@@ -98,5 +109,58 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// A layer's bitrate must move by this fraction of the last reported one before the
+/// `layers` event is sent again: rates move with every keyframe.
+const REPORT_CHANGE: f64 = 0.2;
+
+impl Engine {
+    /// Tells the hub the layers of each stream whose publisher is on this shard, when a layer
+    /// came or went or a bitrate moved by more than [`REPORT_CHANGE`]. Only named (rid)
+    /// layers are reported: the draft's layer object needs a rid or a layer id, and a stream
+    /// without simulcast has nothing to choose from.
+    pub(super) fn report_layers(&mut self) {
+        let mut updates = Vec::new();
+        for (name, local) in self.streams.iter_mut() {
+            if local.publisher.is_none() {
+                continue;
+            }
+            let now: Vec<LayerInfo> = local
+                .layers
+                .iter()
+                .filter_map(|(_, l)| {
+                    Some(LayerInfo {
+                        rid: Some(l.rid?.to_string()),
+                        bitrate: l.meter.rate(),
+                        width: l.size.map(|s| s.0),
+                        height: l.size.map(|s| s.1),
+                        ..LayerInfo::default()
+                    })
+                })
+                .collect();
+            let moved = |a: &LayerInfo, b: &LayerInfo| {
+                let (x, y) = (a.bitrate.unwrap_or(0) as f64, b.bitrate.unwrap_or(0) as f64);
+                a.rid != b.rid
+                    || a.width != b.width
+                    || a.height != b.height
+                    || (x - y).abs() > y * REPORT_CHANGE
+            };
+            let changed = now.len() != local.reported.len()
+                || now.iter().zip(&local.reported).any(|(a, b)| moved(a, b));
+            if changed {
+                local.reported = now.clone();
+                updates.push(HubUpdate::Layers {
+                    stream: name.clone(),
+                    layers: now,
+                });
+            }
+        }
+        updates.sort_by(|a, b| match (a, b) {
+            (HubUpdate::Layers { stream: x, .. }, HubUpdate::Layers { stream: y, .. }) => x.cmp(y),
+            _ => std::cmp::Ordering::Equal,
+        });
+        self.outbox.hub.extend(updates);
     }
 }

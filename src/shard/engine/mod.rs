@@ -146,6 +146,8 @@ const AUDIO_KEPT: usize = 64;
 struct LocalStream {
     /// The video layers' GOP caches and bitrates (one layer without simulcast).
     layers: Layers,
+    /// The layers as last reported to the hub (publisher's shard only).
+    reported: Vec<crate::hub::LayerInfo>,
     /// The newest packets, for the NACKs of viewers on the own egress.
     history: History,
     viewers: Vec<SessionId>,
@@ -397,6 +399,7 @@ impl Engine {
             .entry(stream.clone())
             .or_insert_with(|| LocalStream {
                 layers: Layers::new(keep, max),
+                reported: Vec::new(),
                 history: History::new(history.0, history.1),
                 viewers: Vec::new(),
                 subscribers: 0,
@@ -506,6 +509,7 @@ impl Engine {
             self.request_keyframe(now, id);
         }
         self.choose_layers(now);
+        self.report_layers();
         self.flush_remote_keyframe_requests(now);
         self.end_abandoned_streams(now);
         self.send_reports(now);

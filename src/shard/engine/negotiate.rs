@@ -141,6 +141,7 @@ impl Engine {
             ssrcs: Vec::new(),
             layer_rids: Vec::new(),
             layer: Default::default(),
+            estimate: Default::default(),
             mids,
             tracks,
             tx_ssrcs: Vec::new(),

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use str0m::media::Rid;
 
 use super::*;
-use crate::simulcast::LayerChoice;
+use crate::simulcast::{LayerChoice, LinkEstimate};
 
 /// A [`super::CreateSession`] without its reply channel.
 pub(super) struct NewSession {
@@ -48,6 +48,8 @@ pub(super) struct Session {
     pub(super) layer_rids: Vec<Option<Rid>>,
     /// Viewer: the video layer it plays and the one it moves to.
     pub(super) layer: LayerChoice,
+    /// Viewer: what its path carries, from its receiver reports, for the layer it gets.
+    pub(super) estimate: LinkEstimate,
     pub(super) mids: Vec<(Mid, Kind)>,
     /// Viewer: rewriters per track (by mid).
     pub(super) tracks: Vec<(Mid, TrackRewriter)>,

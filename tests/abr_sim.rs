@@ -1,0 +1,127 @@
+//! Adaptive bitrate in the deterministic simulation: a viewer whose path carries less than
+//! the largest simulcast layer settles on a layer that fits, from the loss in its own
+//! receiver reports, and moves up once the path has room again.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use wishcast::config::Config;
+use wishcast::peer::{Feed, PeerOptions, VideoCodec};
+use wishcast::sim::{PeerId, Sim, Way};
+
+/// Layers named so that their names say nothing of their size: "b" is the largest.
+const LAYERS: [(&str, usize); 3] = [("a", 16), ("b", 1), ("c", 4)];
+const CODEC: VideoCodec = VideoCodec::Vp8;
+/// 10,000-byte frames at 30 per second: "b" is 2.4 Mbit/s, "c" 600 kbit/s, "a" 150 kbit/s.
+const FRAME_BYTES: usize = 10_000;
+
+fn feed() -> Feed {
+    Feed::new(Some(CODEC), true)
+        .with_fps(30)
+        .with_gop(60)
+        .with_sizes(FRAME_BYTES, FRAME_BYTES)
+        .with_layers(&LAYERS)
+}
+
+/// A token bucket on the gateway → viewer direction: `bps` with a `burst` of bytes, and
+/// datagrams over it dropped, as a policer does. `on` switches it.
+fn cap(
+    bps: f64,
+    burst: f64,
+    on: Rc<Cell<bool>>,
+    viewer: PeerId,
+) -> impl FnMut(&wishcast::sim::Datagram<'_>) -> bool {
+    let mut tokens = burst;
+    let mut last: Option<Instant> = None;
+    move |d| {
+        if d.way != Way::FromGateway || d.peer != viewer {
+            return false;
+        }
+        let elapsed = last.map_or(0.0, |t| d.at.saturating_duration_since(t).as_secs_f64());
+        last = Some(d.at);
+        tokens = (tokens + elapsed * bps / 8.0).min(burst);
+        if !on.get() {
+            return false;
+        }
+        let size = d.contents.len() as f64;
+        if tokens >= size {
+            tokens -= size;
+            false
+        } else {
+            true
+        }
+    }
+}
+
+/// The layer (index into `LAYERS`) of each video frame `v` received in `[from, to)`.
+fn layers_between(sim: &Sim, p: PeerId, v: PeerId, from: Instant, to: Instant) -> Vec<usize> {
+    let feed = sim.feed(p).expect("feed");
+    sim.peer(v)
+        .received_video()
+        .filter(|f| f.at >= from && f.at < to)
+        .filter_map(|f| feed.check_layer(&f.data).ok().map(|(_, l)| l))
+        .collect()
+}
+
+#[test]
+fn a_capped_viewer_settles_on_a_layer_that_fits_and_moves_up_when_the_cap_lifts() {
+    let seed = 1;
+    let mut sim = Sim::with_seed(Config::default(), 1, seed);
+    let p = sim
+        .add_publisher(
+            "s",
+            PeerOptions {
+                simulcast: LAYERS.iter().map(|(r, _)| r.to_string()).collect(),
+                ..PeerOptions::with_video(CODEC)
+            },
+        )
+        .expect("publisher accepted");
+    assert!(sim.run_until_true(Duration::from_secs(2), |s| s.connected_count() == 1));
+    sim.start_feed(p, feed());
+    sim.run_for(Duration::from_secs(2));
+    let v = sim
+        .add_viewer(
+            "s",
+            PeerOptions {
+                request_keyframes: true,
+                ..PeerOptions::with_video(CODEC)
+            },
+        )
+        .expect("viewer accepted");
+    let capped = Rc::new(Cell::new(true));
+    sim.set_drop(cap(1_000_000.0, 30_000.0, capped.clone(), v));
+    assert!(sim.run_until_true(Duration::from_secs(3), |s| s.connected_count() == 2));
+    let start = sim.now();
+    sim.run_for(Duration::from_secs(20));
+    let settled = layers_between(&sim, p, v, start + Duration::from_secs(12), sim.now());
+    let fitting = settled.iter().filter(|l| **l != 1).count();
+    println!(
+        "seed {seed}: capped, seconds 12-20: {} frames, {} of layers that fit",
+        settled.len(),
+        fitting
+    );
+    assert!(!settled.is_empty(), "video plays under the cap");
+    assert!(
+        fitting * 10 >= settled.len() * 8,
+        "at least 80 % of the frames from a layer under the cap: {settled:?}"
+    );
+
+    capped.set(false);
+    let lifted = sim.now();
+    let moved = sim.run_until_true(Duration::from_secs(30), |s| {
+        layers_between(s, p, v, lifted, s.now())
+            .iter()
+            .rev()
+            .take(30)
+            .filter(|l| **l == 1)
+            .count()
+            == 30
+    });
+    let after = sim.now().saturating_duration_since(lifted);
+    println!("seed {seed}: cap lifted, on the largest layer for a second after {after:?}");
+    assert!(
+        moved,
+        "the viewer moves up to the largest layer once the cap lifts"
+    );
+}
