@@ -39,6 +39,9 @@ pub struct MediaPacket {
     pub payload: Arc<[u8]>,
     /// When the gateway received it, used as the RTP wallclock for sender reports.
     pub received: Instant,
+    /// The publisher's abs-capture-time header extension, forwarded unchanged to viewers
+    /// that negotiated it, so a player can tell the one-way delay from the capture.
+    pub capture: Option<str0m::rtp::AbsCaptureTime>,
 }
 
 /// What a viewer's track follows: the publishing session and its video layer. Each is its
@@ -480,6 +483,7 @@ mod tests {
             keyframe,
             payload: Arc::from(&[seq as u8][..]),
             received: Instant::now(),
+            capture: None,
         })
     }
 

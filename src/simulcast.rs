@@ -412,6 +412,7 @@ mod tests {
             keyframe: false,
             payload: vec![0u8; bytes].into(),
             received: at,
+            capture: None,
         })
     }
 

@@ -133,3 +133,56 @@ async fn wildcard_bind_announces_the_configured_public_address() {
     gw.shutdown().await;
     fan_out_intact_with(config, VideoCodec::H264, 3).await;
 }
+
+/// The publisher's abs-capture-time reaches a viewer that negotiated it unchanged, through
+/// the gateway's own egress and through str0m's; a viewer that did not gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abs_capture_time_arrives_as_the_publisher_stamped_it() {
+    for direct in [true, false] {
+        let mut config = test_config(1);
+        config.media.direct_egress = direct;
+        let gw = start(config).await;
+        let codec = VideoCodec::H264;
+        let stamped = wishcast::client::PeerOptions {
+            abs_capture_time: true,
+            ..opts(Some(codec), true)
+        };
+        let publisher = Peer::publish(&whip(&gw, "s"), stamped.clone())
+            .await
+            .expect("publish accepted");
+        publisher
+            .wait_connected(Duration::from_secs(10))
+            .await
+            .expect("publisher connects");
+        let feed = LiveFeed::run(
+            publisher,
+            wishcast::peer::Feed::new(Some(codec), true)
+                .with_fps(FPS as u32)
+                .with_gop(GOP)
+                .with_sizes(VIDEO_BYTES, VIDEO_BYTES),
+        );
+        let mut with = Peer::play(&whep(&gw, "s"), stamped.clone())
+            .await
+            .expect("play accepted");
+        let mut without = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
+            .await
+            .expect("play accepted");
+        for _ in 0..30 {
+            let (i, _, f) = next_checked_video(&mut with, codec).await;
+            let sent = wishcast::peer::capture_time(i * 90_000 / FPS);
+            let got = f
+                .capture_time
+                .unwrap_or_else(|| panic!("direct {direct}: frame {i} carries a capture time"));
+            let apart = got.duration_since(sent).unwrap_or_else(|e| e.duration());
+            assert!(
+                apart < Duration::from_micros(1),
+                "direct {direct}: frame {i}: {got:?} against {sent:?}"
+            );
+            let (_, _, g) = next_checked_video(&mut without, codec).await;
+            assert_eq!(g.capture_time, None, "not negotiated, not sent");
+        }
+        drop((with, without));
+        feed.stop().await;
+        gw.shutdown().await;
+    }
+}

@@ -95,6 +95,9 @@ impl PeerCore {
         if opts.audio {
             cfg = cfg.enable_opus(true, false);
         }
+        if opts.abs_capture_time {
+            cfg = cfg.set_extension(12, str0m::rtp::Extension::AbsoluteCaptureTime);
+        }
         // Browsers check a pair that has not answered every 48 ms or so (libwebrtc's weak
         // ping interval); str0m starts at 250 ms, doubling.
         cfg.set_initial_stun_rto(STUN_INITIAL_RTO);
@@ -391,6 +394,12 @@ impl PeerCore {
         if let Some(rid) = rid {
             writer = writer.rid(Rid::from(rid));
         }
+        if self.opts.abs_capture_time && kind == MediaKind::Video {
+            writer = writer.abs_capture_time(str0m::rtp::AbsCaptureTime {
+                capture_time: super::capture_time(rtp_time),
+                clock_offset: None,
+            });
+        }
         writer.write(pt, now, MediaTime::new(rtp_time, clock), data)?;
         Ok(())
     }
@@ -587,6 +596,7 @@ impl PeerCore {
                 rtp_time: d.time.numer(),
                 contiguous: d.contiguous,
                 keyframe: d.is_keyframe(),
+                capture_time: d.ext_vals.abs_capture_time.map(|t| t.capture_time),
                 data: d.data,
             });
         }

@@ -99,6 +99,18 @@ pub struct PeerOptions {
     /// Publisher: send video as simulcast (RFC 8853), one layer per rid, in this order in
     /// the offer; empty for one stream. [`Feed::with_layers`] generates the layers' frames.
     pub simulcast: Vec<String>,
+    /// Negotiate the abs-capture-time header extension; a publisher stamps each video frame
+    /// with [`capture_time`] of its RTP time, a viewer records what arrives
+    /// ([`ReceivedFrame::capture_time`]).
+    pub abs_capture_time: bool,
+}
+
+/// The capture time a test publisher stamps on a video frame of RTP time `rtp_time` (90 kHz):
+/// a fixed origin plus that time, so a viewer can check what arrived against the frame.
+pub fn capture_time(rtp_time: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH
+        + Duration::from_secs(1_800_000_000)
+        + Duration::from_micros(rtp_time * 1_000_000 / 90_000)
 }
 
 /// Least time between a viewer's own keyframe requests ([`PeerOptions::request_keyframes`]).
@@ -116,6 +128,7 @@ impl Default for PeerOptions {
             request_keyframes: false,
             dtls_active: false,
             simulcast: Vec::new(),
+            abs_capture_time: false,
         }
     }
 }
@@ -140,6 +153,7 @@ impl PeerOptions {
             request_keyframes: false,
             dtls_active: false,
             simulcast: Vec::new(),
+            abs_capture_time: false,
         }
     }
 }
@@ -160,6 +174,8 @@ pub struct ReceivedFrame {
     /// str0m's codec-level keyframe flag.
     pub keyframe: bool,
     pub data: Arc<[u8]>,
+    /// The abs-capture-time header extension's capture time, if the frame carried one.
+    pub capture_time: Option<std::time::SystemTime>,
 }
 
 /// Connection state of a peer.

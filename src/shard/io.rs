@@ -672,6 +672,7 @@ mod tests {
                 keyframe: false,
                 payload: Arc::from(&[0u8; 4][..]),
                 received: Instant::now(),
+                capture: None,
             },
         }
     }

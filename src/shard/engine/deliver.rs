@@ -80,6 +80,7 @@ impl Engine {
             time: rtp.header.timestamp,
             marker: rtp.header.marker,
             keyframe,
+            capture: rtp.header.ext_vals.abs_capture_time,
             payload: rtp.payload,
             received: now,
         };
@@ -267,8 +268,11 @@ impl Engine {
         let Some(tx) = tx else {
             return;
         };
+        let mut ext_vals = str0m::rtp::ExtensionValues::default();
+        ext_vals.abs_capture_time = pkt.capture;
         let write = RtpWrite::new(pt, seq.into(), time, pkt.received, pkt.payload.clone())
             .marker(pkt.marker)
+            .ext_vals(ext_vals)
             .nackable(true);
         if self
             .faults

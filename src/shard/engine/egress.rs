@@ -32,6 +32,8 @@
 
 use std::time::SystemTime;
 
+use str0m::rtp::AbsCaptureTime;
+
 use super::session::MediaPath;
 use super::*;
 use crate::dtls::SrtpKeys;
@@ -73,6 +75,8 @@ pub(super) struct Egress {
 struct OutTrack {
     mid: Mid,
     ssrc: u32,
+    /// The id the viewer gave the abs-capture-time header extension, if it negotiated it.
+    capture_id: Option<u8>,
     /// The track's RTX SSRC, and the next extended sequence number on it.
     rtx: Option<(u32, u64)>,
     /// 0 until the first packet tells it.
@@ -94,8 +98,8 @@ struct OutTrack {
 }
 
 /// A viewer's track as the egress is set up with it: its mid, send SSRC, RTX SSRC with the
-/// RTX stream's first sequence number.
-pub(super) type TrackSetup = (Mid, Ssrc, Option<(Ssrc, u16)>);
+/// RTX stream's first sequence number, and the abs-capture-time extension's id.
+pub(super) type TrackSetup = (Mid, Ssrc, Option<(Ssrc, u16)>, Option<u8>);
 
 /// What [`Egress::on_rtcp`] found in one RTCP datagram.
 #[derive(Default)]
@@ -131,9 +135,10 @@ impl Egress {
             rtx_pts,
             tracks: tracks
                 .iter()
-                .map(|&(mid, ssrc, rtx)| OutTrack {
+                .map(|&(mid, ssrc, rtx, capture_id)| OutTrack {
                     mid,
                     ssrc: *ssrc,
+                    capture_id,
                     rtx: rtx.map(|(ssrc, seq)| (*ssrc, seq as u64)),
                     clock_rate: 0,
                     packets: 0,
@@ -176,6 +181,7 @@ impl Egress {
             marker: pkt.marker,
             seq,
             time,
+            capture: track.capture_id.zip(pkt.capture),
         };
         let datagram = protect(buf, &self.srtp, header, &[], &pkt.payload);
         track.packets = track.packets.wrapping_add(1);
@@ -303,6 +309,7 @@ impl Egress {
             marker: pkt.marker,
             seq,
             time,
+            capture: track.capture_id.zip(pkt.capture),
         };
         let original = (seq as u16).to_be_bytes();
         let mut prefix = &[][..];
@@ -380,7 +387,7 @@ pub(super) fn answer_nacks(
     resent
 }
 
-/// An RTP header as the egress writes it: no CSRCs, no extensions.
+/// An RTP header as the egress writes it: no CSRCs; the one header extension forwarded.
 #[derive(Clone, Copy)]
 struct Header {
     ssrc: u32,
@@ -389,6 +396,8 @@ struct Header {
     /// Extended: the bits above 16 are the rollover counter.
     seq: u64,
     time: u32,
+    /// The publisher's abs-capture-time, with the id the viewer negotiated for it.
+    capture: Option<(u8, AbsCaptureTime)>,
 }
 
 /// Header, `prefix` and payload of one packet, SRTP-protected, written into `buf` (its
@@ -401,16 +410,50 @@ fn protect(
     payload: &[u8],
 ) -> Vec<u8> {
     buf.clear();
-    buf.reserve(12 + prefix.len() + payload.len() + srtp.profile().rtp_overhead());
-    buf.push(0x80);
+    buf.reserve(32 + prefix.len() + payload.len() + srtp.profile().rtp_overhead());
+    buf.push(if h.capture.is_some() { 0x90 } else { 0x80 });
     buf.push(((h.marker as u8) << 7) | (h.pt & 0x7f));
     buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
     buf.extend_from_slice(&h.time.to_be_bytes());
     buf.extend_from_slice(&h.ssrc.to_be_bytes());
+    if let Some((id, capture)) = h.capture {
+        write_capture_extension(&mut buf, id, &capture);
+    }
+    let header_len = buf.len();
     buf.extend_from_slice(prefix);
     buf.extend_from_slice(payload);
-    srtp.protect_rtp(&mut buf, 12, (h.seq >> 16) as u32);
+    srtp.protect_rtp(&mut buf, header_len, (h.seq >> 16) as u32);
     buf
+}
+
+/// Appends a header extension block with one abs-capture-time element: the RFC 8285
+/// one-byte form for ids 1-14 (8 bytes of NTP capture time, 16 with the clock offset), the
+/// two-byte form for 15 and above.
+/// <http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time>
+fn write_capture_extension(buf: &mut Vec<u8>, id: u8, t: &AbsCaptureTime) {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&ntp(t.capture_time).to_be_bytes());
+    let len = match t.clock_offset {
+        Some(offset) => {
+            value[8..].copy_from_slice(&offset.to_be_bytes());
+            16
+        }
+        None => 8,
+    };
+    let start = buf.len();
+    if id <= 14 {
+        buf.extend_from_slice(&[0xbe, 0xde, 0, 0]);
+        buf.push((id << 4) | (len as u8 - 1));
+    } else {
+        buf.extend_from_slice(&[0x10, 0x00, 0, 0]);
+        buf.extend_from_slice(&[id, len as u8]);
+    }
+    buf.extend_from_slice(&value[..len]);
+    while (buf.len() - start) % 4 != 0 {
+        buf.push(0);
+    }
+    let words = ((buf.len() - start - 4) / 4) as u16;
+    buf[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
 }
 
 /// RTCP by RFC 5761 §4: version 2 and a packet type of 192-223 in the second byte.

@@ -1,6 +1,8 @@
 //! Offer/answer: a new session's `Rtc` from its offer (RFC 9725 §4.2), and trickle and ICE
 //! restart by PATCH (§4.3).
 
+use str0m::rtp::Extension;
+
 use super::*;
 
 /// Longest wait for the peer's first datagram before the gateway checks the offer's
@@ -10,6 +12,9 @@ pub(super) const CANDIDATE_HOLD: Duration = Duration::from_millis(200);
 const STUN_INITIAL_RTO: Duration = Duration::from_millis(50);
 /// Longest wait between retransmissions of an ICE check, and the keepalive interval.
 const STUN_MAX_RTO: Duration = Duration::from_secs(1);
+/// The gateway's id for the abs-capture-time header extension: one str0m's standard map
+/// leaves free.
+const ABS_CAPTURE_TIME_ID: u8 = 12;
 /// str0m's report interval for viewers whose media the gateway sends itself: never, in
 /// practice (ten years).
 const NO_STR0M_REPORTS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -26,6 +31,9 @@ impl Engine {
             .enable_vp9(true)
             .enable_av1(true)
             .enable_opus(true, false)
+            // Forwarded from publishers to viewers unchanged (see `MediaPacket::capture`).
+            // The id is the gateway's for its own offers; answers take the offer's.
+            .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime)
             .set_stats_interval(
                 (self.config.media.stats_interval_secs > 0)
                     .then(|| Duration::from_secs(self.config.media.stats_interval_secs)),

@@ -1,6 +1,8 @@
 //! A viewer joining a stream: it starts on the cached GOP, paced so the burst does not overflow
 //! its path, or on the next keyframe.
 
+use str0m::rtp::Extension;
+
 use super::*;
 
 impl Engine {
@@ -61,12 +63,16 @@ impl Engine {
             let mids: Vec<Mid> = session.tracks.iter().map(|(m, _)| *m).collect();
             let mut out = Vec::new();
             for mid in mids {
+                let capture_id = session
+                    .rtc
+                    .media(mid)
+                    .and_then(|m| m.remote_extmap().id_of(Extension::AbsoluteCaptureTime));
                 if let Some(tx) = session.rtc.direct_api().stream_tx_by_mid(mid, None) {
                     tx.set_rtx_cache(resend, Duration::from_secs(3), None);
                     session.tx_ssrcs.push((mid, tx.ssrc()));
                     // RTX starts below the first rollover, as the media does.
                     let rtx = tx.rtx().map(|ssrc| (ssrc, self.rng.gen::<u16>() & 0x7fff));
-                    out.push((mid, tx.ssrc(), rtx));
+                    out.push((mid, tx.ssrc(), rtx, capture_id));
                 }
             }
             // Media leaves through the gateway's own egress once the keys are there (they
