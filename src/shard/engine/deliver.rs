@@ -268,8 +268,10 @@ impl Engine {
         let Some(tx) = tx else {
             return;
         };
-        let mut ext_vals = str0m::rtp::ExtensionValues::default();
-        ext_vals.abs_capture_time = pkt.capture;
+        let ext_vals = str0m::rtp::ExtensionValues {
+            abs_capture_time: pkt.capture,
+            ..Default::default()
+        };
         let write = RtpWrite::new(pt, seq.into(), time, pkt.received, pkt.payload.clone())
             .marker(pkt.marker)
             .ext_vals(ext_vals)
