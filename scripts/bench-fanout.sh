@@ -13,7 +13,8 @@
 # false sends viewers' media through str0m, media.direct_egress),
 # SINK (nft as root with nft installed, else bpf; see the load tool's --sink), SHARDS (1),
 # GATEWAY_CPUS (0), LOAD_CPUS (the other cores), MAX_SHARD_LOAD (1.0: admission off),
-# RESULTS (a file the reports' JSON lines are appended to), MAX_LOSS (0.5), MAX_CPU (0.95 per shard), RETRIES (2: a failed step is run again while the
+# RESULTS (a file the reports' JSON lines are appended to), SIMULCAST (1: the publisher sends
+# three layers, see the load tool's --simulcast), MAX_LOSS (0.5), MAX_CPU (0.95 per shard), RETRIES (2: a failed step is run again while the
 # gateway waited for its core, other work on a shared machine), BASE_URL and PID (measure that
 # server instead).
 set -euo pipefail
@@ -113,6 +114,7 @@ for n in $STEPS; do
     args=("$base" --stream "bench-$n-$try" --viewers "$n" --rate "$RATE" --seconds "$SECS"
       --samples "$SAMPLES" --sink "$SINK" --codec "$CODEC")
     [ -n "$pid" ] && args+=(--pid "$pid")
+    [ "${SIMULCAST:-0}" = 1 ] && args+=(--simulcast)
     echo "== $n viewers (load average $(cut -d' ' -f1 /proc/loadavg))"
     if ! out="$(taskset -c "$LOAD_CPUS" "$LOAD" "${args[@]}")"; then
       echo "the load tool failed at $n viewers" >&2

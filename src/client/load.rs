@@ -1139,16 +1139,23 @@ pub struct LoadConfig {
     pub after: Duration,
     /// Longest a viewer may take from its POST to ICE and DTLS up.
     pub connect_timeout: Duration,
+    /// Publish the video as [`SIMULCAST`] layers; viewers get the largest unless their path
+    /// says otherwise, so the sampled checks stay those of one stream.
+    pub simulcast: bool,
 }
+
+/// The load tool's simulcast layers: rid and how many times smaller than the set bitrate.
+pub const SIMULCAST: [(&str, usize); 3] = [("h", 1), ("m", 4), ("l", 16)];
 
 pub const USAGE: &str = "usage: load BASE_URL [--stream NAME] [--viewers N] [--rate PER_SEC] \
 [--seconds STEADY] [--samples N] [--pid PID] [--bitrate BPS] [--fps N] \
 [--codec h264|vp8|vp9|av1] [--sink nft|bpf|unread[:MS]] [--cheap-ip IP] [--token TOKEN] \
-[--whip URL] [--whep URL] [--settle SECS] [--after SECS]
+[--whip URL] [--whep URL] [--settle SECS] [--after SECS] [--simulcast]
 
 BASE_URL/whip/NAME and BASE_URL/whep/NAME unless --whip/--whep are given. Defaults: stream
 load, 100 viewers at 50/s, 20 s steady, 8 sampled viewers, 2500000 bit/s H264 at 30 fps plus
-Opus, sink bpf, settle 3 s, after 6 s (the gateway trims its heap every 5 s). --sink nft needs root; its cheap viewers bind 127.0.0.2
+Opus, sink bpf, settle 3 s, after 6 s (the gateway trims its heap every 5 s). --simulcast
+adds layers of a quarter and a sixteenth of the bitrate. --sink nft needs root; its cheap viewers bind 127.0.0.2
 when the server is on loopback.";
 
 impl LoadConfig {
@@ -1174,6 +1181,7 @@ impl LoadConfig {
             settle: Duration::from_secs(3),
             after: Duration::from_secs(6),
             connect_timeout: Duration::from_secs(20),
+            simulcast: false,
         };
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -1198,6 +1206,7 @@ impl LoadConfig {
                 "--whep" => whep = Some(value()?),
                 "--settle" => c.settle = seconds(&value()?)?,
                 "--after" => c.after = seconds(&value()?)?,
+                "--simulcast" => c.simulcast = true,
                 s if s.starts_with("--") => return Err(format!("unknown option {s}")),
                 s if base.is_none() => base = Some(s.trim_end_matches('/').to_string()),
                 s => return Err(format!("unexpected argument {s}")),
@@ -1236,6 +1245,9 @@ impl LoadConfig {
         // An encoder with a fixed keyframe interval, as OBS and x264 run: joins do not change
         // the stream.
         feed.honor_keyframe_requests = false;
+        if self.simulcast {
+            feed = feed.with_layers(&SIMULCAST);
+        }
         feed
     }
 }
@@ -1482,7 +1494,11 @@ pub async fn run(c: &LoadConfig) -> Result<LoadReport, String> {
         o
     };
 
-    let publisher = Publisher::start(&c.whip, client(false), c.feed())
+    let mut publishing = client(false);
+    if c.simulcast {
+        publishing.peer.simulcast = SIMULCAST.iter().map(|(r, _)| r.to_string()).collect();
+    }
+    let publisher = Publisher::start(&c.whip, publishing, c.feed())
         .await
         .map_err(|e| format!("publisher: {e}"))?;
     publisher
