@@ -188,3 +188,31 @@ fn check_viewer_codecs(offer: &Offer, publisher: &PublisherEntry) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_codec_refusals_are_countered() {
+        let kind = Kind::Video;
+        assert!(counter_offerable(&OfferError::NotPublished {
+            kind,
+            sent: "H264".into()
+        }));
+        assert!(counter_offerable(&OfferError::H264Mode0));
+        assert!(counter_offerable(&OfferError::NoCommonCodec {
+            kind,
+            supported: "H264".into()
+        }));
+        for shape in [
+            OfferError::Unbundled(2),
+            OfferError::PassiveSetup,
+            OfferError::TooManyTracks(kind),
+            OfferError::NoMedia,
+            OfferError::Malformed("x".into()),
+        ] {
+            assert!(!counter_offerable(&shape), "{shape:?}");
+        }
+    }
+}

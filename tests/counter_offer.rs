@@ -264,6 +264,7 @@ async fn a_player_without_the_publishers_codec_gets_a_counter_offer() {
     assert_eq!(answered.status, 204, "answer taken: {}", answered.text());
     assert!(answered.body.is_empty());
     assert_eq!(gw.session_count(), 2);
+    assert_eq!(viewers_of(&gw, "co").await, 1, "one viewer, answered");
 
     // The session is an ordinary one now: DELETE ends it.
     assert_eq!(send("DELETE", &url, &[], Vec::new()).await.status, 200);

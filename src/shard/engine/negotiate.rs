@@ -712,3 +712,75 @@ fn add_candidate(
     })?;
     Some(added.map(|known| s.peer_candidates.push(known)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\n\
+        a=group:BUNDLE 0 1\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:0\r\na=sendonly\r\n\
+        a=rtpmap:96 H264/90000\r\na=rtpmap:97 rtx/90000\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=sendonly\r\n\
+        a=rtpmap:111 opus/48000/2\r\n";
+
+    fn check(answer: &str) -> Result<Vec<(Mid, Kind)>, SessionError> {
+        let offer = Offer::parse(OFFER).expect("offer parses");
+        check_counter_answer(&offer, &Offer::parse(answer).expect("answer parses"))
+    }
+
+    fn answer(video: &str, audio: &str) -> String {
+        format!(
+            "v=0\r\na=group:BUNDLE 0 1\r\n{video}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n\
+             {audio}\r\na=rtpmap:111 opus/48000/2\r\n"
+        )
+    }
+
+    const VIDEO: &str = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=recvonly\r\n\
+        a=rtpmap:96 H264/90000\r\n";
+
+    #[test]
+    fn a_recvonly_answer_with_an_offered_codec_is_taken() {
+        let mids = check(&answer(VIDEO, "a=recvonly")).expect("taken");
+        assert_eq!(
+            mids,
+            vec![(Mid::from("0"), Kind::Video), (Mid::from("1"), Kind::Audio)]
+        );
+    }
+
+    #[test]
+    fn a_rejected_m_section_is_left_out_but_not_every_one() {
+        let rejected = "m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=recvonly\r\n\
+            a=rtpmap:96 H264/90000\r\n";
+        let mids = check(&answer(rejected, "a=recvonly")).expect("audio only");
+        assert_eq!(mids, vec![(Mid::from("1"), Kind::Audio)]);
+        let none = "v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+            m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";
+        assert!(matches!(
+            check(none),
+            Err(SessionError::UnacceptableAnswer(_))
+        ));
+    }
+
+    #[test]
+    fn sendrecv_inactive_and_unoffered_codecs_are_refused() {
+        for dir in ["a=sendrecv", "a=inactive", "a=sendonly"] {
+            let r = check(&answer(VIDEO, dir));
+            assert!(
+                matches!(&r, Err(SessionError::UnacceptableAnswer(m)) if m.contains("recvonly")),
+                "{dir}: {r:?}"
+            );
+        }
+        let vp8 = VIDEO.replace("H264", "VP8");
+        let r = check(&answer(&vp8, "a=recvonly"));
+        assert!(
+            matches!(&r, Err(SessionError::UnacceptableAnswer(m)) if m.contains("H264")),
+            "{r:?}"
+        );
+        let one = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=recvonly\r\n";
+        assert!(matches!(
+            check(one),
+            Err(SessionError::UnacceptableAnswer(_))
+        ));
+    }
+}
