@@ -356,7 +356,8 @@ impl Offer {
     }
 }
 
-fn dir_name(d: Dir) -> &'static str {
+/// The attribute's name, as SDP writes it.
+pub fn dir_name(d: Dir) -> &'static str {
     match d {
         Dir::SendRecv => "sendrecv",
         Dir::SendOnly => "sendonly",

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::hub::{ClaimError, Hub, PublisherEntry};
 use crate::sdp::{Kind, Offer, OfferError};
 use crate::session::{Role, SessionId};
-use crate::shard::{Command, CreateSession, Created, SessionError};
+use crate::shard::{Command, CounterOfferSession, Countered, CreateSession, Created, SessionError};
 
 /// Why a new session was refused before it reached a shard.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,69 @@ pub fn admit(
     })
 }
 
+/// Whether a viewer whose offer was refused with `e` gets the gateway's own offer instead (a
+/// WHEP counter-offer): its offer names no codec the publisher sends in a form it takes, yet
+/// the player may well decode one (a JSEP player answers with any codec it supports, and
+/// the WHEP draft requires players to take counter-offers). Offers refused for their shape
+/// (directions, several tracks of a kind, no BUNDLE, a=setup:passive) stay refused: a player
+/// that sends such an offer is not one a counter-offer would fix.
+pub fn counter_offerable(e: &OfferError) -> bool {
+    matches!(
+        e,
+        OfferError::NotPublished { .. } | OfferError::H264Mode0 | OfferError::NoCommonCodec { .. }
+    )
+}
+
+/// A viewer registered for a counter-offer, on its way to its shard.
+pub struct AdmittedCounter {
+    pub id: SessionId,
+    pub shard: usize,
+    pub stream: Arc<str>,
+    pub command: Command,
+    pub reply: oneshot::Receiver<Result<Countered, SessionError>>,
+}
+
+/// Registers viewer `id` of `stream`, whose offer was `refused` (see [`counter_offerable`]),
+/// for the gateway's own offer of what the publisher sends. Without a publisher whose codecs
+/// are known there is nothing to offer: the refusal stands.
+pub fn admit_counter(
+    hub: &Hub,
+    config: &Config,
+    id: SessionId,
+    stream: &str,
+    refused: OfferError,
+) -> Result<AdmittedCounter, AdmitError> {
+    let placed = match hub.register(id, stream, Role::Play, &config.limits, Default::default()) {
+        Ok(p) => p,
+        Err(ClaimError::NoPublisher) => return Err(refused.into()),
+        Err(e) => return Err(AdmitError::Claim(e)),
+    };
+    let Some(p) = placed
+        .publisher
+        .filter(|p| !(p.video_codecs.is_empty() && p.audio_codecs.is_empty()))
+    else {
+        hub.unregister(id);
+        return Err(refused.into());
+    };
+    let (tx, reply) = oneshot::channel();
+    let command = Command::CounterOffer(Box::new(CounterOfferSession {
+        id,
+        stream: placed.stream.clone(),
+        video_codecs: p.video_codecs,
+        audio_codecs: p.audio_codecs,
+        h264_mode1: p.h264_mode1,
+        valid_for: config.timeouts.counter_offer(),
+        reply: tx,
+    }));
+    Ok(AdmittedCounter {
+        id,
+        shard: placed.shard,
+        stream: placed.stream,
+        command,
+        reply,
+    })
+}
+
 /// The shard created the session: a publisher's negotiated codecs go to the hub, so viewers
 /// that cannot decode them are refused.
 pub fn created(hub: &Hub, role: Role, stream: &str, id: SessionId, created: &Created) {
@@ -124,4 +187,32 @@ fn check_viewer_codecs(offer: &Offer, publisher: &PublisherEntry) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_codec_refusals_are_countered() {
+        let kind = Kind::Video;
+        assert!(counter_offerable(&OfferError::NotPublished {
+            kind,
+            sent: "H264".into()
+        }));
+        assert!(counter_offerable(&OfferError::H264Mode0));
+        assert!(counter_offerable(&OfferError::NoCommonCodec {
+            kind,
+            supported: "H264".into()
+        }));
+        for shape in [
+            OfferError::Unbundled(2),
+            OfferError::PassiveSetup,
+            OfferError::TooManyTracks(kind),
+            OfferError::NoMedia,
+            OfferError::Malformed("x".into()),
+        ] {
+            assert!(!counter_offerable(&shape), "{shape:?}");
+        }
+    }
 }

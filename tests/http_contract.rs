@@ -726,10 +726,19 @@ async fn rfc9725_4_3_1_patch_with_another_content_type_is_415() {
         frag.as_str(),
     )
     .await;
-    assert_problem(&sdp, 415, "PATCH application/sdp");
+    // SDP is what answers a counter-offer; this session has none waiting (RFC 9110 §15.5.10).
+    assert_problem(&sdp, 409, "PATCH application/sdp");
+    let text = send(
+        "PATCH",
+        &url,
+        &[("content-type", "text/plain"), ("if-match", &etag)],
+        frag.as_str(),
+    )
+    .await;
+    assert_problem(&text, 415, "PATCH text/plain");
     // RFC 5789 §3.1: a 415 to a PATCH names the accepted type in Accept-Patch.
-    assert_eq!(sdp.header("accept-patch"), Some(SDPFRAG));
-    assert_eq!(sdp.header("accept-post"), None);
+    assert_eq!(text.header("accept-patch"), Some(SDPFRAG));
+    assert_eq!(text.header("accept-post"), None);
     let none = send("PATCH", &url, &[("if-match", &etag)], frag.as_str()).await;
     assert_problem(&none, 415, "PATCH without Content-Type");
     // A fragment that is not SDP at all is a 400.
@@ -1096,7 +1105,7 @@ fn h264_viewer_offer() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rfc6184_8_1_h264_viewer_only_in_packetization_mode_0_is_422() {
+async fn rfc6184_8_1_h264_viewer_only_in_packetization_mode_0_gets_a_mode_1_counter_offer() {
     let gw = start(contract_config()).await;
     let _publisher = live_publisher(&gw, "s").await;
     let both = h264_viewer_offer();
@@ -1104,15 +1113,28 @@ async fn rfc6184_8_1_h264_viewer_only_in_packetization_mode_0_is_422() {
     // The same offer with every H264 payload type in mode 0 (RFC 6184: absent means 0).
     let mode0 = both.replace("packetization-mode=1", "packetization-mode=0");
     let r = post_sdp(&whep(&gw, "s"), &mode0).await;
-    assert_problem(&r, 422, "H264 in mode 0 for a mode-1 publisher");
-    assert!(r.text().contains("packetization-mode"), "{}", r.text());
+    assert_eq!(
+        r.status,
+        406,
+        "H264 in mode 0 for a mode-1 publisher: {}",
+        r.text()
+    );
+    let counter = r.text();
+    let fmtps: Vec<&str> = counter
+        .lines()
+        .filter(|l| l.starts_with("a=fmtp:") && l.contains("packetization-mode"))
+        .collect();
+    assert!(
+        !fmtps.is_empty() && fmtps.iter().all(|l| l.contains("packetization-mode=1")),
+        "the counter-offer has H264 in mode 1 only: {counter}"
+    );
     let r = post_sdp(&whep(&gw, "s"), &both).await;
     assert_eq!(r.status, 201, "mode 1 offered: {}", r.text());
     gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn whep_viewer_without_the_publishers_codec_is_422_naming_it() {
+async fn whep_viewer_without_the_publishers_codec_gets_a_counter_offer_of_it() {
     let gw = start(contract_config()).await;
     let _publisher = live_publisher(&gw, "s").await;
     let vp8 = str0m_offer(
@@ -1125,12 +1147,19 @@ async fn whep_viewer_without_the_publishers_codec_is_422_naming_it() {
         &[MediaKind::Video, MediaKind::Audio],
     );
     let r = post_sdp(&whep(&gw, "s"), &vp8).await;
-    assert_problem(&r, 422, "VP8 viewer of an H264 stream");
+    assert_eq!(r.status, 406, "VP8 viewer of an H264 stream: {}", r.text());
     assert!(
-        r.text().contains("the stream's publisher sends (H264)"),
-        "{}",
-        r.text()
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("application/sdp; valid-until=")),
+        "{:?}",
+        r.header("content-type")
     );
+    let counter = r.text();
+    assert!(counter.contains(" H264/90000"), "{counter}");
+    assert!(!counter.contains(" VP8/90000"), "{counter}");
+    // Without a publisher there is nothing to counter with: a stream's codecs are unknown.
+    let r = post_sdp(&whep(&gw, "none"), &vp8).await;
+    assert_problem(&r, 409, "VP8 viewer of a stream without a publisher");
     gw.shutdown().await;
 }
 
@@ -1183,7 +1212,8 @@ fn bundle_only_second(sdp: &str) -> String {
 }
 
 /// RFC 8843 §6: a section with port 0 and `a=bundle-only` is part of the bundle, not rejected:
-/// it is answered, and its codecs count (a viewer's bundle-only video must fit the stream).
+/// it is answered, and its codecs count (a viewer's bundle-only video that does not fit the
+/// stream gets a counter-offer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc8843_6_bundle_only_section_with_port_0_is_live() {
     let gw = start(contract_config()).await;
@@ -1211,6 +1241,12 @@ async fn rfc8843_6_bundle_only_section_with_port_0_is_live() {
         &[MediaKind::Audio, MediaKind::Video],
     );
     let r = post_sdp(&whep(&gw, "s"), &bundle_only_second(&vp8_viewer)).await;
-    assert_problem(&r, 422, "bundle-only VP8 video for an H264 stream");
+    // Its codecs count: VP8 only, it is countered with the stream's H264.
+    assert_eq!(
+        r.status,
+        406,
+        "bundle-only VP8 video for an H264 stream: {}",
+        r.text()
+    );
     gw.shutdown().await;
 }

@@ -135,7 +135,12 @@ pub async fn require(State(guard): State<Guard>, req: Request, next: Next) -> Re
                 }
             }
             let res = next.run(req).await;
-            if method == Method::POST && res.status() == StatusCode::CREATED {
+            // A 406 created a session too: the one a counter-offer's answer is PATCHed to.
+            let created = matches!(
+                res.status(),
+                StatusCode::CREATED | StatusCode::NOT_ACCEPTABLE
+            );
+            if method == Method::POST && created {
                 if let (Some(t), Some(id)) = (&token, created_session(&res)) {
                     guard.hub.set_owner(id, token_hash(t));
                 }

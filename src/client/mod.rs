@@ -62,6 +62,9 @@ pub struct ClientOptions {
     /// whose UDP is blocked offers. Media then runs over one TCP connection to the endpoint's
     /// passive candidate, framed per RFC 4571.
     pub tcp: bool,
+    /// Viewer: video codecs it also accepts when it answers a counter-offer (a WHEP 406),
+    /// beyond the one it offered.
+    pub answer_codecs: Vec<VideoCodec>,
 }
 
 impl Default for ClientOptions {
@@ -82,6 +85,7 @@ impl From<PeerOptions> for ClientOptions {
             unbundled: false,
             dtls_cert: None,
             tcp: false,
+            answer_codecs: Vec::new(),
         }
     }
 }
@@ -205,7 +209,9 @@ impl Peer {
         Peer::start(Role::Publish, endpoint_url, opts.into()).await
     }
 
-    /// POST a recvonly offer to a WHEP endpoint.
+    /// POST a recvonly offer to a WHEP endpoint. A counter-offer (406) is answered by PATCH,
+    /// as the WHEP draft requires of players, with the codecs of the options and
+    /// [`ClientOptions::answer_codecs`].
     pub async fn play(
         endpoint_url: &str,
         opts: impl Into<ClientOptions>,
@@ -622,8 +628,9 @@ pub(crate) struct Negotiated {
     pub etag: Option<String>,
     /// The offer as POSTed.
     pub offer_sdp: String,
+    /// The endpoint's SDP: its answer, or its counter-offer.
     pub answer_sdp: String,
-    /// When the 201 arrived.
+    /// When the 201 arrived (the 204 to the answer of a counter-offer).
     pub posted_at: Instant,
 }
 
@@ -663,6 +670,9 @@ pub(crate) async fn negotiate(
     )
     .await?;
     let posted_at = Instant::now();
+    if role == Role::Play && resp.status == 406 {
+        return answer_counter_offer(endpoint_url, opts, local_addr, offer, resp).await;
+    }
     if resp.status != 201 {
         return Err(ClientError::Http {
             status: resp.status,
@@ -692,6 +702,66 @@ pub(crate) async fn negotiate(
         offer_sdp: offer,
         answer_sdp,
         posted_at,
+    })
+}
+
+/// A viewer's answer to the endpoint's counter-offer in `resp` (a 406), PATCHed to the
+/// session it names: a new core, since the one that made the refused offer is spent.
+async fn answer_counter_offer(
+    endpoint_url: &str,
+    opts: &ClientOptions,
+    local_addr: SocketAddr,
+    posted_offer: String,
+    resp: http::Response,
+) -> Result<Negotiated, ClientError> {
+    let location = resp
+        .header("location")
+        .ok_or_else(|| ClientError::Protocol("406 without Location header".into()))?;
+    let location = http::resolve_url(endpoint_url, location)?;
+    let etag = resp.header("etag").map(str::to_string);
+    let mut offer_sdp = String::from_utf8(resp.body)
+        .map_err(|_| ClientError::Sdp("counter-offer is not UTF-8".into()))?;
+    if let Some(relay) = &opts.relay {
+        offer_sdp = relay
+            .rewrite_candidates(&offer_sdp)
+            .map_err(|e| ClientError::Io(std::io::Error::other(e.to_string())))?;
+    }
+    let mut config = PeerCore::rtc_config(&opts.peer);
+    for codec in &opts.answer_codecs {
+        config = PeerCore::with_video(config, *codec);
+    }
+    if let Some(cert) = &opts.dtls_cert {
+        config = config.set_dtls_cert(cert.clone());
+    }
+    let mut core = PeerCore::new(Role::Play, opts.peer.clone(), config, Instant::now());
+    let answer = core.answer(Instant::now(), local_addr, opts.tcp, &offer_sdp)?;
+    let mut headers = vec![("content-type", "application/sdp".to_string())];
+    if let Some(token) = &opts.bearer {
+        headers.push(("authorization", format!("Bearer {token}")));
+    }
+    let header_refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let patched = signal(
+        opts.h3.as_deref(),
+        "PATCH",
+        &location,
+        &header_refs,
+        answer.into_bytes(),
+    )
+    .await?;
+    if patched.status != 204 {
+        return Err(ClientError::Http {
+            status: patched.status,
+            body: patched.text(),
+        });
+    }
+    Ok(Negotiated {
+        core,
+        location,
+        etag,
+        offer_sdp: posted_offer,
+        answer_sdp: offer_sdp,
+        // The session starts with the answer, as another starts with its 201.
+        posted_at: Instant::now(),
     })
 }
 

@@ -223,6 +223,9 @@ pub struct TimeoutsConfig {
     /// media, in the sessions they have; then they get the stream's end (RTCP BYE and DTLS
     /// close_notify) and are removed.
     pub publisher_grace_secs: f64,
+    /// How long a WHEP counter-offer waits for the player's answer (its `valid-until`); an
+    /// unanswered one is then removed. The draft's default when none is given is 30 s.
+    pub counter_offer_secs: f64,
 }
 
 impl Default for TimeoutsConfig {
@@ -231,6 +234,7 @@ impl Default for TimeoutsConfig {
             connect_secs: 20.0,
             consent_secs: 30.0,
             publisher_grace_secs: 10.0,
+            counter_offer_secs: 30.0,
         }
     }
 }
@@ -241,6 +245,16 @@ impl TimeoutsConfig {
     }
     pub fn consent(&self) -> Duration {
         Duration::from_secs_f64(self.consent_secs.max(0.1))
+    }
+    /// At least a second (a valid-until has a second's resolution), up to an hour; NaN as
+    /// the draft's default of 30 s, never a panic.
+    pub fn counter_offer(&self) -> Duration {
+        let secs = if self.counter_offer_secs.is_nan() {
+            30.0
+        } else {
+            self.counter_offer_secs.clamp(1.0, 3600.0)
+        };
+        Duration::from_secs_f64(secs)
     }
     /// Up to a day; NaN (which `validate` refuses) as none, never a panic.
     pub fn publisher_grace(&self) -> Duration {
@@ -480,6 +494,9 @@ impl Config {
         let grace = self.timeouts.publisher_grace_secs;
         if !(0.0..=86_400.0).contains(&grace) {
             return bad("timeouts.publisher_grace_secs: must be from 0 to 86400 seconds");
+        }
+        if !(1.0..=3600.0).contains(&self.timeouts.counter_offer_secs) {
+            return bad("timeouts.counter_offer_secs: must be from 1 to 3600 seconds");
         }
         self.auth.validate()?;
         for s in &self.ice_servers {

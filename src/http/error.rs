@@ -109,7 +109,11 @@ impl ApiError {
                 S::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
                 S::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
                 S::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-                S::Layer(_) => StatusCode::BAD_REQUEST,
+                S::Layer(_) | S::MalformedAnswer(_) => StatusCode::BAD_REQUEST,
+                S::UnacceptableAnswer(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                // The resource takes SDP answers, but not in its current state (RFC 9110
+                // §15.5.10): the media type is right, so not 415.
+                S::NotAwaitingAnswer | S::AwaitingAnswer => StatusCode::CONFLICT,
             },
         }
     }
@@ -152,6 +156,10 @@ impl ApiError {
             ApiError::Session(S::PreconditionFailed) => "etag-mismatch",
             ApiError::Session(S::Unavailable) => "shard-unavailable",
             ApiError::Session(S::Layer(_)) => "bad-layer-selection",
+            ApiError::Session(S::MalformedAnswer(_)) => "malformed-sdp",
+            ApiError::Session(S::UnacceptableAnswer(_)) => "unsupported-answer",
+            ApiError::Session(S::NotAwaitingAnswer) => "no-answer-expected",
+            ApiError::Session(S::AwaitingAnswer) => "answer-expected",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! the chosen shard and await its answer. No media passes here.
 
 pub mod api;
+pub mod counter;
 pub mod error;
 pub mod events;
 pub mod layer;
@@ -312,19 +313,13 @@ async fn endpoint(
         .map_err(|_| SessionError::Offer(OfferError::Malformed("not UTF-8".into())))?;
     let id = SessionId::random();
     let retry = config.http.retry_after_secs;
-    let admitted = signalling::admit(&app.hub, &config, id, role, &stream, &offer_sdp).map_err(
-        |e| match e {
-            AdmitError::Offer(e) => ApiError::Session(SessionError::Offer(e)),
-            AdmitError::Claim(ClaimError::PublisherExists) => {
-                ApiError::PublisherExists(stream.clone())
-            }
-            AdmitError::Claim(ClaimError::NoPublisher) => {
-                ApiError::NoPublisher(stream.clone(), retry)
-            }
-            AdmitError::Claim(ClaimError::Full) => ApiError::Full(retry),
-            AdmitError::Claim(ClaimError::Overloaded) => ApiError::Overloaded(retry),
-        },
-    )?;
+    let admitted = match signalling::admit(&app.hub, &config, id, role, &stream, &offer_sdp) {
+        // WHEP: an offer the gateway cannot serve as it is gets the gateway's own.
+        Err(AdmitError::Offer(e)) if role == Role::Play && signalling::counter_offerable(&e) => {
+            return counter::offer(&app, &config, &stream, e).await;
+        }
+        r => r.map_err(|e| admit_error(e, &stream, retry))?,
+    };
     let registered = Registered {
         hub: &app.hub,
         id: Some(id),
@@ -345,30 +340,56 @@ async fn endpoint(
     };
     let location = format!("/{prefix}/{stream}/{id}");
     let mut res = (StatusCode::CREATED, created.answer).into_response();
+    session_headers(&mut res, &location, &created.etag, &config);
+    if role == Role::Play {
+        whep_links(&mut res, &location);
+    }
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    Ok(res)
+}
+
+/// Why a new session was refused, as the client is told.
+fn admit_error(e: AdmitError, stream: &str, retry: u32) -> ApiError {
+    match e {
+        AdmitError::Offer(e) => ApiError::Session(SessionError::Offer(e)),
+        AdmitError::Claim(ClaimError::PublisherExists) => {
+            ApiError::PublisherExists(stream.to_string())
+        }
+        AdmitError::Claim(ClaimError::NoPublisher) => {
+            ApiError::NoPublisher(stream.to_string(), retry)
+        }
+        AdmitError::Claim(ClaimError::Full) => ApiError::Full(retry),
+        AdmitError::Claim(ClaimError::Overloaded) => ApiError::Overloaded(retry),
+    }
+}
+
+/// The headers of a new session's resource: `Location`, `ETag` and the ICE servers' `Link`s,
+/// the same on a 201 and on a 406 with a counter-offer.
+fn session_headers(res: &mut Response, location: &str, etag: &str, config: &Config) {
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
-    if let Ok(v) = HeaderValue::from_str(&location) {
+    if let Ok(v) = HeaderValue::from_str(location) {
         h.insert(header::LOCATION, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&created.etag) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
-    for link in ice_server_links(&config) {
+    for link in ice_server_links(config) {
         if let Ok(v) = HeaderValue::from_str(&link) {
             h.append(header::LINK, v);
         }
     }
-    if role == Role::Play {
-        // Viewers may follow the stream's events (WHEP server-sent events extension).
-        // and pick their simulcast layer (layer selection extension, which needs the
-        // events' `layers`).
-        for link in [events::link(&location), layer::link(&location)] {
-            if let Ok(v) = HeaderValue::from_str(&link) {
-                h.append(header::LINK, v);
-            }
+}
+
+/// The WHEP extensions' `Link`s of a viewer's session at `location`, on its 201 and on a
+/// 406 with a counter-offer: the stream's events (server-sent events extension) and the
+/// choice of simulcast layer (layer selection extension, which needs the events' `layers`).
+pub(crate) fn whep_links(res: &mut Response, location: &str) {
+    for link in [events::link(location), layer::link(location)] {
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            res.headers_mut().append(header::LINK, v);
         }
     }
-    Ok(res)
 }
 
 /// `GET /api/streams`: the streams with a publisher or viewers, by name, with their figures.
@@ -431,6 +452,10 @@ async fn session(
             let (tx, rx) = oneshot::channel();
             ask(&app, entry.shard, Command::Delete { id, reply: tx }, rx).await?;
             Ok(StatusCode::OK.into_response())
+        }
+        // WHEP: the answer to a counter-offer.
+        Method::PATCH if counter::is_answer(&headers) => {
+            counter::answer(&app, entry.shard, id, &headers, body).await
         }
         Method::PATCH => {
             check_content_type(&headers, SDPFRAG)?;

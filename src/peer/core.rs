@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{
     Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt, Rid,
@@ -85,13 +85,9 @@ impl PeerCore {
             .set_stats_interval(opts.stats_interval)
             .enable_raw_packets(opts.raw_packets)
             .clear_codecs();
-        cfg = match opts.video {
-            Some(VideoCodec::H264) => cfg.enable_h264(true),
-            Some(VideoCodec::Vp8) => cfg.enable_vp8(true),
-            Some(VideoCodec::Vp9) => cfg.enable_vp9(true),
-            Some(VideoCodec::Av1) => cfg.enable_av1(true),
-            None => cfg,
-        };
+        if let Some(codec) = opts.video {
+            cfg = PeerCore::with_video(cfg, codec);
+        }
         if opts.audio {
             cfg = cfg.enable_opus(true, false);
         }
@@ -102,6 +98,17 @@ impl PeerCore {
         // ping interval); str0m starts at 250 ms, doubling.
         cfg.set_initial_stun_rto(STUN_INITIAL_RTO);
         cfg
+    }
+
+    /// `cfg` taking `codec` as well: a viewer answering a counter-offer may accept more
+    /// than it offered.
+    pub fn with_video(cfg: RtcConfig, codec: VideoCodec) -> RtcConfig {
+        match codec {
+            VideoCodec::H264 => cfg.enable_h264(true),
+            VideoCodec::Vp8 => cfg.enable_vp8(true),
+            VideoCodec::Vp9 => cfg.enable_vp9(true),
+            VideoCodec::Av1 => cfg.enable_av1(true),
+        }
     }
 
     /// A peer on `config` (from [`PeerCore::rtc_config`] of `opts`); [`PeerCore::offer`] next.
@@ -195,6 +202,54 @@ impl PeerCore {
         } else {
             offer
         })
+    }
+
+    /// A viewer's answer to the endpoint's counter-offer (a WHEP 406), on `local` as its only
+    /// candidate (an active ICE-TCP one on its address if `tcp`); ICE and DTLS then run once
+    /// the endpoint has it. With [`PeerOptions::dtls_active`] the answer takes the DTLS
+    /// client role (`a=setup:active`); str0m would otherwise answer `passive`.
+    pub fn answer(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        tcp: bool,
+        offer_sdp: &str,
+    ) -> Result<String, PeerError> {
+        let candidate = if tcp {
+            Candidate::builder()
+                .tcp()
+                .host(SocketAddr::new(local.ip(), TCP_ACTIVE_PORT))
+                .tcptype(TcpType::Active)
+                .build()
+        } else {
+            Candidate::host(local, "udp")
+        };
+        let candidate = candidate.map_err(|e| PeerError::Candidate(e.to_string()))?;
+        self.rtc.add_local_candidate(candidate);
+        self.drain(now);
+        // str0m answers the inverse of the role it is offered.
+        let given = if self.opts.dtls_active {
+            offer_sdp.replace("a=setup:actpass", "a=setup:passive")
+        } else {
+            offer_sdp.to_string()
+        };
+        let offer =
+            SdpOffer::from_sdp_string(&given).map_err(|e| PeerError::Answer(e.to_string()))?;
+        let accepted = self.rtc.sdp_api().accept_offer(offer);
+        self.drain(now);
+        let answer = accepted?;
+        if let Ok(shape) = crate::sdp::Offer::parse(offer_sdp) {
+            for s in shape.sections.iter().filter(|s| !s.port_zero) {
+                let slot = match s.kind {
+                    Some(crate::sdp::Kind::Video) => 0,
+                    Some(crate::sdp::Kind::Audio) => 1,
+                    None => continue,
+                };
+                self.mids[slot] = s.mid.as_deref().map(Mid::from);
+            }
+        }
+        self.answer_sdp = offer_sdp.to_string();
+        Ok(answer.to_sdp_string())
     }
 
     /// Applies the endpoint's answer to the offer; ICE and DTLS then run.

@@ -38,6 +38,24 @@ pub enum SessionError {
     /// A layer selection that cannot be served; the string says why.
     #[error("{0}")]
     Layer(String),
+    /// The answer to a counter-offer is not SDP.
+    #[error("the answer is not SDP: {0}")]
+    MalformedAnswer(String),
+    /// The answer to a counter-offer is SDP that cannot be served; the string says why.
+    #[error("the answer cannot be served: {0}")]
+    UnacceptableAnswer(String),
+    /// An SDP answer to a session that has no counter-offer waiting for one.
+    #[error(
+        "this session is not waiting for an SDP answer: only the answer to the endpoint's \
+         counter-offer (406) may be PATCHed as application/sdp, once"
+    )]
+    NotAwaitingAnswer,
+    /// Trickle or ICE restart before the counter-offer was answered.
+    #[error(
+        "this session waits for the SDP answer to its counter-offer: PATCH that \
+         (application/sdp) first"
+    )]
+    AwaitingAnswer,
 }
 
 /// A new session's answer.
@@ -56,6 +74,26 @@ pub enum Patched {
     Restarted { fragment: String, etag: String },
 }
 
+/// The gateway's own offer to a viewer (a WHEP counter-offer), waiting for its answer.
+#[derive(Debug)]
+pub struct Countered {
+    pub offer: String,
+    pub etag: String,
+}
+
+/// A viewer to be served the gateway's own offer: its m-lines carry the codecs the stream's
+/// publisher sends (upper-case SDP names), and it waits `valid_for` for the answer.
+pub struct CounterOfferSession {
+    pub id: SessionId,
+    pub stream: Arc<str>,
+    pub video_codecs: Vec<String>,
+    pub audio_codecs: Vec<String>,
+    /// The publisher's H264 comes in packetization mode 1: mode 0 is not offered.
+    pub h264_mode1: bool,
+    pub valid_for: std::time::Duration,
+    pub reply: oneshot::Sender<Result<Countered, SessionError>>,
+}
+
 pub struct CreateSession {
     pub id: SessionId,
     pub stream: Arc<str>,
@@ -67,6 +105,14 @@ pub struct CreateSession {
 /// Requests from the HTTP control plane to a shard.
 pub enum Command {
     Create(Box<CreateSession>),
+    /// A viewer whose offer cannot be served as it is gets the gateway's offer instead.
+    CounterOffer(Box<CounterOfferSession>),
+    /// The viewer's SDP answer to its counter-offer.
+    Answer {
+        id: SessionId,
+        answer_sdp: String,
+        reply: oneshot::Sender<Result<(), SessionError>>,
+    },
     Delete {
         id: SessionId,
         reply: oneshot::Sender<Result<(), SessionError>>,

@@ -35,8 +35,8 @@ use tracing::{debug, info, warn, Span};
 
 use super::counters::Counters;
 use super::{
-    Command, Created, HubUpdate, Patched, PeerMsg, SessionError, SessionStats, StreamTotals,
-    Transmit,
+    Command, CounterOfferSession, Countered, Created, HubUpdate, Patched, PeerMsg, SessionError,
+    SessionStats, StreamTotals, Transmit,
 };
 use crate::config::Config;
 use crate::fanout::{is_keyframe, History, MediaPacket, Pushed, StreamCache, TrackRewriter};
@@ -46,7 +46,10 @@ use crate::simulcast::Layers;
 use crate::stun::{self, CheckCopies};
 use demux::Demux;
 pub use isolate::{Faults, Site};
-use session::{session_span, Incoming, NewSession, Session, TrackReport};
+use negotiate::OfferedCodecs;
+use session::{
+    session_span, AwaitingAnswer, Incoming, NewRtcSession, NewSession, Session, TrackReport,
+};
 
 /// How often sessions are checked for connect and consent timeouts and held keyframe requests.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -60,6 +63,8 @@ const SHED_PER_WINDOW_DIVISOR: usize = 32;
 const PANIC: &str = "panic in WebRTC stack";
 /// Removal reason for a session whose peer closed it (DTLS close_notify).
 const CLOSED_BY_PEER: &str = "closed";
+/// Removal reason for a viewer that did not answer the gateway's counter-offer in time.
+const COUNTER_OFFER_EXPIRED: &str = "counter-offer not answered in time";
 /// Removal reason for a viewer whose publisher did not come back within the grace period.
 const STREAM_ENDED: &str = "stream ended: no publisher";
 
@@ -322,6 +327,42 @@ impl Engine {
                 }
                 self.outbox.reply(reply, result);
             }
+            Command::CounterOffer(c) => {
+                let span = session_span(c.id, &c.stream, Role::Play);
+                let _entered = span.enter();
+                let CounterOfferSession {
+                    id,
+                    stream,
+                    video_codecs,
+                    audio_codecs,
+                    h264_mode1,
+                    valid_for,
+                    reply,
+                } = *c;
+                let codecs = OfferedCodecs {
+                    video: &video_codecs,
+                    audio: &audio_codecs,
+                    h264_mode1,
+                };
+                let result = self.counter_offer(now, id, stream, codecs, valid_for, span.clone());
+                if let Err(e) = &result {
+                    debug!(error = %e, "no counter-offer made");
+                }
+                self.outbox.reply(reply, result);
+            }
+            Command::Answer {
+                id,
+                answer_sdp,
+                reply,
+            } => {
+                let span = self.sessions.get(&id).map(|s| s.span.clone());
+                let _entered = span.as_ref().map(Span::enter);
+                let r = self.answer(now, id, &answer_sdp);
+                if let Err(e) = &r {
+                    debug!(error = %e, "answer not taken");
+                }
+                self.outbox.reply(reply, r);
+            }
             Command::Delete { id, reply } => {
                 let r = if self.sessions.contains_key(&id) {
                     self.remove(now, id, "deleted");
@@ -480,6 +521,9 @@ impl Engine {
             }
             let reason = if !s.rtc.is_alive() {
                 Some(CLOSED_BY_PEER)
+            } else if let Some(w) = &s.awaiting {
+                // No peer to hear from before the answer: only the offer's validity counts.
+                (now >= w.until).then_some(COUNTER_OFFER_EXPIRED)
             } else if !s.connected && now.saturating_duration_since(s.created) > connect {
                 Some("connect timeout")
             } else if now.saturating_duration_since(s.last_rx) > consent {

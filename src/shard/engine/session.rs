@@ -15,6 +15,30 @@ pub(super) struct NewSession {
     pub(super) offer_sdp: String,
 }
 
+/// A session about to be kept: its `Rtc` and what the gateway read from the negotiation.
+pub(super) struct NewRtcSession {
+    pub(super) id: SessionId,
+    pub(super) stream: Arc<str>,
+    pub(super) role: Role,
+    pub(super) span: Span,
+    pub(super) rtc: Rtc,
+    /// The peer's SDP as str0m took it: its offer, or its answer to a counter-offer.
+    pub(super) remote_sdp: String,
+    pub(super) mids: Vec<(Mid, Kind)>,
+    pub(super) held_candidates: Vec<String>,
+    pub(super) awaiting: Option<Box<AwaitingAnswer>>,
+}
+
+/// A viewer the gateway sent its own offer (a WHEP counter-offer) and that has not answered.
+pub(super) struct AwaitingAnswer {
+    /// str0m's side of the offer, which the answer completes.
+    pub(super) pending: str0m::change::SdpPendingOffer,
+    /// The offer as sent, which the answer is checked against.
+    pub(super) offer_sdp: String,
+    /// The offer's valid-until: unanswered then, the session is removed.
+    pub(super) until: Instant,
+}
+
 pub(super) struct Session {
     pub(super) id: SessionId,
     pub(super) stream: Arc<str>,
@@ -25,6 +49,8 @@ pub(super) struct Session {
     /// bookkeeping, which per packet and viewer would show in the fan-out's cost.
     pub(super) span: Span,
     pub(super) rtc: Rtc,
+    /// The peer's SDP as str0m took it (its offer, or its answer to a counter-offer), with
+    /// the remote ICE credentials a PATCH is compared with.
     pub(super) offer_sdp: String,
     pub(super) etag: String,
     pub(super) ufrag: String,
@@ -106,6 +132,11 @@ pub(super) struct Session {
     pub(super) path_heard: Instant,
     /// The pair str0m's last statistics event named as selected.
     pub(super) selected_pair: Option<MediaPath>,
+    /// Viewer: the counter-offer waiting for its answer. Until then the session has no peer
+    /// to hear from, so only the offer's validity ends it; when the answer comes, `created`
+    /// and `last_rx` start again, so the connect timeout and the time to first frame count
+    /// from the answer, as they count from the 201 of a session created from an offer.
+    pub(super) awaiting: Option<Box<AwaitingAnswer>>,
 }
 
 /// Where a viewer's media goes: over TCP or not, local and remote address.
