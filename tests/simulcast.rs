@@ -426,3 +426,34 @@ async fn the_layers_event_names_each_layer_with_its_rate_and_size_and_the_201_li
     feed.stop().await;
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_cap_keeps_automatic_choice_under_it_but_not_a_pick() {
+    let codec = VideoCodec::Vp8;
+    let mut config = test_config(1);
+    // Layers of 2.4 Mbit/s, 600 and 150 kbit/s: the middle one is the largest under 1 Mbit/s.
+    config.media.max_viewer_kbps = 1000;
+    let gw = start(config).await;
+    let feed = simulcast_publisher(&gw, "s", codec).await;
+    // A second of media, so the layers' rates are measured before the viewer joins.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
+        .await
+        .expect("play accepted");
+    v.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    let capped = layered_frames(&mut v, codec, 30).await;
+    assert!(capped.iter().all(|f| f.layer == 1), "{capped:?}");
+    assert!(capped[0].key, "starts on a keyframe");
+    assert_eq!(select(&v, r#"{"rid":"0"}"#).await.0, 200);
+    let picked = layered_frames(&mut v, codec, 60).await;
+    assert!(
+        picked.last().is_some_and(|f| f.layer == 0),
+        "a pick is not capped: {picked:?}"
+    );
+    assert_continuous(&capped.into_iter().chain(picked).collect::<Vec<_>>());
+    drop(v);
+    feed.stop().await;
+    gw.shutdown().await;
+}

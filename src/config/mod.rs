@@ -118,6 +118,11 @@ pub struct MediaConfig {
     pub direct_egress: bool,
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     pub keyframe_request_interval_ms: u64,
+    /// Simulcast: the largest layer a viewer gets automatically is the largest whose measured
+    /// bitrate is at most this, in kbit/s; 0 for no cap. It holds for every viewer, also one
+    /// whose receiver reports say nothing of its path. A layer the viewer picks itself (WHEP
+    /// layer selection) is not capped.
+    pub max_viewer_kbps: u64,
     /// How often each session's statistics (RTT, loss, bytes, packets, bit rates, NACKs and
     /// PLIs) are refreshed for the API and the feedback metrics, in seconds; 0 turns them off.
     /// They cost CPU per session: in one fan-out bench run, every second took up to 1.7x the
@@ -161,6 +166,7 @@ impl Default for MediaConfig {
             resend_buffer_packets: 512,
             direct_egress: true,
             keyframe_request_interval_ms: 500,
+            max_viewer_kbps: 0,
             shard_queue_packets: 8192,
             stats_interval_secs: 5,
         }

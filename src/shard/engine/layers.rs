@@ -5,6 +5,7 @@
 use str0m::media::Rid;
 
 use crate::hub::LayerInfo;
+use crate::simulcast::LinkEstimate;
 
 use super::*;
 
@@ -13,6 +14,7 @@ impl Engine {
     /// publisher for a keyframe where one must move.
     pub(super) fn choose_layers(&mut self, now: Instant) {
         let mut asks: Vec<Arc<str>> = Vec::new();
+        let cap = self.config.media.max_viewer_kbps;
         for (name, local) in &self.streams {
             if local.layers.len() < 2 {
                 continue;
@@ -23,7 +25,11 @@ impl Engine {
                     continue;
                 };
                 let pinned = s.layer.pinned.as_ref().and_then(|r| local.layers.by_rid(r));
-                let auto = || local.layers.choose(s.layer.current, s.estimate.budget());
+                let auto = || {
+                    local
+                        .layers
+                        .choose(s.layer.current, budget(cap, &s.estimate))
+                };
                 let Some(layer) = pinned.or_else(auto) else {
                     continue;
                 };
@@ -81,6 +87,7 @@ impl Engine {
             }
         }
         let stream = s.stream.clone();
+        let cap = self.config.media.max_viewer_kbps;
         let pinned = rid.map(Rid::from);
         let layers = self.streams.get(&stream).map(|l| &l.layers);
         if let (Some(rid), Some(pin)) = (rid, pinned.as_ref()) {
@@ -101,7 +108,7 @@ impl Engine {
         s.layer.pinned = pinned;
         let wanted = layers.and_then(|l| match &s.layer.pinned {
             Some(r) => l.by_rid(r),
-            None => l.choose(s.layer.current, s.estimate.budget()),
+            None => l.choose(s.layer.current, budget(cap, &s.estimate)),
         });
         if let Some(layer) = wanted {
             if s.layer.aim(layer) {
@@ -109,6 +116,16 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// What automatic choice may give a viewer: its path's estimate, under the configured cap
+/// (`media.max_viewer_kbps`, 0 for none).
+pub(super) fn budget(cap_kbps: u64, estimate: &LinkEstimate) -> Option<u64> {
+    let cap = (cap_kbps > 0).then(|| cap_kbps * 1000);
+    match (estimate.budget(), cap) {
+        (Some(b), Some(c)) => Some(b.min(c)),
+        (b, c) => b.or(c),
     }
 }
 

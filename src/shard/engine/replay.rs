@@ -125,12 +125,14 @@ impl Engine {
         id: SessionId,
     ) -> Option<Vec<Arc<MediaPacket>>> {
         let layers = &self.streams.get(stream)?.layers;
+        let cap = self.config.media.max_viewer_kbps;
         let s = self.sessions.get_mut(&id)?;
         let layer = match s.layer.target {
             Some(t) => t,
             None => {
                 let pinned = s.layer.pinned.as_ref().and_then(|r| layers.by_rid(r));
-                let layer = pinned.or_else(|| layers.auto_choice(None))?;
+                let auto = || layers.choose(None, super::layers::budget(cap, &s.estimate));
+                let layer = pinned.or_else(auto)?;
                 s.layer.aim(layer);
                 layer
             }
