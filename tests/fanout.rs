@@ -134,13 +134,15 @@ async fn wildcard_bind_announces_the_configured_public_address() {
     fan_out_intact_with(config, VideoCodec::H264, 3).await;
 }
 
-/// The publisher's abs-capture-time reaches a viewer that negotiated it unchanged, through
-/// the gateway's own egress and through str0m's; a viewer that did not gets none.
+/// The publisher's abs-capture-time reaches a viewer that negotiated it unchanged, and the
+/// configured playout delay comes with it, through the gateway's own egress and through
+/// str0m's; a viewer that negotiated neither gets neither.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abs_capture_time_arrives_as_the_publisher_stamped_it() {
     for direct in [true, false] {
         let mut config = test_config(1);
         config.media.direct_egress = direct;
+        config.media.playout_delay_max_ms = Some(100);
         let gw = start(config).await;
         let codec = VideoCodec::H264;
         let stamped = wishcast::client::PeerOptions {
@@ -161,7 +163,11 @@ async fn abs_capture_time_arrives_as_the_publisher_stamped_it() {
                 .with_gop(GOP)
                 .with_sizes(VIDEO_BYTES, VIDEO_BYTES),
         );
-        let mut with = Peer::play(&whep(&gw, "s"), stamped.clone())
+        let extended = wishcast::client::PeerOptions {
+            playout_delay: true,
+            ..stamped.clone()
+        };
+        let mut with = Peer::play(&whep(&gw, "s"), extended)
             .await
             .expect("play accepted");
         let mut without = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
@@ -178,8 +184,14 @@ async fn abs_capture_time_arrives_as_the_publisher_stamped_it() {
                 apart < Duration::from_micros(1),
                 "direct {direct}: frame {i}: {got:?} against {sent:?}"
             );
+            assert_eq!(
+                f.playout_delay,
+                Some((0, 100)),
+                "direct {direct}: playout delay"
+            );
             let (_, _, g) = next_checked_video(&mut without, codec).await;
             assert_eq!(g.capture_time, None, "not negotiated, not sent");
+            assert_eq!(g.playout_delay, None, "not negotiated, not sent");
         }
         drop((with, without));
         feed.stop().await;

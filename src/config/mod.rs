@@ -123,6 +123,11 @@ pub struct MediaConfig {
     /// whose receiver reports say nothing of its path. A layer the viewer picks itself (WHEP
     /// layer selection) is not capped.
     pub max_viewer_kbps: u64,
+    /// The largest playout delay viewers' players are told to keep, in milliseconds, by the
+    /// playout-delay header extension (min 0) on video, where the viewer negotiated it; unset
+    /// for none. 0 asks a browser to render each frame as soon as it is decoded, the lowest
+    /// latency, with no smoothing of network jitter.
+    pub playout_delay_max_ms: Option<u64>,
     /// How often each session's statistics (RTT, loss, bytes, packets, bit rates, NACKs and
     /// PLIs) are refreshed for the API and the feedback metrics, in seconds; 0 turns them off.
     /// They cost CPU per session: in one fan-out bench run, every second took up to 1.7x the
@@ -167,6 +172,7 @@ impl Default for MediaConfig {
             direct_egress: true,
             keyframe_request_interval_ms: 500,
             max_viewer_kbps: 0,
+            playout_delay_max_ms: None,
             shard_queue_packets: 8192,
             stats_interval_secs: 5,
         }

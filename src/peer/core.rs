@@ -94,6 +94,9 @@ impl PeerCore {
         if opts.abs_capture_time {
             cfg = cfg.set_extension(12, str0m::rtp::Extension::AbsoluteCaptureTime);
         }
+        if opts.playout_delay {
+            cfg = cfg.set_extension(5, str0m::rtp::Extension::PlayoutDelay);
+        }
         // Browsers check a pair that has not answered every 48 ms or so (libwebrtc's weak
         // ping interval); str0m starts at 250 ms, doubling.
         cfg.set_initial_stun_rto(STUN_INITIAL_RTO);
@@ -652,6 +655,16 @@ impl PeerCore {
                 contiguous: d.contiguous,
                 keyframe: d.is_keyframe(),
                 capture_time: d.ext_vals.abs_capture_time.map(|t| t.capture_time),
+                playout_delay: d
+                    .ext_vals
+                    .play_delay_min
+                    .zip(d.ext_vals.play_delay_max)
+                    .map(|(a, b)| {
+                        (
+                            a.rebase(Frequency::MILLIS).numer(),
+                            b.rebase(Frequency::MILLIS).numer(),
+                        )
+                    }),
                 data: d.data,
             });
         }

@@ -103,6 +103,9 @@ pub struct PeerOptions {
     /// with [`capture_time`] of its RTP time, a viewer records what arrives
     /// ([`ReceivedFrame::capture_time`]).
     pub abs_capture_time: bool,
+    /// Viewer: negotiate the playout-delay header extension and record what arrives
+    /// ([`ReceivedFrame::playout_delay`]).
+    pub playout_delay: bool,
 }
 
 /// The capture time a test publisher stamps on a video frame of RTP time `rtp_time` (90 kHz):
@@ -129,6 +132,7 @@ impl Default for PeerOptions {
             dtls_active: false,
             simulcast: Vec::new(),
             abs_capture_time: false,
+            playout_delay: false,
         }
     }
 }
@@ -154,6 +158,7 @@ impl PeerOptions {
             dtls_active: false,
             simulcast: Vec::new(),
             abs_capture_time: false,
+            playout_delay: false,
         }
     }
 }
@@ -176,6 +181,8 @@ pub struct ReceivedFrame {
     pub data: Arc<[u8]>,
     /// The abs-capture-time header extension's capture time, if the frame carried one.
     pub capture_time: Option<std::time::SystemTime>,
+    /// The playout-delay header extension's min and max, in milliseconds, if it carried one.
+    pub playout_delay: Option<(u64, u64)>,
 }
 
 /// Connection state of a peer.

@@ -268,8 +268,16 @@ impl Engine {
         let Some(tx) = tx else {
             return;
         };
+        let playout = self
+            .config
+            .media
+            .playout_delay_max_ms
+            .filter(|_| pkt.kind == Kind::Video)
+            .map(|ms| str0m::media::MediaTime::from_hundredths(ms.min(40_950) / 10));
         let ext_vals = str0m::rtp::ExtensionValues {
             abs_capture_time: pkt.capture,
+            play_delay_min: playout.map(|_| str0m::media::MediaTime::from_hundredths(0)),
+            play_delay_max: playout,
             ..Default::default()
         };
         let write = RtpWrite::new(pt, seq.into(), time, pkt.received, pkt.payload.clone())

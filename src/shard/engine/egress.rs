@@ -75,8 +75,8 @@ pub(super) struct Egress {
 struct OutTrack {
     mid: Mid,
     ssrc: u32,
-    /// The id the viewer gave the abs-capture-time header extension, if it negotiated it.
-    capture_id: Option<u8>,
+    /// The ids the viewer gave the header extensions the egress writes.
+    ids: ExtIds,
     /// The track's RTX SSRC, and the next extended sequence number on it.
     rtx: Option<(u32, u64)>,
     /// 0 until the first packet tells it.
@@ -98,8 +98,18 @@ struct OutTrack {
 }
 
 /// A viewer's track as the egress is set up with it: its mid, send SSRC, RTX SSRC with the
-/// RTX stream's first sequence number, and the abs-capture-time extension's id.
-pub(super) type TrackSetup = (Mid, Ssrc, Option<(Ssrc, u16)>, Option<u8>);
+/// RTX stream's first sequence number, and the header extensions' ids.
+pub(super) type TrackSetup = (Mid, Ssrc, Option<(Ssrc, u16)>, ExtIds);
+
+/// The ids a viewer negotiated for the header extensions the egress writes on a track.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ExtIds {
+    /// abs-capture-time, forwarded from the publisher.
+    pub(super) capture: Option<u8>,
+    /// playout-delay, with the delays (10 ms units, 12 bits) to send: video only, and only
+    /// when `media.playout_delay_max_ms` is set.
+    pub(super) playout: Option<(u8, u16, u16)>,
+}
 
 /// What [`Egress::on_rtcp`] found in one RTCP datagram.
 #[derive(Default)]
@@ -135,10 +145,10 @@ impl Egress {
             rtx_pts,
             tracks: tracks
                 .iter()
-                .map(|&(mid, ssrc, rtx, capture_id)| OutTrack {
+                .map(|&(mid, ssrc, rtx, ids)| OutTrack {
                     mid,
                     ssrc: *ssrc,
-                    capture_id,
+                    ids,
                     rtx: rtx.map(|(ssrc, seq)| (*ssrc, seq as u64)),
                     clock_rate: 0,
                     packets: 0,
@@ -181,7 +191,8 @@ impl Egress {
             marker: pkt.marker,
             seq,
             time,
-            capture: track.capture_id.zip(pkt.capture),
+            capture: track.ids.capture.zip(pkt.capture),
+            playout: track.ids.playout,
         };
         let datagram = protect(buf, &self.srtp, header, &[], &pkt.payload);
         track.packets = track.packets.wrapping_add(1);
@@ -309,7 +320,8 @@ impl Egress {
             marker: pkt.marker,
             seq,
             time,
-            capture: track.capture_id.zip(pkt.capture),
+            capture: track.ids.capture.zip(pkt.capture),
+            playout: track.ids.playout,
         };
         let original = (seq as u16).to_be_bytes();
         let mut prefix = &[][..];
@@ -398,6 +410,8 @@ struct Header {
     time: u32,
     /// The publisher's abs-capture-time, with the id the viewer negotiated for it.
     capture: Option<(u8, AbsCaptureTime)>,
+    /// playout-delay: id, min and max (10 ms units).
+    playout: Option<(u8, u16, u16)>,
 }
 
 /// Header, `prefix` and payload of one packet, SRTP-protected, written into `buf` (its
@@ -411,13 +425,14 @@ fn protect(
 ) -> Vec<u8> {
     buf.clear();
     buf.reserve(32 + prefix.len() + payload.len() + srtp.profile().rtp_overhead());
-    buf.push(if h.capture.is_some() { 0x90 } else { 0x80 });
+    let extended = h.capture.is_some() || h.playout.is_some();
+    buf.push(if extended { 0x90 } else { 0x80 });
     buf.push(((h.marker as u8) << 7) | (h.pt & 0x7f));
     buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
     buf.extend_from_slice(&h.time.to_be_bytes());
     buf.extend_from_slice(&h.ssrc.to_be_bytes());
-    if let Some((id, capture)) = h.capture {
-        write_capture_extension(&mut buf, id, &capture);
+    if extended {
+        write_extensions(&mut buf, h.capture, h.playout);
     }
     let header_len = buf.len();
     buf.extend_from_slice(prefix);
@@ -426,29 +441,57 @@ fn protect(
     buf
 }
 
-/// Appends a header extension block with one abs-capture-time element: the RFC 8285
-/// one-byte form for ids 1-14 (8 bytes of NTP capture time, 16 with the clock offset), the
-/// two-byte form for 15 and above.
-/// <http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time>
-fn write_capture_extension(buf: &mut Vec<u8>, id: u8, t: &AbsCaptureTime) {
-    let mut value = [0u8; 16];
-    value[..8].copy_from_slice(&ntp(t.capture_time).to_be_bytes());
-    let len = match t.clock_offset {
-        Some(offset) => {
-            value[8..].copy_from_slice(&offset.to_be_bytes());
-            16
-        }
-        None => 8,
-    };
+/// Appends a header extension block (RFC 8285) with the elements given: the one-byte form
+/// when every id is 1-14, else the two-byte form.
+/// - abs-capture-time: 8 bytes of NTP capture time, 16 with the clock offset
+///   (<http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time>);
+/// - playout-delay: 12 bits each of min and max, in 10 ms units
+///   (<http://www.webrtc.org/experiments/rtp-hdrext/playout-delay>).
+fn write_extensions(
+    buf: &mut Vec<u8>,
+    capture: Option<(u8, AbsCaptureTime)>,
+    playout: Option<(u8, u16, u16)>,
+) {
+    let mut elements: [(u8, [u8; 16], usize); 2] = [(0, [0; 16], 0); 2];
+    let mut n = 0;
+    if let Some((id, t)) = capture {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&ntp(t.capture_time).to_be_bytes());
+        let len = match t.clock_offset {
+            Some(offset) => {
+                value[8..].copy_from_slice(&offset.to_be_bytes());
+                16
+            }
+            None => 8,
+        };
+        elements[n] = (id, value, len);
+        n += 1;
+    }
+    if let Some((id, min, max)) = playout {
+        let (min, max) = (min.min(0xfff), max.min(0xfff));
+        let mut value = [0u8; 16];
+        value[0] = (min >> 4) as u8;
+        value[1] = ((min << 4) as u8) | (max >> 8) as u8;
+        value[2] = max as u8;
+        elements[n] = (id, value, 3);
+        n += 1;
+    }
+    let elements = &elements[..n];
+    let one_byte = elements.iter().all(|(id, _, _)| (1..=14).contains(id));
     let start = buf.len();
-    if id <= 14 {
+    if one_byte {
         buf.extend_from_slice(&[0xbe, 0xde, 0, 0]);
-        buf.push((id << 4) | (len as u8 - 1));
     } else {
         buf.extend_from_slice(&[0x10, 0x00, 0, 0]);
-        buf.extend_from_slice(&[id, len as u8]);
     }
-    buf.extend_from_slice(&value[..len]);
+    for (id, value, len) in elements {
+        if one_byte {
+            buf.push((id << 4) | (*len as u8 - 1));
+        } else {
+            buf.extend_from_slice(&[*id, *len as u8]);
+        }
+        buf.extend_from_slice(&value[..*len]);
+    }
     while (buf.len() - start) % 4 != 0 {
         buf.push(0);
     }
@@ -650,6 +693,27 @@ mod tests {
     fn a_length_past_the_end_ends_the_walk() {
         let rtcp = [0x81, 205, 0, 9, 0, 0, 0, 1, 0, 0, 0, 2, 0, 5, 0, 0];
         assert!(walk(&rtcp).is_empty());
+    }
+
+    #[test]
+    fn header_extensions_take_the_one_byte_form_where_the_ids_allow() {
+        let t = AbsCaptureTime {
+            capture_time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1),
+            clock_offset: None,
+        };
+        let mut one = Vec::new();
+        write_extensions(&mut one, Some((12, t)), Some((5, 0, 10)));
+        // 0xBEDE, 4 words: capture (id 12, 8 bytes), playout (id 5, 3 bytes), 2 of padding.
+        assert_eq!(one[..4], [0xbe, 0xde, 0, 4]);
+        assert_eq!(one[4], 12 << 4 | 7);
+        assert_eq!(one[5..13], ntp(t.capture_time).to_be_bytes());
+        assert_eq!(one[13..17], [5 << 4 | 2, 0x00, 0x00, 10]);
+        assert_eq!(one.len(), 20);
+        let mut two = Vec::new();
+        write_extensions(&mut two, Some((20, t)), None);
+        // 0x1000, 3 words: id 20, length 8, the value, 2 of padding.
+        assert_eq!(two[..6], [0x10, 0x00, 0, 3, 20, 8]);
+        assert_eq!(two.len(), 16);
     }
 
     #[test]

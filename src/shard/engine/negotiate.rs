@@ -17,6 +17,8 @@ const STUN_MAX_RTO: Duration = Duration::from_secs(1);
 /// The gateway's id for the abs-capture-time header extension: one str0m's standard map
 /// leaves free.
 const ABS_CAPTURE_TIME_ID: u8 = 12;
+/// The same for playout-delay, which the egress writes when `media.playout_delay_max_ms` is set.
+const PLAYOUT_DELAY_ID: u8 = 5;
 /// str0m's report interval for viewers whose media the gateway sends itself: never, in
 /// practice (ten years).
 const NO_STR0M_REPORTS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -36,6 +38,7 @@ impl Engine {
             // Forwarded from publishers to viewers unchanged (see `MediaPacket::capture`).
             // The id is the gateway's for its own offers; answers take the offer's.
             .set_extension(ABS_CAPTURE_TIME_ID, Extension::AbsoluteCaptureTime)
+            .set_extension(PLAYOUT_DELAY_ID, Extension::PlayoutDelay)
             .set_stats_interval(
                 (self.config.media.stats_interval_secs > 0)
                     .then(|| Duration::from_secs(self.config.media.stats_interval_secs)),

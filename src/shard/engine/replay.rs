@@ -58,21 +58,35 @@ impl Engine {
         let index = self.index;
         let resend = self.config.media.resend_buffer_packets;
         let direct = self.config.media.direct_egress;
+        // In the extension's 10 ms units, 12 bits.
+        let playout = self
+            .config
+            .media
+            .playout_delay_max_ms
+            .map(|ms| (ms / 10).min(0xfff) as u16);
         if let Some(session) = self.sessions.get_mut(&id) {
             session.joined = true;
             let mids: Vec<Mid> = session.tracks.iter().map(|(m, _)| *m).collect();
             let mut out = Vec::new();
             for mid in mids {
-                let capture_id = session
-                    .rtc
-                    .media(mid)
-                    .and_then(|m| m.remote_extmap().id_of(Extension::AbsoluteCaptureTime));
+                let media = session.rtc.media(mid);
+                let video = session
+                    .tracks
+                    .iter()
+                    .any(|(m, t)| *m == mid && t.kind == Kind::Video);
+                let id_of = |e| media.and_then(|m| m.remote_extmap().id_of(e));
+                let ids = super::egress::ExtIds {
+                    capture: id_of(Extension::AbsoluteCaptureTime),
+                    playout: playout
+                        .filter(|_| video)
+                        .and_then(|max| Some((id_of(Extension::PlayoutDelay)?, 0, max))),
+                };
                 if let Some(tx) = session.rtc.direct_api().stream_tx_by_mid(mid, None) {
                     tx.set_rtx_cache(resend, Duration::from_secs(3), None);
                     session.tx_ssrcs.push((mid, tx.ssrc()));
                     // RTX starts below the first rollover, as the media does.
                     let rtx = tx.rtx().map(|ssrc| (ssrc, self.rng.gen::<u16>() & 0x7fff));
-                    out.push((mid, tx.ssrc(), rtx, capture_id));
+                    out.push((mid, tx.ssrc(), rtx, ids));
                 }
             }
             // Media leaves through the gateway's own egress once the keys are there (they
