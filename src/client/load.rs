@@ -741,7 +741,9 @@ fn publish(
         let now = Instant::now();
         while let Some(f) = feed.take_due(now, p.core.stats().keyframe_requests) {
             let at = Instant::now();
-            if f.kind == MediaKind::Video {
+            // A frame's simulcast copies share its index: its first layer's write counts.
+            let first_copy = f.rid.as_deref().is_none_or(|r| r == SIMULCAST[0].0);
+            if f.kind == MediaKind::Video && first_copy {
                 sent.push(f.index, at);
             }
             // Refused writes are counted in the core's statistics.
