@@ -134,11 +134,14 @@ impl Engine {
         } else {
             Vec::new()
         };
+        // Each viewer plays one of several layers; with one, every viewer plays it, and the
+        // session is not looked up once more per packet to say so.
+        let layered = pkt.kind == Kind::Video && local.layers.len() > 1;
         for &v in &viewers {
-            let Some(s) = self.sessions.get_mut(&v) else {
-                continue;
-            };
-            if pkt.kind == Kind::Video {
+            if layered {
+                let Some(s) = self.sessions.get_mut(&v) else {
+                    continue;
+                };
                 match s.layer.on_video(pkt.layer, key_start) {
                     Take::Forward => {}
                     Take::Skip => continue,
@@ -155,9 +158,10 @@ impl Engine {
             }
             // Only a keyframe's first packet can start a waiting viewer; others go as they are.
             let starts_waiting = key_start
-                && s.tracks
-                    .iter()
-                    .find(|(_, t)| t.kind == pkt.kind)
+                && self
+                    .sessions
+                    .get(&v)
+                    .and_then(|s| s.tracks.iter().find(|(_, t)| t.kind == pkt.kind))
                     .is_some_and(|(_, t)| t.waiting_keyframe);
             if starts_waiting {
                 // Start on the whole keyframe, including its packets before this one (SPS/PPS),
