@@ -185,21 +185,21 @@ function num(v) {
   return typeof v === 'number' && Number.isFinite(v) ? v : null;
 }
 
-/** Largest first: by height, then width, then bitrate (for layers of unknown size). */
-function larger(a, b) {
-  return (b.height ?? -1) - (a.height ?? -1) || (b.width ?? -1) - (a.width ?? -1)
-    || (b.bitrate ?? 0) - (a.bitrate ?? 0);
+/** Largest first: by size when every layer's is known, else by bitrate. */
+function largestFirst(list) {
+  const bySize = list.every((l) => l.width && l.height);
+  return list.sort((a, b) => (bySize ? b.height - a.height || b.width - a.width : 0)
+    || (b.bitrate ?? 0) - (a.bitrate ?? 0));
 }
 
 function setLayers(data) {
   // Keyed by m-line index; this player has one video m-line, so the lowest key is it.
   const key = Object.keys(data).filter((k) => Array.isArray(data[k])).sort((a, b) => Number(a) - Number(b))[0];
   layerMedia = key ?? null;
-  layers = (key === undefined ? [] : data[key])
+  layers = largestFirst((key === undefined ? [] : data[key])
     .filter((l) => l && typeof l.rid === 'string')
     // The draft's example spells it "heigth"; take either.
-    .map((l) => ({ rid: l.rid, bitrate: num(l.bitrate), width: num(l.width), height: num(l.height ?? l.heigth) }))
-    .sort(larger);
+    .map((l) => ({ rid: l.rid, bitrate: num(l.bitrate), width: num(l.width), height: num(l.height ?? l.heigth) })));
   if (chosen !== null && !layers.some((l) => l.rid === chosen)) {
     // The pinned layer is gone and the gateway chooses meanwhile: hand the choice back for good,
     // so the menu says what happens.
