@@ -7,7 +7,8 @@
 //! a few seconds, Opus packets arrived, and its DELETE was answered 200. GStreamer also
 //! publishes H264 video alone to every viewer, offered as webrtcbin offers one track by itself:
 //! without a BUNDLE group. Each publisher's DELETE must end its session on the gateway. Every
-//! request carries a bearer token, as OBS sends one.
+//! request carries a bearer token, as OBS sends one. Chromium also publishes simulcast, VP8 and
+//! H264, to its own player, which switches layers, and to a test kit viewer.
 //!
 //! The peers are driven by the scripts in `tests/interop/` (protocol in its README), installed by
 //! `tests/interop/setup.sh` into `interop/` in cargo's target tmpdir: Debian packages (as root), a
