@@ -7,7 +7,8 @@
 //! a few seconds, Opus packets arrived, and its DELETE was answered 200. GStreamer also
 //! publishes H264 video alone to every viewer, offered as webrtcbin offers one track by itself:
 //! without a BUNDLE group. Each publisher's DELETE must end its session on the gateway. Every
-//! request carries a bearer token, as OBS sends one.
+//! request carries a bearer token, as OBS sends one. Chromium also publishes simulcast, VP8 and
+//! H264, to its own player, which switches layers, and to a test kit viewer.
 //!
 //! The peers are driven by the scripts in `tests/interop/` (protocol in its README), installed by
 //! `tests/interop/setup.sh` into `interop/` in cargo's target tmpdir: Debian packages (as root), a
@@ -573,12 +574,17 @@ fn start_publisher(kind: PeerKind, base: &str, stream: &str, codec: &str) -> (Dr
 /// A viewer of `kind` watching `stream` for `WATCH_SECS`, with `extra` arguments; Chromium
 /// saves a screenshot of its player.
 fn start_viewer(kind: PeerKind, base: &str, stream: &str, extra: &[&str]) -> Driver {
+    start_viewer_for(kind, base, stream, WATCH_SECS, extra)
+}
+
+/// As [`start_viewer`], watching for `secs`.
+fn start_viewer_for(kind: PeerKind, base: &str, stream: &str, secs: u64, extra: &[&str]) -> Driver {
     let mut args: Vec<String> = vec![
         "play".into(),
         "--url".into(),
         format!("{base}/whep/{stream}"),
         "--seconds".into(),
-        WATCH_SECS.to_string(),
+        secs.to_string(),
         "--token".into(),
         PLAY_TOKEN.into(),
     ];
@@ -830,4 +836,214 @@ async fn watch_through_turn(viewer: PeerKind, stream: &str, path: Option<&str>) 
     );
     gw.shutdown().await;
     drop(turn);
+}
+
+/// How long the layer-switching player watches: time for the layers to appear, the automatic
+/// choice to reach the largest, and both switches.
+const SWITCH_WATCH_SECS: u64 = 30;
+
+/// What the test kit viewer of the simulcast stream received.
+#[derive(Debug, Default)]
+struct KitLog {
+    video_frames: u64,
+    keyframes: u64,
+    /// The longest wait between two video frames, after the first.
+    longest_gap: Duration,
+    /// Each picture size a VP8 keyframe announced, in the order they changed (none for H264).
+    sizes: Vec<(u32, u32)>,
+}
+
+/// The picture size a VP8 key frame announces (RFC 6386 §9.1), from its depacketized frame.
+fn vp8_key_size(frame: &[u8]) -> Option<(u32, u32)> {
+    let key = frame.first()? & 1 == 0;
+    if !key || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([frame[6], *frame.get(7)?]) & 0x3fff;
+    let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
+    Some((u32::from(w), u32::from(h)))
+}
+
+/// Simulcast from a real browser, in VP8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_vp8_simulcast_and_its_player_switches_layers() {
+    simulcast_switch("vp8").await;
+}
+
+/// Simulcast from a real browser, in H264 (OpenH264, one encoder per layer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_h264_simulcast_and_its_player_switches_layers() {
+    simulcast_switch("h264").await;
+}
+
+/// Chromium's publisher page sends `codec` as three layers (`#simulcast=1`: full, half and
+/// quarter size of a 720p fake camera); the gateway keeps all three. Its player page follows
+/// the `layers` event and lists the three, plays the largest on its own, and through the layer
+/// selection extension pins the smallest (the decoded height drops to that layer's) and
+/// returns to automatic choice (back to the largest); the time from each POST to the new size
+/// decoded is printed. Meanwhile a test kit viewer, on automatic choice, receives one
+/// continuous stream.
+async fn simulcast_switch(codec: &'static str) {
+    use wishcast::client::{ClientOptions, Peer, PeerOptions, VideoCodec};
+    if !peers_installed(&format!("chromium publishing {codec} simulcast")) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let gw = gateway().await;
+    let base = format!("http://{}", gw.http_addr());
+    let stream = format!("chromium-{codec}-simulcast");
+    let stream = stream.as_str();
+    let video = match codec {
+        "vp8" => VideoCodec::Vp8,
+        _ => VideoCodec::H264,
+    };
+
+    let mut publisher = Driver::spawn(
+        PeerKind::Chromium,
+        format!("chromium publishing {codec} simulcast"),
+        &[
+            "publish".into(),
+            "--url".into(),
+            format!("{base}/whip/{stream}"),
+            "--codec".into(),
+            codec.into(),
+            "--token".into(),
+            PUBLISH_TOKEN.into(),
+            "--simulcast".into(),
+        ],
+    );
+    let published = publisher.expect("publishing", Duration::from_secs(90));
+    println!("interop simulcast: publisher sends {published}");
+    let sent = published["layers"].as_array().cloned().unwrap_or_default();
+    let mut heights: Vec<u64> = sent
+        .iter()
+        .filter(|l| l["frames"].as_u64().unwrap_or(0) > 0)
+        .map(|l| l["height"].as_u64().unwrap_or(0))
+        .collect();
+    heights.sort_unstable();
+    heights.dedup();
+    assert_eq!(
+        heights.len(),
+        3,
+        "three layers of three sizes encoded: {published}"
+    );
+    assert_eq!(published["height"], 720, "the full-size layer: {published}");
+    assert_eq!(published["codec"], codec, "{published}");
+
+    // The test kit viewer, on the gateway's automatic choice throughout.
+    let mut opts = ClientOptions::from(PeerOptions::with_video(video));
+    opts.bearer = Some(PLAY_TOKEN.into());
+    let mut kit = Peer::play(&format!("{base}/whep/{stream}"), opts)
+        .await
+        .expect("the test kit viewer's offer is accepted");
+    kit.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("the test kit viewer connects");
+    let (stop_kit, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let kit_task = tokio::spawn(async move {
+        let mut log = KitLog::default();
+        let mut last: Option<Instant> = None;
+        loop {
+            let frame = tokio::select! {
+                _ = &mut stopped => break,
+                f = kit.next_frame(Duration::from_secs(10)) => f,
+            };
+            let Some(f) = frame else { break };
+            if f.kind != str0m::media::MediaKind::Video {
+                continue;
+            }
+            log.video_frames += 1;
+            if let Some(prev) = last {
+                log.longest_gap = log.longest_gap.max(f.at.duration_since(prev));
+            }
+            last = Some(f.at);
+            if f.keyframe {
+                log.keyframes += 1;
+            }
+            if let Some(size) = vp8_key_size(&f.data) {
+                if log.sizes.last() != Some(&size) {
+                    log.sizes.push(size);
+                }
+            }
+        }
+        (kit, log)
+    });
+    let kit_from = Instant::now();
+
+    let mut view = start_viewer_for(
+        PeerKind::Chromium,
+        &base,
+        stream,
+        SWITCH_WATCH_SECS,
+        &["--switch-layers"],
+    );
+    let layers = view.expect("layers", Duration::from_secs(SWITCH_WATCH_SECS + 30));
+    println!("interop simulcast: the player's layers {layers}");
+    let listed = layers["layers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 3, "the layers event lists three: {layers}");
+    let down = view.expect("switch", Duration::from_secs(SWITCH_WATCH_SECS + 30));
+    println!("interop simulcast: switch down {down}");
+    assert_eq!(down["status"], 200, "pinning the smallest layer: {down}");
+    assert!(
+        down["ms"].is_u64(),
+        "the picture drops to the smallest layer's height: {down}"
+    );
+    assert_eq!(
+        down["height"], heights[0],
+        "the height of the smallest layer sent: {down}"
+    );
+    let up = view.expect("switch", Duration::from_secs(SWITCH_WATCH_SECS + 30));
+    println!("interop simulcast: switch up {up}");
+    assert_eq!(up["to"], "auto", "{up}");
+    assert_eq!(up["status"], 200, "returning to automatic choice: {up}");
+    assert!(
+        up["ms"].is_u64(),
+        "automatic choice brings the largest layer back: {up}"
+    );
+    assert_eq!(up["height"], 720, "the full-size layer again: {up}");
+    let (summary, first_ms) = played(&mut view, &published, Some("udp"));
+    assert_eq!(summary["codec"], codec, "{summary}");
+
+    let _ = stop_kit.send(());
+    let (kit, log) = kit_task.await.expect("the test kit viewer's task");
+    let watched = kit_from.elapsed();
+    let stats = kit.stats();
+    let kit_status = kit.delete().await.expect("the test kit viewer's DELETE");
+    stop_publisher(publisher);
+    gw.shutdown().await;
+
+    println!(
+        "interop cell: chromium {codec} simulcast -> chromium, first frame {first_ms} ms, {} frames {}x{}",
+        summary["frames"], summary["width"], summary["height"]
+    );
+    println!(
+        "interop cell: chromium {codec} simulcast -> test kit, {} video frames in {:.1} s, {} keyframes, \
+         {} discontinuities, longest gap {} ms, sizes {:?}",
+        log.video_frames,
+        watched.as_secs_f64(),
+        log.keyframes,
+        stats.discontinuities,
+        log.longest_gap.as_millis(),
+        log.sizes
+    );
+    println!(
+        "interop simulcast: {codec} switch down: {} ms, up: {} ms (selection POST to the new size decoded)",
+        down["ms"], up["ms"]
+    );
+    assert_eq!(kit_status, 200, "the test kit viewer's DELETE");
+    // A fake camera at 30 fps, slowed by a busy machine: at least 10 frames a second.
+    let fps = log.video_frames as f64 / watched.as_secs_f64();
+    assert!(
+        fps >= 10.0,
+        "the test kit viewer's frames keep coming: {log:?}"
+    );
+    assert!(
+        log.longest_gap < Duration::from_secs(1),
+        "no pause of a second or more: {log:?}"
+    );
+    assert!(
+        stats.discontinuities <= 3,
+        "few discontinuities: {} ({log:?})",
+        stats.discontinuities
+    );
 }

@@ -1,7 +1,8 @@
-// The WHIP publisher: camera or screen, a chosen codec and bitrate, to /whip/{stream}.
-// Automation may start it from the fragment (`#codec=vp8&height=360&keep=1&autostart=1&token=…`),
-// reads
-// `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
+// The WHIP publisher: camera or screen, a chosen codec and bitrate, to /whip/{stream}, as one
+// video layer or as three (simulcast).
+// Automation may start it from the fragment
+// (`#codec=vp8&height=360&keep=1&simulcast=1&autostart=1&token=…`), reads `window.wishcast`
+// (state, pc, sessionUrl, deleteStatus, layers) and may call stop().
 
 import {
   bindTokenForm, formatBitrate, mediaPath, loadToken, params, Rate, rtpStats, selectedPair, Session,
@@ -18,6 +19,7 @@ const bitrateIn = document.getElementById('bitrate');
 const audioBox = document.getElementById('audio');
 const heightSel = document.getElementById('height');
 const keepBox = document.getElementById('keep');
+const simulcastBox = document.getElementById('simulcast');
 const startBtn = document.getElementById('start');
 const stopBtn = document.getElementById('stop');
 const endpoint = new URL(document.body.dataset.endpoint, location.href).href;
@@ -73,6 +75,30 @@ function preferCodec(tr, kind, codec) {
   }
 }
 
+/** Codecs this page sends simulcast in: Chromium's encoders do it for these two. */
+const SIMULCAST_CODECS = ['vp8', 'h264'];
+
+/**
+ * Three layers: full, half and quarter size. The top one gets the bitrate setting; the lower
+ * ones at most what libwebrtc itself allows a 360p and a 180p layer, their size from a 720p
+ * camera.
+ */
+function simulcastEncodings(top) {
+  return [
+    top ? { rid: 'h', maxBitrate: top } : { rid: 'h' },
+    { rid: 'm', scaleResolutionDownBy: 2, maxBitrate: 700_000 },
+    { rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 200_000 },
+  ];
+}
+
+function syncSimulcast(running) {
+  const can = SIMULCAST_CODECS.includes(codecSel.value);
+  simulcastBox.disabled = running || !can;
+  simulcastBox.parentElement.title = can
+    ? 'Send three layers (full, half and quarter size) so each viewer gets the one its connection carries'
+    : `This page sends simulcast in ${SIMULCAST_CODECS.map((c) => c.toUpperCase()).join(' or ')} only`;
+}
+
 function maxBitrate() {
   const kbps = Number(bitrateIn.value);
   return Number.isFinite(kbps) && kbps > 0 ? Math.round(kbps * 1000) : undefined;
@@ -92,7 +118,7 @@ const session = new Session({
         const tr = pc.addTransceiver(track, {
           direction: 'sendonly',
           streams: [local],
-          sendEncodings: [bps ? { maxBitrate: bps } : {}],
+          sendEncodings: simulcastBox.checked ? simulcastEncodings(bps) : [bps ? { maxBitrate: bps } : {}],
         });
         preferCodec(tr, 'video', codec);
       } else {
@@ -110,22 +136,35 @@ const session = new Session({
     startBtn.disabled = running;
     stopBtn.disabled = !running;
     for (const e of [sourceSel, codecSel, audioBox, heightSel, keepBox]) e.disabled = running;
+    syncSimulcast(running);
     if (state !== 'live') statsBox.textContent = '';
   },
 });
 
 /** The media path of the pair in use, from the last statistics read (see `mediaPath`). */
 let path = null;
+/** The video layers being sent, largest first: { rid, width, height, framesEncoded }. */
+let sent = [];
 
 async function readStats(pc) {
   const report = await pc.getStats();
   if (seen.pc !== pc) seen = { pc, bytes: 0 };
   path = mediaPath(report);
-  const { video: v, audio: a } = rtpStats(report, 'outbound-rtp');
-  const bytes = (v?.bytesSent ?? 0) + (a?.bytesSent ?? 0);
+  const { audio: a } = rtpStats(report, 'outbound-rtp');
+  // Simulcast sends one outbound video stream per layer: count them all, show the largest.
+  const videos = [...report.values()].filter((s) => s.type === 'outbound-rtp' && s.kind === 'video');
+  videos.sort((x, y) => (y.frameHeight ?? 0) - (x.frameHeight ?? 0));
+  const v = videos[0] ?? null;
+  sent = videos.map((s) => ({
+    rid: s.rid ?? null,
+    width: s.frameWidth ?? null,
+    height: s.frameHeight ?? null,
+    framesEncoded: s.framesEncoded ?? 0,
+  }));
+  const bytes = videos.reduce((n, s) => n + (s.bytesSent ?? 0), 0) + (a?.bytesSent ?? 0);
   const progress = bytes > seen.bytes;
   seen.bytes = bytes;
-  const live = v ? (v.framesEncoded ?? 0) > 0 : (a?.packetsSent ?? 0) > 0;
+  const live = v ? videos.some((s) => (s.framesEncoded ?? 0) > 0) : (a?.packetsSent ?? 0) > 0;
   const now = performance.now();
   if (now - lastRender > 900) {
     lastRender = now;
@@ -142,6 +181,10 @@ function overlay(report, v, a, bytes) {
     const fps = v.framesPerSecond ?? rate.per('frames', v.framesEncoded ?? 0, t);
     lines.push(`video  ${v.frameWidth ?? '?'}×${v.frameHeight ?? '?'} @ ${fps == null ? '–' : fps.toFixed(0)} fps`);
     lines.push(`codec  ${codec ? codec.mimeType.replace('video/', '') : '–'}${v.encoderImplementation ? ` (${v.encoderImplementation})` : ''}`);
+    if (sent.length > 1) {
+      const sizes = sent.map((l) => `${l.rid ?? '?'} ${l.height ? `${l.height}p` : 'off'}`);
+      lines.push(`layers ${sizes.join(', ')}`);
+    }
     if (v.qualityLimitationReason && v.qualityLimitationReason !== 'none') {
       lines.push(`limit  ${v.qualityLimitationReason}`);
     }
@@ -183,6 +226,10 @@ async function start() {
     session.setState('error', 'this browser offers none of H264, VP8, VP9 and AV1 for sending');
     return;
   }
+  if (simulcastBox.checked && !SIMULCAST_CODECS.includes(codecSel.value)) {
+    session.setState('error', `simulcast is sent in VP8 or H264 only, not ${codecSel.value.toUpperCase()}`);
+    return;
+  }
   if (!senderCodecs('video').some((c) => c.mimeType.toLowerCase() === `video/${codecSel.value}`)) {
     session.setState('error', `this browser cannot send ${codecSel.value.toUpperCase()}`);
     return;
@@ -222,7 +269,8 @@ async function stop() {
   return status;
 }
 
-/** Applies a new bitrate to the running sender, without renegotiation. */
+/** Applies a new bitrate to the running sender, without renegotiation; with simulcast, to the
+ * full-size layer, the first encoding. */
 async function applyBitrate() {
   const pc = session.pc;
   const sender = pc?.getSenders().find((s) => s.track?.kind === 'video');
@@ -245,6 +293,7 @@ form.addEventListener('submit', (e) => {
 });
 stopBtn.addEventListener('click', () => stop());
 bitrateIn.addEventListener('change', () => applyBitrate());
+codecSel.addEventListener('change', () => syncSimulcast(false));
 
 bindTokenForm(token, (t) => {
   token = t;
@@ -260,6 +309,8 @@ if (opts.get('bitrate')) bitrateIn.value = opts.get('bitrate');
 if (opts.get('audio') === '0') audioBox.checked = false;
 if (opts.get('height')) heightSel.value = opts.get('height');
 if (opts.get('keep') === '1') keepBox.checked = true;
+if (opts.get('simulcast') === '1') simulcastBox.checked = true;
+syncSimulcast(false);
 
 window.wishcast = {
   get state() { return session.state; },
@@ -270,6 +321,11 @@ window.wishcast = {
   /** How the media travels: "udp", "tcp" (ICE-TCP) or "relay/…" (TURN); null before. */
   get path() { return path; },
   get codec() { return codecSel.value; },
+  /** Whether video goes out as three simulcast layers. */
+  get simulcast() { return simulcastBox.checked; },
+  /** The video layers sent, from the last statistics read, largest first:
+   * { rid, width, height, framesEncoded } (rid null without simulcast). */
+  get layers() { return sent.map((l) => ({ ...l })); },
   preview,
   start,
   stop,

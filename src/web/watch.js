@@ -1,11 +1,13 @@
 // The WHEP player: plays /whep/{stream}, reconnects by itself, and shows live statistics.
 // When the gateway offers server-sent events it follows them: the viewer count, the publisher
-// leaving and returning, and requests to reconnect.
-// Automation reads `window.wishcast` (state, pc, sessionUrl, deleteStatus) and may call stop().
+// leaving and returning, and requests to reconnect. When the gateway also offers layer
+// selection and the stream is simulcast, a menu picks the layer to receive.
+// Automation reads `window.wishcast` (state, pc, sessionUrl, deleteStatus, layers, layer,
+// playing) and may call stop() and selectLayer(rid or null).
 
 import {
-  authHeaders, bindTokenForm, formatBitrate, linksFrom, mediaPath, loadToken, params, Rate, rtpStats,
-  selectedPair, Session,
+  authHeaders, bindTokenForm, el, formatBitrate, linksFrom, mediaPath, loadToken, params, problemDetail,
+  Rate, rtpStats, selectedPair, Session,
 } from './common.js';
 
 const video = document.getElementById('video');
@@ -16,6 +18,9 @@ const unmute = document.getElementById('unmute');
 const toggle = document.getElementById('toggle');
 const statsToggle = document.getElementById('stats-toggle');
 const watching = document.getElementById('watching');
+const layerBox = document.getElementById('layer-box');
+const layerSel = document.getElementById('layer');
+const playing = document.getElementById('playing');
 const endpoint = new URL(document.body.dataset.endpoint, location.href).href;
 document.getElementById('endpoint').textContent = endpoint;
 
@@ -84,6 +89,14 @@ let events = null;
 /** After a 201: if it links an event stream entry point, create an event stream and read it.
  * EventSource cannot send the bearer token, so this is a streaming fetch. */
 async function follow(res, sessionUrl) {
+  // Every new session, a reconnect's too, starts on the gateway's automatic choice: the menu
+  // returns to auto and waits for this session's `layers` event.
+  const layerLink = linksFrom(res).find((l) => l.attrs.rel === LAYER_REL);
+  layerUrl = layerLink ? new URL(layerLink.uri, sessionUrl).href : null;
+  layers = [];
+  layerMedia = null;
+  chosen = null;
+  renderLayers();
   const link = linksFrom(res).find((l) => l.attrs.rel === EVENTS_REL);
   events?.abort();
   watching.hidden = true;
@@ -149,8 +162,109 @@ function onEvent(name, text) {
     publisherGone = false;
   } else if (name === 'reconnect') {
     session.reconnect('the gateway asked to reconnect', typeof data.url === 'string' ? data.url : null);
+  } else if (name === 'layers' && data && typeof data === 'object') {
+    setLayers(data);
   }
 }
+
+// ---- video layer selection (WHEP core extension) ----
+
+const LAYER_REL = 'urn:ietf:params:whep:ext:core:layer';
+/** The current session's layer resource, when the gateway offers one. */
+let layerUrl = null;
+/** The video m-line the layers are listed under (the `layers` event's key), sent as mediaId. */
+let layerMedia = null;
+/** The layers of the last `layers` event that can be picked (they have a rid), largest first. */
+let layers = [];
+/** The rid this player pinned, or null while the gateway chooses. */
+let chosen = null;
+/** The size of the last decoded video frame: the layer on screen. */
+let onScreen = null;
+
+function num(v) {
+  return typeof v === 'number' && Number.isFinite(v) ? v : null;
+}
+
+/** Largest first: by size when every layer's is known, else by bitrate. */
+function largestFirst(list) {
+  const bySize = list.every((l) => l.width && l.height);
+  return list.sort((a, b) => (bySize ? b.height - a.height || b.width - a.width : 0)
+    || (b.bitrate ?? 0) - (a.bitrate ?? 0));
+}
+
+function setLayers(data) {
+  // Keyed by m-line index; this player has one video m-line, so the lowest key is it.
+  const key = Object.keys(data).filter((k) => Array.isArray(data[k])).sort((a, b) => Number(a) - Number(b))[0];
+  layerMedia = key ?? null;
+  layers = largestFirst((key === undefined ? [] : data[key])
+    .filter((l) => l && typeof l.rid === 'string')
+    // The draft's example spells it "heigth"; take either.
+    .map((l) => ({ rid: l.rid, bitrate: num(l.bitrate), width: num(l.width), height: num(l.height ?? l.heigth) })));
+  if (chosen !== null && !layers.some((l) => l.rid === chosen)) {
+    // The pinned layer is gone and the gateway chooses meanwhile: hand the choice back for good,
+    // so the menu says what happens.
+    selectLayer(null);
+  }
+  renderLayers();
+}
+
+function shortRate(bps) {
+  return bps >= 1e6 ? `${(bps / 1e6).toFixed(1)} Mbit/s` : `${Math.round(bps / 1e3)} kbit/s`;
+}
+
+function layerLabel(l) {
+  const size = l.height ? `${l.height}p` : `layer ${l.rid}`;
+  // The draft: a layer without a bitrate, or with 0, is inactive.
+  return `${size} · ${l.bitrate > 0 ? shortRate(l.bitrate) : 'inactive'}`;
+}
+
+/** The menu, rebuilt from `layers` and `chosen`: shown once there are two layers to choose from. */
+function renderLayers() {
+  const show = Boolean(layerUrl) && layers.length >= 2;
+  layerBox.hidden = !show;
+  playing.hidden = !show || !onScreen;
+  if (!show) return;
+  const options = [el('option', { value: '' }, 'auto')];
+  for (const l of layers) {
+    const o = el('option', { value: l.rid }, layerLabel(l));
+    o.disabled = !(l.bitrate > 0) && l.rid !== chosen;
+    options.push(o);
+  }
+  layerSel.replaceChildren(...options);
+  layerSel.value = chosen ?? '';
+}
+
+/**
+ * Asks the gateway for the layer `rid`, or with null for its automatic choice. Resolves with the
+ * HTTP status (0 if the request failed); the menu shows the choice once the gateway took it.
+ */
+async function selectLayer(rid) {
+  if (!layerUrl) return 0;
+  const url = layerUrl;
+  const body = layerMedia === null ? {} : { mediaId: layerMedia };
+  if (rid !== null && rid !== undefined) body.rid = String(rid);
+  let status = 0;
+  try {
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: authHeaders(token, { 'Content-Type': 'application/json' }),
+      body: JSON.stringify(body),
+    });
+    status = res.status;
+    // A reconnect meanwhile made a new session, which starts on auto: this answer is stale.
+    if (url !== layerUrl) return status;
+    if (res.ok) chosen = body.rid ?? null;
+    else message.textContent = `layer not changed: ${await problemDetail(res)}`;
+  } catch (e) {
+    message.textContent = `layer not changed: ${e.message}`;
+  }
+  renderLayers();
+  return status;
+}
+
+layerSel.addEventListener('change', () => {
+  selectLayer(layerSel.value || null);
+});
 
 /** Reads the receiver's statistics: progress for the session, numbers for the overlay. */
 async function readStats(pc) {
@@ -158,6 +272,11 @@ async function readStats(pc) {
   if (seen.pc !== pc) seen = { pc, bytes: 0 };
   path = mediaPath(report);
   const { video: v, audio: a } = rtpStats(report, 'inbound-rtp');
+  if (v?.frameWidth && v?.frameHeight) {
+    onScreen = { width: v.frameWidth, height: v.frameHeight };
+    playing.textContent = `now ${v.frameWidth}×${v.frameHeight}`;
+    playing.hidden = layerBox.hidden;
+  }
   const bytes = (v?.bytesReceived ?? 0) + (a?.bytesReceived ?? 0);
   const progress = bytes > seen.bytes;
   seen.bytes = bytes;
@@ -241,6 +360,15 @@ window.wishcast = {
   get path() { return path; },
   /** `performance.now()` just before the POST that made the current session. */
   get postAt() { return session.postAt; },
+  /** The last `layers` event's layers, largest first: { rid, bitrate, width, height }. */
+  get layers() { return layers.map((l) => ({ ...l })); },
+  /** The rid this player pinned, or null while the gateway chooses. */
+  get layer() { return chosen; },
+  /** Whether the session offers layer selection (its 201 linked the layer resource). */
+  get canSelectLayer() { return layerUrl !== null; },
+  /** { width, height } of the last decoded video frame, from the statistics; null before. */
+  get playing() { return onScreen; },
+  selectLayer,
   video,
   start: () => session.start(),
   stop: () => session.stop(),

@@ -3,8 +3,9 @@
 // and /watch/{stream}) in a headless Chromium and speaks the driver protocol of
 // tests/interop/README.md (JSON lines on stdout, logs on stderr).
 //
-//   chromium.mjs publish --url http://HOST:PORT/whip/STREAM --codec h264|vp8 [--token T]
+//   chromium.mjs publish --url http://HOST:PORT/whip/STREAM --codec h264|vp8 [--token T] [--simulcast]
 //   chromium.mjs play    --url http://HOST:PORT/whep/STREAM --seconds S [--token T] [--screenshot PNG]
+//                        [--switch-layers]
 //
 // Requirements:
 //   - playwright-core from npm (it downloads no browser), found through NODE_PATH:
@@ -19,8 +20,9 @@ import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
 
-const USAGE = 'usage: chromium.mjs publish --url WHIP_URL --codec h264|vp8 [--token T] [--relay-only]\n'
-  + '       chromium.mjs play --url WHEP_URL --seconds S [--token T] [--screenshot PATH] [--relay-only]';
+const USAGE = 'usage: chromium.mjs publish --url WHIP_URL --codec h264|vp8 [--token T] [--relay-only] [--simulcast]\n'
+  + '       chromium.mjs play --url WHEP_URL --seconds S [--token T] [--screenshot PATH] [--relay-only]'
+  + ' [--switch-layers]';
 
 const FLAGS = [
   '--no-sandbox',
@@ -37,6 +39,10 @@ const FLAGS = [
 
 /** How long a publisher may take from launch to sending frames. */
 const PUBLISH_TIMEOUT_MS = 30000;
+/** How long a simulcast publisher may take, once live, until every layer is being encoded. */
+const LAYERS_TIMEOUT_MS = 20000;
+/** How long a switch of layers may take to reach the screen before it counts as failed. */
+const SWITCH_TIMEOUT_MS = 20000;
 /** SIGTERM to exit, at most (the protocol allows 5 s). */
 const STOP_DEADLINE_MS = 4500;
 
@@ -62,6 +68,16 @@ function parseArgs(argv) {
     if (name === '--relay-only') {
       // The page offers relayed candidates only, from the TURN servers the gateway names.
       args.relay = true;
+      continue;
+    }
+    if (name === '--simulcast') {
+      // The publisher page sends three layers (#simulcast=1).
+      args.simulcast = true;
+      continue;
+    }
+    if (name === '--switch-layers') {
+      // The player picks the smallest layer, then auto again, and times both switches.
+      args.switchLayers = true;
       continue;
     }
     const value = rest[i + 1];
@@ -134,8 +150,16 @@ function onSignal(handler) {
 
 async function publish(args) {
   // 360p with the resolution held: the browser otherwise starts small and scales up as its
-  // bandwidth estimate grows, and each viewer must see the size announced here.
-  const fragment = { autostart: '1', codec: args.codec, source: 'camera', height: '360', keep: '1' };
+  // bandwidth estimate grows, and each viewer must see the size announced here. Simulcast
+  // takes 720p: libwebrtc sends as many layers as the size allows, two at 360p and 480p.
+  const fragment = {
+    autostart: '1',
+    codec: args.codec,
+    source: 'camera',
+    height: args.simulcast ? '720' : '360',
+    keep: '1',
+  };
+  if (args.simulcast) fragment.simulcast = '1';
   if (args.token) fragment.token = args.token;
   if (args.relay) fragment.relay = '1';
   const url = pageUrl(args.url, fragment);
@@ -160,21 +184,29 @@ async function publish(args) {
 
   log('opening', url.replace(/token=[^&]*/, 'token=…'));
   await page.goto(url);
-  const sending = await page.evaluate(async (timeoutMs) => {
+  const sending = await page.evaluate(async ({ timeoutMs, layersMs, layers }) => {
     const until = performance.now() + timeoutMs;
+    let allLayersBy = null;
     while (performance.now() < until) {
       const w = window.wishcast;
       if (w && (w.state === 'error' || w.state === 'unauthorized')) return { error: `${w.state}: ${w.message}` };
       if (w && w.state === 'live' && w.pc) {
         const report = await w.pc.getStats();
-        let video = null;
+        // One outbound video stream per simulcast layer: the largest is the size sent.
+        const videos = [];
         let audio = null;
         for (const s of report.values()) {
           if (s.type !== 'outbound-rtp') continue;
-          if (s.kind === 'video') video = s;
+          if (s.kind === 'video') videos.push(s);
           if (s.kind === 'audio') audio = s;
         }
-        if (video && video.framesEncoded > 0 && video.frameWidth) {
+        const encoding = videos.filter((s) => s.framesEncoded > 0 && s.frameWidth);
+        encoding.sort((a, b) => b.frameHeight - a.frameHeight);
+        const video = encoding[0];
+        allLayersBy ??= video ? performance.now() + layersMs : null;
+        // Layers start as the bandwidth estimate allows: wait a while for all of them.
+        const waiting = layers && encoding.length < videos.length && performance.now() < allLayersBy;
+        if (video && !waiting) {
           const codec = report.get(video.codecId);
           return {
             width: video.frameWidth,
@@ -183,6 +215,16 @@ async function publish(args) {
             codec: codec ? codec.mimeType.replace(/^video\//i, '').toLowerCase() : null,
             // As the page's statistics overlay reports it.
             path: w.path,
+            ...(layers ? {
+              layers: videos.map((s) => ({
+                rid: s.rid ?? null,
+                width: s.frameWidth ?? 0,
+                height: s.frameHeight ?? 0,
+                frames: s.framesEncoded ?? 0,
+                limit: s.qualityLimitationReason ?? null,
+                encoder: s.encoderImplementation ?? null,
+              })),
+            } : {}),
           };
         }
       }
@@ -190,7 +232,7 @@ async function publish(args) {
     }
     const w = window.wishcast;
     return { error: `not sending after ${timeoutMs} ms (state ${w ? w.state : 'none'}: ${w ? w.message : ''})` };
-  }, PUBLISH_TIMEOUT_MS);
+  }, { timeoutMs: PUBLISH_TIMEOUT_MS, layersMs: LAYERS_TIMEOUT_MS, layers: Boolean(args.simulcast) });
   if (stopping) return;
   if (sending.error) {
     await browser.close().catch(() => {});
@@ -268,6 +310,12 @@ async function play(args) {
     }
   }
 
+  if (first && args.switchLayers && !cut) {
+    const left = Math.max(0, deadline - Date.now());
+    const outcome = await page.evaluate(switchLayers, { budgetMs: left, switchMs: SWITCH_TIMEOUT_MS });
+    for (const e of outcome) emit(e);
+  }
+
   while (Date.now() < deadline && !cut) await new Promise((r) => setTimeout(r, 100));
 
   const summary = await page.evaluate(async () => {
@@ -297,6 +345,95 @@ async function play(args) {
   emit({ event: 'summary', ...summary, nonuniform });
   await browser.close().catch(() => {});
   process.exit(0);
+}
+
+/**
+ * In the page: once the `layers` event lists the stream's layers and the automatic choice put
+ * the largest on screen, pins the smallest, then returns to automatic choice, and times each
+ * switch from just before its POST to the first statistics read showing the new size (frames
+ * of that size decoded). Where the event gives no size, the largest layer's is the height
+ * automatic choice settles on, and the smallest's any lower one. Returns the events to print:
+ * `layers`, then one `switch` per direction, or an `error`.
+ */
+async function switchLayers({ budgetMs, switchMs }) {
+  const w = window.wishcast;
+  const until = performance.now() + budgetMs;
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const height = async () => {
+    const report = await w.pc?.getStats();
+    for (const s of report?.values() ?? []) {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') return s.frameHeight ?? 0;
+    }
+    return 0;
+  };
+  const out = [];
+  const waitFor = async (what, test, ms) => {
+    const stop = Math.min(until, performance.now() + ms);
+    while (performance.now() < stop) {
+      if (test()) return true;
+      await sleep(50);
+    }
+    const now = `layers ${JSON.stringify(w.layers)}, playing ${JSON.stringify(w.playing)}`;
+    out.push({ event: 'error', message: `not within ${ms} ms: ${what} (${now})` });
+    return false;
+  };
+  const listed = () => w.canSelectLayer && w.layers.length >= 3 && w.layers.every((l) => l.bitrate > 0);
+  if (!await waitFor('the layer link and three active layers', listed, 20000)) return out;
+  const top = w.layers[0];
+  let topHeight = top.height;
+  if (topHeight) {
+    if (!await waitFor(`the largest layer (${topHeight}p) on screen`, () => w.playing?.height === topHeight, 20000)) return out;
+  } else {
+    // Settled: the same height for two seconds.
+    let seen = null;
+    let since = performance.now();
+    const settled = () => {
+      const h = w.playing?.height ?? null;
+      if (h !== seen) [seen, since] = [h, performance.now()];
+      return h !== null && performance.now() - since >= 2000;
+    };
+    if (!await waitFor('a settled picture size', settled, 20000)) return out;
+    topHeight = seen;
+  }
+  out.push({ event: 'layers', layers: w.layers, playing: w.playing });
+
+  /** Selects `rid` (null: auto) and times it until `reached(height)`; every size seen on the way. */
+  const timed = async (rid, target, reached = (h) => h === target) => {
+    const t0 = performance.now();
+    const status = await w.selectLayer(rid);
+    const postMs = Math.round(performance.now() - t0);
+    const steps = [];
+    let last = await height();
+    const stop = Math.min(until, t0 + switchMs);
+    while (performance.now() < stop) {
+      const h = await height();
+      if (h !== last) {
+        steps.push({ ms: Math.round(performance.now() - t0), height: h });
+        last = h;
+      }
+      if (reached(h)) break;
+      await sleep(20);
+    }
+    return {
+      event: 'switch',
+      to: rid ?? 'auto',
+      status,
+      post_ms: postMs,
+      ms: reached(last) ? Math.round(performance.now() - t0) : null,
+      height: last,
+      target,
+      steps,
+      layer: w.layer,
+    };
+  };
+  const small = w.layers[w.layers.length - 1];
+  const down = await timed(small.rid, small.height, (h) => (small.height ? h === small.height : h > 0 && h < topHeight));
+  out.push(down);
+  if (down.ms === null) return out;
+  // Let the small layer play a while, as a viewer who picked it would.
+  await sleep(2000);
+  out.push(await timed(null, topHeight));
+  return out;
 }
 
 /**
