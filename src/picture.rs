@@ -15,6 +15,13 @@ pub fn size(codec: Codec, payload: &[u8]) -> Option<(u32, u32)> {
     }
 }
 
+/// Whether a packet not flagged as a keyframe may still carry the size: an H264 SPS alone
+/// or aggregated, which browsers send in a packet of its own before a large IDR. A check of
+/// one byte, for every packet.
+pub fn may_say_size(codec: Codec, payload: &[u8]) -> bool {
+    codec == Codec::H264 && matches!(payload.first().map(|b| b & 0x1f), Some(7 | 24))
+}
+
 /// A VP8 RTP payload (RFC 7741 §4.2) that starts a key frame.
 fn vp8(p: &[u8]) -> Option<(u32, u32)> {
     let b0 = *p.first()?;
@@ -298,6 +305,9 @@ mod tests {
         ];
         stap.extend_from_slice(&sps);
         assert_eq!(size(Codec::H264, &stap), Some((1280, 720)));
+        assert!(may_say_size(Codec::H264, &sps) && may_say_size(Codec::H264, &stap));
+        assert!(!may_say_size(Codec::H264, &[0x41, 0x9a]), "a slice");
+        assert!(!may_say_size(Codec::Vp8, &sps));
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl Layers {
         let layer = &mut self.layers[index];
         layer.rid = pkt.rid;
         layer.meter.add(pkt.received, pkt.payload.len());
-        if pkt.keyframe {
+        if pkt.keyframe || crate::picture::may_say_size(pkt.params.spec().codec, &pkt.payload) {
             if let Some(size) = crate::picture::size(pkt.params.spec().codec, &pkt.payload) {
                 layer.size = Some(size);
             }

@@ -981,6 +981,12 @@ async fn simulcast_switch(codec: &'static str) {
     println!("interop simulcast: the player's layers {layers}");
     let listed = layers["layers"].as_array().cloned().unwrap_or_default();
     assert_eq!(listed.len(), 3, "the layers event lists three: {layers}");
+    let mut listed_heights: Vec<u64> = listed.iter().filter_map(|l| l["height"].as_u64()).collect();
+    listed_heights.sort_unstable();
+    assert_eq!(
+        listed_heights, heights,
+        "each layer's size, from VP8 key frames or H264's SPS: {layers}"
+    );
     let down = view.expect("switch", Duration::from_secs(SWITCH_WATCH_SECS + 30));
     println!("interop simulcast: switch down {down}");
     assert_eq!(down["status"], 200, "pinning the smallest layer: {down}");
