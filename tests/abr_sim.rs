@@ -24,6 +24,23 @@ fn feed() -> Feed {
         .with_layers(&LAYERS)
 }
 
+/// A publisher sending [`feed`] for two seconds already, its layers' rates measured.
+fn layered_publisher(sim: &mut Sim) -> PeerId {
+    let p = sim
+        .add_publisher(
+            "s",
+            PeerOptions {
+                simulcast: LAYERS.iter().map(|(r, _)| r.to_string()).collect(),
+                ..PeerOptions::with_video(CODEC)
+            },
+        )
+        .expect("publisher accepted");
+    assert!(sim.run_until_true(Duration::from_secs(2), |s| s.connected_count() == 1));
+    sim.start_feed(p, feed());
+    sim.run_for(Duration::from_secs(2));
+    p
+}
+
 /// A token bucket on the gateway → viewer direction: `bps` with a `burst` of bytes, and
 /// datagrams over it dropped, as a policer does. `on` switches it.
 fn cap(
@@ -68,18 +85,7 @@ fn layers_between(sim: &Sim, p: PeerId, v: PeerId, from: Instant, to: Instant) -
 fn a_capped_viewer_settles_on_a_layer_that_fits_and_moves_up_when_the_cap_lifts() {
     let seed = 1;
     let mut sim = Sim::with_seed(Config::default(), 1, seed);
-    let p = sim
-        .add_publisher(
-            "s",
-            PeerOptions {
-                simulcast: LAYERS.iter().map(|(r, _)| r.to_string()).collect(),
-                ..PeerOptions::with_video(CODEC)
-            },
-        )
-        .expect("publisher accepted");
-    assert!(sim.run_until_true(Duration::from_secs(2), |s| s.connected_count() == 1));
-    sim.start_feed(p, feed());
-    sim.run_for(Duration::from_secs(2));
+    let p = layered_publisher(&mut sim);
     let v = sim
         .add_viewer(
             "s",
@@ -131,18 +137,7 @@ fn a_capped_viewer_settles_on_a_layer_that_fits_and_moves_up_when_the_cap_lifts(
 #[test]
 fn each_layer_is_repaired_from_its_own_retransmissions() {
     let mut sim = Sim::with_seed(Config::default(), 1, 2);
-    let p = sim
-        .add_publisher(
-            "s",
-            PeerOptions {
-                simulcast: LAYERS.iter().map(|(r, _)| r.to_string()).collect(),
-                ..PeerOptions::with_video(CODEC)
-            },
-        )
-        .expect("publisher accepted");
-    assert!(sim.run_until_true(Duration::from_secs(2), |s| s.connected_count() == 1));
-    sim.start_feed(p, feed());
-    sim.run_for(Duration::from_secs(2));
+    let p = layered_publisher(&mut sim);
     let v = sim
         .add_viewer("s", PeerOptions::with_video(CODEC))
         .expect("viewer accepted");

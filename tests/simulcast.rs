@@ -185,6 +185,17 @@ async fn simulcast_publisher(gw: &wishcast::Gateway, stream: &str, codec: VideoC
     LiveFeed::run(publisher, layered_feed(codec))
 }
 
+/// A viewer of stream "s" with ICE and DTLS done.
+async fn connected_viewer(gw: &wishcast::Gateway, codec: VideoCodec) -> Peer {
+    let v = Peer::play(&whep(gw, "s"), opts(Some(codec), true))
+        .await
+        .expect("play accepted");
+    v.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    v
+}
+
 fn layered_feed(codec: VideoCodec) -> Feed {
     Feed::new(Some(codec), true)
         .with_fps(FPS as u32)
@@ -234,12 +245,7 @@ async fn a_viewer_gets_the_largest_layer_as_one_continuous_stream() {
     for codec in [VideoCodec::H264, VideoCodec::Vp8] {
         let gw = start(test_config(2)).await;
         let feed = simulcast_publisher(&gw, "s", codec).await;
-        let mut v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
-            .await
-            .expect("play accepted");
-        v.wait_connected(Duration::from_secs(10))
-            .await
-            .expect("viewer connects");
+        let mut v = connected_viewer(&gw, codec).await;
         let frames = layered_frames(&mut v, codec, 60).await;
         assert!(
             frames.iter().all(|f| f.layer == 0),
@@ -272,12 +278,7 @@ async fn a_viewer_moves_to_the_layer_it_picks_at_a_keyframe_and_back_to_automati
     let codec = VideoCodec::Vp8;
     let gw = start(test_config(2)).await;
     let feed = simulcast_publisher(&gw, "s", codec).await;
-    let mut v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
-        .await
-        .expect("play accepted");
-    v.wait_connected(Duration::from_secs(10))
-        .await
-        .expect("viewer connects");
+    let mut v = connected_viewer(&gw, codec).await;
     let before = layered_frames(&mut v, codec, 10).await;
     assert!(before.iter().all(|f| f.layer == 0), "{before:?}");
 
@@ -341,12 +342,7 @@ async fn the_layers_event_names_each_layer_with_its_rate_and_size_and_the_201_li
     let codec = VideoCodec::Vp8;
     let gw = start(test_config(2)).await;
     let feed = simulcast_publisher(&gw, "s", codec).await;
-    let v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
-        .await
-        .expect("play accepted");
-    v.wait_connected(Duration::from_secs(10))
-        .await
-        .expect("viewer connects");
+    let v = connected_viewer(&gw, codec).await;
     // The layer extension's Link, which needs the events' `layers` (draft §"Video Layer
     // Selection"): checked on a second viewer's raw 201.
     let mut rtc = Rtc::builder().build(Instant::now());
@@ -437,12 +433,7 @@ async fn a_configured_cap_keeps_automatic_choice_under_it_but_not_a_pick() {
     let feed = simulcast_publisher(&gw, "s", codec).await;
     // A second of media, so the layers' rates are measured before the viewer joins.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut v = Peer::play(&whep(&gw, "s"), opts(Some(codec), true))
-        .await
-        .expect("play accepted");
-    v.wait_connected(Duration::from_secs(10))
-        .await
-        .expect("viewer connects");
+    let mut v = connected_viewer(&gw, codec).await;
     let capped = layered_frames(&mut v, codec, 30).await;
     assert!(capped.iter().all(|f| f.layer == 1), "{capped:?}");
     assert!(capped[0].key, "starts on a keyframe");

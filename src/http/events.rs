@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::error::ApiError;
-use super::{AppState, Segments};
+use super::{preflight, AppState, Segments};
 use crate::hub::LayerInfo;
 use crate::session::{Role, SessionId};
 use crate::shard::SessionError;
@@ -402,7 +402,7 @@ pub async fn entry_point(
     body: Body,
 ) -> Result<Response, ApiError> {
     if method == Method::OPTIONS {
-        return Ok(preflight(ENTRY_METHODS, true));
+        return Ok(preflight(ENTRY_METHODS, Some(("accept-post", JSON))));
     }
     let session = viewer_session(&app, &stream, &id)?;
     if method != Method::POST {
@@ -471,7 +471,7 @@ pub async fn event_stream(
     method: Method,
 ) -> Result<Response, ApiError> {
     if method == Method::OPTIONS {
-        return Ok(preflight(STREAM_METHODS, false));
+        return Ok(preflight(STREAM_METHODS, None));
     }
     let session = viewer_session(&app, &stream, &id)?;
     let eid = parse_event_id(&event).ok_or(ApiError::NoEventStream)?;
@@ -536,28 +536,6 @@ fn parse_event_id(s: &str) -> Option<u128> {
     canonical
         .then(|| u128::from_str_radix(s, 16).ok())
         .flatten()
-}
-
-fn preflight(allow: &'static str, post: bool) -> Response {
-    let mut res = StatusCode::OK.into_response();
-    let h = res.headers_mut();
-    h.insert(header::ALLOW, HeaderValue::from_static(allow));
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static(allow),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Authorization, Content-Type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
-    if post {
-        h.insert("accept-post", HeaderValue::from_static(JSON));
-    }
-    res
 }
 
 // ---- the long pull -----------------------------------------------------------------------------

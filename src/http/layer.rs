@@ -10,12 +10,12 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{ask, check_content_type, options_response, read_body, AppState, Segments};
+use super::{ask, check_content_type, preflight, read_body, AppState, Segments};
 use crate::http::error::ApiError;
 use crate::session::{Role, SessionId};
 use crate::shard::{Command, SessionError};
@@ -30,20 +30,6 @@ pub fn link(location: &str) -> String {
     format!("<{location}/layer>; rel=\"{REL}\"")
 }
 const METHODS: &str = "POST, OPTIONS";
-
-/// A session resource's OPTIONS answer, with this resource's methods and body type.
-fn options() -> Response {
-    let mut res = options_response(false);
-    let h = res.headers_mut();
-    h.insert(header::ALLOW, HeaderValue::from_static(METHODS));
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static(METHODS),
-    );
-    h.remove("accept-patch");
-    h.insert("accept-post", HeaderValue::from_static(JSON));
-    res
-}
 
 /// Any other method on the layer resource.
 pub async fn method_not_allowed() -> ApiError {
@@ -133,7 +119,7 @@ pub async fn whep_layer(
 ) -> Result<Response, ApiError> {
     // A CORS preflight carries no credentials and must not fail on what it cannot know.
     if method == Method::OPTIONS {
-        return Ok(options());
+        return Ok(preflight(METHODS, Some(("accept-post", JSON))));
     }
     let id = id.parse::<SessionId>().map_err(|_| ApiError::NotFound)?;
     let entry = app.hub.session(id).ok_or(ApiError::NotFound)?;

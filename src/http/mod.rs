@@ -206,11 +206,19 @@ impl Drop for Registered<'_> {
 }
 
 fn options_response(endpoint: bool) -> Response {
-    let allow = if endpoint {
-        ENDPOINT_METHODS
+    if endpoint {
+        preflight(ENDPOINT_METHODS, Some(("accept-post", SDP)))
     } else {
-        SESSION_METHODS
-    };
+        preflight(SESSION_METHODS, Some(("accept-patch", SDPFRAG)))
+    }
+}
+
+/// An OPTIONS answer (a CORS preflight, or a client asking): the resource's methods in
+/// `Allow` and for CORS, and the header naming the body type its POST or PATCH takes.
+pub(crate) fn preflight(
+    allow: &'static str,
+    accept: Option<(&'static str, &'static str)>,
+) -> Response {
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
     h.insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -226,10 +234,8 @@ fn options_response(endpoint: bool) -> Response {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("86400"),
     );
-    if endpoint {
-        h.insert("accept-post", HeaderValue::from_static(SDP));
-    } else {
-        h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    if let Some((name, value)) = accept {
+        h.insert(name, HeaderValue::from_static(value));
     }
     res
 }
