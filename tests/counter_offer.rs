@@ -189,19 +189,24 @@ async fn viewers_of(gw: &Gateway, stream: &str) -> u64 {
 
 /// The draft's exchange by hand: 406 with the headers and a sendonly offer of the publisher's
 /// codecs; the answer PATCHed is 204.
+/// A VP8-only player's offer to stream "co", whose publisher sends H264.
+async fn post_vp8_offer(gw: &Gateway) -> Response {
+    send(
+        "POST",
+        &whep(gw, "co"),
+        &[("content-type", SDP)],
+        vp8_offer(),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_without_the_publishers_codec_gets_a_counter_offer() {
     let gw = start(config()).await;
     let feed = LiveFeed::start(&whip(&gw, "co"), Some(VideoCodec::H264), true, 0).await;
     assert_eq!(gw.session_count(), 1);
 
-    let r = send(
-        "POST",
-        &whep(&gw, "co"),
-        &[("content-type", SDP)],
-        vp8_offer(),
-    )
-    .await;
+    let r = post_vp8_offer(&gw).await;
     let (url, offer) = read_counter_offer(&gw, &r, Duration::from_secs(30));
     assert_eq!(gw.session_count(), 2, "the waiting session is registered");
     assert_eq!(viewers_of(&gw, "co").await, 1, "and counted as a viewer");
@@ -333,13 +338,7 @@ async fn bad_answers_are_refused_and_the_offer_waits() {
     c.timeouts.connect_secs = 60.0;
     let gw = start(c).await;
     let feed = LiveFeed::start(&whip(&gw, "co"), Some(VideoCodec::H264), false, 0).await;
-    let r = send(
-        "POST",
-        &whep(&gw, "co"),
-        &[("content-type", SDP)],
-        vp8_offer(),
-    )
-    .await;
+    let r = post_vp8_offer(&gw).await;
     let (url, offer) = read_counter_offer(&gw, &r, Duration::from_secs(30));
     assert!(
         section(&offer, "audio").is_empty(),
@@ -417,13 +416,7 @@ async fn an_unanswered_counter_offer_expires() {
     c.timeouts.counter_offer_secs = 2.0;
     let gw = start(c).await;
     let feed = LiveFeed::start(&whip(&gw, "co"), Some(VideoCodec::H264), true, 0).await;
-    let r = send(
-        "POST",
-        &whep(&gw, "co"),
-        &[("content-type", SDP)],
-        vp8_offer(),
-    )
-    .await;
+    let r = post_vp8_offer(&gw).await;
     let posted = Instant::now();
     let (url, offer) = read_counter_offer(&gw, &r, Duration::from_secs(2));
     assert_eq!(gw.session_count(), 2);

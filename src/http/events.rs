@@ -660,6 +660,18 @@ mod tests {
     use super::*;
     use crate::hub::Hub;
 
+    /// A hub with publisher 1 and viewer 2 of stream "s".
+    fn publisher_and_viewer() -> Hub {
+        let hub = Hub::new(1);
+        let limits = crate::config::LimitsConfig::default();
+        let none = (Vec::new(), Vec::new());
+        hub.register(SessionId(1), "s", Role::Publish, &limits, none.clone())
+            .expect("publisher");
+        hub.register(SessionId(2), "s", Role::Play, &limits, none)
+            .expect("viewer");
+        hub
+    }
+
     #[test]
     fn event_names_are_the_advertised_ones_exactly() {
         assert_eq!(
@@ -707,13 +719,7 @@ mod tests {
 
     #[test]
     fn layers_are_serialised_field_by_field_and_sent_on_change() {
-        let hub = Hub::new(1);
-        let limits = crate::config::LimitsConfig::default();
-        let none = (Vec::new(), Vec::new());
-        hub.register(SessionId(1), "s", Role::Publish, &limits, none.clone())
-            .expect("publisher");
-        hub.register(SessionId(2), "s", Role::Play, &limits, none)
-            .expect("viewer");
+        let hub = publisher_and_viewer();
         hub.set_video_mline(SessionId(2), 1);
         let layers = vec![
             LayerInfo {
@@ -776,13 +782,7 @@ mod tests {
     #[test]
     fn a_shed_viewer_is_told_to_reconnect_before_its_removal() {
         use crate::shard::HubUpdate;
-        let hub = Hub::new(1);
-        let limits = crate::config::LimitsConfig::default();
-        let none = (Vec::new(), Vec::new());
-        hub.register(SessionId(1), "s", Role::Publish, &limits, none.clone())
-            .expect("publisher");
-        hub.register(SessionId(2), "s", Role::Play, &limits, none)
-            .expect("viewer");
+        let hub = publisher_and_viewer();
         let eid = hub
             .open_events(SessionId(2), &[EventKind::Reconnect, EventKind::Inactive])
             .expect("opened");
@@ -803,13 +803,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_its_oldest_and_a_session_has_few_streams() {
-        let hub = Hub::new(1);
-        let limits = crate::config::LimitsConfig::default();
-        let none = (Vec::new(), Vec::new());
-        hub.register(SessionId(1), "s", Role::Publish, &limits, none.clone())
-            .expect("publisher");
-        hub.register(SessionId(2), "s", Role::Play, &limits, none)
-            .expect("viewer");
+        let hub = publisher_and_viewer();
         hub.publisher_active("s", SessionId(1));
         let all = EventKind::ALL;
         let eid = hub.open_events(SessionId(2), &all).expect("opened");
