@@ -177,3 +177,43 @@ fn each_layer_is_repaired_from_its_own_retransmissions() {
     let gaps = frames.iter().filter(|f| !f.contiguous).count();
     assert_eq!(gaps, 0, "every loss repaired");
 }
+
+/// A viewer moving to another layer asks the publisher for that layer's keyframe alone, at
+/// once: the other layers' encoders are not made to send keyframes they need not.
+#[test]
+fn a_move_asks_for_the_new_layers_keyframe_alone() {
+    let mut sim = Sim::with_seed(Config::default(), 1, 3);
+    let p = layered_publisher(&mut sim);
+    let v = sim
+        .add_viewer("s", PeerOptions::with_video(CODEC))
+        .expect("viewer accepted");
+    assert!(sim.run_until_true(Duration::from_secs(3), |s| s.connected_count() == 2));
+    sim.run_for(Duration::from_secs(1));
+    let smallest = sim
+        .peer_mut(p)
+        .video_send_ssrc(Some("a"))
+        .expect("layer a's SSRC");
+    let asked = sim.now();
+    sim.select_layer(v, Some("a")).expect("layer a picked");
+    let moved = sim.run_until_true(Duration::from_secs(2), |s| {
+        layers_between(s, p, v, asked, s.now()).contains(&0)
+    });
+    let took = sim.now().saturating_duration_since(asked);
+    println!("picked layer a: its first frame after {took:?}");
+    assert!(moved, "the viewer plays layer a");
+    let plis: Vec<u32> = sim
+        .peer(p)
+        .rtcp_in()
+        .pli_media
+        .iter()
+        .filter(|(at, _)| *at >= asked)
+        .map(|(_, ssrc)| *ssrc)
+        .collect();
+    assert!(!plis.is_empty(), "a keyframe asked for");
+    assert!(
+        plis.iter().all(|s| *s == smallest),
+        "layer a's alone: {plis:?}"
+    );
+    // The feed keyframes every 2 s; the requested one came well before.
+    assert!(took < Duration::from_millis(500), "{took:?}");
+}

@@ -733,6 +733,15 @@ impl PeerCore {
     }
 
     /// The m-line a received SSRC belongs to, once str0m has bound it.
+    /// Publisher: the SSRC its video goes out on, of simulcast layer `rid` if it has layers.
+    pub fn video_send_ssrc(&mut self, rid: Option<&str>) -> Option<u32> {
+        let mid = self.mids[0]?;
+        self.rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, rid.map(Rid::from))
+            .map(|tx| *tx.ssrc())
+    }
+
     pub fn rx_mid(&mut self, ssrc: u32) -> Option<Mid> {
         self.rtc
             .direct_api()

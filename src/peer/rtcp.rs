@@ -10,6 +10,8 @@ pub struct RtcpLog {
     /// Each NACK: when, the media SSRC, and the sequence numbers it asks for.
     pub nacks: Vec<(Instant, u32, Vec<u16>)>,
     pub plis: Vec<Instant>,
+    /// Each PLI's media SSRC, with when: which stream (which simulcast layer) it asks for.
+    pub pli_media: Vec<(Instant, u32)>,
     pub firs: Vec<Instant>,
     /// Each sender report: when, and what it says.
     pub sender_reports: Vec<(Instant, SenderInfo)>,
@@ -38,7 +40,10 @@ impl RtcpLog {
                 }
                 self.nacks.push((now, *n.ssrc, seqs));
             }
-            Rtcp::Pli(_) => self.plis.push(now),
+            Rtcp::Pli(p) => {
+                self.plis.push(now);
+                self.pli_media.push((now, *p.ssrc));
+            }
             Rtcp::Fir(_) => self.firs.push(now),
             Rtcp::SenderReport(sr) => self.sender_reports.push((now, sr.sender_info)),
             _ => {}

@@ -699,10 +699,13 @@ mod tests {
                 shard: 0,
             },
         ));
-        engine
-            .outbox
-            .messages
-            .push((1, PeerMsg::KeyframeRequest { stream }));
+        engine.outbox.messages.push((
+            1,
+            PeerMsg::KeyframeRequest {
+                stream,
+                layer: None,
+            },
+        ));
         let peers = vec![link.clone(), link];
         out.flush(&mut engine, &socket, &state, &peers).await;
         assert_eq!(engine.counters.shard_media_dropped, 3, "room for 2 of 5");

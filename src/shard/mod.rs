@@ -279,8 +279,9 @@ pub enum PeerMsg {
     Subscribe { stream: Arc<str>, shard: usize },
     /// Shard `shard` has no viewers of `stream` left.
     Unsubscribe { stream: Arc<str>, shard: usize },
-    /// A viewer asked for a keyframe (PLI/FIR, or it just joined).
-    KeyframeRequest { stream: Arc<str> },
+    /// A viewer asked for a keyframe (PLI/FIR, or it just joined): of every layer, or of
+    /// `layer` (a viewer moves to that simulcast layer).
+    KeyframeRequest { stream: Arc<str>, layer: Option<u8> },
     /// The stream's publisher `publisher` left; its viewers stay and wait for the next one.
     PublisherLeft {
         stream: Arc<str>,
@@ -327,7 +328,11 @@ pub enum HubUpdate {
     },
     /// A viewer on shard `shard` wants a keyframe and the publisher is elsewhere: its shard is
     /// sent [`PeerMsg::KeyframeRequest`].
-    KeyframeWanted { stream: Arc<str>, shard: usize },
+    KeyframeWanted {
+        stream: Arc<str>,
+        shard: usize,
+        layer: Option<u8>,
+    },
     /// Session `id` runs on local ICE ufrag `ufrag` now (created, or ICE restarted): ICE-TCP
     /// connections are routed by it. Its removal ([`HubUpdate::Removed`]) drops it.
     Ufrag { id: SessionId, ufrag: String },
@@ -414,8 +419,12 @@ impl HubUpdate {
                 hub.set_layers(&stream, layers);
                 Vec::new()
             }
-            HubUpdate::KeyframeWanted { stream, shard } => match hub.publisher_shard(&stream) {
-                Some(p) if p != shard => vec![(p, PeerMsg::KeyframeRequest { stream })],
+            HubUpdate::KeyframeWanted {
+                stream,
+                shard,
+                layer,
+            } => match hub.publisher_shard(&stream) {
+                Some(p) if p != shard => vec![(p, PeerMsg::KeyframeRequest { stream, layer })],
                 _ => Vec::new(),
             },
         }

@@ -73,7 +73,10 @@ impl Sim {
             PeerMsg::Gop { stream, packets } => format!("gop {stream} {}", packets.len()),
             PeerMsg::Subscribe { stream, shard } => format!("subscribe {stream} {shard}"),
             PeerMsg::Unsubscribe { stream, shard } => format!("unsubscribe {stream} {shard}"),
-            PeerMsg::KeyframeRequest { stream } => format!("keyframe {stream}"),
+            PeerMsg::KeyframeRequest { stream, layer } => match layer {
+                Some(l) => format!("keyframe {stream} layer {l}"),
+                None => format!("keyframe {stream}"),
+            },
             PeerMsg::PublisherLeft { stream, publisher } => format!("left {stream} {publisher}"),
             PeerMsg::PublisherStarted { stream, publisher } => {
                 format!("started {stream} {publisher}")

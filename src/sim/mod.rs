@@ -533,6 +533,31 @@ impl Sim {
         r.map_err(SimError::Session)
     }
 
+    /// Picks viewer `id`'s simulcast layer by rid, or hands it back to automatic choice
+    /// (`None`), as a POST to its session's layer resource does.
+    pub fn select_layer(&mut self, id: PeerId, rid: Option<&str>) -> Result<(), SimError> {
+        let (shard, session) = {
+            let p = &self.peers[id.0];
+            (p.shard, p.session)
+        };
+        let (reply, mut rx) = oneshot::channel();
+        let rid = rid.map(str::to_string);
+        self.engine_call(shard, |e, now| {
+            e.handle_command(
+                now,
+                Command::SelectLayer {
+                    id: session,
+                    media: None,
+                    rid,
+                    reply,
+                },
+            )
+        });
+        rx.try_recv()
+            .map_err(|_| SimError::NoReply)?
+            .map_err(SimError::Session)
+    }
+
     /// PATCHes a peer's session with the sdpfrag `fragment` and `If-Match` value `if_match`,
     /// as `PATCH` on its resource does.
     pub fn patch(

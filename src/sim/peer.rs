@@ -66,6 +66,11 @@ impl Peer {
         self.core.rx_mid(ssrc)
     }
 
+    /// The SSRC of its video, of layer `rid` (see [`PeerCore::video_send_ssrc`]).
+    pub fn video_send_ssrc(&mut self, rid: Option<&str>) -> Option<u32> {
+        self.core.video_send_ssrc(rid)
+    }
+
     pub(super) fn new(
         id: PeerId,
         stream: &str,

@@ -44,7 +44,7 @@ fn stream_of(msg: &PeerMsg) -> &str {
         | PeerMsg::Gop { stream, .. }
         | PeerMsg::Subscribe { stream, .. }
         | PeerMsg::Unsubscribe { stream, .. }
-        | PeerMsg::KeyframeRequest { stream }
+        | PeerMsg::KeyframeRequest { stream, .. }
         | PeerMsg::PublisherLeft { stream, .. }
         | PeerMsg::PublisherStarted { stream, .. } => stream,
     }

@@ -7,6 +7,10 @@ use super::*;
 /// (see `Engine::on_keyframe_request`).
 const START_WINDOW: Duration = Duration::from_secs(2);
 
+/// Least time between two requests for one simulcast layer's keyframe: short, because a
+/// viewer moving to the layer waits for it, and the request names one layer's encoder only.
+pub(super) const LAYER_KEYFRAME_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Engine {
     /// A viewer asked for a keyframe (PLI or FIR).
     ///
@@ -90,10 +94,81 @@ impl Engine {
         self.outbox.hub.push(HubUpdate::KeyframeWanted {
             stream: stream.clone(),
             shard: self.index,
+            layer: None,
         });
     }
 
-    /// Sends the held requests for remote publishers whose interval has ended.
+    /// Routes a request for a keyframe of one simulcast layer (a viewer moves to it) to the
+    /// publisher, wherever it is: at most one per layer per [`LAYER_KEYFRAME_INTERVAL`], shared
+    /// by every viewer waiting for that layer; one inside the interval is held until it ends.
+    pub(super) fn ask_layer_keyframe(&mut self, now: Instant, stream: &Arc<str>, layer: u8) {
+        if let Some(id) = self.local_publisher(stream) {
+            self.request_layer_keyframe(now, id, layer);
+            return;
+        }
+        let Some(local) = self.streams.get_mut(stream) else {
+            return;
+        };
+        let slot = usize::from(layer);
+        if local.remote_layer_keyframe.len() <= slot {
+            local.remote_layer_keyframe.resize(slot + 1, (None, false));
+        }
+        let (at, pending) = &mut local.remote_layer_keyframe[slot];
+        if at.is_some_and(|t| now.saturating_duration_since(t) < LAYER_KEYFRAME_INTERVAL) {
+            *pending = true;
+            return;
+        }
+        *at = Some(now);
+        *pending = false;
+        self.outbox.hub.push(HubUpdate::KeyframeWanted {
+            stream: stream.clone(),
+            shard: self.index,
+            layer: Some(layer),
+        });
+    }
+
+    /// Publisher `id`: a PLI for `layer`'s stream alone, at most one per layer per
+    /// [`LAYER_KEYFRAME_INTERVAL`]; one inside the interval is held until it ends
+    /// (`Engine::housekeeping`). The other layers' encoders are not disturbed.
+    pub(super) fn request_layer_keyframe(&mut self, now: Instant, id: SessionId, layer: u8) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let slot = usize::from(layer);
+        if s.layer_plis.len() <= slot {
+            s.layer_plis.resize(slot + 1, (None, false));
+        }
+        let (at, pending) = &mut s.layer_plis[slot];
+        if at.is_some_and(|t| now.saturating_duration_since(t) < LAYER_KEYFRAME_INTERVAL) {
+            *pending = true;
+            return;
+        }
+        let ssrcs: Vec<Ssrc> = s
+            .ssrcs
+            .iter()
+            .filter(|i| i.kind == Kind::Video && i.layer == layer)
+            .map(|i| i.ssrc)
+            .collect();
+        if ssrcs.is_empty() {
+            // Not received yet: asked again on the next housekeeping round.
+            *pending = s.connected;
+            return;
+        }
+        *at = Some(now);
+        *pending = false;
+        let mut api = s.rtc.direct_api();
+        for ssrc in ssrcs {
+            if let Some(rx) = api.stream_rx(&ssrc) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
+        tracing::debug!(session = %id, layer, "PLI to the publisher for one layer");
+        self.counters.keyframe_requests_sent += 1;
+        self.drive(now, id);
+    }
+
+    /// Sends the held requests for remote publishers whose interval has ended, and the held
+    /// requests for one layer's keyframe, wherever the publisher is.
     pub(super) fn flush_remote_keyframe_requests(&mut self, now: Instant) {
         let mut due: Vec<Arc<str>> = self
             .streams
@@ -104,6 +179,21 @@ impl Engine {
         due.sort();
         for stream in due {
             self.ask_keyframe(now, &stream);
+        }
+        let mut layers: Vec<(Arc<str>, u8)> = self
+            .streams
+            .iter()
+            .flat_map(|(name, l)| {
+                l.remote_layer_keyframe
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, pending))| *pending)
+                    .map(move |(i, _)| (name.clone(), i as u8))
+            })
+            .collect();
+        layers.sort();
+        for (stream, layer) in layers {
+            self.ask_layer_keyframe(now, &stream, layer);
         }
     }
 

@@ -13,13 +13,13 @@ impl Engine {
     /// Aims each viewer of a stream with several layers at the layer it should play; asks the
     /// publisher for a keyframe where one must move.
     pub(super) fn choose_layers(&mut self, now: Instant) {
-        let mut asks: Vec<Arc<str>> = Vec::new();
+        let mut asks: Vec<(Arc<str>, u8)> = Vec::new();
         let cap = self.config.media.max_viewer_kbps;
         for (name, local) in &self.streams {
             if local.layers.len() < 2 {
                 continue;
             }
-            let mut moved = false;
+            let mut wanted: Vec<u8> = Vec::new();
             for v in &local.viewers {
                 let Some(s) = self.sessions.get_mut(v) else {
                     continue;
@@ -34,7 +34,9 @@ impl Engine {
                     continue;
                 };
                 if s.layer.aim(layer) {
-                    moved = true;
+                    if !wanted.contains(&layer) {
+                        wanted.push(layer);
+                    }
                     let up = s
                         .layer
                         .current
@@ -44,14 +46,12 @@ impl Engine {
                     }
                 }
             }
-            if moved {
-                asks.push(name.clone());
-            }
+            asks.extend(wanted.into_iter().map(|l| (name.clone(), l)));
         }
         // In name order, not the map's: a seed must replay the same run.
         asks.sort();
-        for stream in asks {
-            self.ask_keyframe(now, &stream);
+        for (stream, layer) in asks {
+            self.ask_layer_keyframe(now, &stream, layer);
         }
     }
 }
@@ -112,7 +112,7 @@ impl Engine {
         });
         if let Some(layer) = wanted {
             if s.layer.aim(layer) {
-                self.ask_keyframe(now, &stream);
+                self.ask_layer_keyframe(now, &stream, layer);
             }
         }
         Ok(())

@@ -166,6 +166,8 @@ struct LocalStream {
     /// request is held until the interval ends.
     remote_keyframe_at: Option<Instant>,
     remote_keyframe_pending: bool,
+    /// The same for requests of one layer's keyframe, per layer number.
+    remote_layer_keyframe: Vec<(Option<Instant>, bool)>,
     /// The publisher that left and when: the viewers get the stream's end
     /// `timeouts.publisher_grace_secs` after, unless another publisher comes first.
     left: Option<(Instant, SessionId)>,
@@ -448,6 +450,7 @@ impl Engine {
                 publisher: None,
                 remote_keyframe_at: None,
                 remote_keyframe_pending: false,
+                remote_layer_keyframe: Vec::new(),
                 left: None,
             })
     }
@@ -512,6 +515,7 @@ impl Engine {
         let consent = self.config.timeouts.consent();
         let mut expired = Vec::new();
         let mut plis = Vec::new();
+        let mut layer_plis = Vec::new();
         let mut held = Vec::new();
         for s in self.sessions.values() {
             if !s.held_candidates.is_empty()
@@ -533,8 +537,15 @@ impl Engine {
             };
             if let Some(r) = reason {
                 expired.push((s.id, r));
-            } else if s.pli_pending {
-                plis.push(s.id);
+            } else {
+                if s.pli_pending {
+                    plis.push(s.id);
+                }
+                for (layer, (_, pending)) in s.layer_plis.iter().enumerate() {
+                    if *pending {
+                        layer_plis.push((s.id, layer as u8));
+                    }
+                }
             }
         }
         // In id order, not the map's: a seed must replay the same run.
@@ -551,6 +562,10 @@ impl Engine {
         }
         for id in plis {
             self.request_keyframe(now, id);
+        }
+        layer_plis.sort();
+        for (id, layer) in layer_plis {
+            self.request_layer_keyframe(now, id, layer);
         }
         self.choose_layers(now);
         self.report_layers();
@@ -652,9 +667,12 @@ impl Engine {
                 }
                 self.drop_stream_if_unused(&stream);
             }
-            PeerMsg::KeyframeRequest { stream } => {
+            PeerMsg::KeyframeRequest { stream, layer } => {
                 if let Some(id) = self.local_publisher(&stream) {
-                    self.request_keyframe(now, id);
+                    match layer {
+                        Some(l) => self.request_layer_keyframe(now, id, l),
+                        None => self.request_keyframe(now, id),
+                    }
                 }
             }
             PeerMsg::PublisherLeft { stream, publisher } => {

@@ -131,6 +131,7 @@ impl Engine {
             next_timeout: None,
             ssrcs: Vec::new(),
             layer_rids: Vec::new(),
+            layer_plis: Vec::new(),
             layer: Default::default(),
             estimate: Default::default(),
             mids,

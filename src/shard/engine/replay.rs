@@ -126,7 +126,14 @@ impl Engine {
                 self.counters.gop_cache_hits += 1;
                 self.start_from_cache(now, id, packets);
             }
-            None => self.ask_keyframe(now, stream),
+            None => {
+                // The layer it waits for, if the stream has layers; else any keyframe.
+                let layered = self.streams.get(stream).is_some_and(|l| l.layers.len() > 1);
+                match self.sessions.get(&id).and_then(|s| s.layer.target) {
+                    Some(layer) if layered => self.ask_layer_keyframe(now, stream, layer),
+                    _ => self.ask_keyframe(now, stream),
+                }
+            }
         }
     }
 

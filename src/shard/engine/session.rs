@@ -72,6 +72,9 @@ pub(super) struct Session {
     pub(super) ssrcs: Vec<Incoming>,
     /// Publisher: its video layers' rids, indexed by layer number (see `crate::simulcast`).
     pub(super) layer_rids: Vec<Option<Rid>>,
+    /// Publisher: per layer number, when its last PLI of that layer alone went out, and
+    /// whether one is held (see `Engine::request_layer_keyframe`).
+    pub(super) layer_plis: Vec<(Option<Instant>, bool)>,
     /// Viewer: the video layer it plays and the one it moves to.
     pub(super) layer: LayerChoice,
     /// Viewer: what its path carries, from its receiver reports, for the layer it gets.
