@@ -1,5 +1,6 @@
 //! Bad networks on loopback, for tests and the loss matrix: real kernel packet loss from an
-//! iptables `statistic` rule, and jitter from a userspace UDP relay.
+//! iptables `statistic` rule, a real rate limit from a `hashlimit` one, and jitter from a
+//! userspace UDP relay.
 //!
 //! The kernel here has no netem, so delay cannot come from `tc`; the [`Relay`] delays each
 //! datagram by its own random time instead, which also reorders them, as jitter on a real path
@@ -67,6 +68,26 @@ impl IptablesLoss {
         jumps: Vec<Vec<&str>>,
         probability: f64,
     ) -> Result<IptablesLoss, ImpairError> {
+        let rule = if probability >= 1.0 {
+            vec!["-j".to_string(), "DROP".to_string()]
+        } else {
+            let p = format!("{probability:.4}");
+            ["-m", "statistic", "--mode", "random", "--probability", &p]
+                .iter()
+                .chain(&["-j", "DROP"])
+                .map(|a| a.to_string())
+                .collect()
+        };
+        IptablesLoss::install_rule(chain, jumps, &rule)
+    }
+
+    /// A chain `chain` holding one `rule` (the arguments after `-A chain`), which each of
+    /// `jumps` (matches in OUTPUT) leads to.
+    fn install_rule(
+        chain: &str,
+        jumps: Vec<Vec<&str>>,
+        rule: &[String],
+    ) -> Result<IptablesLoss, ImpairError> {
         use std::os::unix::fs::MetadataExt;
         // The owner of /proc/self is the process's effective user.
         let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
@@ -86,23 +107,9 @@ impl IptablesLoss {
         // A run killed before its drop leaves its chain behind: start clean.
         loss.remove();
         iptables(&["-N", chain])?;
-        if probability >= 1.0 {
-            iptables(&["-A", chain, "-j", "DROP"])?;
-        } else {
-            let p = format!("{probability:.4}");
-            iptables(&[
-                "-A",
-                chain,
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ])?;
-        }
+        let mut append = vec!["-A", chain];
+        append.extend(rule.iter().map(String::as_str));
+        iptables(&append)?;
         // Loopback datagrams pass OUTPUT once: one chance of loss per datagram.
         for jump in &loss.jumps {
             let mut args = vec!["-I", "OUTPUT"];
@@ -144,6 +151,59 @@ impl IptablesLoss {
 impl Drop for IptablesLoss {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// A narrow link towards one address: UDP datagrams to `addr` beyond a byte rate dropped by an
+/// iptables `hashlimit` rule in a chain of its own, as a policer drops what exceeds a link's
+/// rate; removed on drop, like [`IptablesLoss`].
+///
+/// Only datagrams whose destination is `addr` match (the peer that suffers binds it, as for
+/// [`IptablesLoss::new`]): what that peer sends, and all other traffic, passes untouched. The
+/// burst allowed over the rate is one second of it, the least `hashlimit` accepts. Loopback
+/// sends may be segmentation-offloaded, so a datagram the rule sees can be several packets of
+/// one send (a video frame's, say), passed or dropped together.
+#[derive(Debug)]
+pub struct IptablesRateCap {
+    rule: IptablesLoss,
+}
+
+impl IptablesRateCap {
+    /// Drops UDP datagrams to `addr` above `bytes_per_sec`. `chain` names the rule's chain
+    /// and its `hashlimit` table (at most 28 characters; one per concurrent test).
+    pub fn new(
+        chain: &str,
+        addr: IpAddr,
+        bytes_per_sec: u64,
+    ) -> Result<IptablesRateCap, ImpairError> {
+        let addr = addr.to_string();
+        let rate = format!("{bytes_per_sec}b/s");
+        let burst = format!("{bytes_per_sec}b");
+        let rule: Vec<String> = [
+            "-m",
+            "hashlimit",
+            "--hashlimit-above",
+            &rate,
+            "--hashlimit-burst",
+            &burst,
+            "--hashlimit-mode",
+            "dstip",
+            "--hashlimit-name",
+            chain,
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let jumps = vec![vec!["-p", "udp", "-d", addr.as_str()]];
+        let rule = IptablesLoss::install_rule(chain, jumps, &rule)?;
+        Ok(IptablesRateCap { rule })
+    }
+
+    /// Datagrams the rule dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.rule.dropped()
     }
 }
 
