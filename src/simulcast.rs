@@ -231,6 +231,8 @@ pub struct LinkEstimate {
     /// Bits per second the path is believed to carry; `None` while nothing limits it.
     budget: Option<f64>,
     last_report: Option<Instant>,
+    /// Bytes sent to the viewer on the track when the last report came.
+    last_sent: Option<u64>,
     moved_up: Option<Instant>,
     backoff: Duration,
     /// No growth before this: the last move up lost.
@@ -242,6 +244,7 @@ impl Default for LinkEstimate {
         LinkEstimate {
             budget: None,
             last_report: None,
+            last_sent: None,
             moved_up: None,
             backoff: PROBE_BACKOFF,
             hold_until: None,
@@ -250,17 +253,31 @@ impl Default for LinkEstimate {
 }
 
 impl LinkEstimate {
-    /// A report on the viewer's video: `fraction` lost since its last report, while the
-    /// gateway sent it `sending` bits per second. `ceiling`: the largest layer's rate, past
-    /// which nothing limits the viewer.
-    pub fn on_report(&mut self, now: Instant, fraction: f32, sending: u64, ceiling: u64) {
-        let elapsed = self
-            .last_report
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
-            .min(Duration::from_secs(5));
+    /// A report on the viewer's video: `fraction` lost since its last report. `sent`: bytes
+    /// sent on the track so far, from which the rate over the report's interval comes (a
+    /// move to another layer inside it changes what the loss is a fraction of); `fallback`:
+    /// the rate to take without it. `ceiling`: the largest layer's rate, past which nothing
+    /// limits the viewer.
+    pub fn on_report(
+        &mut self,
+        now: Instant,
+        fraction: f32,
+        sent: Option<u64>,
+        fallback: u64,
+        ceiling: u64,
+    ) {
+        let since = self.last_report.map(|t| now.saturating_duration_since(t));
+        let sending = match (sent, self.last_sent, since) {
+            (Some(b), Some(a), Some(d)) if d >= Duration::from_millis(100) => {
+                (b.saturating_sub(a) * 8) as f64 / d.as_secs_f64()
+            }
+            _ => fallback as f64,
+        };
+        let elapsed = since.unwrap_or(Duration::ZERO).min(Duration::from_secs(5));
         self.last_report = Some(now);
+        self.last_sent = sent;
         if fraction > LOSS_HIGH {
-            let carried = sending as f64 * f64::from(1.0 - fraction);
+            let carried = sending * f64::from(1.0 - fraction);
             self.budget = Some(self.budget.map_or(carried, |b| b.min(carried)));
             if self
                 .moved_up
@@ -455,32 +472,44 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut e = LinkEstimate::default();
-        e.on_report(at(0), 0.0, 2_000_000, 2_000_000);
+        e.on_report(at(0), 0.0, None, 2_000_000, 2_000_000);
         assert_eq!(e.budget(), None, "nothing limits a viewer without loss");
         // 60 % lost of 2 Mbit/s: the path carried 800 kbit/s.
-        e.on_report(at(1), 0.6, 2_000_000, 2_000_000);
+        e.on_report(at(1), 0.6, None, 2_000_000, 2_000_000);
         assert_eq!(e.budget(), Some(800_000));
         // Some loss: held.
-        e.on_report(at(2), 0.05, 500_000, 2_000_000);
+        e.on_report(at(2), 0.05, None, 500_000, 2_000_000);
         assert_eq!(e.budget(), Some(800_000));
         // Clean reports grow it by a quarter per second.
-        e.on_report(at(3), 0.0, 500_000, 2_000_000);
+        e.on_report(at(3), 0.0, None, 500_000, 2_000_000);
         assert_eq!(e.budget(), Some(1_000_000));
         // A move up that loses at once: back down, and no growth for the backoff.
         e.moved_up(at(3));
-        e.on_report(at(4), 0.5, 2_000_000, 2_000_000);
+        e.on_report(at(4), 0.5, None, 2_000_000, 2_000_000);
         assert_eq!(e.budget(), Some(1_000_000));
-        e.on_report(at(5), 0.0, 500_000, 2_000_000);
+        e.on_report(at(5), 0.0, None, 500_000, 2_000_000);
         assert_eq!(e.budget(), Some(1_000_000), "held after a lost move up");
-        e.on_report(at(9), 0.0, 500_000, 2_000_000);
+        e.on_report(at(9), 0.0, None, 500_000, 2_000_000);
         assert!(
             e.budget() > Some(1_000_000),
             "grows again after the backoff"
         );
         // Far past the largest layer: no limit.
         for s in 10..30 {
-            e.on_report(at(s), 0.0, 500_000, 2_000_000);
+            e.on_report(at(s), 0.0, None, 500_000, 2_000_000);
         }
         assert_eq!(e.budget(), None);
+    }
+
+    #[test]
+    fn loss_is_a_fraction_of_what_was_sent_over_the_reports_interval() {
+        let t0 = Instant::now();
+        let mut e = LinkEstimate::default();
+        e.on_report(t0, 0.0, Some(0), 500_000, 2_000_000);
+        // 250,000 bytes in the second: 2 Mbit/s went out, on the larger layer the viewer has
+        // just left; half of it arrived. The 500 kbit/s it plays now is not what was lost from.
+        let t1 = t0 + Duration::from_secs(1);
+        e.on_report(t1, 0.5, Some(250_000), 500_000, 2_000_000);
+        assert_eq!(e.budget(), Some(1_000_000));
     }
 }

@@ -221,8 +221,13 @@ impl Engine {
                     continue;
                 };
                 if video && layers.len() > 1 {
-                    let (sending, ceiling) = (layers.rate(current), layers.ceiling());
-                    session.estimate.on_report(now, fraction, sending, ceiling);
+                    // What was sent over the report's interval, which may have been another
+                    // layer's rate: the layer played now is the fallback before two reports.
+                    let sent = session.sender.as_ref().and_then(|s| s.sent_bytes(mid));
+                    let (fallback, ceiling) = (layers.rate(current), layers.ceiling());
+                    session
+                        .estimate
+                        .on_report(now, fraction, sent, fallback, ceiling);
                 }
             }
         }

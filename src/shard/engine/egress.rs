@@ -83,6 +83,8 @@ struct OutTrack {
     clock_rate: u32,
     packets: u32,
     octets: u32,
+    /// Bytes of media sent, never wrapping: what a receiver report's interval carried.
+    sent_bytes: u64,
     /// Packets sent again for NACKs.
     resent: u64,
     nacks: u64,
@@ -153,6 +155,7 @@ impl Egress {
                     clock_rate: 0,
                     packets: 0,
                     octets: 0,
+                    sent_bytes: 0,
                     resent: 0,
                     nacks: 0,
                     plis: 0,
@@ -197,6 +200,7 @@ impl Egress {
         let datagram = protect(buf, &self.srtp, header, &[], &pkt.payload);
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(pkt.payload.len() as u32);
+        track.sent_bytes += pkt.payload.len() as u64;
         track.last = Some((time, pkt.received));
         track.highest = track.highest.max(seq);
         self.bytes += datagram.len() as u64;
@@ -352,6 +356,14 @@ impl Egress {
                 a.3 + t.lost,
             )
         })
+    }
+
+    /// Bytes of media sent on track `mid` so far.
+    pub(super) fn sent_bytes(&self, mid: Mid) -> Option<u64> {
+        self.tracks
+            .iter()
+            .find(|t| t.mid == mid)
+            .map(|t| t.sent_bytes)
     }
 
     /// The fraction of packets lost in the viewer's latest report, the largest over tracks.
