@@ -286,14 +286,32 @@ async function readStats(pc) {
   const now = performance.now();
   if (showStats && now - lastRender > 900) {
     lastRender = now;
-    statsBox.textContent = overlay(report, v, a, bytes);
+    statsBox.textContent = overlay(report, v, a, bytes, captureDelay(pc));
   } else if (!showStats) {
     statsBox.textContent = '';
   }
   return { progress, live };
 }
 
-function overlay(report, v, a, bytes) {
+/** NTP's epoch (1900) before the Unix epoch, in milliseconds. */
+const NTP_UNIX_MS = 2208988800000;
+
+/**
+ * Milliseconds from the publisher's capture of the frame on screen to now, from the
+ * abs-capture-time header extension the gateway forwards (the browser exposes it as the
+ * synchronization source's `captureTimestamp`, on the sender's NTP clock). It is the one-way
+ * delay when the publisher's clock and this machine's agree (both on NTP); `null` when the
+ * publisher sends no capture time.
+ */
+function captureDelay(pc) {
+  const receiver = pc.getReceivers().find((r) => r.track?.kind === 'video');
+  const source = receiver?.getSynchronizationSources?.()[0];
+  if (source?.captureTimestamp == null) return null;
+  const captured = source.captureTimestamp - NTP_UNIX_MS + (source.senderCaptureTimeOffset ?? 0);
+  return Date.now() - captured;
+}
+
+function overlay(report, v, a, bytes, capture) {
   const lines = [];
   const t = (v || a)?.timestamp ?? performance.now();
   if (v) {
@@ -304,6 +322,11 @@ function overlay(report, v, a, bytes) {
     const lost = v.packetsLost ?? 0;
     const got = v.packetsReceived ?? 0;
     lines.push(`loss   ${got + lost > 0 ? ((100 * lost) / (got + lost)).toFixed(2) : '0.00'} % (${lost} packets)`);
+    // The jitter buffer's mean delay, which a playout-delay extension (media.playout_delay_max_ms)
+    // bounds.
+    const emitted = v.jitterBufferEmittedCount ?? 0;
+    if (emitted > 0) lines.push(`buffer ${((1000 * (v.jitterBufferDelay ?? 0)) / emitted).toFixed(0)} ms`);
+    if (capture != null) lines.push(`delay  ${capture.toFixed(0)} ms from capture`);
   }
   if (a) {
     const codec = report.get(a.codecId);
