@@ -65,7 +65,8 @@ fn main() -> std::process::ExitCode {
 /// only when the thread that freed it allocates again: a shard whose viewers left, then idle,
 /// kept it. Purging at once returned memory as glibc with `malloc_trim` did (43 MiB after
 /// 1,000 viewers left, from 23.5 at start; 131 MiB with the defaults), at no cost the bench
-/// could see (BENCHMARKS.md).
+/// could see (BENCHMARKS.md). Under join/leave churn it still keeps about 20 MB more than
+/// glibc with `malloc_trim` did, flat over 10,000 cycles (`scripts/soak-churn.sh`, README).
 fn purge_at_once() {
     /// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (`mimalloc.h`); the Rust
     /// bindings name no constant for it.
