@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::http::events::{EventKind, OpenError, Registry, StreamView};
+use crate::events::{EventKind, OpenError, Registry, StreamView};
 use crate::session::{Role, SessionId};
 
 /// Where a session lives, for routing PATCH/DELETE to its shard.
@@ -25,26 +25,7 @@ pub struct SessionEntry {
     pub video_mline: Option<usize>,
 }
 
-/// One video layer (simulcast encoding or SVC layer) of a publication, as the `layers` event
-/// of the WHEP server-sent events extension describes it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LayerInfo {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spatial_layer_id: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub temporal_layer_id: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bitrate: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_bitrate: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub width: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub height: Option<u32>,
-}
+pub use crate::events::LayerInfo;
 
 /// The publisher of a stream.
 #[derive(Clone, Debug)]
@@ -518,7 +499,7 @@ impl Hub {
         &self,
         id: SessionId,
         event: u128,
-    ) -> Option<Arc<crate::http::events::EventStream>> {
+    ) -> Option<Arc<crate::events::EventStream>> {
         self.lock().events.get(id, event)
     }
 

@@ -112,6 +112,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod dtls;
+pub mod events;
 pub mod fanout;
 pub mod gateway;
 pub mod http;
