@@ -126,8 +126,8 @@ fn sps(nal: &[u8]) -> Option<(u32, u32)> {
     }
     r.ue()?; // max_num_ref_frames
     r.bits(1)?;
-    let width_mbs = r.ue()? + 1;
-    let height_units = r.ue()? + 1;
+    let width_mbs = r.ue()?.checked_add(1)?;
+    let height_units = r.ue()?.checked_add(1)?;
     let frame_mbs_only = r.bits(1)?;
     if frame_mbs_only == 0 {
         r.bits(1)?;
@@ -142,8 +142,8 @@ fn sps(nal: &[u8]) -> Option<(u32, u32)> {
             2 => (2, 2 - frame_mbs_only),
             _ => (1, 2 - frame_mbs_only),
         };
-        crop_x = (left + right).checked_mul(unit_x)?;
-        crop_y = (top + bottom).checked_mul(unit_y)?;
+        crop_x = left.checked_add(right)?.checked_mul(unit_x)?;
+        crop_y = top.checked_add(bottom)?.checked_mul(unit_y)?;
     }
     let width = width_mbs.checked_mul(16)?.checked_sub(crop_x)?;
     let height = (2 - frame_mbs_only)
