@@ -25,7 +25,6 @@ use super::{preflight, AppState, Segments};
 use crate::events::{
     Ending, EventKind, EventStream, OpenError, MAX_PER_SESSION, VIEWERCOUNT_EVERY,
 };
-use crate::session::{Role, SessionId};
 use crate::shard::SessionError;
 
 /// The `rel` of the 201's `Link` to the event-stream entry point.
@@ -69,7 +68,7 @@ pub async fn entry_point(
     if method == Method::OPTIONS {
         return Ok(preflight(ENTRY_METHODS, Some(("accept-post", JSON))));
     }
-    let session = viewer_session(&app, &stream, &id)?;
+    let (session, _) = super::viewer_session(&app, &stream, &id)?;
     if method != Method::POST {
         return Err(ApiError::MethodNotAllowed {
             allow: ENTRY_METHODS,
@@ -138,7 +137,7 @@ pub async fn event_stream(
     if method == Method::OPTIONS {
         return Ok(preflight(STREAM_METHODS, None));
     }
-    let session = viewer_session(&app, &stream, &id)?;
+    let (session, _) = super::viewer_session(&app, &stream, &id)?;
     let eid = parse_event_id(&event).ok_or(ApiError::NoEventStream)?;
     match method {
         Method::DELETE => {
@@ -183,15 +182,6 @@ pub async fn entry_method_not_allowed() -> ApiError {
 pub async fn stream_method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed {
         allow: STREAM_METHODS,
-    }
-}
-
-/// The live WHEP session `id` of `stream`, or 404.
-fn viewer_session(app: &AppState, stream: &str, id: &str) -> Result<SessionId, ApiError> {
-    let id = id.parse::<SessionId>().map_err(|_| ApiError::NotFound)?;
-    match app.hub.session(id) {
-        Some(e) if e.role == Role::Play && *e.stream == *stream => Ok(id),
-        _ => Err(ApiError::NotFound),
     }
 }
 
@@ -325,6 +315,7 @@ mod tests {
     use super::*;
     use crate::events::{LayerInfo, QUEUE};
     use crate::hub::Hub;
+    use crate::session::{Role, SessionId};
 
     /// A hub with publisher 1 and viewer 2 of stream "s".
     fn publisher_and_viewer() -> Hub {

@@ -17,7 +17,6 @@ use tokio::sync::oneshot;
 
 use super::{ask, check_content_type, preflight, read_body, AppState, Segments};
 use crate::http::error::ApiError;
-use crate::session::{Role, SessionId};
 use crate::shard::{Command, SessionError};
 
 const JSON: &str = "application/json";
@@ -121,11 +120,7 @@ pub async fn whep_layer(
     if method == Method::OPTIONS {
         return Ok(preflight(METHODS, Some(("accept-post", JSON))));
     }
-    let id = id.parse::<SessionId>().map_err(|_| ApiError::NotFound)?;
-    let entry = app.hub.session(id).ok_or(ApiError::NotFound)?;
-    if entry.role != Role::Play || *entry.stream != *stream {
-        return Err(ApiError::NotFound);
-    }
+    let (id, entry) = super::viewer_session(&app, &stream, &id)?;
     let body = read_body(body, &headers, app.config.get().http.max_body_bytes).await?;
     if !body.is_empty() {
         check_content_type(&headers, JSON)?;

@@ -398,6 +398,20 @@ pub(crate) fn whep_links(res: &mut Response, location: &str) {
     }
 }
 
+/// WHEP session `id` of `stream` and where it lives, for the resources under it (its events
+/// and layer): `404` for any other session, unknown or a publisher's.
+pub(crate) fn viewer_session(
+    app: &AppState,
+    stream: &str,
+    id: &str,
+) -> Result<(SessionId, crate::hub::SessionEntry), ApiError> {
+    let id = id.parse::<SessionId>().map_err(|_| ApiError::NotFound)?;
+    match app.hub.session(id) {
+        Some(e) if e.role == Role::Play && *e.stream == *stream => Ok((id, e)),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
 /// `GET /api/streams`: the streams with a publisher or viewers, by name, with their figures.
 async fn list_streams(State(app): State<AppState>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "streams": api::stream_list(&app).await }))
