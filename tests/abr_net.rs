@@ -162,19 +162,14 @@ async fn a_viewer_on_a_capped_link_settles_under_the_cap_and_moves_up_when_it_li
     };
 
     let gw = start(test_config(1)).await;
-    let publisher = Peer::publish(
+    let publisher = connected_publisher(
         &whip(&gw, "s"),
         PeerOptions {
             simulcast: LAYERS.iter().map(|(r, _)| r.to_string()).collect(),
             ..opts(Some(CODEC), true)
         },
     )
-    .await
-    .expect("publish accepted");
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("publisher connects");
+    .await;
     let sender = LiveFeed::run(publisher, feed());
     // A second of media, so the layers' rates are measured before the viewer joins.
     tokio::time::sleep(Duration::from_millis(1500)).await;

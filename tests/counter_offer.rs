@@ -23,15 +23,11 @@ const STUN_URL: &str = "stun:stun.example.net:3478";
 
 /// An offer from str0m with only `cfg`'s codecs: one host candidate, recvonly video and audio.
 fn offer_with(cfg: RtcConfig) -> String {
-    let mut rtc = cfg.build(Instant::now());
-    let addr = "127.0.0.1:40000".parse().expect("candidate address");
-    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
-    let mut api = rtc.sdp_api();
-    for kind in [MediaKind::Video, MediaKind::Audio] {
-        api.add_media(kind, Direction::RecvOnly, Some("player".into()), None, None);
-    }
-    let (offer, _pending) = api.apply().expect("str0m produces an offer");
-    offer.to_sdp_string()
+    str0m_offer(
+        cfg.build(Instant::now()),
+        Direction::RecvOnly,
+        &[MediaKind::Video, MediaKind::Audio],
+    )
 }
 
 /// A player that offers VP8 (and Opus) only.

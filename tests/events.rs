@@ -14,7 +14,7 @@ use common::sse::open;
 use common::*;
 use serde_json::{json, Value};
 use str0m::media::{Direction, MediaKind};
-use str0m::{Candidate, Rtc};
+use str0m::Rtc;
 use wishcast::client::h3::H3Client;
 use wishcast::client::http::{request, request_tls, Response};
 use wishcast::client::{ClientOptions, Peer, PeerOptions, VideoCodec};
@@ -81,15 +81,11 @@ async fn live_viewer(url: &str, opts: ClientOptions) -> Peer {
 
 /// A real str0m recvonly offer with video and audio.
 fn offer() -> String {
-    let mut rtc = Rtc::builder().build(Instant::now());
-    let addr = "127.0.0.1:40000".parse().expect("candidate address");
-    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
-    let mut api = rtc.sdp_api();
-    for kind in [MediaKind::Video, MediaKind::Audio] {
-        api.add_media(kind, Direction::RecvOnly, Some("t".into()), None, None);
-    }
-    let (offer, _pending) = api.apply().expect("str0m produces an offer");
-    offer.to_sdp_string()
+    str0m_offer(
+        Rtc::builder().build(Instant::now()),
+        Direction::RecvOnly,
+        &[MediaKind::Video, MediaKind::Audio],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

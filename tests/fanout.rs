@@ -149,13 +149,7 @@ async fn abs_capture_time_arrives_as_the_publisher_stamped_it() {
             abs_capture_time: true,
             ..opts(Some(codec), true)
         };
-        let publisher = Peer::publish(&whip(&gw, "s"), stamped.clone())
-            .await
-            .expect("publish accepted");
-        publisher
-            .wait_connected(Duration::from_secs(10))
-            .await
-            .expect("publisher connects");
+        let publisher = connected_publisher(&whip(&gw, "s"), stamped.clone()).await;
         let feed = LiveFeed::run(
             publisher,
             wishcast::peer::Feed::new(Some(codec), true)

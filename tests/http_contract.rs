@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use str0m::media::{Direction, MediaKind};
-use str0m::{Candidate, Rtc};
+use str0m::Rtc;
 use wishcast::client::http::{request, Response};
 use wishcast::client::{Peer, VideoCodec};
 use wishcast::config::IceServer;
@@ -52,18 +52,6 @@ fn contract_config() -> Config {
     ];
     c.timeouts.connect_secs = 60.0;
     c
-}
-
-/// A real str0m offer: one host candidate, one m-section per entry of `kinds`, in `dir`.
-fn str0m_offer(mut rtc: Rtc, dir: Direction, kinds: &[MediaKind]) -> String {
-    let addr = "127.0.0.1:40000".parse().expect("candidate address");
-    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
-    let mut api = rtc.sdp_api();
-    for kind in kinds {
-        api.add_media(*kind, dir, Some("wishcast-test".into()), None, None);
-    }
-    let (offer, _pending) = api.apply().expect("str0m produces an offer");
-    offer.to_sdp_string()
 }
 
 /// A browser-like offer with str0m's default codecs: video and audio in `dir`.

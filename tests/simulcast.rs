@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use str0m::media::{Direction, MediaKind};
-use str0m::{Candidate, Rtc};
+use str0m::Rtc;
 use wishcast::client::http::request;
 use wishcast::client::{Peer, PeerOptions, VideoCodec};
 use wishcast::peer::Feed;
@@ -20,30 +20,16 @@ const LAYERS: [(&str, usize); 3] = [("0", 1), ("1", 4), ("2", 16)];
 /// with an `a=ssrc` line, no RTX, the mid and rid header extensions as 1 and 2. Built from a
 /// real str0m offer (real ICE credentials and fingerprint), its video section rewritten.
 fn obs_shaped_offer() -> String {
-    let mut rtc = Rtc::builder()
+    let rtc = Rtc::builder()
         .clear_codecs()
         .enable_h264(true)
         .enable_opus(true, false)
         .build(Instant::now());
-    let addr = "127.0.0.1:40000".parse().expect("candidate address");
-    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
-    let mut api = rtc.sdp_api();
-    api.add_media(
-        MediaKind::Audio,
+    let sdp = str0m_offer(
+        rtc,
         Direction::SendOnly,
-        Some("obs".into()),
-        None,
-        None,
+        &[MediaKind::Audio, MediaKind::Video],
     );
-    api.add_media(
-        MediaKind::Video,
-        Direction::SendOnly,
-        Some("obs".into()),
-        None,
-        None,
-    );
-    let (offer, _pending) = api.apply().expect("str0m produces an offer");
-    let sdp = offer.to_sdp_string();
     let mut out = String::new();
     let mut in_video = false;
     let mut rtx_pts: Vec<String> = Vec::new();
@@ -175,13 +161,7 @@ async fn simulcast_publisher(gw: &wishcast::Gateway, stream: &str, codec: VideoC
         simulcast: LAYERS.iter().map(|(rid, _)| rid.to_string()).collect(),
         ..opts(Some(codec), true)
     };
-    let publisher = Peer::publish(&whip(gw, stream), opts)
-        .await
-        .expect("publish accepted");
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("publisher connects");
+    let publisher = connected_publisher(&whip(gw, stream), opts).await;
     LiveFeed::run(publisher, layered_feed(codec))
 }
 
@@ -345,18 +325,16 @@ async fn the_layers_event_names_each_layer_with_its_rate_and_size_and_the_201_li
     let v = connected_viewer(&gw, codec).await;
     // The layer extension's Link, which needs the events' `layers` (draft §"Video Layer
     // Selection"): checked on a second viewer's raw 201.
-    let mut rtc = Rtc::builder().build(Instant::now());
-    rtc.add_local_candidate(
-        Candidate::host("127.0.0.1:40000".parse().expect("addr"), "udp").expect("candidate"),
+    let offer = str0m_offer(
+        Rtc::builder().build(Instant::now()),
+        Direction::RecvOnly,
+        &[MediaKind::Video],
     );
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, _pending) = api.apply().expect("offer");
     let r = request(
         "POST",
         &whep(&gw, "s"),
         &[("content-type", "application/sdp")],
-        offer.to_sdp_string().into_bytes(),
+        offer.into_bytes(),
     )
     .await
     .expect("HTTP response");

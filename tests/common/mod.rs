@@ -53,6 +53,32 @@ pub fn whep(gw: &Gateway, stream: &str) -> String {
     format!("http://{}/whep/{stream}", gw.http_addr())
 }
 
+/// A real str0m offer: one host candidate, one m-section per entry of `kinds`, in `dir`.
+pub fn str0m_offer(
+    mut rtc: str0m::Rtc,
+    dir: str0m::media::Direction,
+    kinds: &[str0m::media::MediaKind],
+) -> String {
+    let addr = "127.0.0.1:40000".parse().expect("candidate address");
+    rtc.add_local_candidate(str0m::Candidate::host(addr, "udp").expect("host candidate"));
+    let mut api = rtc.sdp_api();
+    for kind in kinds {
+        api.add_media(*kind, dir, Some("wishcast-test".into()), None, None);
+    }
+    let (offer, _pending) = api.apply().expect("str0m produces an offer");
+    offer.to_sdp_string()
+}
+
+/// A publisher on `url` with ICE and DTLS done.
+pub async fn connected_publisher(url: &str, opts: PeerOptions) -> Peer {
+    let publisher = Peer::publish(url, opts).await.expect("publish accepted");
+    publisher
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("publisher connects");
+    publisher
+}
+
 pub fn opts(video: Option<VideoCodec>, audio: bool) -> PeerOptions {
     PeerOptions {
         video,
@@ -137,13 +163,7 @@ impl LiveFeed {
         first: u64,
         honor_pli: bool,
     ) -> LiveFeed {
-        let publisher = Peer::publish(url, opts(codec, audio))
-            .await
-            .expect("publish accepted");
-        publisher
-            .wait_connected(Duration::from_secs(10))
-            .await
-            .expect("publisher connects");
+        let publisher = connected_publisher(url, opts(codec, audio)).await;
         let mut feed = Feed::new(codec, audio)
             .with_fps(FPS as u32)
             .with_gop(GOP)

@@ -99,6 +99,22 @@ struct OutTrack {
     highest: u64,
 }
 
+impl OutTrack {
+    /// The header of `pkt` on this track as rewritten (`pt`, extended `seq`, `time`), with the
+    /// header extensions the viewer negotiated.
+    fn header(&self, pt: u8, seq: u64, time: u32, pkt: &MediaPacket) -> Header {
+        Header {
+            ssrc: self.ssrc,
+            pt,
+            marker: pkt.marker,
+            seq,
+            time,
+            capture: self.ids.capture.zip(pkt.capture),
+            playout: self.ids.playout,
+        }
+    }
+}
+
 /// A viewer's track as the egress is set up with it: its mid, send SSRC, RTX SSRC with the
 /// RTX stream's first sequence number, and the header extensions' ids.
 pub(super) type TrackSetup = (Mid, Ssrc, Option<(Ssrc, u16)>, ExtIds);
@@ -188,15 +204,7 @@ impl Egress {
         if track.clock_rate == 0 {
             track.clock_rate = pkt.params.spec().clock_rate.get();
         }
-        let header = Header {
-            ssrc: track.ssrc,
-            pt,
-            marker: pkt.marker,
-            seq,
-            time,
-            capture: track.ids.capture.zip(pkt.capture),
-            playout: track.ids.playout,
-        };
+        let header = track.header(pt, seq, time, pkt);
         let datagram = protect(buf, &self.srtp, header, &[], &pkt.payload);
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(pkt.payload.len() as u32);
@@ -318,15 +326,7 @@ impl Egress {
     ) -> Option<Vec<u8>> {
         let track = self.tracks.iter_mut().find(|t| t.mid == mid)?;
         let rtx_pt = self.rtx_pts.iter().find(|(p, _)| *p == pt).map(|r| r.1);
-        let mut header = Header {
-            ssrc: track.ssrc,
-            pt,
-            marker: pkt.marker,
-            seq,
-            time,
-            capture: track.ids.capture.zip(pkt.capture),
-            playout: track.ids.playout,
-        };
+        let mut header = track.header(pt, seq, time, pkt);
         let original = (seq as u16).to_be_bytes();
         let mut prefix = &[][..];
         if let (Some((rtx_ssrc, next)), Some(rtx_pt)) = (track.rtx.as_mut(), rtx_pt) {
