@@ -109,13 +109,8 @@ impl Engine {
         let Some(local) = self.streams.get_mut(stream) else {
             return;
         };
-        let slot = usize::from(layer);
-        if local.remote_layer_keyframe.len() <= slot {
-            local.remote_layer_keyframe.resize(slot + 1, (None, false));
-        }
-        let (at, pending) = &mut local.remote_layer_keyframe[slot];
-        if at.is_some_and(|t| now.saturating_duration_since(t) < LAYER_KEYFRAME_INTERVAL) {
-            *pending = true;
+        let (at, pending) = layer_slot(&mut local.remote_layer_keyframe, layer);
+        if held(*at, pending, now) {
             return;
         }
         *at = Some(now);
@@ -134,13 +129,8 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let slot = usize::from(layer);
-        if s.layer_plis.len() <= slot {
-            s.layer_plis.resize(slot + 1, (None, false));
-        }
-        let (at, pending) = &mut s.layer_plis[slot];
-        if at.is_some_and(|t| now.saturating_duration_since(t) < LAYER_KEYFRAME_INTERVAL) {
-            *pending = true;
+        let (at, pending) = layer_slot(&mut s.layer_plis, layer);
+        if held(*at, pending, now) {
             return;
         }
         let ssrcs: Vec<Ssrc> = s
@@ -243,4 +233,21 @@ impl Engine {
         self.counters.keyframe_requests_sent += 1;
         self.drive(now, id);
     }
+}
+
+/// Layer `layer`'s entry (last request, held or not) in a per-layer list, made if new.
+fn layer_slot(list: &mut Vec<(Option<Instant>, bool)>, layer: u8) -> &mut (Option<Instant>, bool) {
+    let i = usize::from(layer);
+    if list.len() <= i {
+        list.resize(i + 1, (None, false));
+    }
+    &mut list[i]
+}
+
+/// Whether a request for one layer's keyframe made at `now` falls inside the interval since
+/// the last one (`at`): then it is held (`pending`) for when the interval ends.
+fn held(at: Option<Instant>, pending: &mut bool, now: Instant) -> bool {
+    let inside = at.is_some_and(|t| now.saturating_duration_since(t) < LAYER_KEYFRAME_INTERVAL);
+    *pending |= inside;
+    inside
 }

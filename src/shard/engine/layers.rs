@@ -168,16 +168,15 @@ impl Engine {
                 || now.iter().zip(&local.reported).any(|(a, b)| moved(a, b));
             if changed {
                 local.reported = now.clone();
-                updates.push(HubUpdate::Layers {
-                    stream: name.clone(),
-                    layers: now,
-                });
+                updates.push((name.clone(), now));
             }
         }
-        updates.sort_by(|a, b| match (a, b) {
-            (HubUpdate::Layers { stream: x, .. }, HubUpdate::Layers { stream: y, .. }) => x.cmp(y),
-            _ => std::cmp::Ordering::Equal,
-        });
-        self.outbox.hub.extend(updates);
+        // In name order, not the map's: a seed must replay the same run.
+        updates.sort_by(|a, b| a.0.cmp(&b.0));
+        self.outbox.hub.extend(
+            updates
+                .into_iter()
+                .map(|(stream, layers)| HubUpdate::Layers { stream, layers }),
+        );
     }
 }
