@@ -51,6 +51,9 @@ impl Engine {
                 false
             }
         };
+        if keyframe {
+            s.pli_unanswered = false;
+        }
         if keyframe && s.keyframe_after.is_none_or(|after| seq > after) {
             // A held or repeated request is answered: sending it now would cost a needless
             // keyframe.
