@@ -134,6 +134,7 @@ pub mod simulcast;
 pub mod srtp;
 pub mod stun;
 pub mod tls;
+pub mod twcc;
 pub mod web;
 
 pub use config::Config;

@@ -90,6 +90,7 @@ impl Metrics {
             counter!("wishcast_datagrams_dropped_total").absolute(s.datagrams_dropped());
             counter!("wishcast_packets_forwarded_total").absolute(s.packets_forwarded);
             counter!("wishcast_packets_without_codec_total").absolute(s.packets_no_codec);
+            counter!("wishcast_twcc_feedback_malformed_total").absolute(s.twcc_malformed);
             counter!("wishcast_keyframe_requests_total").absolute(s.keyframe_requests_sent);
             counter!("wishcast_unrepaired_losses_total").absolute(s.unrepaired_losses);
             counter!("wishcast_gop_cache_hits_total").absolute(s.gop_cache_hits);

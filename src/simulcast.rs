@@ -17,6 +17,7 @@ use str0m::media::Rid;
 
 use crate::fanout::{MediaPacket, Pushed, StreamCache};
 use crate::session::SessionId;
+use crate::twcc::Usage;
 
 /// The window over which a layer's bitrate is measured.
 const RATE_WINDOW: Duration = Duration::from_millis(1000);
@@ -220,12 +221,23 @@ const PROBE_BACKOFF: Duration = Duration::from_secs(4);
 const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(16);
 /// Loss this soon after a move up counts against the move.
 const PROBE_WINDOW: Duration = Duration::from_secs(3);
+/// On delay over-use the estimate becomes this much of the rate that arrived, as GCC's
+/// rate controller does (draft-ietf-rmcat-gcc-02 §6: beta 0.85).
+const DELAY_BACKOFF: f64 = 0.85;
+/// Least time between two cuts for delay: a cut moves the viewer down only at the smaller
+/// layer's next keyframe, and the queue drains after that; the over-use the viewer's feedback
+/// shows meanwhile is the same queue.
+const CUT_INTERVAL: Duration = Duration::from_secs(1);
+/// No growth this long after the delay last showed a queue growing or draining.
+const DELAY_HOLD: Duration = Duration::from_secs(1);
 
 /// What one viewer's path carries, from the loss in its receiver reports about the video it
-/// is sent (RFC 3550 §6.4.1). The gateway sends that viewer what its layer carries, so loss
-/// beyond a few percent means the layer is more than the path holds; what arrived is what
-/// the path holds. Without loss the estimate grows until a larger layer fits; if that move
-/// loses, the next try waits longer.
+/// is sent (RFC 3550 §6.4.1) and, where the viewer sends transport-wide feedback, from the
+/// delay on its path ([`crate::twcc`]). The gateway sends that viewer what its layer
+/// carries, so loss beyond a few percent means the layer is more than the path holds; what
+/// arrived is what the path holds. A queue that grows says the same earlier, before loss.
+/// Without loss or queueing the estimate grows until a larger layer fits; if that move loses
+/// or queues, the next try waits longer.
 #[derive(Debug, Clone)]
 pub struct LinkEstimate {
     /// Bits per second the path is believed to carry; `None` while nothing limits it.
@@ -237,6 +249,9 @@ pub struct LinkEstimate {
     backoff: Duration,
     /// No growth before this: the last move up lost.
     hold_until: Option<Instant>,
+    /// The last cut for delay, and no growth before `delay_hold`: a queue grew or drained.
+    last_cut: Option<Instant>,
+    delay_hold: Option<Instant>,
 }
 
 impl Default for LinkEstimate {
@@ -248,6 +263,8 @@ impl Default for LinkEstimate {
             moved_up: None,
             backoff: PROBE_BACKOFF,
             hold_until: None,
+            last_cut: None,
+            delay_hold: None,
         }
     }
 }
@@ -278,17 +295,10 @@ impl LinkEstimate {
         self.last_sent = sent;
         if fraction > LOSS_HIGH {
             let carried = sending * f64::from(1.0 - fraction);
-            self.budget = Some(self.budget.map_or(carried, |b| b.min(carried)));
-            if self
-                .moved_up
-                .take()
-                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_WINDOW)
-            {
-                self.hold_until = Some(now + self.backoff);
-                self.backoff = (self.backoff * 2).min(MAX_PROBE_BACKOFF);
-            }
+            self.cut(now, carried);
         } else if fraction < LOSS_LOW {
-            if self.hold_until.is_some_and(|t| now < t) {
+            if self.hold_until.is_some_and(|t| now < t) || self.delay_hold.is_some_and(|t| now < t)
+            {
                 return;
             }
             if let Some(b) = self.budget {
@@ -304,6 +314,39 @@ impl LinkEstimate {
                 self.moved_up = None;
                 self.backoff = PROBE_BACKOFF;
             }
+        }
+    }
+
+    /// What the viewer's transport-wide feedback shows of the delay on its path: `usage`,
+    /// and `acked` bits per second arrived over about the last second.
+    pub fn on_delay(&mut self, now: Instant, usage: Usage, acked: Option<u64>) {
+        match usage {
+            Usage::Normal => {}
+            Usage::Under => self.delay_hold = Some(now + DELAY_HOLD),
+            Usage::Over => {
+                self.delay_hold = Some(now + DELAY_HOLD);
+                let recent = self
+                    .last_cut
+                    .is_some_and(|t| now.saturating_duration_since(t) < CUT_INTERVAL);
+                if let (false, Some(acked)) = (recent, acked) {
+                    self.last_cut = Some(now);
+                    self.cut(now, acked as f64 * DELAY_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// The path holds about `carried` bits per second: the estimate goes no higher, and a
+    /// recent move up failed.
+    fn cut(&mut self, now: Instant, carried: f64) {
+        self.budget = Some(self.budget.map_or(carried, |b| b.min(carried)));
+        if self
+            .moved_up
+            .take()
+            .is_some_and(|t| now.saturating_duration_since(t) < PROBE_WINDOW)
+        {
+            self.hold_until = Some(now + self.backoff);
+            self.backoff = (self.backoff * 2).min(MAX_PROBE_BACKOFF);
         }
     }
 

@@ -2,7 +2,7 @@
 //! the largest simulcast layer settles on a layer that fits, from the loss in its own
 //! receiver reports, and moves up once the path has room again.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,56 @@ fn cap(
             true
         }
     }
+}
+
+/// A bottleneck with a queue on the gateway → viewer direction: `bps`, datagrams waiting
+/// their turn, and those that would wait longer than `depth` dropped (a drop-tail queue, as
+/// a home router's). What each datagram waited is recorded.
+#[derive(Default)]
+struct Queue {
+    /// When the queue is empty again, as an offset from the first datagram.
+    free_at: Duration,
+    first: Option<Instant>,
+    /// The wait of the datagram the drop rule just let through, for the delay rule.
+    wait: Option<(u64, Duration)>,
+    /// (when, wait) of each datagram through; datagrams dropped.
+    waits: Vec<(Instant, Duration)>,
+    dropped: u64,
+}
+
+fn queue(sim: &mut Sim, bps: f64, depth: Duration, viewer: PeerId) -> Rc<RefCell<Queue>> {
+    let q = Rc::new(RefCell::new(Queue::default()));
+    let q2 = q.clone();
+    sim.set_drop(move |d| {
+        if d.way != Way::FromGateway || d.peer != viewer {
+            return false;
+        }
+        let mut q = q2.borrow_mut();
+        let first = *q.first.get_or_insert(d.at);
+        let now = d.at.saturating_duration_since(first);
+        let start = q.free_at.max(now);
+        let wait = start - now;
+        if wait > depth {
+            q.dropped += 1;
+            return true;
+        }
+        q.free_at = start + Duration::from_secs_f64(d.contents.len() as f64 * 8.0 / bps);
+        q.wait = Some((d.nth, wait));
+        q.waits.push((d.at, wait));
+        false
+    });
+    let q3 = q.clone();
+    sim.set_delay(move |d| {
+        let mut q = q3.borrow_mut();
+        match q.wait {
+            Some((nth, wait)) if nth == d.nth && d.way == Way::FromGateway && d.peer == viewer => {
+                q.wait = None;
+                wait
+            }
+            _ => Duration::ZERO,
+        }
+    });
+    q
 }
 
 /// The layer (index into `LAYERS`) of each video frame `v` received in `[from, to)`.
@@ -216,4 +266,79 @@ fn a_move_asks_for_the_new_layers_keyframe_alone() {
     );
     // The feed keyframes every 2 s; the requested one came well before.
     assert!(took < Duration::from_millis(500), "{took:?}");
+}
+
+/// One run of [`a_viewer_whose_path_queues_moves_down_before_it_loses`]: the queue's record
+/// from the viewer's join, and the layers of the frames it got from second 8 on.
+fn queued_run(transport_cc: bool) -> (Rc<RefCell<Queue>>, Vec<usize>, Instant) {
+    let mut config = Config::default();
+    config.media.transport_cc = transport_cc;
+    let mut sim = Sim::with_seed(config, 1, 4);
+    let p = layered_publisher(&mut sim);
+    let v = sim
+        .add_viewer(
+            "s",
+            PeerOptions {
+                request_keyframes: true,
+                ..PeerOptions::with_video(CODEC)
+            },
+        )
+        .expect("viewer accepted");
+    // 2 Mbit/s with 400 ms of queue: the largest layer (2.4 Mbit/s) fills it in 2 s.
+    let q = queue(&mut sim, 2_000_000.0, Duration::from_millis(400), v);
+    assert!(sim.run_until_true(Duration::from_secs(3), |s| s.connected_count() == 2));
+    let start = sim.now();
+    sim.run_for(Duration::from_secs(20));
+    let layers = layers_between(&sim, p, v, start + Duration::from_secs(8), sim.now());
+    (q, layers, start)
+}
+
+/// A path that queues before it drops (a bottleneck with a buffer): with transport-wide
+/// feedback the gateway sees the queue grow and moves the viewer to a layer that fits before
+/// the buffer overflows; from receiver reports alone it moves only once packets are lost.
+#[test]
+fn a_viewer_whose_path_queues_moves_down_before_it_loses() {
+    let mut figures = Vec::new();
+    for transport_cc in [true, false] {
+        let (q, layers, start) = queued_run(transport_cc);
+        let q = q.borrow();
+        let mut waits: Vec<Duration> = q.waits.iter().map(|w| w.1).collect();
+        waits.sort();
+        let p95 = waits[waits.len() * 95 / 100];
+        let late: Vec<Duration> = q
+            .waits
+            .iter()
+            .filter(|w| w.0 >= start + Duration::from_secs(8))
+            .map(|w| w.1)
+            .collect();
+        let late_mean = late.iter().sum::<Duration>() / late.len().max(1) as u32;
+        let fitting = layers.iter().filter(|l| **l != 1).count();
+        println!(
+            "transport_cc {transport_cc}: dropped {} of {}, queue wait p95 {p95:?}, \
+             mean from second 8 {late_mean:?}, frames from second 8 {} ({} of layers that fit)",
+            q.dropped,
+            q.waits.len() as u64 + q.dropped,
+            layers.len(),
+            fitting
+        );
+        figures.push((q.dropped, p95, layers.len(), fitting));
+    }
+    let (with, without) = (figures[0], figures[1]);
+    assert!(with.2 > 0, "video plays");
+    assert!(
+        with.3 * 10 >= with.2 * 8,
+        "with transport-wide feedback, at least 80 % of the frames from a layer that fits"
+    );
+    assert!(
+        with.0 * 2 < without.0,
+        "fewer than half the datagrams dropped: {} against {}",
+        with.0,
+        without.0
+    );
+    assert!(
+        with.1 < without.1,
+        "a shorter queue: p95 {:?} against {:?}",
+        with.1,
+        without.1
+    );
 }

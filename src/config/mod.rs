@@ -130,6 +130,11 @@ pub struct MediaConfig {
     /// for none. 0 asks a browser to render each frame as soon as it is decoded, the lowest
     /// latency, with no smoothing of network jitter.
     pub playout_delay_max_ms: Option<u64>,
+    /// Number every packet of the own egress with a transport-wide sequence number, where the
+    /// viewer negotiated it, and read the viewer's transport-wide feedback: a simulcast viewer
+    /// whose path queues is moved to a smaller layer before the path drops packets. Costs
+    /// 4 KiB per such viewer (what was sent, for the feedback to refer to).
+    pub transport_cc: bool,
     /// How often each session's statistics (RTT, loss, bytes, packets, bit rates, NACKs and
     /// PLIs) are refreshed for the API and the feedback metrics, in seconds; 0 turns them off.
     /// They cost CPU per session: in one fan-out bench run, every second took up to 1.7x the
@@ -175,6 +180,7 @@ impl Default for MediaConfig {
             keyframe_request_interval_ms: 500,
             max_viewer_kbps: 0,
             playout_delay_max_ms: None,
+            transport_cc: true,
             shard_queue_packets: 8192,
             stats_interval_secs: 5,
         }

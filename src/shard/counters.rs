@@ -77,6 +77,8 @@ counters! {
     /// Datagrams the shard's UDP socket did not take: its buffer stayed full, or the kernel
     /// refused the send (a gone peer's address, say).
     udp_send_dropped,
+    /// Transport-wide feedback packets from viewers that did not parse; ignored.
+    twcc_malformed,
 }
 
 impl Counters {

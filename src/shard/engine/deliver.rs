@@ -249,7 +249,7 @@ impl Engine {
             // The gateway's own code, contained as str0m's write is: a panic costs the viewer.
             let buf = self.outbox.buffer();
             let written = self.faults.isolate(Site::Write, Some(id), || {
-                sender.write(mid, *pt, seq, time, pkt, buf)
+                sender.write(mid, *pt, seq, time, pkt, buf, now)
             });
             let Some(written) = written else {
                 self.remove(now, id, PANIC);

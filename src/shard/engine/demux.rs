@@ -200,6 +200,7 @@ impl Engine {
             }
             let path = session.media_path.unwrap_or(here);
             self.counters.nacks_received += feedback.nacks;
+            self.counters.twcc_malformed += feedback.malformed;
             self.counters.plis_received += feedback.plis;
             let history = self.streams.get(&session.stream).map(|l| &l.history);
             let resent = super::egress::answer_nacks(
@@ -208,10 +209,16 @@ impl Engine {
                 feedback.wanted,
                 &mut self.outbox,
                 path,
+                now,
             );
             self.counters.packets_retransmitted += resent;
             session.stats.packets_retransmitted += resent;
             let layers = self.streams.get(&session.stream).map(|l| &l.layers);
+            if let (Some((usage, acked)), Some(layers)) = (feedback.delay, layers) {
+                if layers.len() > 1 {
+                    session.estimate.on_delay(now, usage, acked);
+                }
+            }
             for (mid, fraction) in feedback.reports {
                 let video = session
                     .tracks

@@ -20,9 +20,12 @@
 //!   sent first.
 //! - **The figures** str0m keeps only for what it sent: NACKs, PLIs and FIRs, and the loss the
 //!   viewer's receiver reports give, counted from the same RTCP.
+//! - **Transport-wide sequence numbers** where the viewer negotiated them, and its
+//!   transport-wide feedback read for the delay on its path ([`crate::twcc`]).
 //!
-//! No header extensions are written: the gateway's answer binds each SSRC to its m-line
-//! (`a=ssrc`), and the ingest's extension values must not reach viewers anyway.
+//! The header extensions written are the gateway's own (abs-capture-time forwarded,
+//! playout-delay, transport-wide sequence number): the gateway's answer binds each SSRC to
+//! its m-line (`a=ssrc`), and the ingest's extension values must not reach viewers.
 //!
 //! `media.direct_egress` turns it on (the default).
 //!
@@ -38,6 +41,7 @@ use super::session::MediaPath;
 use super::*;
 use crate::dtls::SrtpKeys;
 use crate::srtp::{Profile, SrtcpReceiver, SrtpSender};
+use crate::twcc::{DelayDetector, Usage};
 
 /// Sender reports go out this often per track (str0m's video default; audio's 5 s is longer
 /// than a player should wait to line up the first seconds).
@@ -67,6 +71,9 @@ pub(super) struct Egress {
     rrtr: Option<(u32, u32, Instant)>,
     /// Decrypted RTCP, reused.
     plain: Vec<u8>,
+    /// What was sent under transport-wide sequence numbers and the delay trend the viewer's
+    /// feedback shows: only where the viewer negotiated the extension.
+    twcc: Option<Box<DelayDetector>>,
     /// Bytes of the datagrams made here (media, resends, reports), for the session's figures
     /// beside what str0m sent.
     pub(super) bytes: u64,
@@ -101,16 +108,35 @@ struct OutTrack {
 
 impl OutTrack {
     /// The header of `pkt` on this track as rewritten (`pt`, extended `seq`, `time`), with the
-    /// header extensions the viewer negotiated.
-    fn header(&self, pt: u8, seq: u64, time: u32, pkt: &MediaPacket) -> Header {
+    /// header extensions the viewer negotiated; sent at `now` (its transport-wide sequence
+    /// number is taken from `twcc`).
+    fn header(
+        &self,
+        pt: u8,
+        seq: u64,
+        time: u32,
+        pkt: &MediaPacket,
+        twcc: Option<&mut DelayDetector>,
+        now: Instant,
+    ) -> Header {
+        let capture = self.ids.capture.zip(pkt.capture);
+        // What the datagram will weigh, for the rate that arrived: header, extensions and
+        // SRTP tag at most, the RTX prefix aside.
+        let size = pkt.payload.len() + 12 + 36 + 16;
+        let transport = self
+            .ids
+            .transport
+            .zip(twcc)
+            .map(|(id, d)| (id, d.sent(now, size)));
         Header {
             ssrc: self.ssrc,
             pt,
             marker: pkt.marker,
             seq,
             time,
-            capture: self.ids.capture.zip(pkt.capture),
+            capture,
             playout: self.ids.playout,
+            transport,
         }
     }
 }
@@ -127,6 +153,8 @@ pub(super) struct ExtIds {
     /// playout-delay, with the delays (10 ms units, 12 bits) to send: video only, and only
     /// when `media.playout_delay_max_ms` is set.
     pub(super) playout: Option<(u8, u16, u16)>,
+    /// The transport-wide sequence number, when `media.transport_cc` is on.
+    pub(super) transport: Option<u8>,
 }
 
 /// What [`Egress::on_rtcp`] found in one RTCP datagram.
@@ -140,6 +168,11 @@ pub(super) struct Feedback {
     pub(super) plis: u64,
     /// The fraction lost in each report block about one of the viewer's tracks.
     pub(super) reports: Vec<(Mid, f32)>,
+    /// The delay trend the last transport-wide feedback showed, and the bits per second
+    /// that arrived over about the last second.
+    pub(super) delay: Option<(Usage, Option<u64>)>,
+    /// Transport-wide feedback that did not parse.
+    pub(super) malformed: u64,
 }
 
 impl Egress {
@@ -157,7 +190,12 @@ impl Egress {
             .ok()?
             .starting_rtcp_index(RTCP_INDEX_START);
         let rtcp_in = SrtcpReceiver::new(profile, &keys.material, keys.local_is_client).ok()?;
+        let twcc = tracks
+            .iter()
+            .any(|t| t.3.transport.is_some())
+            .then(|| Box::new(DelayDetector::new(now)));
         Some(Egress {
+            twcc,
             srtp,
             rtcp_in,
             rtx_pts,
@@ -190,7 +228,8 @@ impl Egress {
 
     /// The SRTP datagram for one forwarded packet on track `mid`, already rewritten to the
     /// viewer's `pt`, `seq` (extended: its top bits are the rollover counter) and `time`,
-    /// written into `buf` (an empty buffer to reuse).
+    /// written into `buf` (an empty buffer to reuse), to be sent at `now`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn write(
         &mut self,
         mid: Mid,
@@ -199,12 +238,13 @@ impl Egress {
         time: u32,
         pkt: &MediaPacket,
         buf: Vec<u8>,
+        now: Instant,
     ) -> Option<Vec<u8>> {
         let track = self.tracks.iter_mut().find(|t| t.mid == mid)?;
         if track.clock_rate == 0 {
             track.clock_rate = pkt.params.spec().clock_rate.get();
         }
-        let header = track.header(pt, seq, time, pkt);
+        let header = track.header(pt, seq, time, pkt, self.twcc.as_deref_mut(), now);
         let datagram = protect(buf, &self.srtp, header, &[], &pkt.payload);
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(pkt.payload.len() as u32);
@@ -263,7 +303,16 @@ impl Egress {
         let mut wanted: Vec<(u32, u16)> = Vec::new();
         let tracks = &mut self.tracks;
         let rrtr = &mut self.rrtr;
+        let twcc = &mut self.twcc;
         for_each_feedback(&self.plain, |item| match item {
+            Item::TransportFeedback(fci) => {
+                if let Some(d) = twcc.as_deref_mut() {
+                    match d.on_feedback(fci) {
+                        Ok(usage) => feedback.delay = Some((usage, d.acked_bps())),
+                        Err(_) => feedback.malformed += 1,
+                    }
+                }
+            }
             Item::ReferenceTime { ssrc, lrr } => *rrtr = Some((ssrc, lrr, now)),
             Item::Nack { ssrc, seqs } => {
                 if let Some(t) = tracks.iter_mut().find(|t| t.ssrc == ssrc) {
@@ -312,9 +361,11 @@ impl Egress {
     }
 
     /// The datagram that sends `pkt` again on track `mid` as it was sent, with payload type
-    /// `pt`, sequence number `seq` and RTP time `time`, written into `buf`: as RTX (RFC 4588
-    /// §4: the original sequence number, then the original payload) where the track has an
-    /// RTX stream and `pt` an RTX payload type, else as the packet itself.
+    /// `pt`, sequence number `seq` and RTP time `time`, written into `buf` to go at `now`: as
+    /// RTX (RFC 4588 §4: the original sequence number, then the original payload) where the
+    /// track has an RTX stream and `pt` an RTX payload type, else as the packet itself. It
+    /// takes a new transport-wide sequence number: it is another packet on the path.
+    #[allow(clippy::too_many_arguments)]
     fn resend(
         &mut self,
         mid: Mid,
@@ -323,10 +374,11 @@ impl Egress {
         time: u32,
         pkt: &MediaPacket,
         buf: Vec<u8>,
+        now: Instant,
     ) -> Option<Vec<u8>> {
         let track = self.tracks.iter_mut().find(|t| t.mid == mid)?;
         let rtx_pt = self.rtx_pts.iter().find(|(p, _)| *p == pt).map(|r| r.1);
-        let mut header = track.header(pt, seq, time, pkt);
+        let mut header = track.header(pt, seq, time, pkt, self.twcc.as_deref_mut(), now);
         let original = (seq as u16).to_be_bytes();
         let mut prefix = &[][..];
         if let (Some((rtx_ssrc, next)), Some(rtx_pt)) = (track.rtx.as_mut(), rtx_pt) {
@@ -384,6 +436,7 @@ pub(super) fn answer_nacks(
     wanted: Vec<(Mid, u64)>,
     outbox: &mut Outbox,
     path: MediaPath,
+    now: Instant,
 ) -> u64 {
     let (Some(history), Some(sender)) = (history, session.sender.as_mut()) else {
         return 0;
@@ -403,7 +456,7 @@ pub(super) fn answer_nacks(
         let Some((pkt, pt, time)) = found else {
             continue;
         };
-        if let Some(contents) = sender.resend(mid, *pt, seq, time, pkt, outbox.buffer()) {
+        if let Some(contents) = sender.resend(mid, *pt, seq, time, pkt, outbox.buffer(), now) {
             outbox.send_on(path, contents);
             resent += 1;
         }
@@ -424,6 +477,8 @@ struct Header {
     capture: Option<(u8, AbsCaptureTime)>,
     /// playout-delay: id, min and max (10 ms units).
     playout: Option<(u8, u16, u16)>,
+    /// The transport-wide sequence number, with its id.
+    transport: Option<(u8, u16)>,
 }
 
 /// Header, `prefix` and payload of one packet, SRTP-protected, written into `buf` (its
@@ -437,14 +492,14 @@ fn protect(
 ) -> Vec<u8> {
     buf.clear();
     buf.reserve(32 + prefix.len() + payload.len() + srtp.profile().rtp_overhead());
-    let extended = h.capture.is_some() || h.playout.is_some();
+    let extended = h.capture.is_some() || h.playout.is_some() || h.transport.is_some();
     buf.push(if extended { 0x90 } else { 0x80 });
     buf.push(((h.marker as u8) << 7) | (h.pt & 0x7f));
     buf.extend_from_slice(&(h.seq as u16).to_be_bytes());
     buf.extend_from_slice(&h.time.to_be_bytes());
     buf.extend_from_slice(&h.ssrc.to_be_bytes());
     if extended {
-        write_extensions(&mut buf, h.capture, h.playout);
+        write_extensions(&mut buf, h.capture, h.playout, h.transport);
     }
     let header_len = buf.len();
     buf.extend_from_slice(prefix);
@@ -458,13 +513,16 @@ fn protect(
 /// - abs-capture-time: 8 bytes of NTP capture time, 16 with the clock offset
 ///   (<http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time>);
 /// - playout-delay: 12 bits each of min and max, in 10 ms units
-///   (<http://www.webrtc.org/experiments/rtp-hdrext/playout-delay>).
+///   (<http://www.webrtc.org/experiments/rtp-hdrext/playout-delay>);
+/// - transport-wide sequence number: 16 bits
+///   (<http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01>).
 fn write_extensions(
     buf: &mut Vec<u8>,
     capture: Option<(u8, AbsCaptureTime)>,
     playout: Option<(u8, u16, u16)>,
+    transport: Option<(u8, u16)>,
 ) {
-    let mut elements: [(u8, [u8; 16], usize); 2] = [(0, [0; 16], 0); 2];
+    let mut elements: [(u8, [u8; 16], usize); 3] = [(0, [0; 16], 0); 3];
     let mut n = 0;
     if let Some((id, t)) = capture {
         let mut value = [0u8; 16];
@@ -486,6 +544,12 @@ fn write_extensions(
         value[1] = ((min << 4) as u8) | (max >> 8) as u8;
         value[2] = max as u8;
         elements[n] = (id, value, 3);
+        n += 1;
+    }
+    if let Some((id, seq)) = transport {
+        let mut value = [0u8; 16];
+        value[..2].copy_from_slice(&seq.to_be_bytes());
+        elements[n] = (id, value, 2);
         n += 1;
     }
     let elements = &elements[..n];
@@ -517,7 +581,7 @@ fn is_rtcp(d: &[u8]) -> bool {
 }
 
 /// One piece of a viewer's feedback about the gateway's media.
-enum Item {
+enum Item<'a> {
     /// A generic NACK (RFC 4585 §6.2.1: PT 205, FMT 1) and the sequence numbers it names.
     Nack { ssrc: u32, seqs: Vec<u16> },
     /// A PLI (PT 206, FMT 1) or FIR (PT 206, FMT 4, RFC 5104 §4.3.1).
@@ -527,11 +591,13 @@ enum Item {
     /// A receiver reference time block (RFC 3611 §4.4) in an extended report from `ssrc`:
     /// the middle 32 bits of its NTP timestamp.
     ReferenceTime { ssrc: u32, lrr: u32 },
+    /// Transport-wide feedback (RTPFB, FMT 15): its FCI, after the two SSRCs.
+    TransportFeedback(&'a [u8]),
 }
 
 /// Calls `f` for each piece of feedback in a compound RTCP packet. A malformed length ends
 /// the walk.
-fn for_each_feedback(mut rtcp: &[u8], mut f: impl FnMut(Item)) {
+fn for_each_feedback<'a>(mut rtcp: &'a [u8], mut f: impl FnMut(Item<'a>)) {
     let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     while rtcp.len() >= 4 {
         let words = u16::from_be_bytes([rtcp[2], rtcp[3]]) as usize;
@@ -555,6 +621,7 @@ fn for_each_feedback(mut rtcp: &[u8], mut f: impl FnMut(Item)) {
                     });
                 }
             }
+            205 if count == 15 && packet.len() >= 20 => f(Item::TransportFeedback(&packet[12..])),
             205 if count == 1 && packet.len() >= 12 => {
                 let mut seqs = Vec::new();
                 for fci in packet[12..].chunks_exact(4) {
@@ -657,6 +724,7 @@ mod tests {
                     lost,
                 } => format!("report {ssrc:x} {fraction} {lost}"),
                 Item::ReferenceTime { ssrc, lrr } => format!("rrtr {ssrc:x} {lrr:x}"),
+                Item::TransportFeedback(fci) => format!("twcc {fci:02x?}"),
             })
         });
         got
@@ -673,13 +741,18 @@ mod tests {
         rtcp.extend_from_slice(&[0x81, 206, 0, 2, 0, 0, 0, 1, 0, 0, 0xbe, 0xef]);
         rtcp.extend_from_slice(&[0x84, 206, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0]);
         rtcp.extend_from_slice(&[0, 0, 0xbe, 0xef, 7, 0, 0, 0]);
+        // Transport-wide feedback: base 5, one packet, reference 0, count 9, a run chunk,
+        // one delta and a byte of padding.
+        rtcp.extend_from_slice(&[0x8f, 205, 0, 5, 0, 0, 0, 1, 0, 0, 0xbe, 0xef]);
+        rtcp.extend_from_slice(&[0, 5, 0, 1, 0, 0, 0, 9, 0x20, 0x01, 4, 0]);
         assert_eq!(
             walk(&rtcp),
             [
                 "report abcd 64 300",
                 "nack deadbeef [65535, 0, 2]",
                 "key beef",
-                "key beef"
+                "key beef",
+                "twcc [00, 05, 00, 01, 00, 00, 00, 09, 20, 01, 04, 00]"
             ]
         );
     }
@@ -714,15 +787,16 @@ mod tests {
             clock_offset: None,
         };
         let mut one = Vec::new();
-        write_extensions(&mut one, Some((12, t)), Some((5, 0, 10)));
-        // 0xBEDE, 4 words: capture (id 12, 8 bytes), playout (id 5, 3 bytes), 2 of padding.
+        write_extensions(&mut one, Some((12, t)), Some((5, 0, 10)), Some((3, 0x1234)));
+        // 0xBEDE, 4 words: capture (id 12, 8 bytes), playout (id 5, 3 bytes), transport-wide
+        // sequence number (id 3, 2 bytes), no padding.
         assert_eq!(one[..4], [0xbe, 0xde, 0, 4]);
         assert_eq!(one[4], 12 << 4 | 7);
         assert_eq!(one[5..13], ntp(t.capture_time).to_be_bytes());
         assert_eq!(one[13..17], [5 << 4 | 2, 0x00, 0x00, 10]);
-        assert_eq!(one.len(), 20);
+        assert_eq!(one[17..], [3 << 4 | 1, 0x12, 0x34]);
         let mut two = Vec::new();
-        write_extensions(&mut two, Some((20, t)), None);
+        write_extensions(&mut two, Some((20, t)), None, None);
         // 0x1000, 3 words: id 20, length 8, the value, 2 of padding.
         assert_eq!(two[..6], [0x10, 0x00, 0, 3, 20, 8]);
         assert_eq!(two.len(), 16);

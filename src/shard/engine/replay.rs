@@ -58,6 +58,7 @@ impl Engine {
         let index = self.index;
         let resend = self.config.media.resend_buffer_packets;
         let direct = self.config.media.direct_egress;
+        let transport_cc = self.config.media.transport_cc;
         // In the extension's 10 ms units, 12 bits.
         let playout = self
             .config
@@ -77,6 +78,9 @@ impl Engine {
                 let id_of = |e| media.and_then(|m| m.remote_extmap().id_of(e));
                 let ids = super::egress::ExtIds {
                     capture: id_of(Extension::AbsoluteCaptureTime),
+                    transport: transport_cc
+                        .then(|| id_of(Extension::TransportSequenceNumber))
+                        .flatten(),
                     playout: playout
                         .filter(|_| video)
                         .and_then(|max| Some((id_of(Extension::PlayoutDelay)?, 0, max))),
