@@ -4,6 +4,10 @@
 //! loss in its own receiver reports, and moves up to the largest layer once the rule is gone.
 //! `tests/abr_sim.rs` is the same on the simulated network.
 //!
+//! A path that queues before it drops (a bottleneck with a buffer) is a relay in the test
+//! ([`Relay::bottleneck`]): there the viewer's transport-wide feedback moves it down before
+//! the buffer overflows.
+//!
 //! The viewer binds a loopback address of its own (127.11.x.y), and only datagrams to it
 //! match the rule, which sits in a chain of its own, removed when the test ends. Without root
 //! or iptables the test says so and passes, unless `WISHCAST_NETADMIN=require` makes that a
@@ -12,11 +16,12 @@
 mod common;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use str0m::media::MediaKind;
-use wishcast::client::impair::{ImpairError, IptablesRateCap};
+use wishcast::client::impair::{ImpairError, IptablesRateCap, Relay};
 use wishcast::client::{ClientOptions, Peer, PeerOptions, VideoCodec};
 use wishcast::peer::{media, Feed};
 
@@ -277,4 +282,121 @@ async fn a_viewer_on_a_capped_link_settles_under_the_cap_and_moves_up_when_it_li
     drop(v);
     sender.stop().await;
     gw.shutdown().await;
+}
+
+/// What one viewer behind a queueing bottleneck saw from second 4 after its join (the start
+/// from the GOP cache, a burst of the largest layer, has overflowed the buffer either way):
+/// datagrams the queue dropped, the wait of the 95th percentile datagram, frames and of them
+/// those of a layer that fits.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    overflowed: u64,
+    p95: Duration,
+    frames: usize,
+    fitting: usize,
+}
+
+/// A viewer behind a 2 Mbit/s bottleneck with 400 ms of buffer for 14 s, on a gateway with
+/// `media.transport_cc` as given.
+async fn behind_a_queue(transport_cc: bool) -> Queued {
+    let mut config = test_config(1);
+    config.media.transport_cc = transport_cc;
+    let gw = start(config).await;
+    let publisher = connected_publisher(
+        &whip(&gw, "s"),
+        PeerOptions {
+            simulcast: LAYERS.iter().map(|(r, _)| r.to_string()).collect(),
+            ..opts(Some(CODEC), true)
+        },
+    )
+    .await;
+    let sender = LiveFeed::run(publisher, feed());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let relay = Arc::new(
+        Relay::new("127.0.0.1".parse().expect("ip"), Duration::ZERO, 7)
+            .bottleneck(2_000_000.0, Duration::from_millis(400)),
+    );
+    let viewer = ClientOptions {
+        relay: Some(relay.clone()),
+        ..ClientOptions::from(PeerOptions {
+            request_keyframes: true,
+            ..PeerOptions::with_video(CODEC)
+        })
+    };
+    let mut v = Peer::play(&whep(&gw, "s"), viewer)
+        .await
+        .expect("play accepted");
+    v.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    let joined = Instant::now();
+    let mut frames = Vec::new();
+    record(
+        &mut v,
+        &mut frames,
+        joined + Duration::from_secs(14),
+        |_| false,
+    )
+    .await;
+    let from = joined + Duration::from_secs(4);
+    let waits: Vec<Option<Duration>> = relay
+        .waits()
+        .into_iter()
+        .filter(|w| w.0 >= from)
+        .map(|w| w.1)
+        .collect();
+    let mut through: Vec<Duration> = waits.iter().flatten().copied().collect();
+    through.sort();
+    let late: Vec<Option<usize>> = frames
+        .iter()
+        .filter(|f| f.at >= from)
+        .map(|f| f.layer)
+        .collect();
+    let q = Queued {
+        overflowed: waits.iter().filter(|w| w.is_none()).count() as u64,
+        p95: through
+            .get(through.len() * 95 / 100)
+            .copied()
+            .unwrap_or_default(),
+        frames: late.len(),
+        fitting: late
+            .iter()
+            .filter(|l| l.is_some_and(|l| l != LARGEST))
+            .count(),
+    };
+    println!(
+        "transport_cc {transport_cc}: {q:?}; layers per half second:\n{}",
+        timeline(&frames, joined)
+    );
+    drop(v);
+    sender.stop().await;
+    gw.shutdown().await;
+    q
+}
+
+/// 2 Mbit/s with a 400 ms buffer in front of a viewer that starts on the largest layer
+/// (2.4 Mbit/s): the buffer fills in 2 s. With transport-wide feedback the gateway sees the
+/// queue grow and moves the viewer down before it overflows; from receiver reports alone,
+/// only once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_whose_path_queues_moves_down_before_the_buffer_overflows() {
+    let with = behind_a_queue(true).await;
+    let without = behind_a_queue(false).await;
+    assert!(
+        with.frames as u64 >= FPS * 10 / 2,
+        "video plays, at least half its frames: {with:?}"
+    );
+    assert!(
+        with.fitting * 10 >= with.frames * 8,
+        "with transport-wide feedback, at least 80 % of the frames from second 4 of a layer \
+         that fits: {with:?}"
+    );
+    assert!(
+        with.overflowed * 2 < without.overflowed,
+        "fewer than half the datagrams dropped: {with:?} against {without:?}"
+    );
+    assert!(
+        with.p95 < without.p95,
+        "a shorter queue: {with:?} against {without:?}"
+    );
 }

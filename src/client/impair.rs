@@ -224,7 +224,8 @@ fn iptables(args: &[&str]) -> Result<(), ImpairError> {
     }
 }
 
-/// A UDP relay that delays every datagram by a random time up to `max_delay`, both ways.
+/// A UDP relay that delays every datagram by a random time up to `max_delay`, both ways, and
+/// optionally passes what goes to the client through a bottleneck ([`Relay::bottleneck`]).
 ///
 /// Give it to a client ([`super::ClientOptions::relay`]): the client then reaches each of the
 /// gateway's candidates through a link of its own, a front socket the client sends to and a
@@ -233,6 +234,7 @@ fn iptables(args: &[&str]) -> Result<(), ImpairError> {
 pub struct Relay {
     max_delay: Duration,
     bind_ip: IpAddr,
+    bottleneck: Option<(f64, Duration)>,
     shared: Arc<RelayShared>,
     scheduler: Option<JoinHandle<()>>,
     links: Mutex<Vec<JoinHandle<()>>>,
@@ -244,6 +246,9 @@ struct RelayShared {
     wake: Condvar,
     seed: AtomicU64,
     relayed: AtomicU64,
+    /// When each datagram came to the bottleneck, and what it waited in its queue; `None`
+    /// for one dropped for want of room.
+    waits: Mutex<Vec<(Instant, Option<Duration>)>>,
 }
 
 /// A datagram waiting for its time.
@@ -286,6 +291,7 @@ impl Relay {
             wake: Condvar::new(),
             seed: AtomicU64::new(seed),
             relayed: AtomicU64::new(0),
+            waits: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let scheduler = std::thread::Builder::new()
@@ -295,6 +301,7 @@ impl Relay {
         Relay {
             max_delay,
             bind_ip,
+            bottleneck: None,
             shared,
             scheduler,
             links: Mutex::new(Vec::new()),
@@ -304,6 +311,24 @@ impl Relay {
     /// Datagrams relayed so far, both ways.
     pub fn relayed(&self) -> u64 {
         self.shared.relayed.load(Ordering::Relaxed)
+    }
+
+    /// Each link's datagrams to the client pass a bottleneck of `bps` with a drop-tail queue:
+    /// a datagram waits until those before it have gone at that rate, and one that would wait
+    /// longer than `depth` is dropped, as a home router's buffer does. Set before any link.
+    pub fn bottleneck(mut self, bps: f64, depth: Duration) -> Relay {
+        self.bottleneck = Some((bps, depth));
+        self
+    }
+
+    /// When each datagram so far came to the bottleneck, and what it waited in its queue;
+    /// `None` for one dropped for want of room.
+    pub fn waits(&self) -> Vec<(Instant, Option<Duration>)> {
+        self.shared
+            .waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A new link to `target`: returns the front address a client sends to instead.
@@ -330,7 +355,7 @@ impl Relay {
                 std::thread::Builder::new()
                     .name("relay-in".into())
                     .spawn(move || {
-                        shared.receive_loop(&front, |from| {
+                        shared.receive_loop(&front, |from, _| {
                             *client.lock().unwrap_or_else(|p| p.into_inner()) = Some(from);
                             Some((back.clone(), target, delay(&mut rng, max)))
                         })
@@ -340,11 +365,31 @@ impl Relay {
         {
             let shared = self.shared.clone();
             let mut rng = fastrand::Rng::with_seed(seed ^ 0x5555);
+            let bottleneck = self.bottleneck;
+            // When the bottleneck's queue is empty again.
+            let mut free_at = Instant::now();
             threads.push(std::thread::Builder::new().name("relay-out".into()).spawn(
                 move || {
-                    shared.receive_loop(&back, |_| {
+                    shared.receive_loop(&back, |_, len| {
                         let to = (*client.lock().unwrap_or_else(|p| p.into_inner()))?;
-                        Some((front.clone(), to, delay(&mut rng, max)))
+                        let mut after = delay(&mut rng, max);
+                        if let Some((bps, depth)) = bottleneck {
+                            let now = Instant::now();
+                            let wait = free_at.saturating_duration_since(now);
+                            let room = wait <= depth;
+                            shared
+                                .waits
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((now, room.then_some(wait)));
+                            if !room {
+                                return None;
+                            }
+                            let sending = Duration::from_secs_f64(len as f64 * 8.0 / bps);
+                            free_at = free_at.max(now) + sending;
+                            after += wait + sending;
+                        }
+                        Some((front.clone(), to, after))
                     })
                 },
             )?);
@@ -420,8 +465,13 @@ fn delay(rng: &mut fastrand::Rng, max: Duration) -> Duration {
 type Route = (Arc<UdpSocket>, SocketAddr, Duration);
 
 impl RelayShared {
-    /// Reads `socket` until stopped; `route` says where each datagram goes and after how long.
-    fn receive_loop(&self, socket: &UdpSocket, mut route: impl FnMut(SocketAddr) -> Option<Route>) {
+    /// Reads `socket` until stopped; `route` says where each datagram (from whom, how long)
+    /// goes and after how long, or that it is dropped.
+    fn receive_loop(
+        &self,
+        socket: &UdpSocket,
+        mut route: impl FnMut(SocketAddr, usize) -> Option<Route>,
+    ) {
         let mut buf = vec![0u8; 65536];
         let mut order = 0u64;
         while !self.stop.load(Ordering::SeqCst) {
@@ -433,7 +483,7 @@ impl RelayShared {
                 // ICMP port unreachable from a peer that left: keep relaying for the rest.
                 Err(_) => continue,
             };
-            let Some((out, to, after)) = route(from) else {
+            let Some((out, to, after)) = route(from, n) else {
                 continue;
             };
             order += 1;
