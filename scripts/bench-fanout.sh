@@ -10,7 +10,8 @@
 #
 # Environment: STEPS, RATE (joins/s, 50), SECS (steady phase, 20), SAMPLES (checking viewers, 8),
 # CODEC (h264; vp8 to compare with a server that sends viewers VP8 only), DIRECT_EGRESS (true;
-# false sends viewers' media through str0m, media.direct_egress),
+# false sends viewers' media through str0m, media.direct_egress), TRANSPORT_CC (true; false
+# writes no transport-wide sequence numbers and reads no such feedback, media.transport_cc),
 # SINK (nft as root with nft installed, else bpf; see the load tool's --sink), SHARDS (1),
 # GATEWAY_CPUS (0), LOAD_CPUS (the other cores), MAX_SHARD_LOAD (1.0: admission off),
 # RESULTS (a file the reports' JSON lines are appended to), SIMULCAST (1: the publisher sends
@@ -26,6 +27,7 @@ SECS="${SECS:-20}"
 SAMPLES="${SAMPLES:-8}"
 CODEC="${CODEC:-h264}"
 DIRECT_EGRESS="${DIRECT_EGRESS:-true}"
+TRANSPORT_CC="${TRANSPORT_CC:-true}"
 SHARDS="${SHARDS:-1}"
 MAX_SHARD_LOAD="${MAX_SHARD_LOAD:-1.0}"
 MAX_LOSS="${MAX_LOSS:-0.5}"
@@ -64,6 +66,7 @@ listen = "127.0.0.1:0"
 bind_ip = "127.0.0.1"
 udp_base_port = 0
 direct_egress = $DIRECT_EGRESS
+transport_cc = $TRANSPORT_CC
 
 [limits]
 posts_per_minute_per_ip = 0
