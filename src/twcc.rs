@@ -227,9 +227,6 @@ pub struct DelayDetector {
     arrived: VecDeque<(i64, i64, u64)>,
     /// The newest arrival seen, for feedbacks that overlap.
     newest_arrival: Option<i64>,
-    /// Packets reported, and of them reported lost, since the counts were last taken.
-    pub reported: u64,
-    pub lost: u64,
     scratch: Vec<(u16, Option<i64>)>,
 }
 
@@ -251,8 +248,6 @@ impl DelayDetector {
             usage: Usage::Normal,
             arrived: VecDeque::new(),
             newest_arrival: None,
-            reported: 0,
-            lost: 0,
             scratch: Vec::new(),
         }
     }
@@ -272,9 +267,7 @@ impl DelayDetector {
                 let Some((sent, size)) = self.log.get(seq) else {
                     continue;
                 };
-                self.reported += 1;
                 let Some(arrival) = arrival else {
-                    self.lost += 1;
                     continue;
                 };
                 // Counted once: a packet may be reported again in the next feedback.

@@ -130,10 +130,11 @@ pub struct MediaConfig {
     /// for none. 0 asks a browser to render each frame as soon as it is decoded, the lowest
     /// latency, with no smoothing of network jitter.
     pub playout_delay_max_ms: Option<u64>,
-    /// Number every packet of the own egress with a transport-wide sequence number, where the
-    /// viewer negotiated it, and read the viewer's transport-wide feedback: a simulcast viewer
-    /// whose path queues is moved to a smaller layer before the path drops packets. Costs
-    /// 4 KiB per such viewer (what was sent, for the feedback to refer to).
+    /// Number the simulcast video the own egress sends with transport-wide sequence numbers,
+    /// where the viewer negotiated them, and read the viewer's transport-wide feedback: a
+    /// simulcast viewer whose path queues is moved to a smaller layer before the path drops
+    /// packets. Costs such a viewer 4 KiB (what was sent, for the feedback to refer to) and
+    /// the numbering; viewers of single-layer streams pay nothing.
     pub transport_cc: bool,
     /// How often each session's statistics (RTT, loss, bytes, packets, bit rates, NACKs and
     /// PLIs) are refreshed for the API and the feedback metrics, in seconds; 0 turns them off.

@@ -72,7 +72,7 @@ pub(super) struct Egress {
     /// Decrypted RTCP, reused.
     plain: Vec<u8>,
     /// What was sent under transport-wide sequence numbers and the delay trend the viewer's
-    /// feedback shows: only where the viewer negotiated the extension.
+    /// feedback shows: made with the first packet numbered (see [`numbering`]).
     twcc: Option<Box<DelayDetector>>,
     /// Bytes of the datagrams made here (media, resends, reports), for the session's figures
     /// beside what str0m sent.
@@ -190,12 +190,8 @@ impl Egress {
             .ok()?
             .starting_rtcp_index(RTCP_INDEX_START);
         let rtcp_in = SrtcpReceiver::new(profile, &keys.material, keys.local_is_client).ok()?;
-        let twcc = tracks
-            .iter()
-            .any(|t| t.3.transport.is_some())
-            .then(|| Box::new(DelayDetector::new(now)));
         Some(Egress {
-            twcc,
+            twcc: None,
             srtp,
             rtcp_in,
             rtx_pts,
@@ -244,7 +240,8 @@ impl Egress {
         if track.clock_rate == 0 {
             track.clock_rate = pkt.params.spec().clock_rate.get();
         }
-        let header = track.header(pt, seq, time, pkt, self.twcc.as_deref_mut(), now);
+        let twcc = numbering(&mut self.twcc, &track.ids, pkt, now);
+        let header = track.header(pt, seq, time, pkt, twcc, now);
         let datagram = protect(buf, &self.srtp, header, &[], &pkt.payload);
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(pkt.payload.len() as u32);
@@ -378,7 +375,8 @@ impl Egress {
     ) -> Option<Vec<u8>> {
         let track = self.tracks.iter_mut().find(|t| t.mid == mid)?;
         let rtx_pt = self.rtx_pts.iter().find(|(p, _)| *p == pt).map(|r| r.1);
-        let mut header = track.header(pt, seq, time, pkt, self.twcc.as_deref_mut(), now);
+        let twcc = numbering(&mut self.twcc, &track.ids, pkt, now);
+        let mut header = track.header(pt, seq, time, pkt, twcc, now);
         let original = (seq as u16).to_be_bytes();
         let mut prefix = &[][..];
         if let (Some((rtx_ssrc, next)), Some(rtx_pt)) = (track.rtx.as_mut(), rtx_pt) {
@@ -425,6 +423,22 @@ impl Egress {
             .filter_map(|t| t.fraction_lost)
             .reduce(f32::max)
     }
+}
+
+/// The delay detector that numbers `pkt`, made if it is the first, where the viewer
+/// negotiated transport-wide sequence numbers and `pkt` is a simulcast layer's: only a
+/// viewer with layers to choose from has use for the delay on its path, and numbering costs
+/// about a tenth more CPU per packet per viewer (BENCHMARKS.md), which viewers of a
+/// single-layer stream do not pay.
+fn numbering<'a>(
+    twcc: &'a mut Option<Box<DelayDetector>>,
+    ids: &ExtIds,
+    pkt: &MediaPacket,
+    now: Instant,
+) -> Option<&'a mut DelayDetector> {
+    ids.transport?;
+    pkt.rid?;
+    Some(twcc.get_or_insert_with(|| Box::new(DelayDetector::new(now))))
 }
 
 /// Sends again what a viewer's NACKs asked for (`wanted`, from [`Egress::on_rtcp`]), each
