@@ -10,6 +10,7 @@
 //!
 //! A stream without simulcast is one layer, number 0, without a rid.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,6 +192,15 @@ impl Layers {
         self.best().map_or(0, |b| self.rate(b))
     }
 
+    /// The rates a viewer playing `current` has its estimate go by.
+    pub fn rates(&self, current: u8) -> LayerRates {
+        LayerRates {
+            current: self.rate(current),
+            smallest: self.iter().map(|(_, l)| l.meter.rank()).min().unwrap_or(0),
+            largest: self.ceiling(),
+        }
+    }
+
     /// Where automatic choice puts a viewer that plays `current` on a path without a known
     /// limit: the best layer, unless it is not clearly better than the current one
     /// ([`HYSTERESIS`]).
@@ -230,6 +240,19 @@ const DELAY_BACKOFF: f64 = 0.85;
 const CUT_INTERVAL: Duration = Duration::from_secs(1);
 /// No growth this long after the delay last showed a queue growing or draining.
 const DELAY_HOLD: Duration = Duration::from_secs(1);
+/// What was sent is measured over at least this much, back from a report: browsers send a
+/// receiver report with each NACK, so under loss reports come tens of milliseconds apart,
+/// and the bytes sent between two of them say little of a rate (a frame or none).
+const SENT_WINDOW: Duration = Duration::from_secs(1);
+
+/// The layers' measured rates, as a viewer's estimate needs them (bits per second): the
+/// layer it plays, the smallest and the largest.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerRates {
+    pub current: u64,
+    pub smallest: u64,
+    pub largest: u64,
+}
 
 /// What one viewer's path carries, from the loss in its receiver reports about the video it
 /// is sent (RFC 3550 §6.4.1) and, where the viewer sends transport-wide feedback, from the
@@ -243,8 +266,17 @@ pub struct LinkEstimate {
     /// Bits per second the path is believed to carry; `None` while nothing limits it.
     budget: Option<f64>,
     last_report: Option<Instant>,
-    /// Bytes sent to the viewer on the track when the last report came.
-    last_sent: Option<u64>,
+    /// Bytes sent to the viewer on the track when each report of about the last
+    /// [`SENT_WINDOW`] came, oldest first.
+    sent: VecDeque<(Instant, u64)>,
+    /// What arrived over about the last second by the viewer's transport-wide feedback, and
+    /// when it said so.
+    acked: Option<(Instant, u64)>,
+    /// Cuts so far, and how many there had been when the viewer last moved: a viewer moves
+    /// down only for a cut after its last move, not because a layer's measured rate rose
+    /// for a keyframe (the one its move asked for, say).
+    cuts: u64,
+    cuts_at_move: u64,
     moved_up: Option<Instant>,
     backoff: Duration,
     /// No growth before this: the last move up lost.
@@ -259,7 +291,10 @@ impl Default for LinkEstimate {
         LinkEstimate {
             budget: None,
             last_report: None,
-            last_sent: None,
+            sent: VecDeque::new(),
+            acked: None,
+            cuts: 0,
+            cuts_at_move: 0,
             moved_up: None,
             backoff: PROBE_BACKOFF,
             hold_until: None,
@@ -271,31 +306,47 @@ impl Default for LinkEstimate {
 
 impl LinkEstimate {
     /// A report on the viewer's video: `fraction` lost since its last report. `sent`: bytes
-    /// sent on the track so far, from which the rate over the report's interval comes (a
-    /// move to another layer inside it changes what the loss is a fraction of); `fallback`:
-    /// the rate to take without it. `ceiling`: the largest layer's rate, past which nothing
-    /// limits the viewer.
-    pub fn on_report(
-        &mut self,
-        now: Instant,
-        fraction: f32,
-        sent: Option<u64>,
-        fallback: u64,
-        ceiling: u64,
-    ) {
+    /// sent on the track so far, from which the rate sent over about the last second comes (a
+    /// move to another layer inside it changes what the loss is a fraction of); without it,
+    /// the current layer's. What arrived is that rate less the loss, or where the viewer's
+    /// transport-wide feedback said lately what arrived, that. Past the largest layer's rate
+    /// nothing limits the viewer.
+    pub fn on_report(&mut self, now: Instant, fraction: f32, sent: Option<u64>, rates: LayerRates) {
         let since = self.last_report.map(|t| now.saturating_duration_since(t));
-        let sending = match (sent, self.last_sent, since) {
-            (Some(b), Some(a), Some(d)) if d >= Duration::from_millis(100) => {
-                (b.saturating_sub(a) * 8) as f64 / d.as_secs_f64()
+        let sending = sent
+            .and_then(|bytes| {
+                // The newest earlier report at least the window back, else the oldest kept.
+                let (at, before) = self
+                    .sent
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| now.saturating_duration_since(*t) >= SENT_WINDOW)
+                    .or(self.sent.front())
+                    .copied()?;
+                let d = now.saturating_duration_since(at);
+                (d >= Duration::from_millis(100))
+                    .then(|| (bytes.saturating_sub(before) * 8) as f64 / d.as_secs_f64())
+            })
+            .unwrap_or(rates.current as f64);
+        if let Some(bytes) = sent {
+            while self
+                .sent
+                .get(1)
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= SENT_WINDOW)
+            {
+                self.sent.pop_front();
             }
-            _ => fallback as f64,
-        };
+            self.sent.push_back((now, bytes));
+        }
         let elapsed = since.unwrap_or(Duration::ZERO).min(Duration::from_secs(5));
         self.last_report = Some(now);
-        self.last_sent = sent;
         if fraction > LOSS_HIGH {
-            let carried = sending * f64::from(1.0 - fraction);
-            self.cut(now, carried);
+            let arrived = self
+                .acked
+                .filter(|(at, _)| now.saturating_duration_since(*at) < SENT_WINDOW)
+                .map(|(_, bps)| bps as f64);
+            let carried = arrived.unwrap_or(sending * f64::from(1.0 - fraction));
+            self.cut(now, carried, rates.smallest);
         } else if fraction < LOSS_LOW {
             if self.hold_until.is_some_and(|t| now < t) || self.delay_hold.is_some_and(|t| now < t)
             {
@@ -304,7 +355,7 @@ impl LinkEstimate {
             if let Some(b) = self.budget {
                 let grown = b * (1.0 + GROWTH_PER_SEC * elapsed.as_secs_f64());
                 // Room for the largest layer and then some: nothing limits this viewer now.
-                self.budget = (grown < ceiling as f64 * 1.5).then_some(grown);
+                self.budget = (grown < rates.largest as f64 * 1.5).then_some(grown);
             }
             if self
                 .moved_up
@@ -318,8 +369,12 @@ impl LinkEstimate {
     }
 
     /// What the viewer's transport-wide feedback shows of the delay on its path: `usage`,
-    /// and `acked` bits per second arrived over about the last second.
-    pub fn on_delay(&mut self, now: Instant, usage: Usage, acked: Option<u64>) {
+    /// and `acked` bits per second arrived over about the last second. `smallest`: the
+    /// smallest layer's rate.
+    pub fn on_delay(&mut self, now: Instant, usage: Usage, acked: Option<u64>, smallest: u64) {
+        if let Some(bps) = acked {
+            self.acked = Some((now, bps));
+        }
         match usage {
             Usage::Normal => {}
             Usage::Under => self.delay_hold = Some(now + DELAY_HOLD),
@@ -330,16 +385,19 @@ impl LinkEstimate {
                     .is_some_and(|t| now.saturating_duration_since(t) < CUT_INTERVAL);
                 if let (false, Some(acked)) = (recent, acked) {
                     self.last_cut = Some(now);
-                    self.cut(now, acked as f64 * DELAY_BACKOFF);
+                    self.cut(now, acked as f64 * DELAY_BACKOFF, smallest);
                 }
             }
         }
     }
 
     /// The path holds about `carried` bits per second: the estimate goes no higher, and a
-    /// recent move up failed.
-    fn cut(&mut self, now: Instant, carried: f64) {
+    /// recent move up failed. Never below `smallest`, the smallest layer's rate: the viewer
+    /// plays that layer anyway, and growth towards the next would start further down.
+    fn cut(&mut self, now: Instant, carried: f64, smallest: u64) {
+        let carried = carried.max(smallest as f64);
         self.budget = Some(self.budget.map_or(carried, |b| b.min(carried)));
+        self.cuts += 1;
         if self
             .moved_up
             .take()
@@ -355,9 +413,19 @@ impl LinkEstimate {
         self.budget.map(|b| b.round() as u64)
     }
 
-    /// The viewer was moved to a larger layer at `now`: loss soon after counts against it.
-    pub fn moved_up(&mut self, now: Instant) {
-        self.moved_up = Some(now);
+    /// The viewer was moved to another layer at `now`, a larger one if `up`: loss or
+    /// queueing soon after a move up counts against it.
+    pub fn moved(&mut self, now: Instant, up: bool) {
+        self.cuts_at_move = self.cuts;
+        if up {
+            self.moved_up = Some(now);
+        }
+    }
+
+    /// Whether the estimate was cut since the viewer's last move: what a move down for the
+    /// estimate waits for.
+    pub fn cut_since_move(&self) -> bool {
+        self.cuts > self.cuts_at_move
     }
 }
 
@@ -514,45 +582,71 @@ mod tests {
     fn loss_sets_what_the_path_carries_and_a_lost_move_up_waits_longer() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
+        let on = |current| LayerRates {
+            current,
+            smallest: 100_000,
+            largest: 2_000_000,
+        };
         let mut e = LinkEstimate::default();
-        e.on_report(at(0), 0.0, None, 2_000_000, 2_000_000);
+        e.on_report(at(0), 0.0, None, on(2_000_000));
         assert_eq!(e.budget(), None, "nothing limits a viewer without loss");
+        assert!(!e.cut_since_move());
         // 60 % lost of 2 Mbit/s: the path carried 800 kbit/s.
-        e.on_report(at(1), 0.6, None, 2_000_000, 2_000_000);
+        e.on_report(at(1), 0.6, None, on(2_000_000));
         assert_eq!(e.budget(), Some(800_000));
+        assert!(e.cut_since_move(), "a cut: the viewer may move down");
+        e.moved(at(1), false);
+        assert!(!e.cut_since_move());
         // Some loss: held.
-        e.on_report(at(2), 0.05, None, 500_000, 2_000_000);
+        e.on_report(at(2), 0.05, None, on(500_000));
         assert_eq!(e.budget(), Some(800_000));
         // Clean reports grow it by a quarter per second.
-        e.on_report(at(3), 0.0, None, 500_000, 2_000_000);
+        e.on_report(at(3), 0.0, None, on(500_000));
         assert_eq!(e.budget(), Some(1_000_000));
         // A move up that loses at once: back down, and no growth for the backoff.
-        e.moved_up(at(3));
-        e.on_report(at(4), 0.5, None, 2_000_000, 2_000_000);
+        e.moved(at(3), true);
+        e.on_report(at(4), 0.5, None, on(2_000_000));
         assert_eq!(e.budget(), Some(1_000_000));
-        e.on_report(at(5), 0.0, None, 500_000, 2_000_000);
+        e.on_report(at(5), 0.0, None, on(500_000));
         assert_eq!(e.budget(), Some(1_000_000), "held after a lost move up");
-        e.on_report(at(9), 0.0, None, 500_000, 2_000_000);
+        e.on_report(at(9), 0.0, None, on(500_000));
         assert!(
             e.budget() > Some(1_000_000),
             "grows again after the backoff"
         );
         // Far past the largest layer: no limit.
         for s in 10..30 {
-            e.on_report(at(s), 0.0, None, 500_000, 2_000_000);
+            e.on_report(at(s), 0.0, None, on(500_000));
         }
         assert_eq!(e.budget(), None);
+        // Nearly all lost: the estimate stops at the smallest layer's rate.
+        e.on_report(at(31), 0.99, None, on(500_000));
+        assert_eq!(e.budget(), Some(100_000));
     }
 
     #[test]
     fn loss_is_a_fraction_of_what_was_sent_over_the_reports_interval() {
         let t0 = Instant::now();
+        let rates = LayerRates {
+            current: 500_000,
+            smallest: 100_000,
+            largest: 2_000_000,
+        };
         let mut e = LinkEstimate::default();
-        e.on_report(t0, 0.0, Some(0), 500_000, 2_000_000);
+        e.on_report(t0, 0.0, Some(0), rates);
         // 250,000 bytes in the second: 2 Mbit/s went out, on the larger layer the viewer has
         // just left; half of it arrived. The 500 kbit/s it plays now is not what was lost from.
         let t1 = t0 + Duration::from_secs(1);
-        e.on_report(t1, 0.5, Some(250_000), 500_000, 2_000_000);
+        e.on_report(t1, 0.5, Some(250_000), rates);
         assert_eq!(e.budget(), Some(1_000_000));
+        // Reports 20 ms apart under loss (with NACKs): 500 bytes went out in the last 20 ms,
+        // but the rate is measured over the second back, 250,500 bytes in 1.02 s.
+        let t2 = t1 + Duration::from_millis(20);
+        e.on_report(t2, 0.5, Some(250_500), rates);
+        assert_eq!(e.budget(), Some(982_353));
+        // What the viewer's transport-wide feedback says arrived counts over that.
+        e.on_delay(t2, Usage::Normal, Some(900_000), rates.smallest);
+        e.on_report(t2 + Duration::from_millis(20), 0.5, Some(251_000), rates);
+        assert_eq!(e.budget(), Some(900_000));
     }
 }

@@ -216,7 +216,8 @@ impl Engine {
             let layers = self.streams.get(&session.stream).map(|l| &l.layers);
             if let (Some((usage, acked)), Some(layers)) = (feedback.delay, layers) {
                 if layers.len() > 1 {
-                    session.estimate.on_delay(now, usage, acked);
+                    let smallest = layers.rates(0).smallest;
+                    session.estimate.on_delay(now, usage, acked, smallest);
                 }
             }
             for (mid, fraction) in feedback.reports {
@@ -231,10 +232,8 @@ impl Engine {
                     // What was sent over the report's interval, which may have been another
                     // layer's rate: the layer played now is the fallback before two reports.
                     let sent = session.sender.as_ref().and_then(|s| s.sent_bytes(mid));
-                    let (fallback, ceiling) = (layers.rate(current), layers.ceiling());
-                    session
-                        .estimate
-                        .on_report(now, fraction, sent, fallback, ceiling);
+                    let rates = layers.rates(current);
+                    session.estimate.on_report(now, fraction, sent, rates);
                 }
             }
         }

@@ -33,16 +33,25 @@ impl Engine {
                 let Some(layer) = pinned.or_else(auto) else {
                     continue;
                 };
+                let rate = |l: u8| local.layers.rate(l);
+                let (up, down) = match s.layer.current {
+                    Some(c) => (rate(layer) > rate(c), rate(layer) < rate(c)),
+                    None => (false, false),
+                };
+                // Automatic choice moves a viewer down for a cut of its estimate since its
+                // last move (or for the configured cap), not because the layer it plays
+                // measures more for a while: a keyframe (the one its move up asked for, say)
+                // raises a layer's measured rate for a second.
+                let capped = cap > 0 && s.layer.current.is_some_and(|c| rate(c) > cap * 1000);
+                if pinned.is_none() && down && !s.estimate.cut_since_move() && !capped {
+                    continue;
+                }
                 if s.layer.aim(layer) {
                     if !wanted.contains(&layer) {
                         wanted.push(layer);
                     }
-                    let up = s
-                        .layer
-                        .current
-                        .is_some_and(|c| local.layers.rate(layer) > local.layers.rate(c));
-                    if up {
-                        s.estimate.moved_up(now);
+                    if up || down {
+                        s.estimate.moved(now, up);
                     }
                 }
             }
