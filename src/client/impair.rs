@@ -88,15 +88,7 @@ impl IptablesLoss {
         jumps: Vec<Vec<&str>>,
         rule: &[String],
     ) -> Result<IptablesLoss, ImpairError> {
-        use std::os::unix::fs::MetadataExt;
-        // The owner of /proc/self is the process's effective user.
-        let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
-        if uid != 0 {
-            return Err(ImpairError::NotRoot(uid));
-        }
-        if let Err(e) = Command::new("iptables").arg("--version").output() {
-            return Err(ImpairError::NoIptables(e.to_string()));
-        }
+        available()?;
         let mut loss = IptablesLoss {
             chain: chain.to_string(),
             jumps: jumps
@@ -159,7 +151,8 @@ impl Drop for IptablesLoss {
 /// rate; removed on drop, like [`IptablesLoss`].
 ///
 /// Only datagrams whose destination is `addr` match (the peer that suffers binds it, as for
-/// [`IptablesLoss::new`]): what that peer sends, and all other traffic, passes untouched. The
+/// [`IptablesLoss::new`]), or with [`IptablesRateCap::flow`] those from given addresses to one
+/// address and port: what that peer sends, and all other traffic, passes untouched. The
 /// burst allowed over the rate is one second of it, the least `hashlimit` accepts. Loopback
 /// sends may be segmentation-offloaded, so a datagram the rule sees can be several packets of
 /// one send (a video frame's, say), passed or dropped together.
@@ -177,6 +170,53 @@ impl IptablesRateCap {
         bytes_per_sec: u64,
     ) -> Result<IptablesRateCap, ImpairError> {
         let addr = addr.to_string();
+        IptablesRateCap::install(
+            chain,
+            vec![vec!["-p", "udp", "-d", addr.as_str()]],
+            bytes_per_sec,
+        )
+    }
+
+    /// Drops UDP datagrams from any of `from` to `to` above `bytes_per_sec`: one direction
+    /// of one peer's path, for a peer that cannot be made to bind an address of its own (a
+    /// browser). `from` is typically every media address of the gateway, `to` the address
+    /// the gateway reports for the peer.
+    pub fn flow(
+        chain: &str,
+        from: &[SocketAddr],
+        to: SocketAddr,
+        bytes_per_sec: u64,
+    ) -> Result<IptablesRateCap, ImpairError> {
+        let from: Vec<(String, String)> = from
+            .iter()
+            .map(|a| (a.ip().to_string(), a.port().to_string()))
+            .collect();
+        let (to_ip, to_port) = (to.ip().to_string(), to.port().to_string());
+        let jumps = from
+            .iter()
+            .map(|(ip, port)| {
+                vec![
+                    "-p",
+                    "udp",
+                    "-s",
+                    ip.as_str(),
+                    "--sport",
+                    port.as_str(),
+                    "-d",
+                    to_ip.as_str(),
+                    "--dport",
+                    to_port.as_str(),
+                ]
+            })
+            .collect();
+        IptablesRateCap::install(chain, jumps, bytes_per_sec)
+    }
+
+    fn install(
+        chain: &str,
+        jumps: Vec<Vec<&str>>,
+        bytes_per_sec: u64,
+    ) -> Result<IptablesRateCap, ImpairError> {
         let rate = format!("{bytes_per_sec}b/s");
         let burst = format!("{bytes_per_sec}b");
         let rule: Vec<String> = [
@@ -196,7 +236,6 @@ impl IptablesRateCap {
         .iter()
         .map(|a| a.to_string())
         .collect();
-        let jumps = vec![vec!["-p", "udp", "-d", addr.as_str()]];
         let rule = IptablesLoss::install_rule(chain, jumps, &rule)?;
         Ok(IptablesRateCap { rule })
     }
@@ -205,6 +244,22 @@ impl IptablesRateCap {
     pub fn dropped(&self) -> u64 {
         self.rule.dropped()
     }
+}
+
+/// Whether rules can be installed here: running as root, with iptables. A test that sets up a
+/// rule only once its peers are connected asks this first, so it can skip before starting
+/// them.
+pub fn available() -> Result<(), ImpairError> {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of /proc/self is the process's effective user.
+    let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+    if uid != 0 {
+        return Err(ImpairError::NotRoot(uid));
+    }
+    if let Err(e) = Command::new("iptables").arg("--version").output() {
+        return Err(ImpairError::NoIptables(e.to_string()));
+    }
+    Ok(())
 }
 
 fn iptables(args: &[&str]) -> Result<(), ImpairError> {

@@ -5,7 +5,7 @@
 //
 //   chromium.mjs publish --url http://HOST:PORT/whip/STREAM --codec h264|vp8 [--token T] [--simulcast]
 //   chromium.mjs play    --url http://HOST:PORT/whep/STREAM --seconds S [--token T] [--screenshot PNG]
-//                        [--switch-layers]
+//                        [--switch-layers] [--trace]
 //
 // Requirements:
 //   - playwright-core from npm (it downloads no browser), found through NODE_PATH:
@@ -22,7 +22,7 @@ const require = createRequire(import.meta.url);
 
 const USAGE = 'usage: chromium.mjs publish --url WHIP_URL --codec h264|vp8 [--token T] [--relay-only] [--simulcast]\n'
   + '       chromium.mjs play --url WHEP_URL --seconds S [--token T] [--screenshot PATH] [--relay-only]'
-  + ' [--switch-layers]';
+  + ' [--switch-layers] [--trace]';
 
 const FLAGS = [
   '--no-sandbox',
@@ -43,6 +43,10 @@ const PUBLISH_TIMEOUT_MS = 30000;
 const LAYERS_TIMEOUT_MS = 20000;
 /** How long a switch of layers may take to reach the screen before it counts as failed. */
 const SWITCH_TIMEOUT_MS = 20000;
+/** How often a traced player reads its statistics. */
+const TRACE_POLL_MS = 50;
+/** How often a traced player reports its counters when nothing else changed. */
+const TRACE_TICK_MS = 500;
 /** SIGTERM to exit, at most (the protocol allows 5 s). */
 const STOP_DEADLINE_MS = 4500;
 
@@ -78,6 +82,11 @@ function parseArgs(argv) {
     if (name === '--switch-layers') {
       // The player picks the smallest layer, then auto again, and times both switches.
       args.switchLayers = true;
+      continue;
+    }
+    if (name === '--trace') {
+      // After the first frame the player reports what it renders and decodes as it changes.
+      args.trace = true;
       continue;
     }
     const value = rest[i + 1];
@@ -316,6 +325,30 @@ async function play(args) {
     for (const e of outcome) emit(e);
   }
 
+  if (first && args.trace && !cut) {
+    await page.evaluate(installTrace);
+    let lastTick = 0;
+    // The longest wait between two presented frames since the last tick, the one still
+    // going on included.
+    let gap = 0;
+    while (Date.now() < deadline && !cut) {
+      const sample = await page.evaluate(traceSample).catch((e) => ({ error: e.message }));
+      if (sample.error) {
+        log('trace failed:', sample.error);
+        break;
+      }
+      for (const e of sample.events) emit(e);
+      const { tick } = sample;
+      gap = Math.max(gap, tick.gap_ms, tick.last_presented ? tick.t - tick.last_presented : 0);
+      if (tick.t - lastTick >= TRACE_TICK_MS) {
+        lastTick = tick.t;
+        emit({ event: 'tick', ...tick, gap_ms: gap });
+        gap = 0;
+      }
+      await new Promise((r) => setTimeout(r, TRACE_POLL_MS));
+    }
+  }
+
   while (Date.now() < deadline && !cut) await new Promise((r) => setTimeout(r, 100));
 
   const summary = await page.evaluate(async () => {
@@ -434,6 +467,92 @@ async function switchLayers({ budgetMs, switchMs }) {
   await sleep(2000);
   out.push(await timed(null, topHeight));
   return out;
+}
+
+/**
+ * In the page: follows the frames the <video> element presents (requestVideoFrameCallback)
+ * and its size changes (`resize`), for `traceSample` to read. Times are wall-clock
+ * milliseconds (Date.now()), which the test compares with its own clock.
+ */
+function installTrace() {
+  const { video } = window.wishcast;
+  const trace = {
+    // Each change of the presented frames' size: { t, width, height }, not yet reported.
+    rendered: [],
+    size: null,
+    presented: 0,
+    lastPresented: null,
+    // The longest wait between two presented frames since the last report.
+    gap: 0,
+    resized: [],
+  };
+  window.wishcastTrace = trace;
+  if (video.requestVideoFrameCallback) {
+    const onFrame = (_now, meta) => {
+      const t = Date.now();
+      trace.presented += 1;
+      if (trace.lastPresented !== null) trace.gap = Math.max(trace.gap, t - trace.lastPresented);
+      trace.lastPresented = t;
+      if (!trace.size || trace.size.width !== meta.width || trace.size.height !== meta.height) {
+        trace.size = { width: meta.width, height: meta.height };
+        trace.rendered.push({ t, ...trace.size });
+      }
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+  video.addEventListener('resize', () => {
+    trace.resized.push({ t: Date.now(), width: video.videoWidth, height: video.videoHeight });
+  });
+}
+
+/**
+ * In the page: what changed since the last call, as events to print (`rendered`: the size of
+ * the presented frames changed; `resized`: the <video> element's; `decoded`: the decoder's
+ * output, from the statistics), and the counters as a `tick`.
+ */
+async function traceSample() {
+  const w = window.wishcast;
+  const trace = window.wishcastTrace;
+  const report = await w.pc?.getStats();
+  const t = Date.now();
+  let v = null;
+  for (const s of report?.values() ?? []) {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') v = s;
+  }
+  const events = [];
+  for (const r of trace.rendered.splice(0)) events.push({ event: 'rendered', ...r });
+  for (const r of trace.resized.splice(0)) events.push({ event: 'resized', ...r });
+  const decoded = v?.frameHeight ? { width: v.frameWidth, height: v.frameHeight } : null;
+  if (decoded && (decoded.width !== trace.decoded?.width || decoded.height !== trace.decoded?.height)) {
+    trace.decoded = decoded;
+    events.push({ event: 'decoded', t, ...decoded });
+  }
+  const tick = {
+    t,
+    frames: v?.framesDecoded ?? 0,
+    received: v?.framesReceived ?? 0,
+    packets: v?.packetsReceived ?? 0,
+    // The jitter buffer's delay, summed over the frames it let out (ms), and their count.
+    buffer_ms: Math.round(1000 * (v?.jitterBufferDelay ?? 0)),
+    buffered: v?.jitterBufferEmittedCount ?? 0,
+    keyframes: v?.keyFramesDecoded ?? 0,
+    dropped: v?.framesDropped ?? 0,
+    freezes: v?.freezeCount ?? 0,
+    freeze_ms: Math.round(1000 * (v?.totalFreezesDuration ?? 0)),
+    lost: v?.packetsLost ?? 0,
+    nacks: v?.nackCount ?? 0,
+    plis: v?.pliCount ?? 0,
+    bytes: v?.bytesReceived ?? 0,
+    presented: trace.presented,
+    last_presented: trace.lastPresented,
+    gap_ms: trace.gap,
+    session: w.sessionUrl,
+    layers: w.layers,
+    layer: w.layer,
+  };
+  trace.gap = 0;
+  return { events, tick };
 }
 
 /**
