@@ -286,7 +286,9 @@ fn viewer_keyframe_requests_reach_the_publisher_coalesced() {
     let burst = sim.now() - since;
     sim.run_for(Duration::from_millis(800));
     let got = plis(&sim);
-    let allowed = 2 + burst.as_millis() as usize / 500;
+    // One per 500 ms, and one early retry (300 ms) of a PLI no keyframe answered: the feed
+    // is stopped, so none does.
+    let allowed = 3 + burst.as_millis() as usize / 500;
     assert!(
         (1..=allowed).contains(&got),
         "20 viewer PLIs in {burst:?} reach the publisher as 1..={allowed}: {got}"

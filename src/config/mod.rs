@@ -117,8 +117,8 @@ pub struct MediaConfig {
     /// either way.
     pub direct_egress: bool,
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
-    /// While a keyframe is overdue (none came after the last PLI, or a loss on the
-    /// publisher's leg was not repaired), a request goes after 300 ms when this is longer.
+    /// When a PLI has had no keyframe after it, one retry may go after 300 ms when this is
+    /// longer (the PLI or its keyframe may have been lost).
     pub keyframe_request_interval_ms: u64,
     /// Simulcast: the largest layer a viewer gets automatically is the largest whose measured
     /// bitrate is at most this, in kbit/s; 0 for no cap. It holds for every viewer, also one

@@ -52,7 +52,7 @@ impl Engine {
             }
         };
         if keyframe {
-            s.pli_unanswered = false;
+            s.plis_unanswered = 0;
         }
         if keyframe && s.keyframe_after.is_none_or(|after| seq > after) {
             // A held or repeated request is answered: sending it now would cost a needless

@@ -11,13 +11,14 @@ const START_WINDOW: Duration = Duration::from_secs(2);
 /// viewer moving to the layer waits for it, and the request names one layer's encoder only.
 pub(super) const LAYER_KEYFRAME_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Least time between two keyframe requests to a publisher while a keyframe is overdue: the
-/// last PLI has had no keyframe after it, or a loss on the publisher's leg was not repaired.
-/// Until the keyframe comes viewers show a broken picture, and on a lossy uplink the PLI or
-/// the keyframe is lost now and then: a retry only after the configured interval (500 ms)
-/// put recovery past a second. 300 ms is also the least interval libwebrtc's encoders allow
-/// between two requested keyframes (`kMinKeyframeSendIntervalMs` in its
-/// `encoder_rtcp_feedback.cc`), so an earlier retry would be ignored by browsers.
+/// When a PLI has had no keyframe after it, one more request may go this soon after it, if
+/// the configured interval is longer. Until the keyframe comes viewers show a broken
+/// picture, and on a lossy uplink the PLI or the keyframe is lost now and then: a retry only
+/// after the configured interval (500 ms) put recovery past a second. 300 ms is also the
+/// least interval libwebrtc's encoders allow between two requested keyframes
+/// (`kMinKeyframeSendIntervalMs` in its `encoder_rtcp_feedback.cc`), so an earlier retry
+/// would be ignored by browsers. One retry only: a publisher that answers none is asked no
+/// more often than configured.
 const OVERDUE_KEYFRAME_RETRY: Duration = Duration::from_millis(300);
 
 impl Engine {
@@ -86,8 +87,8 @@ impl Engine {
         }
         // The publisher is on another shard: at most one request per interval goes there
         // (the control channel is never lossy, so it must not be floodable); one inside the
-        // interval is held and sent when it ends. The shorter interval of an overdue keyframe
-        // is the publisher's shard's to apply, so it is the most that is held here.
+        // interval is held and sent when it ends. The early retry of an unanswered PLI is the
+        // publisher's shard's to make, so the retry's interval is the most held here.
         let interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms)
             .min(OVERDUE_KEYFRAME_RETRY);
         let Some(local) = self.streams.get_mut(stream) else {
@@ -198,15 +199,15 @@ impl Engine {
         }
     }
 
-    /// Sends a PLI to publisher `id`, at most one per configured interval (per
-    /// [`OVERDUE_KEYFRAME_RETRY`] while a keyframe is overdue); a request inside the interval
-    /// is held and sent when it ends.
+    /// Sends a PLI to publisher `id`, at most one per configured interval, except for one
+    /// retry [`OVERDUE_KEYFRAME_RETRY`] after a PLI no keyframe answered; a request inside the
+    /// interval is held and sent when it ends.
     pub(super) fn request_keyframe(&mut self, now: Instant, id: SessionId) {
         let mut interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        if s.keyframe_after.is_some() || s.pli_unanswered {
+        if s.plis_unanswered == 1 {
             interval = interval.min(OVERDUE_KEYFRAME_RETRY);
         }
         if let Some(last) = s.last_pli {
@@ -242,7 +243,7 @@ impl Engine {
         }
         tracing::debug!(session = %id, "PLI to the publisher");
         s.last_pli = Some(now);
-        s.pli_unanswered = true;
+        s.plis_unanswered = s.plis_unanswered.saturating_add(1);
         // After a loss that was not repaired, ask again each interval until the keyframe
         // comes: the PLI or the keyframe may be lost as well.
         s.pli_pending = s.keyframe_after.is_some();

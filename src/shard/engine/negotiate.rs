@@ -146,7 +146,7 @@ impl Engine {
             egress: Vec::new(),
             packets_written: 0,
             last_pli: None,
-            pli_unanswered: false,
+            plis_unanswered: 0,
             pli_pending: false,
             keyframe_after: None,
             lead_in: 0,

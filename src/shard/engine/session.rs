@@ -120,9 +120,9 @@ pub(super) struct Session {
     /// Publisher: when the last PLI went out, and whether one is held back.
     pub(super) last_pli: Option<Instant>,
     pub(super) pli_pending: bool,
-    /// Publisher: no keyframe has arrived since the last PLI went out, so the PLI or its
-    /// keyframe may have been lost.
-    pub(super) pli_unanswered: bool,
+    /// Publisher: PLIs sent since the last keyframe arrived. After one, the PLI or its
+    /// keyframe may have been lost, and one retry goes early (`keyframe::OVERDUE_KEYFRAME_RETRY`).
+    pub(super) plis_unanswered: u8,
     /// Publisher: a loss could not be repaired, so a keyframe newer than this sequence number
     /// is wanted; the PLI is repeated each interval until one arrives (a PLI can be lost too).
     pub(super) keyframe_after: Option<u64>,
