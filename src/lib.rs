@@ -135,6 +135,7 @@ pub mod srtp;
 pub mod stun;
 pub mod tls;
 pub mod twcc;
+pub mod vp8;
 pub mod web;
 
 pub use config::Config;
