@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-all}
 seconds=${2:-60}
-all=(sdp_offer sdpfrag http datagrams picture twcc)
+all=(sdp_offer sdpfrag http datagrams picture twcc vp8)
 if [[ $which == all ]]; then
   targets=("${all[@]}")
 else

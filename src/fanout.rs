@@ -6,7 +6,7 @@
 //!   joining viewer starts on a decodable frame at once.
 //! - [`TrackRewriter`]: per viewer and track, the sequence-number and timestamp rebasing that keeps
 //!   a viewer's stream continuous across publisher changes and starts below the first SRTP
-//!   rollover (a new receiver assumes ROC 0).
+//!   rollover (a new receiver assumes ROC 0); for VP8 also the picture numbering ([`crate::vp8`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use str0m::format::{Codec, PayloadParams};
 
 use crate::sdp::Kind;
 use crate::session::SessionId;
+use crate::vp8;
 
 /// One RTP packet from a publisher, as the fan-out sees it.
 #[derive(Clone, Debug)]
@@ -294,6 +295,12 @@ impl History {
 
 /// Per viewer and track: rewrites sequence numbers and timestamps into the viewer's own
 /// continuous space, and holds video back until a keyframe.
+///
+/// VP8 numbers its pictures too, per encoder, so each layer and publisher has its own
+/// numbering: from the second epoch on, the epoch's [`vp8::Offsets`] continue the viewer's
+/// picture ids, TL0PICIDX and KEYIDX from the newest packet it was sent. That packet is found
+/// again when the epoch starts (in the stream's history or caches) rather than its descriptor
+/// read on every packet, so a track pays nothing per packet for it until a move.
 #[derive(Debug)]
 pub struct TrackRewriter {
     pub kind: Kind,
@@ -301,6 +308,12 @@ pub struct TrackRewriter {
     pub waiting_keyframe: bool,
     /// The source of the current epoch: a new publisher, or another layer, starts a new one.
     epoch: Option<Source>,
+    /// The source of the epoch the newest packet sent (`last_out_seq`) belongs to; unlike
+    /// `epoch` kept when the publisher leaves, for the next epoch to continue from.
+    last_source: Option<Source>,
+    /// What the current epoch adds to VP8 descriptors; `None` for none (not VP8, the first
+    /// epoch, or offsets of 0).
+    vp8: Option<vp8::Offsets>,
     /// First input sequence number of this epoch; older packets belong to a cut-off past.
     epoch_first_seq: u64,
     /// The output sequence number of `epoch_first_seq`.
@@ -328,6 +341,8 @@ impl TrackRewriter {
             kind,
             waiting_keyframe: kind == Kind::Video,
             epoch: None,
+            last_source: None,
+            vp8: None,
             epoch_first_seq: 0,
             epoch_first_out: 0,
             seq_offset: 0,
@@ -357,13 +372,22 @@ impl TrackRewriter {
         self.waiting_keyframe = self.kind == Kind::Video;
     }
 
-    /// Output (extended sequence number, RTP timestamp) for `pkt`, or `None` to drop it.
-    pub fn rewrite(&mut self, pkt: &MediaPacket, now: Instant) -> Option<(u64, u32)> {
+    /// Output (extended sequence number, RTP timestamp) for `pkt`, or `None` to drop it; the
+    /// payload's VP8 rewrite is [`TrackRewriter::vp8`]. `sent` finds a packet sent before by
+    /// its source and sequence number: a new epoch of VP8 continues the numbering of the
+    /// newest one.
+    pub fn rewrite<'h>(
+        &mut self,
+        pkt: &MediaPacket,
+        now: Instant,
+        sent: impl FnOnce(Source, u64) -> Option<&'h MediaPacket>,
+    ) -> Option<(u64, u32)> {
         if self.epoch != Some(pkt.source()) {
             if self.kind == Kind::Video && !pkt.keyframe && !self.start_next {
                 self.waiting_keyframe = true;
                 return None;
             }
+            self.vp8 = self.vp8_continuing(pkt, sent);
             self.clock_rate = pkt.params.spec().clock_rate.get();
             let (base_seq, base_ts) = match self.last_out_at {
                 // First publisher this viewer sees: random start below 2^15, so the SRTP
@@ -381,6 +405,7 @@ impl TrackRewriter {
                 }
             };
             self.epoch = Some(pkt.source());
+            self.last_source = self.epoch;
             self.epoch_first_seq = pkt.seq;
             self.epoch_first_out = base_seq;
             self.seq_offset = base_seq as i64 - pkt.seq as i64;
@@ -407,16 +432,48 @@ impl TrackRewriter {
         Some((seq, ts))
     }
 
+    /// The VP8 descriptor rewrite of the current epoch, to apply to each payload as it is
+    /// copied out; `None` for none.
+    pub fn vp8(&self) -> Option<vp8::Offsets> {
+        self.vp8
+    }
+
+    /// The VP8 offsets under which `pkt`, the first packet of a new epoch, continues the
+    /// numbering of the newest packet sent before it (found by `sent`). `None` for the first
+    /// epoch, for other codecs, and where that packet is gone or has no such fields: the new
+    /// source's numbering then goes out as it is.
+    fn vp8_continuing<'h>(
+        &self,
+        pkt: &MediaPacket,
+        sent: impl FnOnce(Source, u64) -> Option<&'h MediaPacket>,
+    ) -> Option<vp8::Offsets> {
+        if self.kind != Kind::Video || pkt.params.spec().codec != Codec::Vp8 {
+            return None;
+        }
+        self.last_out_at?;
+        let first = vp8::parse(&pkt.payload)?;
+        let seq = u64::try_from(self.last_out_seq as i64 - self.seq_offset).ok()?;
+        let newest = sent(self.last_source?, seq)
+            .filter(|p| p.kind == Kind::Video && p.params.spec().codec == Codec::Vp8)?;
+        let last = self
+            .vp8
+            .unwrap_or_default()
+            .apply(vp8::parse(&newest.payload)?);
+        let offsets = vp8::Offsets::continuing(&last, &first);
+        (!offsets.is_zero()).then_some(offsets)
+    }
+
     /// Where output sequence number `out` came from, if it is of the current epoch and was
-    /// sent: the source, its sequence number, and the RTP time offset to add to the
-    /// packet's. An older epoch's numbers map to nothing: its offsets are gone.
-    pub fn source(&self, out: u64) -> Option<(Source, u64, u32)> {
+    /// sent: the source, its sequence number, the RTP time offset to add to the packet's,
+    /// and the VP8 rewrite it went out with (a resend must carry the same descriptor). An
+    /// older epoch's numbers map to nothing: its offsets are gone.
+    pub fn source(&self, out: u64) -> Option<(Source, u64, u32, Option<vp8::Offsets>)> {
         let publisher = self.epoch?;
         if out < self.epoch_first_out || out > self.last_out_seq || self.last_out_at.is_none() {
             return None;
         }
         let seq = u64::try_from(out as i64 - self.seq_offset).ok()?;
-        (seq >= self.epoch_first_seq).then_some((publisher, seq, self.ts_offset))
+        (seq >= self.epoch_first_seq).then_some((publisher, seq, self.ts_offset, self.vp8))
     }
 
     /// The viewer's PT for `params` as last mapped by [`TrackRewriter::map_pt`].
@@ -487,32 +544,123 @@ mod tests {
         })
     }
 
+    /// For [`TrackRewriter::rewrite`]: no packet sent before is found.
+    fn nothing_sent(_: Source, _: u64) -> Option<&'static MediaPacket> {
+        None
+    }
+
     #[test]
     fn a_viewers_sequence_numbers_map_back_to_the_publishers_within_the_epoch() {
         let mut r = TrackRewriter::new(Kind::Video, (1000, 5000));
         let now = Instant::now();
         let (first, ts) = r
-            .rewrite(&pkt(1, Kind::Video, 40, 900, true), now)
+            .rewrite(&pkt(1, Kind::Video, 40, 900, true), now, nothing_sent)
             .expect("key");
         let (second, _) = r
-            .rewrite(&pkt(1, Kind::Video, 41, 900, false), now)
+            .rewrite(&pkt(1, Kind::Video, 41, 900, false), now, nothing_sent)
             .expect("next");
         assert_eq!((first, second, ts), (1001, 1002, 5000));
         assert_eq!(
             r.source(1001),
-            Some(((SessionId(1), 0), 40, 5000u32.wrapping_sub(900)))
+            Some(((SessionId(1), 0), 40, 5000u32.wrapping_sub(900), None))
         );
         assert_eq!(r.source(1002).map(|s| s.1), Some(41));
         assert_eq!(r.source(1003), None, "not sent yet");
         assert_eq!(r.source(1000), None, "before the epoch");
         // A new publisher starts a new epoch: the old numbers map to nothing.
-        r.rewrite(&pkt(2, Kind::Video, 7, 50, true), now)
+        r.rewrite(&pkt(2, Kind::Video, 7, 50, true), now, nothing_sent)
             .expect("new key");
         assert_eq!(r.source(1002), None);
         assert_eq!(
             r.source(1003).map(|s| (s.0, s.1)),
             Some(((SessionId(2), 0), 7))
         );
+    }
+
+    /// A VP8 packet of publisher 1's `layer` whose descriptor carries a 15-bit picture id,
+    /// TL0PICIDX and KEYIDX (`ids`), then a frame tag.
+    fn vp8_pkt(layer: u8, seq: u64, time: u32, keyframe: bool, ids: (u16, u8, u8)) -> MediaPacket {
+        let (pid, tl0, keyidx) = (ids.0.to_be_bytes(), ids.1, ids.2);
+        let payload = [
+            0x90,
+            0xf0,
+            0x80 | pid[0],
+            pid[1],
+            tl0,
+            keyidx,
+            !keyframe as u8,
+        ];
+        MediaPacket {
+            layer,
+            payload: Arc::from(&payload[..]),
+            ..(*pkt(1, Kind::Video, seq, time, keyframe)).clone()
+        }
+    }
+
+    /// The picture id, TL0PICIDX and KEYIDX `pkt` goes out with under `offsets`.
+    fn sent_as(pkt: &MediaPacket, offsets: Option<vp8::Offsets>) -> (u16, u8, u8) {
+        let mut payload = pkt.payload.to_vec();
+        if let Some(o) = offsets {
+            vp8::rewrite(&mut payload, o);
+        }
+        let d = vp8::parse(&payload).expect("a descriptor");
+        let pid = d.picture_id.expect("a picture id");
+        assert!(pid.long, "the width stays");
+        (
+            pid.value,
+            d.tl0picidx.expect("TL0PICIDX"),
+            d.keyidx.expect("KEYIDX"),
+        )
+    }
+
+    #[test]
+    fn vp8_picture_numbering_continues_across_layers_from_the_newest_packet_sent() {
+        let mut r = TrackRewriter::new(Kind::Video, (1000, 5000));
+        let now = Instant::now();
+        let mut sent: Vec<MediaPacket> = Vec::new();
+        let send = |r: &mut TrackRewriter, p: MediaPacket, sent: &mut Vec<MediaPacket>| {
+            let found = |source: Source, seq: u64| {
+                sent.iter().find(|s| s.source() == source && s.seq == seq)
+            };
+            let (seq, _) = r.rewrite(&p, now, found).expect("sent");
+            let out = sent_as(&p, r.vp8());
+            assert_eq!(
+                r.source(seq).map(|s| s.3),
+                Some(r.vp8()),
+                "a resend's rewrite"
+            );
+            sent.push(p);
+            out
+        };
+        // The first epoch goes out as the publisher numbered it, at no cost.
+        let a = vp8_pkt(0, 10, 0, true, (100, 7, 3));
+        assert_eq!(send(&mut r, a, &mut sent), (100, 7, 3));
+        assert_eq!(r.vp8(), None);
+        send(&mut r, vp8_pkt(0, 11, 0, true, (100, 7, 3)), &mut sent);
+        send(&mut r, vp8_pkt(0, 12, 3000, false, (101, 8, 3)), &mut sent);
+        // Layer 1, its own encoder: one past the newest picture sent.
+        let b = vp8_pkt(1, 500, 3000, true, (0x7ffe, 255, 31));
+        assert_eq!(send(&mut r, b, &mut sent), (102, 9, 4));
+        let b = vp8_pkt(1, 501, 6000, false, (0x7fff, 0, 31));
+        assert_eq!(send(&mut r, b, &mut sent), (103, 10, 4));
+        let b = vp8_pkt(1, 502, 9000, false, (0, 1, 31));
+        assert_eq!(send(&mut r, b, &mut sent), (104, 11, 4));
+        // Back to layer 0, from where layer 1 was rewritten to.
+        let a = vp8_pkt(0, 20, 9000, true, (110, 16, 4));
+        assert_eq!(send(&mut r, a, &mut sent), (105, 12, 5));
+        assert_eq!(r.vp8().map(|o| o.picture_id), Some((1 << 15) + 105 - 110));
+        // A new publisher whose numbering happens to continue already: nothing to rewrite.
+        r.publisher_left();
+        let c = MediaPacket {
+            publisher: SessionId(2),
+            ..vp8_pkt(0, 7, 0, true, (106, 13, 6))
+        };
+        assert_eq!(send(&mut r, c, &mut sent), (106, 13, 6));
+        assert_eq!(r.vp8(), None);
+        // The newest packet sent is gone: the next source's numbering goes out as it is.
+        let d = vp8_pkt(1, 600, 0, true, (9, 9, 9));
+        r.rewrite(&d, now, nothing_sent).expect("sent");
+        assert_eq!(r.vp8(), None);
     }
 
     #[test]
@@ -635,34 +783,47 @@ mod tests {
     fn rewriter_waits_for_keyframe_and_rebases_across_publishers() {
         let now = Instant::now();
         let mut r = TrackRewriter::new(Kind::Video, (1234, 5678));
-        assert_eq!(r.rewrite(&pkt(1, Kind::Video, 1000, 5, false), now), None);
+        assert_eq!(
+            r.rewrite(&pkt(1, Kind::Video, 1000, 5, false), now, nothing_sent),
+            None
+        );
         let (s1, t1) = r
-            .rewrite(&pkt(1, Kind::Video, 1001, 5, true), now)
+            .rewrite(&pkt(1, Kind::Video, 1001, 5, true), now, nothing_sent)
             .expect("key");
         assert!(s1 < 1 << 15, "starts below the first rollover: {s1}");
         let (s2, t2) = r
-            .rewrite(&pkt(1, Kind::Video, 1003, 3005, false), now)
+            .rewrite(&pkt(1, Kind::Video, 1003, 3005, false), now, nothing_sent)
             .expect("next");
         assert_eq!(s2, s1 + 2, "gaps are kept so NACKs line up");
         assert_eq!(t2.wrapping_sub(t1), 3000);
         // A new publisher with unrelated numbers continues the viewer's sequence.
         r.publisher_left();
-        assert_eq!(r.rewrite(&pkt(2, Kind::Video, 7, 77, false), now), None);
+        assert_eq!(
+            r.rewrite(&pkt(2, Kind::Video, 7, 77, false), now, nothing_sent),
+            None
+        );
         let later = now + std::time::Duration::from_millis(100);
         let (s3, t3) = r
-            .rewrite(&pkt(2, Kind::Video, 8, 77, true), later)
+            .rewrite(&pkt(2, Kind::Video, 8, 77, true), later, nothing_sent)
             .expect("key");
         assert_eq!(s3, s2 + 1);
         assert_eq!(t3.wrapping_sub(t2), 9000, "100 ms at 90 kHz");
         // Older than the epoch's first packet: dropped.
-        assert_eq!(r.rewrite(&pkt(2, Kind::Video, 6, 70, false), later), None);
+        assert_eq!(
+            r.rewrite(&pkt(2, Kind::Video, 6, 70, false), later, nothing_sent),
+            None
+        );
     }
 
     #[test]
     fn audio_starts_without_keyframe() {
         let mut r = TrackRewriter::new(Kind::Audio, (1234, 5678));
         assert!(r
-            .rewrite(&pkt(1, Kind::Audio, 10, 0, false), Instant::now())
+            .rewrite(
+                &pkt(1, Kind::Audio, 10, 0, false),
+                Instant::now(),
+                nothing_sent
+            )
             .is_some());
     }
 }

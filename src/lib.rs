@@ -28,6 +28,7 @@
 //!    writes it to local viewers; every other shard that subscribed gets one copy as a
 //!    [`shard::PeerMsg::Media`], which it caches and writes to its own viewers. Each viewer's
 //!    track rewriter maps the payload type by codec, rebases sequence numbers and timestamps,
+//!    continues VP8 picture numbering across a move to another layer or publisher ([`vp8`]),
 //!    and holds video until a keyframe; a joining viewer starts on the cached GOP, paced
 //!    (`replay`).
 //! 4. **Feedback** (`keyframe`, `stats`): viewers' NACKs are answered by str0m from each
@@ -135,6 +136,7 @@ pub mod srtp;
 pub mod stun;
 pub mod tls;
 pub mod twcc;
+pub mod vp8;
 pub mod web;
 
 pub use config::Config;

@@ -361,3 +361,71 @@ fn an_unreachable_candidate_gets_each_check_once() {
     let unique: std::collections::HashSet<_> = tids.iter().collect();
     assert_eq!(unique.len(), tids.len(), "no check was sent twice");
 }
+
+/// A viewer moved to another VP8 layer loses one in ten of its media datagrams for two
+/// seconds: the resends that repair them carry the picture numbering the first copies had,
+/// rewritten for the move, so every frame arrives whole, with one descriptor on all its
+/// packets, numbered one past the frame before.
+#[test]
+fn resends_after_a_move_to_another_vp8_layer_carry_the_rewritten_numbering() {
+    let codec = VideoCodec::Vp8;
+    let mut sim = Sim::with_seed(Config::default(), 1, 5);
+    let p = sim
+        .add_publisher(
+            "s",
+            PeerOptions {
+                simulcast: vec!["h".into(), "l".into()],
+                vp8_picture_ids: true,
+                ..PeerOptions::with_video(codec)
+            },
+        )
+        .expect("publisher accepted");
+    let v = sim
+        .add_viewer("s", PeerOptions::with_video(codec))
+        .expect("viewer accepted");
+    assert!(sim.run_until_true(Duration::from_secs(5), |s| s.connected_count() == 2));
+    let feed = Feed::new(Some(codec), true)
+        .with_fps(FPS as u32)
+        .with_gop(60)
+        .with_sizes(8_000, 8_000)
+        .with_layers(&[("h", 1), ("l", 4)]);
+    sim.start_feed(p, feed);
+    sim.run_for(Duration::from_secs(2));
+    sim.select_layer(v, Some("l")).expect("layer l picked");
+    sim.run_for(Duration::from_secs(1));
+    let media = Cell::new(0u64);
+    sim.set_drop(move |d| {
+        if d.way != Way::FromGateway || d.peer != v || d.contents.len() < 300 {
+            return false;
+        }
+        media.set(media.get() + 1);
+        media.get() % 10 == 0
+    });
+    sim.run_for(Duration::from_secs(2));
+    sim.clear_rules();
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.engine(0).counters.packets_retransmitted > 0, "resends");
+
+    let feed = sim.feed(p).expect("feed");
+    let mut last: Option<(u64, usize, wishcast::vp8::Descriptor)> = None;
+    let mut moved = false;
+    for f in sim.peer(v).received_video() {
+        let (index, layer) = feed.check_layer(&f.data).expect("a frame as sent");
+        let d = f.vp8[0];
+        assert!(f.vp8.iter().all(|x| *x == d), "frame {index}: {:?}", f.vp8);
+        if let Some((before, was, l)) = last {
+            let (a, b) = (l.picture_id.expect("id"), d.picture_id.expect("id"));
+            assert_eq!(
+                b.value,
+                (a.value + 1) & 0x7fff,
+                "frame {index} after {before}"
+            );
+            assert_eq!(d.tl0picidx, l.tl0picidx.map(|t| t.wrapping_add(1)));
+            let up = u8::from(is_keyframe(codec, &f.data));
+            assert_eq!(d.keyidx, l.keyidx.map(|k| (k + up) & 0x1f));
+            moved |= was != layer;
+        }
+        last = Some((index, layer, d));
+    }
+    assert!(moved && last.is_some_and(|l| l.1 == 1), "moved to layer l");
+}

@@ -11,12 +11,13 @@ use str0m::media::{
     Simulcast, SimulcastLayer,
 };
 use str0m::net::{Protocol, Receive, TcpType, Transmit};
-use str0m::rtp::RawPacket;
+use str0m::rtp::{AbsCaptureTime, ExtensionValues, RawPacket, RtpHeader, RtpWrite};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use super::{
-    kind_of, slot, LinkState, PeerError, PeerOptions, PeerStats, ReceivedFrame, RtcpLog, VideoCodec,
+    kind_of, slot, vp8, LinkState, PeerError, PeerOptions, PeerStats, ReceivedFrame, RtcpLog,
+    VideoCodec,
 };
 use crate::sdp::{restart_offer, Fragment};
 use crate::session::Role;
@@ -71,6 +72,10 @@ pub struct PeerCore {
     /// Viewer: when it last asked for a keyframe itself, and whether it wants to now.
     last_keyframe_request: Option<Instant>,
     keyframe_wanted: bool,
+    /// Publisher with [`PeerOptions::vp8_picture_ids`]: each layer's numbering.
+    vp8_layers: Vec<vp8::Numbering>,
+    /// Viewer: VP8 descriptors received, until their frame is complete.
+    vp8_log: vp8::Log,
 }
 
 impl PeerCore {
@@ -138,6 +143,8 @@ impl PeerCore {
             decodable: false,
             last_keyframe_request: None,
             keyframe_wanted: false,
+            vp8_layers: Vec::new(),
+            vp8_log: vp8::Log::default(),
         }
     }
 
@@ -448,6 +455,12 @@ impl PeerCore {
                 p
             }
         };
+        if kind == MediaKind::Video
+            && self.opts.vp8_picture_ids
+            && self.opts.video == Some(VideoCodec::Vp8)
+        {
+            return self.write_vp8(now, mid, rid, pt, rtp_time, &data);
+        }
         let mut writer = self.rtc.writer(mid).ok_or(PeerError::NoTrack(kind))?;
         if let Some(rid) = rid {
             writer = writer.rid(Rid::from(rid));
@@ -459,6 +472,53 @@ impl PeerCore {
             });
         }
         writer.write(pt, now, MediaTime::new(rtp_time, clock), data)?;
+        Ok(())
+    }
+
+    /// A VP8 frame of layer `rid` as RTP packets with the whole payload descriptor
+    /// ([`PeerOptions::vp8_picture_ids`]), written to the layer's stream directly.
+    fn write_vp8(
+        &mut self,
+        now: Instant,
+        mid: Mid,
+        rid: Option<&str>,
+        pt: Pt,
+        rtp_time: u64,
+        frame: &[u8],
+    ) -> Result<(), PeerError> {
+        let keyframe = super::media::is_keyframe(Codec::Vp8, frame);
+        let layer = match self.vp8_layers.iter().position(|n| n.rid.as_deref() == rid) {
+            Some(i) => i,
+            None => {
+                self.vp8_layers.push(vp8::Numbering::new(rid));
+                self.vp8_layers.len() - 1
+            }
+        };
+        let packets = self.vp8_layers[layer].packetize(frame, keyframe);
+        let capture = self.opts.abs_capture_time.then(|| AbsCaptureTime {
+            capture_time: super::capture_time(rtp_time),
+            clock_offset: None,
+        });
+        let mut api = self.rtc.direct_api();
+        let tx = api
+            .stream_tx_by_mid(mid, rid.map(Rid::from))
+            .ok_or(PeerError::NoTrack(MediaKind::Video))?;
+        let last = packets.len().saturating_sub(1);
+        for (i, (seq, payload)) in packets.into_iter().enumerate() {
+            let ext_vals = ExtensionValues {
+                abs_capture_time: capture.filter(|_| i == 0),
+                ..Default::default()
+            };
+            let write = RtpWrite::new(pt, seq.into(), rtp_time as u32, now, payload)
+                .marker(i == last)
+                .ext_vals(ext_vals)
+                .nackable(true);
+            tx.write_rtp(write);
+        }
+        // The pacer learns of packets written directly at a timeout: then this layer's frame
+        // leaves whole before the next layer's is written, as a frame written through str0m's
+        // packetizer does.
+        self.rtc.handle_input(Input::Timeout(now))?;
         Ok(())
     }
 
@@ -608,6 +668,7 @@ impl PeerCore {
             Event::RawPacket(p) => match *p {
                 RawPacket::RtcpRx(r) => self.rtcp_in.record(now, &r),
                 RawPacket::RtcpTx(r) => self.rtcp_out.record(now, &r),
+                RawPacket::RtpRx(header, payload) => self.on_rtp(&header, &payload),
                 _ => {}
             },
             Event::MediaEgressStats(s) => {
@@ -620,6 +681,31 @@ impl PeerCore {
             }
             _ => {}
         }
+    }
+
+    /// A received RTP packet, decrypted: a VP8 one's descriptor is logged for its frame
+    /// ([`ReceivedFrame::vp8`]).
+    fn on_rtp(&mut self, header: &RtpHeader, payload: &[u8]) {
+        if self.opts.video != Some(VideoCodec::Vp8) || !self.opts.record_frames {
+            return;
+        }
+        let pt = header.payload_type;
+        let vp8 = |p: &&str0m::format::PayloadParams| p.spec().codec == Codec::Vp8;
+        let config = self.rtc.codec_config();
+        let media = if config.params().iter().filter(vp8).any(|p| p.pt() == pt) {
+            payload
+        } else if config
+            .params()
+            .iter()
+            .filter(vp8)
+            .any(|p| p.resend() == Some(pt))
+        {
+            // RTX (RFC 4588 §4): the original sequence number, then the original payload.
+            payload.get(2..).unwrap_or_default()
+        } else {
+            return;
+        };
+        self.vp8_log.packet(header.timestamp, media);
     }
 
     fn on_media(&mut self, now: Instant, d: MediaData) {
@@ -665,6 +751,11 @@ impl PeerCore {
                             b.rebase(Frequency::MILLIS).numer(),
                         )
                     }),
+                vp8: if codec == Codec::Vp8 {
+                    self.vp8_log.frame(d.time.numer() as u32)
+                } else {
+                    Vec::new()
+                },
                 data: d.data,
             });
         }

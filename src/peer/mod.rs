@@ -12,6 +12,7 @@ mod core;
 mod feed;
 pub mod media;
 mod rtcp;
+mod vp8;
 
 pub use self::core::{PeerCore, TCP_ACTIVE_PORT};
 pub use feed::{Feed, FeedFrame};
@@ -106,6 +107,11 @@ pub struct PeerOptions {
     /// Viewer: negotiate the playout-delay header extension and record what arrives
     /// ([`ReceivedFrame::playout_delay`]).
     pub playout_delay: bool,
+    /// Publisher: send VP8 with the payload descriptor an encoder writes (a 15-bit picture
+    /// id, TL0PICIDX and KEYIDX; RFC 7741 §4.2), packetized here rather than by str0m, whose
+    /// packetizer writes none of them. Each simulcast layer numbers from its own random start,
+    /// as separate encoders do. A viewer logs what arrives either way ([`ReceivedFrame::vp8`]).
+    pub vp8_picture_ids: bool,
 }
 
 /// The capture time a test publisher stamps on a video frame of RTP time `rtp_time` (90 kHz):
@@ -133,6 +139,7 @@ impl Default for PeerOptions {
             simulcast: Vec::new(),
             abs_capture_time: false,
             playout_delay: false,
+            vp8_picture_ids: false,
         }
     }
 }
@@ -159,6 +166,7 @@ impl PeerOptions {
             simulcast: Vec::new(),
             abs_capture_time: false,
             playout_delay: false,
+            vp8_picture_ids: false,
         }
     }
 }
@@ -183,6 +191,9 @@ pub struct ReceivedFrame {
     pub capture_time: Option<std::time::SystemTime>,
     /// The playout-delay header extension's min and max, in milliseconds, if it carried one.
     pub playout_delay: Option<(u64, u64)>,
+    /// VP8: the payload descriptors of the frame's packets in arrival order, resends
+    /// included (needs [`PeerOptions::raw_packets`]); empty for other codecs.
+    pub vp8: Vec<crate::vp8::Descriptor>,
 }
 
 /// Connection state of a peer.

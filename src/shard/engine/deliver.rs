@@ -4,6 +4,7 @@
 use str0m::media::Rid;
 
 use super::*;
+use crate::fanout::Source;
 use crate::simulcast::Take;
 
 impl Engine {
@@ -211,6 +212,7 @@ impl Engine {
             return;
         };
         let Session {
+            stream,
             rtc,
             tracks,
             tx_ssrcs,
@@ -237,9 +239,23 @@ impl Engine {
             self.counters.packets_no_codec += 1;
             return;
         };
-        let Some((seq, time)) = track.rewrite(pkt, now) else {
+        // A new epoch of VP8 continues the picture numbering of the newest packet sent, found
+        // again in the stream's history (the own egress) or its layers' caches (str0m's path).
+        // Looked up only then: other packets pay nothing for it.
+        let streams = &self.streams;
+        let sent = |source: Source, seq: u64| {
+            let local = streams.get(stream)?;
+            let found = |p: &&Arc<MediaPacket>| p.seq == seq && p.source() == source;
+            local
+                .history
+                .find(Kind::Video, source, seq)
+                .or_else(|| local.layers.all().find(found))
+                .map(|p| &**p)
+        };
+        let Some((seq, time)) = track.rewrite(pkt, now, sent) else {
             return;
         };
+        let vp8 = track.vp8();
         if let Some(sender) = sender {
             // Never through str0m once the egress has the keys: the same keys and SSRCs would
             // serve twice. Without a path yet (str0m's DTLS always leaves one first) nothing goes.
@@ -249,7 +265,7 @@ impl Engine {
             // The gateway's own code, contained as str0m's write is: a panic costs the viewer.
             let buf = self.outbox.buffer();
             let written = self.faults.isolate(Site::Write, Some(id), || {
-                sender.write(mid, *pt, seq, time, pkt, buf, now)
+                sender.write(mid, *pt, seq, time, pkt, vp8, buf, now)
             });
             let Some(written) = written else {
                 self.remove(now, id, PANIC);
@@ -287,7 +303,18 @@ impl Engine {
             play_delay_max: playout,
             ..Default::default()
         };
-        let write = RtpWrite::new(pt, seq.into(), time, pkt.received, pkt.payload.clone())
+        // str0m takes the payload as it is: a rewritten one is a copy.
+        let payload = match vp8 {
+            None => pkt.payload.clone(),
+            Some(offsets) => {
+                let mut copy: Arc<[u8]> = Arc::from(&pkt.payload[..]);
+                if let Some(bytes) = Arc::get_mut(&mut copy) {
+                    crate::vp8::rewrite(bytes, offsets);
+                }
+                copy
+            }
+        };
+        let write = RtpWrite::new(pt, seq.into(), time, pkt.received, payload)
             .marker(pkt.marker)
             .ext_vals(ext_vals)
             .nackable(true);

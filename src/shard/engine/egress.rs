@@ -42,6 +42,7 @@ use super::*;
 use crate::dtls::SrtpKeys;
 use crate::srtp::{Profile, SrtcpReceiver, SrtpSender};
 use crate::twcc::{DelayDetector, Usage};
+use crate::vp8;
 
 /// Sender reports go out this often per track (str0m's video default; audio's 5 s is longer
 /// than a player should wait to line up the first seconds).
@@ -223,8 +224,9 @@ impl Egress {
     }
 
     /// The SRTP datagram for one forwarded packet on track `mid`, already rewritten to the
-    /// viewer's `pt`, `seq` (extended: its top bits are the rollover counter) and `time`,
-    /// written into `buf` (an empty buffer to reuse), to be sent at `now`.
+    /// viewer's `pt`, `seq` (extended: its top bits are the rollover counter) and `time`, its
+    /// VP8 descriptor rewritten by `vp8` if any, written into `buf` (an empty buffer to
+    /// reuse), to be sent at `now`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn write(
         &mut self,
@@ -233,6 +235,7 @@ impl Egress {
         seq: u64,
         time: u32,
         pkt: &MediaPacket,
+        vp8: Option<vp8::Offsets>,
         buf: Vec<u8>,
         now: Instant,
     ) -> Option<Vec<u8>> {
@@ -242,7 +245,7 @@ impl Egress {
         }
         let twcc = numbering(&mut self.twcc, &track.ids, pkt, now);
         let header = track.header(pt, seq, time, pkt, twcc, now);
-        let datagram = protect(buf, &self.srtp, header, &[], &pkt.payload);
+        let datagram = protect(buf, &self.srtp, header, &[], &pkt.payload, vp8);
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(pkt.payload.len() as u32);
         track.sent_bytes += pkt.payload.len() as u64;
@@ -358,10 +361,11 @@ impl Egress {
     }
 
     /// The datagram that sends `pkt` again on track `mid` as it was sent, with payload type
-    /// `pt`, sequence number `seq` and RTP time `time`, written into `buf` to go at `now`: as
-    /// RTX (RFC 4588 §4: the original sequence number, then the original payload) where the
-    /// track has an RTX stream and `pt` an RTX payload type, else as the packet itself. It
-    /// takes a new transport-wide sequence number: it is another packet on the path.
+    /// `pt`, sequence number `seq`, RTP time `time` and VP8 rewrite `vp8`, written into `buf`
+    /// to go at `now`: as RTX (RFC 4588 §4: the original sequence number, then the original
+    /// payload) where the track has an RTX stream and `pt` an RTX payload type, else as the
+    /// packet itself. It takes a new transport-wide sequence number: it is another packet on
+    /// the path.
     #[allow(clippy::too_many_arguments)]
     fn resend(
         &mut self,
@@ -370,6 +374,7 @@ impl Egress {
         seq: u64,
         time: u32,
         pkt: &MediaPacket,
+        vp8: Option<vp8::Offsets>,
         buf: Vec<u8>,
         now: Instant,
     ) -> Option<Vec<u8>> {
@@ -389,7 +394,7 @@ impl Egress {
             *next += 1;
             prefix = &original;
         }
-        let datagram = protect(buf, &self.srtp, header, prefix, &pkt.payload);
+        let datagram = protect(buf, &self.srtp, header, prefix, &pkt.payload, vp8);
         self.bytes += datagram.len() as u64;
         track.resent += 1;
         Some(datagram)
@@ -462,15 +467,15 @@ pub(super) fn answer_nacks(
         };
         let found = track
             .source(seq)
-            .and_then(|(source, source_seq, ts_offset)| {
+            .and_then(|(source, source_seq, ts_offset, vp8)| {
                 let pkt = history.find(track.kind, source, source_seq)?;
                 let pt = track.mapped_pt(&pkt.params)?;
-                Some((pkt, pt, pkt.time.wrapping_add(ts_offset)))
+                Some((pkt, pt, pkt.time.wrapping_add(ts_offset), vp8))
             });
-        let Some((pkt, pt, time)) = found else {
+        let Some((pkt, pt, time, vp8)) = found else {
             continue;
         };
-        if let Some(contents) = sender.resend(mid, *pt, seq, time, pkt, outbox.buffer(), now) {
+        if let Some(contents) = sender.resend(mid, *pt, seq, time, pkt, vp8, outbox.buffer(), now) {
             outbox.send_on(path, contents);
             resent += 1;
         }
@@ -497,12 +502,15 @@ struct Header {
 
 /// Header, `prefix` and payload of one packet, SRTP-protected, written into `buf` (its
 /// contents replaced). The prefix is an RTX packet's original sequence number, or empty.
+/// The payload's VP8 descriptor is rewritten by `vp8` in `buf`, before encryption: no
+/// copy beyond the one every packet takes.
 fn protect(
     mut buf: Vec<u8>,
     srtp: &SrtpSender,
     h: Header,
     prefix: &[u8],
     payload: &[u8],
+    vp8: Option<vp8::Offsets>,
 ) -> Vec<u8> {
     buf.clear();
     buf.reserve(32 + prefix.len() + payload.len() + srtp.profile().rtp_overhead());
@@ -518,6 +526,9 @@ fn protect(
     let header_len = buf.len();
     buf.extend_from_slice(prefix);
     buf.extend_from_slice(payload);
+    if let Some(offsets) = vp8 {
+        vp8::rewrite(&mut buf[header_len + prefix.len()..], offsets);
+    }
     srtp.protect_rtp(&mut buf, header_len, (h.seq >> 16) as u32);
     buf
 }
