@@ -116,6 +116,9 @@ impl Engine {
         };
         local.publisher_sends(pkt.publisher);
         local.history.push(&pkt);
+        if pkt.keyframe {
+            local.remote_unanswered = 0;
+        }
         let pushed = match pkt.kind {
             Kind::Video => local.layers.push(pkt.clone()),
             // Audio is not cached: a joiner's audio starts live. Replayed audio would be up to

@@ -86,14 +86,16 @@ impl Engine {
             return;
         }
         // The publisher is on another shard: at most one request per interval goes there
-        // (the control channel is never lossy, so it must not be floodable); one inside the
-        // interval is held and sent when it ends. The early retry of an unanswered PLI is the
-        // publisher's shard's to make, so the retry's interval is the most held here.
-        let interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms)
-            .min(OVERDUE_KEYFRAME_RETRY);
+        // (the control channel is never lossy, so it must not be floodable), and one early
+        // retry when no keyframe answered the last; one inside the interval is held and sent
+        // when it ends.
+        let mut interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
         let Some(local) = self.streams.get_mut(stream) else {
             return;
         };
+        if local.remote_unanswered == 1 {
+            interval = interval.min(OVERDUE_KEYFRAME_RETRY);
+        }
         if local
             .remote_keyframe_at
             .is_some_and(|t| now.saturating_duration_since(t) < interval)
@@ -103,6 +105,7 @@ impl Engine {
         }
         local.remote_keyframe_at = Some(now);
         local.remote_keyframe_pending = false;
+        local.remote_unanswered = local.remote_unanswered.saturating_add(1);
         self.outbox.hub.push(HubUpdate::KeyframeWanted {
             stream: stream.clone(),
             shard: self.index,

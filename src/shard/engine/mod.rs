@@ -166,6 +166,9 @@ struct LocalStream {
     /// request is held until the interval ends.
     remote_keyframe_at: Option<Instant>,
     remote_keyframe_pending: bool,
+    /// Requests sent there since the stream's last keyframe came: after one, one retry may
+    /// go early, as the publisher's shard sends its PLIs (`keyframe::OVERDUE_KEYFRAME_RETRY`).
+    remote_unanswered: u8,
     /// The same for requests of one layer's keyframe, per layer number.
     remote_layer_keyframe: Vec<(Option<Instant>, bool)>,
     /// The publisher that left and when: the viewers get the stream's end
@@ -450,6 +453,7 @@ impl Engine {
                 publisher: None,
                 remote_keyframe_at: None,
                 remote_keyframe_pending: false,
+                remote_unanswered: 0,
                 remote_layer_keyframe: Vec::new(),
                 left: None,
             })
