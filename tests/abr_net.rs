@@ -24,6 +24,7 @@ use str0m::media::MediaKind;
 use wishcast::client::impair::{ImpairError, IptablesRateCap, Relay};
 use wishcast::client::{ClientOptions, Peer, PeerOptions, VideoCodec};
 use wishcast::peer::{media, Feed};
+use wishcast::Gateway;
 
 /// Layers named so that their names say nothing of their size: "b" is the largest.
 const LAYERS: [(&str, usize); 3] = [("a", 16), ("b", 1), ("c", 4)];
@@ -61,6 +62,25 @@ fn feed() -> Feed {
         .with_gop(2 * FPS)
         .with_sizes(FRAME_BYTES, FRAME_BYTES)
         .with_layers(&LAYERS)
+}
+
+/// A viewer of [`feed`] on automatic layer choice that asks for keyframes as a player does.
+fn viewer_options() -> ClientOptions {
+    ClientOptions::from(PeerOptions {
+        request_keyframes: true,
+        ..PeerOptions::with_video(CODEC)
+    })
+}
+
+/// A viewer of stream "s" with `options`, connected.
+async fn connected_viewer(gw: &Gateway, options: ClientOptions) -> Peer {
+    let v = Peer::play(&whep(gw, "s"), options)
+        .await
+        .expect("play accepted");
+    v.wait_connected(Duration::from_secs(10))
+        .await
+        .expect("viewer connects");
+    v
 }
 
 /// One video frame the viewer received.
@@ -179,19 +199,14 @@ async fn a_viewer_on_a_capped_link_settles_under_the_cap_and_moves_up_when_it_li
     // A second of media, so the layers' rates are measured before the viewer joins.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let viewer = ClientOptions {
-        bind_ip: viewer_ip,
-        ..ClientOptions::from(PeerOptions {
-            request_keyframes: true,
-            ..PeerOptions::with_video(CODEC)
-        })
-    };
-    let mut v = Peer::play(&whep(&gw, "s"), viewer)
-        .await
-        .expect("play accepted");
-    v.wait_connected(Duration::from_secs(10))
-        .await
-        .expect("viewer connects");
+    let mut v = connected_viewer(
+        &gw,
+        ClientOptions {
+            bind_ip: viewer_ip,
+            ..viewer_options()
+        },
+    )
+    .await;
     let joined = Instant::now();
     let mut frames = Vec::new();
     record(&mut v, &mut frames, joined + CAPPED, |_| false).await;
@@ -316,19 +331,14 @@ async fn behind_a_queue(transport_cc: bool) -> Queued {
         Relay::new("127.0.0.1".parse().expect("ip"), Duration::ZERO, 7)
             .bottleneck(2_000_000.0, Duration::from_millis(400)),
     );
-    let viewer = ClientOptions {
-        relay: Some(relay.clone()),
-        ..ClientOptions::from(PeerOptions {
-            request_keyframes: true,
-            ..PeerOptions::with_video(CODEC)
-        })
-    };
-    let mut v = Peer::play(&whep(&gw, "s"), viewer)
-        .await
-        .expect("play accepted");
-    v.wait_connected(Duration::from_secs(10))
-        .await
-        .expect("viewer connects");
+    let mut v = connected_viewer(
+        &gw,
+        ClientOptions {
+            relay: Some(relay.clone()),
+            ..viewer_options()
+        },
+    )
+    .await;
     let joined = Instant::now();
     let mut frames = Vec::new();
     record(

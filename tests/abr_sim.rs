@@ -121,6 +121,18 @@ fn queue(sim: &mut Sim, bps: f64, depth: Duration, viewer: PeerId) -> Rc<RefCell
     q
 }
 
+/// A viewer on automatic layer choice that asks for keyframes as a player does.
+fn auto_viewer(sim: &mut Sim) -> PeerId {
+    sim.add_viewer(
+        "s",
+        PeerOptions {
+            request_keyframes: true,
+            ..PeerOptions::with_video(CODEC)
+        },
+    )
+    .expect("viewer accepted")
+}
+
 /// The layer (index into `LAYERS`) of each video frame `v` received in `[from, to)`.
 fn layers_between(sim: &Sim, p: PeerId, v: PeerId, from: Instant, to: Instant) -> Vec<usize> {
     let feed = sim.feed(p).expect("feed");
@@ -136,15 +148,7 @@ fn a_capped_viewer_settles_on_a_layer_that_fits_and_moves_up_when_the_cap_lifts(
     let seed = 1;
     let mut sim = Sim::with_seed(Config::default(), 1, seed);
     let p = layered_publisher(&mut sim);
-    let v = sim
-        .add_viewer(
-            "s",
-            PeerOptions {
-                request_keyframes: true,
-                ..PeerOptions::with_video(CODEC)
-            },
-        )
-        .expect("viewer accepted");
+    let v = auto_viewer(&mut sim);
     let capped = Rc::new(Cell::new(true));
     sim.set_drop(cap(1_000_000.0, 30_000.0, capped.clone(), v));
     assert!(sim.run_until_true(Duration::from_secs(3), |s| s.connected_count() == 2));
@@ -275,15 +279,7 @@ fn queued_run(transport_cc: bool) -> (Rc<RefCell<Queue>>, Vec<usize>, Instant) {
     config.media.transport_cc = transport_cc;
     let mut sim = Sim::with_seed(config, 1, 4);
     let p = layered_publisher(&mut sim);
-    let v = sim
-        .add_viewer(
-            "s",
-            PeerOptions {
-                request_keyframes: true,
-                ..PeerOptions::with_video(CODEC)
-            },
-        )
-        .expect("viewer accepted");
+    let v = auto_viewer(&mut sim);
     // 2 Mbit/s with 400 ms of queue: the largest layer (2.4 Mbit/s) fills it in 2 s.
     let q = queue(&mut sim, 2_000_000.0, Duration::from_millis(400), v);
     assert!(sim.run_until_true(Duration::from_secs(3), |s| s.connected_count() == 2));
