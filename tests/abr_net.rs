@@ -64,6 +64,23 @@ fn feed() -> Feed {
         .with_layers(&LAYERS)
 }
 
+/// A gateway on `config` with stream "s" published as [`feed`], its layers' rates measured
+/// (a second and a half of media) before any viewer joins.
+async fn layered_stream(config: wishcast::Config) -> (Gateway, LiveFeed) {
+    let gw = start(config).await;
+    let publisher = connected_publisher(
+        &whip(&gw, "s"),
+        PeerOptions {
+            simulcast: LAYERS.iter().map(|(r, _)| r.to_string()).collect(),
+            ..opts(Some(CODEC), true)
+        },
+    )
+    .await;
+    let sender = LiveFeed::run(publisher, feed());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (gw, sender)
+}
+
 /// A viewer of [`feed`] on automatic layer choice that asks for keyframes as a player does.
 fn viewer_options() -> ClientOptions {
     ClientOptions::from(PeerOptions {
@@ -186,18 +203,7 @@ async fn a_viewer_on_a_capped_link_settles_under_the_cap_and_moves_up_when_it_li
         Err(e) => panic!("iptables rule: {e}"),
     };
 
-    let gw = start(test_config(1)).await;
-    let publisher = connected_publisher(
-        &whip(&gw, "s"),
-        PeerOptions {
-            simulcast: LAYERS.iter().map(|(r, _)| r.to_string()).collect(),
-            ..opts(Some(CODEC), true)
-        },
-    )
-    .await;
-    let sender = LiveFeed::run(publisher, feed());
-    // A second of media, so the layers' rates are measured before the viewer joins.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (gw, sender) = layered_stream(test_config(1)).await;
 
     let mut v = connected_viewer(
         &gw,
@@ -316,17 +322,7 @@ struct Queued {
 async fn behind_a_queue(transport_cc: bool) -> Queued {
     let mut config = test_config(1);
     config.media.transport_cc = transport_cc;
-    let gw = start(config).await;
-    let publisher = connected_publisher(
-        &whip(&gw, "s"),
-        PeerOptions {
-            simulcast: LAYERS.iter().map(|(r, _)| r.to_string()).collect(),
-            ..opts(Some(CODEC), true)
-        },
-    )
-    .await;
-    let sender = LiveFeed::run(publisher, feed());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (gw, sender) = layered_stream(config).await;
     let relay = Arc::new(
         Relay::new("127.0.0.1".parse().expect("ip"), Duration::ZERO, 7)
             .bottleneck(2_000_000.0, Duration::from_millis(400)),

@@ -453,19 +453,14 @@ async fn the_answer_needs_the_posts_token() {
     let mut c = config();
     c.auth = toml::from_str(AUTH).expect("[auth] parses");
     let gw = start(c).await;
-    let publisher = Peer::publish(
+    let publisher = connected_publisher(
         &whip(&gw, "class-a"),
         ClientOptions {
             bearer: Some("pub-class-8d2f71e4".into()),
             ..ClientOptions::from(opts(Some(VideoCodec::H264), true))
         },
     )
-    .await
-    .expect("publish");
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("publisher connects");
+    .await;
     let r = send(
         "POST",
         &whep(&gw, "class-a"),

@@ -286,13 +286,7 @@ play_tokens = ["{PLAYER}", "{OTHER}"]
             ..PeerOptions::default()
         })
     };
-    let publisher = Peer::publish(&whip(&gw, "private"), with(PUBLISHER, H264))
-        .await
-        .expect("publish");
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("publisher connects");
+    let publisher = connected_publisher(&whip(&gw, "private"), with(PUBLISHER, H264)).await;
     let viewer = live_viewer(&whep(&gw, "private"), with(PLAYER, H264)).await;
     assert_eq!(create(&viewer, "[]", None).await.status, 401);
     let r = create(&viewer, "[]", Some(OTHER)).await;
@@ -332,13 +326,7 @@ async fn a_long_pull_over_http3() {
         h3: Some(h3.clone()),
         ..ClientOptions::from(opts(H264, true))
     };
-    let publisher = Peer::publish(&format!("{base}/whip/h3"), over_h3.clone())
-        .await
-        .expect("publish over HTTP/3");
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("publisher connects");
+    let publisher = connected_publisher(&format!("{base}/whip/h3"), over_h3.clone()).await;
     let viewer = live_viewer(&format!("{base}/whep/h3"), over_h3).await;
     let r = h3
         .request(

@@ -901,6 +901,27 @@ async fn chromium_publishes_h264_simulcast_and_its_player_switches_layers() {
     simulcast_switch("h264").await;
 }
 
+/// Chromium's publisher page sending `codec` as simulcast to `stream`, once it says it is
+/// publishing, with what it says it sends.
+fn chromium_simulcast_publisher(codec: &str, base: &str, stream: &str) -> (Driver, Value) {
+    let mut publisher = Driver::spawn(
+        PeerKind::Chromium,
+        format!("chromium publishing {codec} simulcast"),
+        &[
+            "publish".into(),
+            "--url".into(),
+            format!("{base}/whip/{stream}"),
+            "--codec".into(),
+            codec.into(),
+            "--token".into(),
+            PUBLISH_TOKEN.into(),
+            "--simulcast".into(),
+        ],
+    );
+    let published = publisher.expect("publishing", Duration::from_secs(90));
+    (publisher, published)
+}
+
 /// Chromium's publisher page sends `codec` as three layers (`#simulcast=1`: full, half and
 /// quarter size of a 720p fake camera); the gateway keeps all three. Its player page follows
 /// the `layers` event and lists the three, plays the largest on its own, and through the layer
@@ -923,21 +944,7 @@ async fn simulcast_switch(codec: &'static str) {
         _ => VideoCodec::H264,
     };
 
-    let mut publisher = Driver::spawn(
-        PeerKind::Chromium,
-        format!("chromium publishing {codec} simulcast"),
-        &[
-            "publish".into(),
-            "--url".into(),
-            format!("{base}/whip/{stream}"),
-            "--codec".into(),
-            codec.into(),
-            "--token".into(),
-            PUBLISH_TOKEN.into(),
-            "--simulcast".into(),
-        ],
-    );
-    let published = publisher.expect("publishing", Duration::from_secs(90));
+    let (publisher, published) = chromium_simulcast_publisher(codec, &base, stream);
     println!("interop simulcast: publisher sends {published}");
     let sent = published["layers"].as_array().cloned().unwrap_or_default();
     let mut heights: Vec<u64> = sent
@@ -1374,21 +1381,7 @@ async fn capped_link(codec: &'static str) {
     let stream = format!("chromium-{codec}-abr");
     let stream = stream.as_str();
 
-    let mut publisher = Driver::spawn(
-        PeerKind::Chromium,
-        format!("chromium publishing {codec} simulcast"),
-        &[
-            "publish".into(),
-            "--url".into(),
-            format!("{base}/whip/{stream}"),
-            "--codec".into(),
-            codec.into(),
-            "--token".into(),
-            PUBLISH_TOKEN.into(),
-            "--simulcast".into(),
-        ],
-    );
-    let published = publisher.expect("publishing", Duration::from_secs(90));
+    let (publisher, published) = chromium_simulcast_publisher(codec, &base, stream);
     println!("interop abr: publisher sends {published}");
     assert_eq!(published["codec"], codec, "{published}");
 

@@ -45,13 +45,7 @@ async fn stalled_and_vanished_viewers_expire_without_delaying_the_others() {
     let consent = config.timeouts.consent();
     let gw = start(config).await;
     let codec = VideoCodec::H264;
-    let publisher = Peer::publish(&whip(&gw, "s"), opts(Some(codec), true))
-        .await
-        .expect("publish");
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("publisher connects");
+    let publisher = connected_publisher(&whip(&gw, "s"), opts(Some(codec), true)).await;
     let feed = Feed::at_bitrate(codec, 2_500_000, FPS);
     let started = Instant::now();
     let sender = LiveFeed::run(publisher, feed);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wishcast::client::{Peer, PeerOptions, ReceivedFrame, VideoCodec};
+use wishcast::client::{ClientOptions, Peer, PeerOptions, ReceivedFrame, VideoCodec};
 use wishcast::peer::{media, Feed};
 use wishcast::{Config, Gateway};
 
@@ -70,7 +70,7 @@ pub fn str0m_offer(
 }
 
 /// A publisher on `url` with ICE and DTLS done.
-pub async fn connected_publisher(url: &str, opts: PeerOptions) -> Peer {
+pub async fn connected_publisher(url: &str, opts: impl Into<ClientOptions>) -> Peer {
     let publisher = Peer::publish(url, opts).await.expect("publish accepted");
     publisher
         .wait_connected(Duration::from_secs(10))
