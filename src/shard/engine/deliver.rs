@@ -53,12 +53,12 @@ impl Engine {
             }
         };
         if keyframe {
-            s.plis_unanswered = 0;
+            s.pli.answered();
         }
         if keyframe && s.keyframe_after.is_none_or(|after| seq > after) {
             // A held or repeated request is answered: sending it now would cost a needless
             // keyframe.
-            s.pli_pending = false;
+            s.pli.pending = false;
             s.keyframe_after = None;
         }
         if unrepaired {
@@ -117,7 +117,7 @@ impl Engine {
         local.publisher_sends(pkt.publisher);
         local.history.push(&pkt);
         if pkt.keyframe {
-            local.remote_unanswered = 0;
+            local.remote_keyframe.answered();
         }
         let pushed = match pkt.kind {
             Kind::Video => local.layers.push(pkt.clone()),

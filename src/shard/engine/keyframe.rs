@@ -89,23 +89,14 @@ impl Engine {
         // (the control channel is never lossy, so it must not be floodable), and one early
         // retry when no keyframe answered the last; one inside the interval is held and sent
         // when it ends.
-        let mut interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
+        let interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
         let Some(local) = self.streams.get_mut(stream) else {
             return;
         };
-        if local.remote_unanswered == 1 {
-            interval = interval.min(OVERDUE_KEYFRAME_RETRY);
-        }
-        if local
-            .remote_keyframe_at
-            .is_some_and(|t| now.saturating_duration_since(t) < interval)
-        {
-            local.remote_keyframe_pending = true;
+        if !local.remote_keyframe.admit(now, interval) {
             return;
         }
-        local.remote_keyframe_at = Some(now);
-        local.remote_keyframe_pending = false;
-        local.remote_unanswered = local.remote_unanswered.saturating_add(1);
+        local.remote_keyframe.sent(now);
         self.outbox.hub.push(HubUpdate::KeyframeWanted {
             stream: stream.clone(),
             shard: self.index,
@@ -124,12 +115,11 @@ impl Engine {
         let Some(local) = self.streams.get_mut(stream) else {
             return;
         };
-        let (at, pending) = layer_slot(&mut local.remote_layer_keyframe, layer);
-        if held(*at, pending, now) {
+        let limiter = layer_slot(&mut local.remote_layer_keyframe, layer);
+        if !limiter.admit(now, LAYER_KEYFRAME_INTERVAL) {
             return;
         }
-        *at = Some(now);
-        *pending = false;
+        limiter.sent(now);
         self.outbox.hub.push(HubUpdate::KeyframeWanted {
             stream: stream.clone(),
             shard: self.index,
@@ -144,8 +134,8 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let (at, pending) = layer_slot(&mut s.layer_plis, layer);
-        if held(*at, pending, now) {
+        let limiter = layer_slot(&mut s.layer_plis, layer);
+        if !limiter.admit(now, LAYER_KEYFRAME_INTERVAL) {
             return;
         }
         let ssrcs: Vec<Ssrc> = s
@@ -156,11 +146,10 @@ impl Engine {
             .collect();
         if ssrcs.is_empty() {
             // Not received yet: asked again on the next housekeeping round.
-            *pending = s.connected;
+            limiter.pending = s.connected;
             return;
         }
-        *at = Some(now);
-        *pending = false;
+        limiter.sent(now);
         let mut api = s.rtc.direct_api();
         for ssrc in ssrcs {
             if let Some(rx) = api.stream_rx(&ssrc) {
@@ -178,7 +167,7 @@ impl Engine {
         let mut due: Vec<Arc<str>> = self
             .streams
             .iter()
-            .filter(|(_, l)| l.remote_keyframe_pending)
+            .filter(|(_, l)| l.remote_keyframe.pending)
             .map(|(name, _)| name.clone())
             .collect();
         due.sort();
@@ -192,7 +181,7 @@ impl Engine {
                 l.remote_layer_keyframe
                     .iter()
                     .enumerate()
-                    .filter(|(_, (_, pending))| *pending)
+                    .filter(|(_, l)| l.pending)
                     .map(move |(i, _)| (name.clone(), i as u8))
             })
             .collect();
@@ -206,21 +195,15 @@ impl Engine {
     /// retry [`OVERDUE_KEYFRAME_RETRY`] after a PLI no keyframe answered; a request inside the
     /// interval is held and sent when it ends.
     pub(super) fn request_keyframe(&mut self, now: Instant, id: SessionId) {
-        let mut interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
+        let interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        if s.plis_unanswered == 1 {
-            interval = interval.min(OVERDUE_KEYFRAME_RETRY);
-        }
-        if let Some(last) = s.last_pli {
-            if now.saturating_duration_since(last) < interval {
-                s.pli_pending = true;
-                return;
-            }
+        if !s.pli.admit(now, interval) {
+            return;
         }
         if !s.mids.iter().any(|(_, k)| *k == Kind::Video) {
-            s.pli_pending = false;
+            s.pli.pending = false;
             return;
         }
         // No video has arrived yet: try again on the next housekeeping round. (A stream
@@ -233,7 +216,7 @@ impl Engine {
             .map(|i| i.ssrc)
             .collect();
         if video.is_empty() {
-            s.pli_pending = s.connected;
+            s.pli.pending = s.connected;
             return;
         }
         let mut api = s.rtc.direct_api();
@@ -245,29 +228,59 @@ impl Engine {
             }
         }
         tracing::debug!(session = %id, "PLI to the publisher");
-        s.last_pli = Some(now);
-        s.plis_unanswered = s.plis_unanswered.saturating_add(1);
+        s.pli.sent(now);
         // After a loss that was not repaired, ask again each interval until the keyframe
         // comes: the PLI or the keyframe may be lost as well.
-        s.pli_pending = s.keyframe_after.is_some();
+        s.pli.pending = s.keyframe_after.is_some();
         self.counters.keyframe_requests_sent += 1;
         self.drive(now, id);
     }
 }
 
-/// Layer `layer`'s entry (last request, held or not) in a per-layer list, made if new.
-fn layer_slot(list: &mut Vec<(Option<Instant>, bool)>, layer: u8) -> &mut (Option<Instant>, bool) {
-    let i = usize::from(layer);
-    if list.len() <= i {
-        list.resize(i + 1, (None, false));
-    }
-    &mut list[i]
+/// One sender of keyframe requests to one publisher (or one of its layers): at most one
+/// request per interval, one inside it held (`pending`) for when it ends, and after a
+/// request no keyframe answered, one retry as soon as [`OVERDUE_KEYFRAME_RETRY`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Limiter {
+    last: Option<Instant>,
+    /// A request waits for the interval's end (`Engine::housekeeping` sends it).
+    pub(super) pending: bool,
+    /// Requests sent since a keyframe last came.
+    unanswered: u8,
 }
 
-/// Whether a request for one layer's keyframe made at `now` falls inside the interval since
-/// the last one (`at`): then it is held (`pending`) for when the interval ends.
-fn held(at: Option<Instant>, pending: &mut bool, now: Instant) -> bool {
-    let inside = at.is_some_and(|t| now.saturating_duration_since(t) < LAYER_KEYFRAME_INTERVAL);
-    *pending |= inside;
-    inside
+impl Limiter {
+    /// Whether a request may go at `now`, `interval` after the last; if not, it is held.
+    pub(super) fn admit(&mut self, now: Instant, interval: Duration) -> bool {
+        let interval = match self.unanswered {
+            1 => interval.min(OVERDUE_KEYFRAME_RETRY),
+            _ => interval,
+        };
+        let inside = self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < interval);
+        self.pending |= inside;
+        !inside
+    }
+
+    /// A request went at `now`.
+    pub(super) fn sent(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.pending = false;
+        self.unanswered = self.unanswered.saturating_add(1);
+    }
+
+    /// A keyframe came: the next request waits the whole interval again.
+    pub(super) fn answered(&mut self) {
+        self.unanswered = 0;
+    }
+}
+
+/// Layer `layer`'s limiter in a per-layer list, made if new.
+fn layer_slot(list: &mut Vec<Limiter>, layer: u8) -> &mut Limiter {
+    let i = usize::from(layer);
+    if list.len() <= i {
+        list.resize(i + 1, Limiter::default());
+    }
+    &mut list[i]
 }

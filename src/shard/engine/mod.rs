@@ -162,15 +162,10 @@ struct LocalStream {
     subscribed: bool,
     /// The stream's publisher, when it is on this shard.
     publisher: Option<SessionId>,
-    /// When this shard last asked another shard's publisher for a keyframe, and whether a
-    /// request is held until the interval ends.
-    remote_keyframe_at: Option<Instant>,
-    remote_keyframe_pending: bool,
-    /// Requests sent there since the stream's last keyframe came: after one, one retry may
-    /// go early, as the publisher's shard sends its PLIs (`keyframe::OVERDUE_KEYFRAME_RETRY`).
-    remote_unanswered: u8,
+    /// This shard's keyframe requests to another shard's publisher.
+    remote_keyframe: keyframe::Limiter,
     /// The same for requests of one layer's keyframe, per layer number.
-    remote_layer_keyframe: Vec<(Option<Instant>, bool)>,
+    remote_layer_keyframe: Vec<keyframe::Limiter>,
     /// The publisher that left and when: the viewers get the stream's end
     /// `timeouts.publisher_grace_secs` after, unless another publisher comes first.
     left: Option<(Instant, SessionId)>,
@@ -451,9 +446,7 @@ impl Engine {
                 subscribers: 0,
                 subscribed: false,
                 publisher: None,
-                remote_keyframe_at: None,
-                remote_keyframe_pending: false,
-                remote_unanswered: 0,
+                remote_keyframe: keyframe::Limiter::default(),
                 remote_layer_keyframe: Vec::new(),
                 left: None,
             })
@@ -542,11 +535,11 @@ impl Engine {
             if let Some(r) = reason {
                 expired.push((s.id, r));
             } else {
-                if s.pli_pending {
+                if s.pli.pending {
                     plis.push(s.id);
                 }
-                for (layer, (_, pending)) in s.layer_plis.iter().enumerate() {
-                    if *pending {
+                for (layer, limiter) in s.layer_plis.iter().enumerate() {
+                    if limiter.pending {
                         layer_plis.push((s.id, layer as u8));
                     }
                 }

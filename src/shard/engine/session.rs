@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 
 use str0m::media::Rid;
 
+use super::keyframe::Limiter;
 use super::*;
 use crate::simulcast::{LayerChoice, LinkEstimate};
 
@@ -72,9 +73,9 @@ pub(super) struct Session {
     pub(super) ssrcs: Vec<Incoming>,
     /// Publisher: its video layers' rids, indexed by layer number (see `crate::simulcast`).
     pub(super) layer_rids: Vec<Option<Rid>>,
-    /// Publisher: per layer number, when its last PLI of that layer alone went out, and
-    /// whether one is held (see `Engine::request_layer_keyframe`).
-    pub(super) layer_plis: Vec<(Option<Instant>, bool)>,
+    /// Publisher: per layer number, its PLIs of that layer alone (see
+    /// `Engine::request_layer_keyframe`).
+    pub(super) layer_plis: Vec<Limiter>,
     /// Viewer: the video layer it plays and the one it moves to.
     pub(super) layer: LayerChoice,
     /// Viewer: what its path carries, from its receiver reports, for the layer it gets.
@@ -117,12 +118,8 @@ pub(super) struct Session {
     /// it can decode (its keys permitting). False after a start on a live keyframe, which it
     /// got only as the packets came, or on a GOP with a hole (a packet lost upstream).
     pub(super) start_whole: bool,
-    /// Publisher: when the last PLI went out, and whether one is held back.
-    pub(super) last_pli: Option<Instant>,
-    pub(super) pli_pending: bool,
-    /// Publisher: PLIs sent since the last keyframe arrived. After one, the PLI or its
-    /// keyframe may have been lost, and one retry goes early (`keyframe::OVERDUE_KEYFRAME_RETRY`).
-    pub(super) plis_unanswered: u8,
+    /// Publisher: its PLIs (see `Engine::request_keyframe`).
+    pub(super) pli: Limiter,
     /// Publisher: a loss could not be repaired, so a keyframe newer than this sequence number
     /// is wanted; the PLI is repeated each interval until one arrives (a PLI can be lost too).
     pub(super) keyframe_after: Option<u64>,
