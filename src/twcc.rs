@@ -109,8 +109,7 @@ fn parse_into(fci: &[u8], out: &mut Vec<(u16, Option<i64>)>) -> Result<(), TwccE
 }
 
 /// Packets whose send time and size the egress keeps, per viewer: about 1.5 s of a
-/// 2.5 Mbit/s stream, past the feedback interval of every receiver seen (browsers report
-/// every 50-100 ms). 8 bytes each.
+/// 2.5 Mbit/s stream, many feedback intervals (str0m reports every 50 ms). 8 bytes each.
 pub const SEND_LOG: usize = 512;
 
 /// What the egress sent a viewer, by transport-wide sequence number.
